@@ -1,0 +1,35 @@
+"""Training instrumentation: epoch wall time and training throughput, logged once per epoch.
+
+    pytest tests/test_training.py -k throughput
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+from resnet_exp import metrics as M
+
+
+class EpochTimer(pl.Callback):
+    """Logs `epoch_time_s` (the whole epoch, validation included: what an epoch costs) and
+    `train_images_per_s` (training images per second of the epoch's training part, data
+    loading included)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_start = time.perf_counter()
+        self.train_seconds = 0.0
+        self.images = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        # Up to the last training batch, data loading included; validation comes after it.
+        self.train_seconds = time.perf_counter() - self.epoch_start
+        self.images += len(batch[1])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log(M.EPOCH_TIME, time.perf_counter() - self.epoch_start, on_epoch=True)
+        if self.train_seconds > 0:
+            pl_module.log(M.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)

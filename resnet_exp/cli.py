@@ -1,0 +1,50 @@
+"""The `resnet-exp` command: click options -> TrainConfig -> training. Nothing else lives here.
+
+Options are generated from TrainConfig's fields, so names, defaults and help exist once.
+
+    resnet-exp train --help
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import click
+
+from resnet_exp.config import TrainConfig, defaults_as_text, option_help
+from resnet_exp.errors import UserError
+from resnet_exp.metrics import TEST_ACC
+
+
+def config_options(command: Callable) -> Callable:
+    """Add one `--name-with-dashes` option per TrainConfig field, default shown as text."""
+    help_texts = option_help()
+    for name, default in reversed(defaults_as_text().items()):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, name, default=default, show_default=True,
+                               help=help_texts[name])(command)
+    return command
+
+
+@click.group()
+def main() -> None:
+    """ResNet depth experiments tracked in MLflow."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@config_options
+def train(**values: Any) -> None:
+    """Train one ResNet configuration and record it as one MLflow run."""
+    try:
+        config = TrainConfig.from_text(values)
+        from resnet_exp.train import train as run_training  # heavy imports after validation
+
+        result = run_training(config)
+    except UserError as err:
+        raise click.ClickException(str(err)) from None
+    acc = result.metrics.get(TEST_ACC)
+    click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
+               else f"run {result.run_id} finished")
+    click.echo(f"best checkpoint: {result.best_checkpoint}")

@@ -1,0 +1,257 @@
+"""Training configuration: the one home of every default, and validation before any work starts.
+
+Names are the user's words everywhere: the MLproject parameter, the click option
+(`--freeze-blocks`), this dataclass field and the MLflow param are all `freeze_blocks`.
+
+    python -c "from resnet_exp.config import TrainConfig; print(TrainConfig().run_name)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from resnet_exp.errors import ConfigError
+
+# The 90-class Animals data on the Hugging Face Hub: parquet with an `image` column and a
+# ClassLabel `label`, train/test splits (5,400 images), so it loads without custom code.
+DEFAULT_DATA = "lucabaggi/animal-wildlife"
+DEMO_DATA = "demo"
+NUM_STAGES = 4
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+WEIGHT_CHOICES = ("imagenet", "none")
+MIN_IMAGE_SIZE = 32  # ResNet downsamples by 32; smaller inputs collapse layer4 to nothing useful
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --- parsing of command-line text -------------------------------------------------------------
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not an integer") from None
+
+
+def _parse_float(name: str, text: str) -> float:
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number") from None
+
+
+def parse_blocks(text: str | tuple[int, ...], name: str = "blocks") -> tuple[int, ...]:
+    """'2,2,2,2' -> (2, 2, 2, 2): residual blocks per stage."""
+    if isinstance(text, tuple):
+        return text
+    parts = [p.strip() for p in str(text).replace(" ", "").split(",")]
+    if len(parts) != NUM_STAGES or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(
+            f"{name}={text!r} is not valid: expected {NUM_STAGES} positive integers separated by "
+            "commas, one per residual stage, e.g. 1,1,1,1 or 2,2,2,2 (ResNet18) or 3,4,6,3 (ResNet34)"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def _parse_optional_int(name: str, text: str) -> int | None:
+    return None if str(text).strip() == "auto" else _parse_int(name, text)
+
+
+def format_value(value: Any) -> str:
+    """The command-line text of a value: 3e-5, 2,2,2,2, auto (None)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        # '3e-05' -> '3e-5', so a directly called CLI logs the same text as `mlflow run`
+        return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:g}").replace("e+", "e")
+    return str(value)
+
+
+def _option(default: Any, help: str, parse: Callable[[str, str], Any] | None = None,
+            affects_result: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse,
+                                            "affects_result": affects_result})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; built from CLI text with `from_text`."""
+
+    data: str = _option(DEFAULT_DATA, "Hub dataset id, local image-folder path, or 'demo' (offline).")
+    freeze_blocks: int = _option(3, "Freeze the stem and the first k of the 4 residual stages (0..4).",
+                                 _parse_int)
+    blocks: tuple[int, ...] = _option((2, 2, 2, 2), "Residual blocks per stage, 4 positive integers.",
+                                      lambda n, t: parse_blocks(t, n))
+    weights: str = _option("imagenet", "'imagenet', 'none' (random init) or a state_dict file path.")
+    batch_size: int = _option(32, "Images per batch.", _parse_int)
+    learning_rate: float = _option(3e-5, "AdamW learning rate.", _parse_float)
+    max_epochs: int = _option(30, "Upper bound on epochs (early stopping may end sooner).", _parse_int)
+    image_size: int = _option(224, "Images are resized to image_size x image_size pixels.", _parse_int)
+    early_stopping_patience: int = _option(10, "Epochs without val_loss improvement before stopping.",
+                                           _parse_int)
+    seed: int = _option(42, "Seeds everything, including the train/validation/test split.", _parse_int)
+    val_fraction: float = _option(0.1, "Share of each class held out for validation when the data "
+                                       "has no validation split.", _parse_float)
+    test_fraction: float = _option(0.1, "Share of each class held out for test when the data has no "
+                                        "test split.", _parse_float)
+    limit_batches: int = _option(0, "Cap on batches per epoch for each split, for quick runs (0: all).",
+                                 _parse_int)
+    num_workers: int | None = _option(None, "DataLoader worker processes ('auto': 0 on small CPUs, "
+                                            "so workers never compete with training threads).",
+                                      _parse_optional_int, affects_result=False)
+    precision: str = _option("auto", "'auto' (bf16/fp16 mixed on CUDA, fp32 on CPU), 32-true, "
+                                     "16-mixed or bf16-mixed.")
+    experiment_name: str = _option("auto", "MLflow experiment when the CLI is called directly "
+                                           "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
+                                   affects_result=False)
+    data_dir: str = _option("data", "Where the demo dataset is generated.", affects_result=False)
+    output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
+                                         "(<output_dir>/<dataset>/...).", affects_result=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_text(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from command-line text, e.g. {'freeze_blocks': '2', 'blocks': '1,1,1,1'}."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(known)}")
+        parsed = {}
+        for name, text in values.items():
+            parse = known[name].metadata["parse"]
+            parsed[name] = parse(name, text) if parse and isinstance(text, str) else text
+        return cls(**parsed)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --- derived names ----------------------------------------------------------------------
+
+    def to_params(self) -> dict[str, str]:
+        """Flat MLflow params with the user's names and command-line text."""
+        return {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @property
+    def dataset_slug(self) -> str:
+        return dataset_slug(self.data)
+
+    @property
+    def arch_name(self) -> str:
+        # conv layers: the stem, two per BasicBlock, plus the fc head (2*8+2 = 18 for 2,2,2,2)
+        return f"r{2 * sum(self.blocks) + 2}"
+
+    @property
+    def depth_label(self) -> str:
+        """Readable depth configuration, e.g. 'b2222-f2' (blocks 2,2,2,2, two stages frozen)."""
+        sep = "-" if max(self.blocks) > 9 else ""
+        return f"b{sep.join(str(b) for b in self.blocks)}-f{self.freeze_blocks}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.arch_name}-{self.depth_label}-s{self.seed}"
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that decides the result except the seed: runs that differ only
+        by seed share it, so sweeps and analysis group seeds of one configuration by it."""
+        result_fields = {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)
+                         if f.metadata["affects_result"] and f.name != "seed"}
+        text = json.dumps(result_fields, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def default_experiment_name(self) -> str:
+        if self.experiment_name != "auto":
+            return self.experiment_name
+        return f"resnet-exp-{self.dataset_slug}"
+
+
+def defaults_as_text() -> dict[str, str]:
+    """Every parameter's default as command-line text, in declaration order."""
+    return {f.name: format_value(f.default) for f in dataclasses.fields(TrainConfig)}
+
+
+def option_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def dataset_slug(data: str) -> str:
+    """'lucabaggi/animal-wildlife' -> 'animal-wildlife'; '/data/pets/' -> 'pets'; 'demo' -> 'demo'."""
+    name = Path(str(data).rstrip("/\\")).name or "data"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "data"
+
+
+def looks_like_path(data: str) -> bool:
+    return data.startswith(("/", "./", "../", "~", "\\")) or data in (".", "..") or \
+        not HUB_ID.match(data)
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _validate(c: TrainConfig) -> None:
+    _validate_data(c.data)
+    _check(isinstance(c.freeze_blocks, int) and 0 <= c.freeze_blocks <= NUM_STAGES,
+           f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
+           f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)")
+    parse_blocks(",".join(map(str, c.blocks)) if isinstance(c.blocks, tuple) else c.blocks)
+    _check(c.weights in WEIGHT_CHOICES or Path(c.weights).expanduser().is_file(),
+           f"weights={c.weights!r} is not valid: expected 'imagenet', 'none' (random init) or the "
+           "path of an existing state_dict file" +
+           (" (no such file)" if looks_like_path(c.weights) or "." in c.weights else ""))
+    for name in ("batch_size", "max_epochs", "early_stopping_patience"):
+        value = getattr(c, name)
+        _check(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
+    _check(isinstance(c.image_size, int) and c.image_size >= MIN_IMAGE_SIZE,
+           f"image_size={c.image_size!r}: expected an integer >= {MIN_IMAGE_SIZE} "
+           "(ResNet downsamples its input 32x)")
+    _check(math.isfinite(c.learning_rate) and c.learning_rate > 0,
+           f"learning_rate={c.learning_rate!r}: expected a positive number such as 3e-5")
+    _check(isinstance(c.seed, int) and c.seed >= 0, f"seed={c.seed!r}: expected an integer >= 0")
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(c, name)
+        _check(0 < value < 1, f"{name}={value!r}: expected a fraction strictly between 0 and 1")
+    _check(c.val_fraction + c.test_fraction < 1,
+           f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g}: "
+           "expected less than 1 so that images remain for training")
+    _check(isinstance(c.limit_batches, int) and c.limit_batches >= 0,
+           f"limit_batches={c.limit_batches!r}: expected an integer >= 0 (0 means no cap)")
+    _check(c.num_workers is None or (isinstance(c.num_workers, int) and c.num_workers >= 0),
+           f"num_workers={c.num_workers!r}: expected 'auto' or an integer >= 0")
+    _check(c.precision in PRECISIONS,
+           f"precision={c.precision!r} is not valid: expected one of {', '.join(PRECISIONS)}")
+    for name in ("experiment_name", "data_dir", "output_dir"):
+        _check(bool(str(getattr(c, name)).strip()), f"{name} must not be empty")
+
+
+def _validate_data(data: str) -> None:
+    _check(bool(data and data.strip()), "data must not be empty: expected a Hub dataset id "
+           "(owner/name), a local image-folder path, or 'demo'")
+    if data == DEMO_DATA:
+        return
+    path = Path(data).expanduser()
+    if path.exists():
+        _check(path.is_dir(), f"data={data!r} is a file: expected an image folder (one subfolder "
+               "per class), a Hub dataset id, or 'demo'")
+        return
+    _check(not looks_like_path(data),
+           f"data={data!r}: no such folder. Expected a local image-folder path that exists, "
+           "a Hub dataset id (owner/name), or 'demo'")

@@ -1,0 +1,306 @@
+"""Data: a Hub dataset, a local image folder or the demo data, as train/validation/test loaders.
+
+Every source goes through `datasets`: a Hub id with `load_dataset(id)`, a folder (and the demo
+data) with the `imagefolder` builder. Missing validation/test splits are carved from train by a
+stratified split seeded by `seed`; the test split is never used for model selection. Images are
+decoded by us (not by `datasets`) so that any PIL mode becomes RGB and a bad file is named.
+
+    python -c "from resnet_exp.config import TrainConfig; from resnet_exp.data import load_splits; \
+print(load_splits(TrainConfig(data='demo')).summary())"
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from resnet_exp.config import DEMO_DATA, TrainConfig
+from resnet_exp.demo import ensure_demo_dataset
+from resnet_exp.hardware import Runtime
+from resnet_exp.errors import DataError, OfflineError
+from resnet_exp.offline import offline_options, reachable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+HUB_URL = "https://huggingface.co"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits (undecoded `datasets.Dataset`s) and what travels with the run."""
+
+    train: "datasets.Dataset"
+    validation: "datasets.Dataset"
+    test: "datasets.Dataset"
+    class_names: tuple[str, ...]
+    image_column: str
+    label_column: str
+    source: str  # 'hub', 'folder' or 'demo'
+    location: str  # Hub id or absolute folder path
+    carved: tuple[str, ...]  # splits made by our stratified split rather than by the source
+
+    def split(self, name: str) -> "datasets.Dataset":
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(self.split(name)) for name in SPLITS}
+
+    def fingerprint(self) -> str:
+        return "-".join(self.split(name)._fingerprint[:8] for name in SPLITS)
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k} {v}" for k, v in self.sizes().items())
+        return f"{self.location}: {len(self.class_names)} classes, {sizes}"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_splits(config: TrainConfig) -> DataSplits:
+    """Load the configured data and return its three splits; raises DataError / OfflineError."""
+    import datasets
+
+    if config.data == DEMO_DATA:
+        source, location = "demo", ensure_demo_dataset(config.data_dir).resolve()
+        raw = _load_folder(location)
+    elif Path(config.data).expanduser().is_dir():
+        source, location = "folder", Path(config.data).expanduser().resolve()
+        raw = _load_folder(location)
+    else:
+        source, location = "hub", config.data
+        raw = _load_hub(config.data)
+    raw = datasets.DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
+    image_column, label_column = _find_columns(raw, location)
+    raw = _encode_labels(raw, label_column)
+    class_names = tuple(raw["train"].features[label_column].names)
+    if len(class_names) < 2:
+        raise DataError(f"{location} has {len(class_names)} class ({', '.join(class_names)}): "
+                        "a classifier needs at least 2")
+    splits, carved = _complete_splits(raw, label_column, config)
+    splits = {k: v.cast_column(image_column, datasets.Image(decode=False)) for k, v in splits.items()}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"the {name} split of {location} is empty; add images to it, or let the "
+                            "split be carved from train by removing it (see val_fraction/test_fraction)")
+    result = DataSplits(**splits, class_names=class_names, image_column=image_column,
+                        label_column=label_column, source=source, location=str(location),
+                        carved=carved)
+    if source != "hub":
+        check_image_files(result)
+    return result
+
+
+def _load_folder(root: Path) -> "datasets.DatasetDict":
+    import datasets
+
+    class_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not class_dirs:
+        raise DataError(f"{root} has no subfolders: an image folder needs one subfolder per class "
+                        "(optionally inside train/, validation/ and test/)")
+    try:
+        raw = datasets.load_dataset("imagefolder", data_dir=str(root))
+    except (ValueError, FileNotFoundError) as err:
+        raise DataError(f"cannot read {root} as an image folder: {err}") from None
+    if "train" not in raw:
+        # `imagefolder` also matches split words inside file names: one file named
+        # 'x_test_1.jpg' turns a plain class folder into a one-row 'test' split.
+        raise DataError(f"{root} yielded splits {sorted(raw)} but no train split. Use class "
+                        "subfolders, optionally inside train/ validation/ test/, and avoid the words "
+                        "train, test, val, valid, dev as separate parts of file names")
+    return raw
+
+
+def _load_hub(hub_id: str) -> "datasets.DatasetDict":
+    import datasets
+    import huggingface_hub.constants
+
+    if not reachable(HUB_URL):
+        # Offline mode answers at once from the local cache instead of retrying for ~23 s.
+        datasets.config.HF_HUB_OFFLINE = True
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(hub_id)
+    except ConnectionError as err:
+        raise OfflineError(f"cannot load dataset {hub_id!r}: the network (Hugging Face Hub, "
+                           f"{HUB_URL}) is unreachable and the dataset is not in the local cache "
+                           f"({err}).\n{offline_options()}") from None
+    except FileNotFoundError as err:  # DatasetNotFoundError is one
+        raise DataError(f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
+                        f"({err}). Expected a Hub dataset id, an image-folder path, or "
+                        "'demo'") from None
+
+
+def _find_columns(raw: "datasets.DatasetDict", location: object) -> tuple[str, str]:
+    import datasets
+
+    features = raw["train"].features
+    images = [k for k, f in features.items() if isinstance(f, datasets.Image)]
+    if not images:
+        raise DataError(f"{location} has no image column (features: {dict(features)})")
+    image_column = "image" if "image" in images else images[0]
+    labels = [k for k, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if "label" in features:
+        return image_column, "label"
+    if labels:
+        return image_column, labels[0]
+    raise DataError(f"{location} has no class labels: an image folder needs at least 2 class "
+                    "subfolders with images in each; a Hub dataset needs a 'label' column")
+
+
+def _encode_labels(raw: "datasets.DatasetDict", label_column: str) -> "datasets.DatasetDict":
+    import datasets
+
+    if isinstance(raw["train"].features[label_column], datasets.ClassLabel):
+        return raw
+    # String labels: one ClassLabel over all splits, so ids agree between splits.
+    names = sorted({str(v) for split in raw.values() for v in split[label_column]})
+    feature = datasets.ClassLabel(names=names)
+    return datasets.DatasetDict({k: v.cast_column(label_column, feature) for k, v in raw.items()})
+
+
+def _complete_splits(raw: "datasets.DatasetDict", label_column: str, config: TrainConfig):
+    wanted = {"test": config.test_fraction, "validation": config.val_fraction}
+    missing = {name: frac for name, frac in wanted.items() if name not in raw}
+    splits = {name: raw[name] for name in SPLITS if name in raw}
+    if missing:
+        labels = np.asarray(raw["train"][label_column])
+        parts = stratified_split(labels, missing, config.seed)
+        train = raw["train"]
+        splits.update({name: train.select(idx) for name, idx in parts.items()})
+    return splits, tuple(sorted(missing))
+
+
+def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split row indices per class: each named part takes round(n * fraction) of every class, in
+    the order given; 'train' gets the rest. Deterministic for a seed, and the parts are disjoint."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in [*fractions, "train"]}
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for name, fraction in fractions.items():
+            take = int(round(len(rows) * fraction))
+            parts[name].append(rows[start:start + take])
+            start += take
+        parts["train"].append(rows[start:])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+def check_image_files(splits: DataSplits) -> None:
+    """Open the header of every local file before training starts, so a non-image file is named
+    now rather than an hour into the run. (A truncated file is named when it is decoded.)"""
+    for name in SPLITS:
+        for item in splits.split(name)[splits.image_column]:
+            path = item.get("path")
+            if path and item.get("bytes") is None:
+                try:
+                    with Image.open(path) as image:
+                        image.verify()
+                except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                    raise DataError(f"cannot read image file {path}: {err}") from None
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparent pixels become white; 16-bit and float grey are rescaled
+    to 8 bits rather than clipped (PIL's own I;16 -> RGB clips nearly everything to white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or grey.max() > 255:
+            grey = grey / 257.0
+        elif image.mode == "F" and grey.max() <= 1.0:
+            grey = grey * 255.0
+        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(item: dict, where: str) -> Image.Image:
+    """Decode one {'bytes', 'path'} image cell; errors name the file (or row)."""
+    try:
+        source = io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"]
+        image = Image.open(source)
+        image.load()
+        return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot decode image {where}: {err}") from None
+
+
+def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
+    """RGB PIL image -> normalised float tensor of shape (3, image_size, image_size)."""
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
+    x = pixels.permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class ImageSplit(torch.utils.data.Dataset):
+    """One split as (image tensor, label id) pairs, decoded on access."""
+
+    def __init__(self, splits: DataSplits, name: str, image_size: int):
+        self.rows = splits.split(name)
+        self.name, self.location = name, splits.location
+        self.image_column, self.label_column = splits.image_column, splits.label_column
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.rows[index]
+        item = row[self.image_column]
+        where = f"row {index} of the {self.name} split of {self.location}"
+        if item.get("path"):
+            where = item["path"] if item.get("bytes") is None else f"{item['path']} ({where})"
+        image = decode_image(item, where)
+        return image_to_tensor(image, self.image_size), int(row[self.label_column])
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Loaders over already-loaded splits; the train loader's shuffle is seeded by `seed`."""
+
+    def __init__(self, splits: DataSplits, config: TrainConfig, runtime: Runtime):
+        super().__init__()
+        self.splits, self.config, self.runtime = splits, config, runtime
+
+    def _loader(self, name: str, shuffle: bool) -> torch.utils.data.DataLoader:
+        dataset = ImageSplit(self.splits, name, self.config.image_size)
+        workers = self.runtime.num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.config.seed) if shuffle else None,
+            # A last batch of one image breaks BatchNorm in train mode (1x1 maps in layer4 at 32 px).
+            drop_last=shuffle and len(dataset) > self.config.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.runtime.pin_memory,
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("test", shuffle=False)

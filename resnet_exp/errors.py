@@ -1,0 +1,22 @@
+"""Errors a user can fix. The CLI prints their message alone (no traceback) and exits non-zero;
+each message names the bad value and what would be accepted."""
+
+
+class UserError(Exception):
+    """Base of every error caused by input rather than by a bug."""
+
+
+class ConfigError(UserError, ValueError):
+    """A parameter value that cannot be used."""
+
+
+class DataError(UserError, ValueError):
+    """Data that cannot be used as given; names the file, folder or split."""
+
+
+class WeightsError(UserError, ValueError):
+    """A weights file that does not fit the network."""
+
+
+class OfflineError(UserError, ConnectionError):
+    """The network is needed but unreachable; the message lists the offline options."""

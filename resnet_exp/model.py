@@ -1,0 +1,161 @@
+"""The network: a torchvision ResNet of BasicBlocks with any block counts, partly pretrained,
+with its first stages frozen. Plain `nn.Module` work; no Lightning here.
+
+    python -c "from resnet_exp.model import build_resnet; print(build_resnet((1,1,1,1), 10, 2))"
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, ResNet34_Weights
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from resnet_exp.config import NUM_STAGES, TrainConfig
+from resnet_exp.errors import OfflineError, WeightsError
+from resnet_exp.offline import offline_options, reachable
+
+# The ImageNet BasicBlock networks torchvision ships, smallest first. Every stage of ResNet34
+# is at least as deep as ResNet18's, so block i of stage s exists in ResNet34 if it exists at all.
+PRETRAINED = {
+    "resnet18": ((2, 2, 2, 2), ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": ((3, 4, 6, 3), ResNet34_Weights.IMAGENET1K_V1),
+}
+STEM = ("conv1", "bn1")
+DOWNLOAD_TIMEOUT_S = 60  # per socket operation; torchvision's download has none of its own
+
+
+class StagedResNet(ResNet):
+    """torchvision's ResNet whose frozen stages stay in eval mode whatever `.train()` is called
+    on: their BatchNorm running statistics must not move, and Lightning (or a user) may call
+    `.train()` on the whole model at any time."""
+
+    def __init__(self, blocks: tuple[int, ...], num_classes: int):
+        super().__init__(BasicBlock, list(blocks), num_classes=num_classes)
+        self.blocks = tuple(blocks)
+        self.frozen_stages = 0
+
+    def frozen_modules(self) -> list[nn.Module]:
+        names = [*STEM, *(f"layer{i}" for i in range(1, self.frozen_stages + 1))]
+        return [getattr(self, name) for name in names] if self.frozen_stages else []
+
+    def train(self, mode: bool = True) -> "StagedResNet":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+
+def freeze_blocks(model: StagedResNet, k: int) -> StagedResNet:
+    """Freeze the stem and stages layer1..layerk: no gradients, eval mode for good. k=0 trains all."""
+    if not 0 <= k <= NUM_STAGES:
+        raise ValueError(f"freeze_blocks={k}: expected 0..{NUM_STAGES}")
+    model.frozen_stages = k
+    for module in model.frozen_modules():
+        module.requires_grad_(False)
+    model.train(model.training)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# --- initial weights -----------------------------------------------------------------------------
+
+
+@dataclass
+class InitialWeights:
+    """A backbone state_dict to start from, or none; `name` says where it came from."""
+
+    name: str  # 'none', 'resnet18', 'resnet34' or a file name
+    state_dict: dict[str, torch.Tensor] | None = None
+    report: dict[str, str] = field(default_factory=dict)  # filled by build_resnet
+
+
+def pretrained_network(blocks: tuple[int, ...]) -> str:
+    """The smallest ImageNet network covering every stage of `blocks`, else the deepest one (its
+    blocks are truncated into ours and deeper positions keep their random init)."""
+    for name, (depths, _) in PRETRAINED.items():
+        if all(b <= d for b, d in zip(blocks, depths)):
+            return name
+    return list(PRETRAINED)[-1]
+
+
+def torchvision_cache_file(network: str) -> Path:
+    url = PRETRAINED[network][1].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def load_initial_weights(config: TrainConfig) -> InitialWeights:
+    """Resolve `weights` to a state_dict before training starts (may download ImageNet weights)."""
+    if config.weights == "none":
+        return InitialWeights("none")
+    if config.weights != "imagenet":
+        path = Path(config.weights).expanduser()
+        return InitialWeights(path.name, _read_state_dict(path))
+    network = pretrained_network(config.blocks)
+    cached = torchvision_cache_file(network)
+    if cached.is_file():
+        return InitialWeights(network, _read_state_dict(cached))
+    weights = PRETRAINED[network][1]
+    if not reachable(weights.url):
+        raise OfflineError(f"cannot download the ImageNet weights of {network} from {weights.url}: "
+                           f"the network is unreachable and {cached} does not exist.\n"
+                           f"{offline_options(str(cached))}")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return InitialWeights(network, weights.get_state_dict(progress=True, check_hash=True))
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as err:  # torch raises many types for a bad file
+        raise WeightsError(f"weights={str(path)!r} is not a readable state_dict file: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a Lightning checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights={str(path)!r} does not hold a state_dict (a dict of tensors)")
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def _copy_backbone(model: StagedResNet, initial: InitialWeights) -> dict[str, str]:
+    """Copy every backbone tensor whose name and shape match; report each block's source."""
+    target = model.state_dict()
+    source = initial.state_dict or {}
+    wrong = [k for k, v in source.items() if k in target and not k.startswith("fc.")
+             and v.shape != target[k].shape]
+    if wrong:
+        raise WeightsError(f"weights {initial.name!r} do not fit a BasicBlock ResNet: "
+                         f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
+                         f"{tuple(source[wrong[0]].shape)} vs {tuple(target[wrong[0]].shape)}")
+    copied = {k for k in target if k in source and not k.startswith("fc.")}
+    if source and not copied:
+        raise WeightsError(f"weights {initial.name!r} share no tensor names with a torchvision ResNet")
+    model.load_state_dict({**target, **{k: source[k] for k in copied}})
+    report = {}
+    for unit in [*STEM, *(f"layer{s + 1}.{b}" for s in range(NUM_STAGES) for b in range(model.blocks[s]))]:
+        keys = [k for k in target if k.startswith(unit + ".")]
+        report[unit] = initial.name if keys and all(k in copied for k in keys) else "random"
+    report["fc"] = "random"  # the head always starts fresh for this dataset's classes
+    return report
+
+
+def build_resnet(blocks: tuple[int, ...], num_classes: int, freeze: int = 0,
+                 initial: InitialWeights | None = None) -> StagedResNet:
+    """A BasicBlock ResNet with `blocks` per stage, a `num_classes` head, initial weights copied
+    where they fit (truncation), and the first `freeze` stages frozen."""
+    model = StagedResNet(blocks, num_classes)
+    initial = initial or InitialWeights("none")
+    initial.report = _copy_backbone(model, initial)
+    return freeze_blocks(model, freeze)

@@ -1,0 +1,75 @@
+"""The LightningModule: training/validation/test steps, accuracy and loss per split, AdamW over
+the trainable parameters only, and ReduceLROnPlateau on val_loss.
+
+    python -c "from resnet_exp.module import ResNetClassifier; print(ResNetClassifier((2,2,2,2), 3, ['a','b']))"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from resnet_exp import metrics as M
+from resnet_exp.model import InitialWeights, build_resnet, count_parameters
+
+LR_FACTOR = 0.5  # halve the learning rate ...
+LR_PATIENCE = 3  # ... after 3 epochs without a val_loss improvement
+
+
+class ResNetClassifier(pl.LightningModule):
+    """A StagedResNet trained as an image classifier. The checkpoint holds blocks, freeze_blocks,
+    class names and the run's config, so the file alone rebuilds the network."""
+
+    def __init__(self, blocks: tuple[int, ...], freeze_blocks: int, class_names: list[str],
+                 learning_rate: float = 3e-5, config: dict[str, str] | None = None,
+                 initial: InitialWeights | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["initial"])
+        self.model = build_resnet(tuple(blocks), len(class_names), freeze_blocks, initial)
+        self.class_names = list(class_names)
+        accuracy = lambda: MulticlassAccuracy(num_classes=len(class_names), average="micro")
+        # One metric object per split (keyed by metric name), so their states never mix.
+        self.accuracy = torch.nn.ModuleDict({acc: accuracy() for _, acc in M.SPLIT_METRICS.values()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self.model)
+
+    def _step(self, batch: Any, split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        loss_name, acc_name = M.SPLIT_METRICS[split]
+        self.accuracy[acc_name](logits, y)
+        per_step = split == "train"  # validation and test report epoch values only
+        log = dict(on_step=per_step, on_epoch=True, batch_size=len(y), prog_bar=True)
+        self.log(loss_name, loss, **log)
+        self.log(acc_name, self.accuracy[acc_name], **log)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        # The rate in force during this epoch; the scheduler steps after validation.
+        self.log(M.LR, self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.hparams.learning_rate)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=LR_FACTOR, patience=LR_PATIENCE)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": M.MONITOR, "interval": "epoch"}}

@@ -1,0 +1,180 @@
+"""MLflow and TensorBoard: one MLflow run per training, params, tags, artifacts, dataset inputs,
+and loggers that store every epoch-level metric at step = epoch index.
+
+The MLflow variables are read here and nowhere else: MLFLOW_TRACKING_URI (else MLflow's
+default, sqlite:///mlflow.db in the working directory) and MLFLOW_RUN_ID, which `mlflow run`
+sets for the run it created; we train into that run instead of opening a second one.
+
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db resnet-exp train --data demo --weights none --max-epochs 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow.entities import RunStatus
+from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from resnet_exp import metrics as M
+from resnet_exp.config import TrainConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+
+
+def project_run_id() -> str | None:
+    """The run `mlflow run` created for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def results_dir(config: TrainConfig) -> Path:
+    return Path(config.output_dir) / config.dataset_slug
+
+
+def logs_dir(config: TrainConfig) -> Path:
+    """`tensorboard --logdir` this folder to see every run on this dataset."""
+    return results_dir(config) / "logs"
+
+
+def run_folder_name(config: TrainConfig, run_id: str) -> str:
+    return f"{config.run_name}-{run_id[:8]}"
+
+
+def checkpoint_dir(config: TrainConfig, run_id: str) -> Path:
+    return results_dir(config) / "checkpoints" / run_folder_name(config, run_id)
+
+
+# --- the run's lifecycle ----------------------------------------------------------------------
+
+
+@contextmanager
+def tracked_run(config: TrainConfig) -> Iterator[mlflow.ActiveRun]:
+    """Open (or, under `mlflow run`, join) the training's MLflow run and always close it:
+    FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any other error."""
+    mlflow.set_tracking_uri(tracking_uri())
+    run_id = project_run_id()
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
+    else:
+        mlflow.set_experiment(config.default_experiment_name)
+        run = mlflow.start_run(run_name=config.run_name)
+    try:
+        yield run
+    except (KeyboardInterrupt, SIGTERMException, SystemExit):
+        # Lightning turns Ctrl-C into a graceful shutdown followed by sys.exit(1).
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_params_once(params: Mapping[str, str]) -> None:
+    """Log params the run does not have yet. `mlflow run` already logged its parameters as the
+    text given (e.g. '3e-5'), and MLflow refuses to change a param's value."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
+def git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {}  # not a git checkout (an installed wheel): nothing to record
+
+
+def config_tags(config: TrainConfig) -> dict[str, str]:
+    return {
+        "mlflow.runName": config.run_name,
+        "config_hash": config.config_hash,
+        "depth_config": config.depth_label,
+        "arch": config.arch_name,
+        "dataset": config.dataset_slug,
+        **git_tags(),
+    }
+
+
+def log_dataset_inputs(splits: Any) -> None:
+    """Record the three splits as MLflow dataset inputs (name, source, digest, size)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for name, context in (("train", "training"), ("validation", "validation"), ("test", "testing")):
+        if splits.source == "hub":  # a carved split is a part of the Hub's train split
+            source = HuggingFaceDatasetSource(path=splits.location,
+                                              split="train" if name in splits.carved else name)
+        else:
+            with warnings.catch_warnings():  # MLflow warns that two local sources match
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(Path(splits.location).as_uri())
+        split = splits.split(name)
+        dataset = MetaDataset(source=source, name=f"{Path(splits.location).name}-{name}",
+                              digest=split._fingerprint[:16])
+        mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
+
+
+def log_json(data: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=2, sort_keys=False), artifact_file)
+
+
+# --- Lightning loggers ---------------------------------------------------------------------------
+
+
+class EpochStepMixin:
+    """Store each epoch-level metric at step = epoch index and under its bare name.
+
+    Lightning logs every metric at step = global step and names the epoch value of an
+    on_step+on_epoch metric `<name>_epoch`; the UI's x-axis should read epochs, and analysis
+    measures convergence in epochs. Per-step values keep their `_step` name and global step."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        per_step = {k: v for k, v in metrics.items() if k.endswith(M.STEP_SUFFIX)}
+        per_epoch = {k.removesuffix(M.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step}
+        if per_step:
+            super().log_metrics(per_step, step)
+        if per_epoch:
+            super().log_metrics(per_epoch, int(epoch) if epoch is not None else step)
+
+
+class EpochMLFlowLogger(EpochStepMixin, MLFlowLogger):
+    """Lightning's MLflow logger bound to our run: params and the run's status belong to
+    `tracked_run`, so it neither logs hyperparameters (they would clash with the params
+    `mlflow run` logged) nor ends the run (fit ends before test does)."""
+
+    def log_hyperparams(self, params: Any) -> None:
+        pass
+
+    def finalize(self, status: str = "success") -> None:
+        pass
+
+
+class EpochTensorBoardLogger(EpochStepMixin, TensorBoardLogger):
+    """TensorBoard with the same metric names and epoch steps as MLflow."""
+
+
+def make_loggers(config: TrainConfig, run_id: str) -> list:
+    mlflow_logger = EpochMLFlowLogger(run_id=run_id, tracking_uri=tracking_uri())
+    tensorboard = EpochTensorBoardLogger(save_dir=str(logs_dir(config)), name="",
+                                         version=run_folder_name(config, run_id),
+                                         default_hp_metric=False)
+    return [mlflow_logger, tensorboard]

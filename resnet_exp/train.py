@@ -1,0 +1,112 @@
+"""One training run, end to end: data, initial weights, Lightning fit + test, MLflow tracking.
+
+Everything that can fail on bad input (config, data, weights) runs before the MLflow run opens,
+so a mistake leaves no run behind (under `mlflow run` the run it created ends FAILED).
+
+    resnet-exp train --data demo --weights none --freeze-blocks 2 --max-epochs 3 --image-size 64
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+from resnet_exp import metrics as M
+from resnet_exp import tracking
+from resnet_exp.callbacks import EpochTimer
+from resnet_exp.config import TrainConfig
+from resnet_exp.data import DataSplits, ImageDataModule, load_splits
+from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
+from resnet_exp.model import InitialWeights, load_initial_weights
+from resnet_exp.module import ResNetClassifier
+
+log = logging.getLogger(__name__)
+CHECKPOINTS_KEPT = 3  # best by val_loss, plus last.ckpt
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    best_checkpoint: str
+    metrics: dict[str, float]
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, test with the best checkpoint, and record everything in one MLflow run."""
+    runtime = resolve_runtime(config)
+    apply_runtime(runtime)
+    splits = load_splits(config)
+    initial = load_initial_weights(config)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
+                                  config.learning_rate, config.to_params(), initial)
+    datamodule = ImageDataModule(splits, config, runtime)
+    with tracking.tracked_run(config) as run:
+        run_id = run.info.run_id
+        _log_run_description(config, runtime, splits, initial, classifier)
+        trainer = _build_trainer(config, runtime, run_id, len(splits.train))
+        trainer.fit(classifier, datamodule=datamodule)
+        best = trainer.checkpoint_callback.best_model_path
+        # The test split is touched once, with the checkpoint chosen on val_loss.
+        trainer.test(classifier, datamodule=datamodule, ckpt_path=best or "last", verbose=False)
+        best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+        mlflow.log_metric(M.BEST_EPOCH, best_epoch)
+        mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
+                         "checkpoint_dir": str(Path(best).resolve().parent)})
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return TrainResult(run_id, best, metrics)
+
+
+def _log_run_description(config: TrainConfig, runtime: Runtime, splits: DataSplits,
+                         initial: InitialWeights, classifier: ResNetClassifier) -> None:
+    trainable, total = classifier.parameter_counts()
+    facts = {
+        "num_classes": str(len(splits.class_names)),
+        **{f"{name}_size": str(n) for name, n in splits.sizes().items()},
+        "initial_weights": initial.name,
+        "trainable_params": str(trainable),
+        "total_params": str(total),
+    }
+    tracking.log_params_once({**config.to_params(), **runtime.to_params(), **facts})
+    mlflow.set_tags(tracking.config_tags(config))
+    tracking.log_json({"config": config.to_params(), "runtime": runtime.to_params(), **facts,
+                       "config_hash": config.config_hash,
+                       "data": {"source": splits.source, "location": splits.location,
+                                "carved_splits": list(splits.carved), "sizes": splits.sizes()},
+                       "initial_weights_by_block": initial.report}, "config.json")
+    tracking.log_json(list(splits.class_names), "class_names.json")
+    tracking.log_dataset_inputs(splits)
+    log.info("%s | %s | %d of %d parameters trainable", config.run_name, splits.summary(),
+             trainable, total)
+
+
+def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(
+        dirpath=tracking.checkpoint_dir(config, run_id),  # explicit: loggers must not decide it
+        filename="epoch{epoch:02d}-val_loss{val_loss:.4f}", auto_insert_metric_name=False,
+        monitor=M.MONITOR, mode="min", save_top_k=CHECKPOINTS_KEPT, save_last=True)
+    early_stopping = EarlyStopping(monitor=M.MONITOR, mode="min",
+                                   patience=config.early_stopping_patience)
+    batches = max(1, train_rows // config.batch_size)
+    if config.limit_batches:
+        batches = min(batches, config.limit_batches)
+    limit = config.limit_batches or 1.0  # Lightning reads an int as a batch count, 1.0 as "all"
+    return pl.Trainer(
+        accelerator=runtime.accelerator,
+        devices=1,
+        precision=runtime.precision,
+        max_epochs=config.max_epochs,
+        logger=tracking.make_loggers(config, run_id),
+        callbacks=[checkpoints, early_stopping, EpochTimer()],
+        limit_train_batches=limit,
+        limit_val_batches=limit,
+        limit_test_batches=limit,
+        log_every_n_steps=min(50, batches),  # at least once per epoch, even on tiny data
+        default_root_dir=str(tracking.results_dir(config)),
+    )
