@@ -180,7 +180,7 @@ def _complete_splits(raw: "datasets.DatasetDict", label_column: str, config: Tra
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Split row indices per class: each named part takes round(n * fraction) of every class, in
+    """Split row indices per class: each named part takes n * fraction (rounded) of every class, in
     the order given; 'train' gets the rest. Deterministic for a seed, and the parts are disjoint."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in [*fractions, "train"]}
@@ -188,7 +188,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
         rows = rng.permutation(np.flatnonzero(labels == label))
         start = 0
         for name, fraction in fractions.items():
-            take = int(round(len(rows) * fraction))
+            take = int(len(rows) * fraction + 0.5)  # round half up (round() halves to even)
             parts[name].append(rows[start:start + take])
             start += take
         parts["train"].append(rows[start:])

@@ -11,7 +11,9 @@ sets for the run it created; we train into that run instead of opening a second 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import subprocess
 import warnings
 from contextlib import contextmanager
@@ -27,10 +29,16 @@ from resnet_exp import metrics as M
 from resnet_exp.config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 def tracking_uri() -> str:
-    return mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    """MLFLOW_TRACKING_URI, else MLflow's embedded default: mlflow.db in the working directory.
+
+    Read from the environment each time, not from mlflow.get_tracking_uri(): Lightning's
+    MLFlowLogger pins MLflow's process-wide URI, which would send a later run in the same
+    process to an earlier run's store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def project_run_id() -> str | None:
@@ -66,12 +74,21 @@ def tracked_run(config: TrainConfig) -> Iterator[mlflow.ActiveRun]:
     run_id = project_run_id()
     if run_id:
         run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
+        if config.experiment_name != "auto":
+            log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
+                        "experiment: use `mlflow run --experiment-name %s`", config.experiment_name,
+                        config.experiment_name)
     else:
         mlflow.set_experiment(config.default_experiment_name)
         run = mlflow.start_run(run_name=config.run_name)
     try:
         yield run
-    except (KeyboardInterrupt, SIGTERMException, SystemExit):
+    except SIGTERMException as stop:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        # Lightning's SIGTERMException is a SystemExit without a code, i.e. exit status 0:
+        # exit as a process ended by SIGTERM does (128 + 15), so callers see the failure.
+        raise SystemExit(128 + signal.SIGTERM) from stop
+    except (KeyboardInterrupt, SystemExit):
         # Lightning turns Ctrl-C into a graceful shutdown followed by sys.exit(1).
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise

@@ -9,6 +9,7 @@ so a mistake leaves no run behind (under `mlflow run` the run it created ends FA
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
 
 log = logging.getLogger(__name__)
+# Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 CHECKPOINTS_KEPT = 3  # best by val_loss, plus last.ckpt
 
 

@@ -1,0 +1,96 @@
+"""Shared test setup: an offline, isolated environment and tiny real inputs on disk.
+
+Nothing here touches the network: RESNET_EXP_OFFLINE and HF_HUB_OFFLINE make every Hub or
+weights lookup fail fast, and the caches (datasets, torchvision) point into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+_SANDBOX = Path(tempfile.mkdtemp(prefix="resnet-exp-tests-"))
+
+# Set at import time: `datasets` reads its cache location when first imported, which happens
+# while test modules are collected, before any fixture runs.
+os.environ.update({
+    "RESNET_EXP_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_CACHE": str(_SANDBOX / "hf-datasets"),
+    "TORCH_HOME": str(_SANDBOX / "torch"),
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'stray-runs.db'}",  # never the cwd's mlflow.db
+})
+os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """A data_dir holding the generated demo dataset, shared by every test."""
+    from resnet_exp.demo import ensure_demo_dataset
+
+    folder = _SANDBOX / "data"
+    ensure_demo_dataset(folder)
+    return folder
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite tracking store for this test, also seen by subprocesses."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def tiny_config(data_dir: Path, output_dir: Path, **changes):
+    """The shrunk configuration the training tests share: 32 px, random init, few batches."""
+    from resnet_exp.config import TrainConfig
+
+    values = dict(data="demo", data_dir=str(data_dir), output_dir=str(output_dir), weights="none",
+                  image_size=32, batch_size=16, max_epochs=2, limit_batches=4, freeze_blocks=2)
+    return TrainConfig(**{**values, **changes})
+
+
+def save_image(path: Path, mode: str = "RGB", size: int = 24, seed: int = 0, fmt: str | None = None) -> Path:
+    """Write a real image file of the given PIL mode with random content."""
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (size, size), dtype=np.uint16))  # I;16
+    elif mode == "CMYK":
+        image = rgb.convert("CMYK")
+    elif mode == "P":
+        image = rgb.convert("P", palette=Image.Palette.ADAPTIVE)
+    else:
+        image = rgb.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, int], suffix: str = ".png") -> Path:
+    """root/<class>/<class>_<i><suffix> with `n` random RGB images per class."""
+    for c, (name, n) in enumerate(classes.items()):
+        for i in range(n):
+            save_image(root / name / f"{name}_{i:03d}{suffix}", seed=100 * c + i)
+    return root
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment, with this interpreter's bin folder first on PATH so that
+    `mlflow run` starts the project with the same Python."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env

@@ -1,0 +1,93 @@
+"""Config: one home for defaults (MLproject and CLI agree), parsing, validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO
+from resnet_exp.cli import main
+from resnet_exp.config import TrainConfig, defaults_as_text, format_value, parse_blocks
+from resnet_exp.errors import ConfigError
+
+
+def mlproject() -> dict:
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+def test_mlproject_defaults_equal_the_cli_defaults():
+    params = mlproject()["entry_points"]["main"]["parameters"]
+    assert {k: str(v["default"]) for k, v in params.items()} == defaults_as_text()
+
+
+def test_cli_defaults_come_from_the_config():
+    command = main.commands["train"]
+    cli_defaults = {p.name: p.default for p in command.params}
+    assert cli_defaults == defaults_as_text()
+
+
+def test_mlproject_command_passes_every_parameter_to_its_option():
+    entry = mlproject()["entry_points"]["main"]
+    assert entry["command"].startswith("python -m resnet_exp train")
+    for name in entry["parameters"]:
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+
+
+def test_documented_defaults():
+    c = TrainConfig()
+    assert (c.data, c.freeze_blocks, c.blocks, c.weights) == ("lucabaggi/animal-wildlife", 3, (2, 2, 2, 2), "imagenet")
+    assert (c.batch_size, c.learning_rate, c.max_epochs, c.image_size) == (32, 3e-5, 30, 224)
+    assert (c.early_stopping_patience, c.seed) == (10, 42)
+
+
+def test_text_round_trip():
+    text = {"freeze_blocks": "2", "blocks": "3, 4, 6, 3", "learning_rate": "0.0001", "num_workers": "auto"}
+    c = TrainConfig.from_text(text)
+    assert c.blocks == (3, 4, 6, 3) and c.freeze_blocks == 2 and c.num_workers is None
+    assert TrainConfig.from_text(c.to_params()) == c
+    assert format_value(3e-5) == "3e-5" and format_value(0.1) == "0.1" and format_value(1e20) == "1e20"
+
+
+def test_names_and_hash():
+    c = TrainConfig(data="demo", freeze_blocks=2, seed=0)
+    assert c.run_name == "r18-b2222-f2-s0"
+    assert TrainConfig(blocks=(3, 4, 6, 3)).arch_name == "r34"
+    assert TrainConfig(blocks=(1, 12, 1, 1), freeze_blocks=0).depth_label == "b1-12-1-1-f0"
+    assert c.config_hash == c.replace(seed=7, num_workers=3, output_dir="elsewhere").config_hash
+    assert c.config_hash != c.replace(freeze_blocks=3).config_hash
+    assert TrainConfig(data="lucabaggi/animal-wildlife").default_experiment_name == "resnet-exp-animal-wildlife"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"freeze_blocks": "7"}, ["freeze_blocks=7", "0..4"]),
+    ({"freeze_blocks": "abc"}, ["freeze_blocks='abc'", "integer"]),
+    ({"blocks": "2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
+    ({"blocks": "2,0,2,2"}, ["blocks='2,0,2,2'", "4 positive integers"]),
+    ({"weights": "nonsense"}, ["weights='nonsense'", "'imagenet', 'none'"]),
+    ({"weights": "missing/file.pt"}, ["weights='missing/file.pt'", "no such file"]),
+    ({"precision": "fp8"}, ["precision='fp8'", "32-true"]),
+    ({"image_size": "8"}, ["image_size=8", ">= 32"]),
+    ({"val_fraction": "0.6", "test_fraction": "0.5"}, ["val_fraction + test_fraction", "less than 1"]),
+    ({"data": "./no/such/folder"}, ["data='./no/such/folder'", "Hub dataset id", "'demo'"]),
+    ({"num_workers": "many"}, ["num_workers='many'", "integer"]),
+])
+def test_bad_values_are_named_with_what_is_accepted(changes, words):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_text(changes)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_cli_reports_a_bad_value_without_a_traceback():
+    result = CliRunner().invoke(main, ["train", "--blocks", "2,2,2"])
+    assert result.exit_code != 0
+    assert "blocks='2,2,2'" in result.output and "Traceback" not in result.output
+
+
+def test_every_field_has_help_and_a_parser_where_needed():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"]
+    assert parse_blocks("1,1,1,1") == (1, 1, 1, 1)

@@ -1,0 +1,159 @@
+"""Data: image folders of every kind, bad files and folders, the stratified split, offline Hub."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image_folder, save_image
+from resnet_exp.config import TrainConfig
+from resnet_exp.data import ImageSplit, decode_image, load_splits, stratified_split, to_rgb
+from resnet_exp.demo import CLASSES, IMAGES_PER_CLASS
+from resnet_exp.errors import DataError, OfflineError
+
+
+def folder_config(path, **changes) -> TrainConfig:
+    return TrainConfig(data=str(path), weights="none", image_size=32, **changes)
+
+
+def test_demo_dataset_is_real_files_in_an_image_folder(data_dir):
+    splits = load_splits(TrainConfig(data="demo", data_dir=str(data_dir)))
+    assert splits.source == "demo" and splits.class_names == CLASSES
+    assert len(CLASSES) >= 8 and sum(splits.sizes().values()) == len(CLASSES) * IMAGES_PER_CLASS >= 400
+    files = list((data_dir / "demo-v1").glob("*/*"))
+    assert {f.suffix for f in files} == {".png", ".jpg"}
+    assert splits.carved == ("test", "validation")
+
+
+def test_demo_generation_is_deterministic(tmp_path, data_dir):
+    from resnet_exp.demo import ensure_demo_dataset
+
+    again = ensure_demo_dataset(tmp_path)
+    for name in ("circle/circle_000.png", "star/star_001.jpg", "ring/ring_079.jpg"):
+        assert (again / name).read_bytes() == (data_dir / "demo-v1" / name).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1", "I", "F"])
+def test_every_image_mode_becomes_normalised_rgb(tmp_path, mode):
+    fmt = "TIFF" if mode in ("CMYK", "F", "I") else "PNG"
+    path = save_image(tmp_path / f"x.{fmt.lower()}", mode=mode, fmt=fmt)
+    image = decode_image({"path": str(path), "bytes": None}, str(path))
+    assert image.mode == "RGB" and image.size == (24, 24)
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped():
+    grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    assert grey.mode == "I;16"
+    assert to_rgb(grey).getpixel((0, 0)) == (127, 127, 127)
+    transparent = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_folder_of_mixed_modes_loads_and_decodes(tmp_path):
+    for c, name in enumerate(["cat", "dog"]):
+        for i, mode in enumerate(["L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB", "RGB", "RGB", "RGB"]):
+            fmt = "TIFF" if mode == "CMYK" else "PNG"
+            save_image(tmp_path / name / f"{name}_{i}.{fmt.lower()}", mode=mode, seed=10 * c + i, fmt=fmt)
+    splits = load_splits(folder_config(tmp_path, val_fraction=0.2, test_fraction=0.2))
+    assert splits.class_names == ("cat", "dog") and splits.sizes() == {"train": 12, "validation": 4, "test": 4}
+    for name in ("train", "validation", "test"):
+        data = ImageSplit(splits, name, 32)
+        for i in range(len(data)):
+            x, y = data[i]
+            assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1)
+
+
+def test_split_subfolders_are_used_as_given(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 4, "b": 4})
+    make_image_folder(tmp_path / "validation", {"a": 2, "b": 2})
+    make_image_folder(tmp_path / "test", {"a": 1, "b": 1})
+    splits = load_splits(folder_config(tmp_path))
+    assert splits.sizes() == {"train": 8, "validation": 4, "test": 2} and splits.carved == ()
+
+
+def test_a_missing_validation_split_is_carved_from_train(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 10, "b": 10})
+    make_image_folder(tmp_path / "test", {"a": 2, "b": 2})
+    splits = load_splits(folder_config(tmp_path, val_fraction=0.2))
+    assert splits.carved == ("validation",)
+    assert splits.sizes() == {"train": 16, "validation": 4, "test": 4}
+
+
+def test_an_empty_split_is_an_error(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 2, "b": 2})
+    make_image_folder(tmp_path / "test", {"a": 2, "b": 2})
+    with pytest.raises(DataError, match="validation split .* is empty"):
+        load_splits(folder_config(tmp_path, val_fraction=0.1))  # round(2 * 0.1) = 0 per class
+
+
+def test_a_corrupt_file_is_named_before_training(tmp_path):
+    make_image_folder(tmp_path, {"a": 5, "b": 5})
+    bad = tmp_path / "b" / "b_broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match="b_broken.png"):
+        load_splits(folder_config(tmp_path))
+
+
+def test_a_truncated_file_is_named_when_decoded(tmp_path):
+    make_image_folder(tmp_path, {"a": 10, "b": 10}, suffix=".jpg")
+    victim = tmp_path / "a" / "a_000.jpg"
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(DataError, match="a_000.jpg"):
+        splits = load_splits(folder_config(tmp_path))
+        for name in ("train", "validation", "test"):
+            data = ImageSplit(splits, name, 32)
+            [data[i] for i in range(len(data))]
+
+
+def test_one_class_is_an_error(tmp_path):
+    make_image_folder(tmp_path, {"only": 6})
+    with pytest.raises(DataError, match="at least 2"):
+        load_splits(folder_config(tmp_path))
+
+
+def test_a_folder_without_class_subfolders_is_an_error(tmp_path):
+    save_image(tmp_path / "loose.png")
+    with pytest.raises(DataError, match="one subfolder per class"):
+        load_splits(folder_config(tmp_path))
+
+
+def test_split_words_in_file_names_are_explained(tmp_path):
+    make_image_folder(tmp_path, {"a": 3, "b": 3})
+    save_image(tmp_path / "a" / "a_test_9.png")
+    with pytest.raises(DataError, match="no train split"):
+        load_splits(folder_config(tmp_path))
+
+
+def test_stratified_split_is_deterministic_disjoint_and_stratified():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 40])
+    fractions = {"test": 0.1, "validation": 0.2}
+    first, again = stratified_split(labels, fractions, 3), stratified_split(labels, fractions, 3)
+    other = stratified_split(labels, fractions, 4)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["test"], other["test"])
+    everything = np.concatenate(list(first.values()))
+    assert len(everything) == len(set(everything)) == len(labels)
+    assert np.bincount(labels[first["test"]]).tolist() == [1, 2, 3, 4]
+    assert np.bincount(labels[first["validation"]]).tolist() == [2, 4, 6, 8]
+
+
+def test_the_split_follows_the_seed_end_to_end(data_dir):
+    one = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))
+    same = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))
+    other = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=2))
+    paths = lambda s, n: [r["path"] for r in s.split(n)[s.image_column]]
+    assert paths(one, "test") == paths(same, "test") != paths(other, "test")
+    assert not set(paths(one, "test")) & set(paths(one, "train"))
+
+
+def test_a_hub_id_offline_fails_fast_and_names_the_options():
+    start = time.monotonic()
+    with pytest.raises(OfflineError) as err:
+        load_splits(TrainConfig(data="lucabaggi/animal-wildlife", weights="none"))
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "unreachable" in message and "data=demo" in message and "weights=none" in message

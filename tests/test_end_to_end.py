@@ -1,0 +1,159 @@
+"""End to end: the real entry points (`mlflow run`, the CLI) against a temporary SQLite store,
+then read back what MLflow, TensorBoard and the checkpoint folder hold."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import REPO, make_image_folder, subprocess_env
+from resnet_exp import metrics as M
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_run(tmp_path: Path, data_dir: Path, *params: str, timeout: int = 300):
+    base = [f"data_dir={data_dir}", f"output_dir={tmp_path / 'results'}"]
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+           "--experiment-name", "e2e"]
+    for p in [*base, *params]:
+        cmd += ["-P", p]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(),
+                          cwd=tmp_path)
+
+
+def cli(tmp_path: Path, *args: str, **popen):
+    cmd = [sys.executable, "-m", "resnet_exp", "train", "--output-dir", str(tmp_path / "results"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                          cwd=tmp_path, **popen)
+
+
+def all_runs(uri: str):
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(ids) if ids else []
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
+    result = mlflow_run(tmp_path, data_dir, "data=demo", "weights=none", "freeze_blocks=2",
+                        "max_epochs=2", "image_size=32", "limit_batches=4", "batch_size=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client, runs = all_runs(tracking_uri)
+    assert len(runs) == 1, "mlflow run and the training must share one run"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "r18-b2222-f2-s42"
+    assert client.get_experiment(run.info.experiment_id).name == "e2e"
+    params = run.data.params
+    assert params["freeze_blocks"] == "2" and params["blocks"] == "2,2,2,2"
+    assert params["learning_rate"] == "3e-5" and params["weights"] == "none"
+    assert params["resolved/precision"] == "32-true"
+    assert int(params["trainable_params"]) < int(params["total_params"])
+    assert run.data.tags["depth_config"] == "b2222-f2" and len(run.data.tags["config_hash"]) == 12
+
+    for key in (M.VAL_ACC, M.VAL_LOSS, M.TRAIN_LOSS, M.TRAIN_ACC, M.LR, M.EPOCH_TIME, M.TRAIN_THROUGHPUT):
+        assert steps(client, run.info.run_id, key) == [0, 1], key
+    assert steps(client, run.info.run_id, M.TRAIN_LOSS + M.STEP_SUFFIX)  # per-step series too
+    assert 0.0 <= run.data.metrics[M.TEST_ACC] <= 1.0 and M.TEST_LOSS in run.data.metrics
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "class_names.json"} <= artifacts
+    classes = json.loads(Path(client.download_artifacts(run.info.run_id, "class_names.json", str(tmp_path))).read_text())
+    assert len(classes) == 10
+    contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"training", "validation", "testing"}
+
+    logs = list((tmp_path / "results" / "demo" / "logs").rglob("events.out.tfevents.*"))
+    assert logs, "TensorBoard event files missing"
+    best = Path(run.data.tags["best_checkpoint"])
+    assert best.is_file() and (best.parent / "last.ckpt").is_file()
+    assert_frozen_batchnorm_untouched(best)
+
+
+def assert_frozen_batchnorm_untouched(checkpoint: Path) -> None:
+    """With random init, a BatchNorm that never ran in train mode still has mean 0, var 1."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for prefix, frozen in (("model.bn1.", True), ("model.layer2.0.bn1.", True), ("model.layer3.0.bn1.", False)):
+        untouched = (torch.all(state[prefix + "running_mean"] == 0) and torch.all(state[prefix + "running_var"] == 1)
+                     and state[prefix + "num_batches_tracked"] == 0)
+        assert bool(untouched) == frozen, prefix
+
+
+@pytest.mark.parametrize("param, words", [
+    ("freeze_blocks=7", ["freeze_blocks=7", "0..4"]),
+    ("blocks=2,2,2", ["blocks='2,2,2'", "4 positive integers"]),
+    ("weights=nonsense", ["weights='nonsense'", "'imagenet', 'none'"]),
+])
+def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(tmp_path, data_dir, tracking_uri,
+                                                                         param, words):
+    start = time.monotonic()
+    result = mlflow_run(tmp_path, data_dir, "data=demo", param)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    for word in words:
+        assert word in result.stderr
+    assert "Traceback" not in result.stderr.split("=== Run")[0]
+    _, runs = all_runs(tracking_uri)
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_bad_input_to_the_cli_creates_no_run_at_all(tmp_path, tracking_uri):
+    start = time.monotonic()
+    result = cli(tmp_path, "--data", "demo", "--freeze-blocks", "7")
+    assert result.returncode != 0 and "freeze_blocks=7" in result.stderr
+    assert time.monotonic() - start < 15
+    assert all_runs(tracking_uri)[1] == []
+
+
+def test_an_offline_hub_id_fails_fast_with_the_options_and_no_run(tmp_path, tracking_uri):
+    start = time.monotonic()
+    result = cli(tmp_path, "--data", "lucabaggi/animal-wildlife", "--weights", "none")
+    assert result.returncode != 0 and time.monotonic() - start < 30
+    assert "unreachable" in result.stderr and "data=demo" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert all_runs(tracking_uri)[1] == []
+
+
+def test_a_file_that_breaks_mid_training_ends_the_run_failed(tmp_path, tracking_uri):
+    folder = make_image_folder(tmp_path / "pets", {"cat": 12, "dog": 12}, suffix=".jpg")
+    victim = folder / "dog" / "dog_005.jpg"
+    data = victim.read_bytes()
+    victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
+    result = cli(tmp_path, "--data", str(folder), "--weights", "none", "--image-size", "32",
+                 "--batch-size", "4", "--max-epochs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2")
+    assert result.returncode != 0 and "dog_005.jpg" in result.stderr
+    _, runs = all_runs(tracking_uri)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, "KILLED"), (signal.SIGTERM, "KILLED")])
+def test_an_interrupted_training_is_not_left_running(tmp_path, data_dir, tracking_uri, sig, status):
+    cmd = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+           "--weights", "none", "--image-size", "64", "--max-epochs", "50",
+           "--output-dir", str(tmp_path / "results")]
+    process = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        _, runs = all_runs(tracking_uri)
+        if runs and client.get_metric_history(runs[0].info.run_id, M.TRAIN_LOSS + M.STEP_SUFFIX):
+            break  # inside the training loop
+        time.sleep(0.5)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    _, runs = all_runs(tracking_uri)
+    assert [r.info.status for r in runs] == [status], stderr[-2000:]
