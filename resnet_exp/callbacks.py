@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 
 from resnet_exp import metrics as M
+
+log = logging.getLogger(__name__)
+SUMMARY = (M.TRAIN_LOSS, M.TRAIN_ACC, M.VAL_LOSS, M.VAL_ACC)
 
 
 class EpochTimer(pl.Callback):
@@ -33,3 +37,8 @@ class EpochTimer(pl.Callback):
         pl_module.log(M.EPOCH_TIME, time.perf_counter() - self.epoch_start, on_epoch=True)
         if self.train_seconds > 0:
             pl_module.log(M.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)
+        # One line per epoch, readable where the progress bar is off (logs, CI, pipes).
+        values = {k: trainer.callback_metrics[k] for k in SUMMARY if k in trainer.callback_metrics}
+        log.info("epoch %d: %s (%.1f s)", trainer.current_epoch,
+                 " ".join(f"{k}={float(v):.4f}" for k, v in values.items()),
+                 time.perf_counter() - self.epoch_start)

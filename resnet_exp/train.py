@@ -9,6 +9,7 @@ so a mistake leaves no run behind (under `mlflow run` the run it created ends FA
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,5 +112,6 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         limit_val_batches=limit,
         limit_test_batches=limit,
         log_every_n_steps=min(50, batches),  # at least once per epoch, even on tiny data
+        enable_progress_bar=sys.stderr.isatty(),  # elsewhere EpochTimer logs a line per epoch
         default_root_dir=str(tracking.results_dir(config)),
     )

@@ -91,3 +91,9 @@ def test_every_field_has_help_and_a_parser_where_needed():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata["help"]
     assert parse_blocks("1,1,1,1") == (1, 1, 1, 1)
+
+
+def test_the_readme_documents_every_parameter():
+    readme = (REPO / "README.md").read_text()
+    for name, default in defaults_as_text().items():
+        assert f"| `{name}` | `{default}` |" in readme, name
