@@ -54,9 +54,6 @@ class DataSplits:
     def sizes(self) -> dict[str, int]:
         return {name: len(self.split(name)) for name in SPLITS}
 
-    def fingerprint(self) -> str:
-        return "-".join(self.split(name)._fingerprint[:8] for name in SPLITS)
-
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {v}" for k, v in self.sizes().items())
         return f"{self.location}: {len(self.class_names)} classes, {sizes}"
@@ -125,14 +122,15 @@ def _load_hub(hub_id: str) -> "datasets.DatasetDict":
 
     if not reachable(HUB_URL):
         # Offline mode answers at once from the local cache instead of retrying for ~23 s.
+        # (Process-wide, like HF_HUB_OFFLINE=1: the Hub was unreachable a moment ago.)
         datasets.config.HF_HUB_OFFLINE = True
         huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         return datasets.load_dataset(hub_id)
-    except ConnectionError as err:
+    except ConnectionError:
         raise OfflineError(f"cannot load dataset {hub_id!r}: the network (Hugging Face Hub, "
-                           f"{HUB_URL}) is unreachable and the dataset is not in the local cache "
-                           f"({err}).\n{offline_options()}") from None
+                           f"{HUB_URL}) is unreachable and the dataset is not in the local "
+                           f"Hugging Face cache.\n{offline_options()}") from None
     except FileNotFoundError as err:  # DatasetNotFoundError is one
         raise DataError(f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
                         f"({err}). Expected a Hub dataset id, an image-folder path, or "

@@ -56,9 +56,10 @@ def train(config: TrainConfig) -> TrainResult:
         _log_run_description(config, runtime, splits, initial, classifier)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
         trainer.fit(classifier, datamodule=datamodule)
-        best = trainer.checkpoint_callback.best_model_path
-        # The test split is touched once, with the checkpoint chosen on val_loss.
-        trainer.test(classifier, datamodule=datamodule, ckpt_path=best or "last", verbose=False)
+        # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
+        # only if val_loss never became a finite number).
+        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
         best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
         mlflow.log_metric(M.BEST_EPOCH, best_epoch)
         mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
