@@ -27,6 +27,15 @@ def config_options(command: Callable) -> Callable:
     return command
 
 
+def user_message(err: UserError) -> str:
+    """The error's own message. A DataLoader worker re-raises it with the worker's traceback
+    folded into the text; keep only what follows the last '<ErrorType>: '."""
+    text, marker = str(err), f"{type(err).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 @click.group()
 def main() -> None:
     """ResNet depth experiments tracked in MLflow."""
@@ -43,7 +52,7 @@ def train(**values: Any) -> None:
 
         result = run_training(config)
     except UserError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(user_message(err)) from None
     acc = result.metrics.get(TEST_ACC)
     click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
                else f"run {result.run_id} finished")
