@@ -1,6 +1,6 @@
 """Training instrumentation: epoch wall time and training throughput, logged once per epoch.
 
-    pytest tests/test_training.py -k throughput
+    pytest tests/test_training.py -k direct_run   # checks epoch_time_s and train_images_per_s
 """
 
 from __future__ import annotations

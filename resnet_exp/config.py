@@ -22,10 +22,11 @@ from resnet_exp.errors import ConfigError
 # The 90-class Animals data on the Hugging Face Hub: parquet with an `image` column and a
 # ClassLabel `label`, train/test splits (5,400 images), so it loads without custom code.
 DEFAULT_DATA = "lucabaggi/animal-wildlife"
+AUTO = "auto"  # "decide from the data or the machine" for num_workers, precision, experiment_name
 DEMO_DATA = "demo"
 NUM_STAGES = 4
-PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
-WEIGHT_CHOICES = ("imagenet", "none")
+PRECISIONS = (AUTO, "32-true", "16-mixed", "bf16-mixed")
+IMAGENET, NO_WEIGHTS = "imagenet", "none"  # the two `weights` values that are not a file
 MIN_IMAGE_SIZE = 32  # ResNet downsamples by 32; smaller inputs collapse layer4 to nothing useful
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -61,18 +62,20 @@ def parse_blocks(text: str | tuple[int, ...], name: str = "blocks") -> tuple[int
 
 
 def _parse_optional_int(name: str, text: str) -> int | None:
-    return None if str(text).strip() == "auto" else _parse_int(name, text)
+    return None if str(text).strip() == AUTO else _parse_int(name, text)
 
 
 def format_value(value: Any) -> str:
     """The command-line text of a value: 3e-5, 2,2,2,2, auto (None)."""
     if value is None:
-        return "auto"
+        return AUTO
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, float):
-        # '3e-05' -> '3e-5', so a directly called CLI logs the same text as `mlflow run`
-        return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{value:g}").replace("e+", "e")
+        # repr() is the shortest text that reads back as the same float; '3e-05' -> '3e-5'
+        # so that a directly called CLI logs the same text as `mlflow run` does.
+        text = repr(value).removesuffix(".0")
+        return re.sub(r"e([+-])0*(\d)", r"e\1\2", text).replace("e+", "e")
     return str(value)
 
 
@@ -91,7 +94,7 @@ class TrainConfig:
                                  _parse_int)
     blocks: tuple[int, ...] = _option((2, 2, 2, 2), "Residual blocks per stage, 4 positive integers.",
                                       lambda n, t: parse_blocks(t, n))
-    weights: str = _option("imagenet", "'imagenet', 'none' (random init) or a state_dict file path.")
+    weights: str = _option(IMAGENET, "'imagenet', 'none' (random init) or a state_dict file path.")
     batch_size: int = _option(32, "Images per batch.", _parse_int)
     learning_rate: float = _option(3e-5, "AdamW learning rate.", _parse_float)
     max_epochs: int = _option(30, "Upper bound on epochs (early stopping may end sooner).", _parse_int)
@@ -108,9 +111,9 @@ class TrainConfig:
     num_workers: int | None = _option(None, "DataLoader worker processes ('auto': 0 on small CPUs, "
                                             "so workers never compete with training threads).",
                                       _parse_optional_int, affects_result=False)
-    precision: str = _option("auto", "'auto' (bf16/fp16 mixed on CUDA, fp32 on CPU), 32-true, "
+    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA, fp32 on CPU), 32-true, "
                                      "16-mixed or bf16-mixed.")
-    experiment_name: str = _option("auto", "MLflow experiment when the CLI is called directly "
+    experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
                                            "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
                                    affects_result=False)
     data_dir: str = _option("data", "Where the demo dataset is generated.", affects_result=False)
@@ -134,6 +137,14 @@ class TrainConfig:
             parse = known[name].metadata["parse"]
             parsed[name] = parse(name, text) if parse and isinstance(text, str) else text
         return cls(**parsed)
+
+    def same_value(self, name: str, text: str) -> bool:
+        """Whether command-line `text` means this config's value of `name` ('3e-5' == 3e-05)."""
+        parse = self.__dataclass_fields__[name].metadata["parse"]
+        try:
+            return (parse(name, text) if parse else text) == getattr(self, name)
+        except ConfigError:
+            return False
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -174,7 +185,7 @@ class TrainConfig:
 
     @property
     def default_experiment_name(self) -> str:
-        if self.experiment_name != "auto":
+        if self.experiment_name != AUTO:
             return self.experiment_name
         return f"resnet-exp-{self.dataset_slug}"
 
@@ -213,9 +224,9 @@ def _validate(c: TrainConfig) -> None:
            f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
            f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)")
     parse_blocks(",".join(map(str, c.blocks)) if isinstance(c.blocks, tuple) else c.blocks)
-    _check(c.weights in WEIGHT_CHOICES or Path(c.weights).expanduser().is_file(),
-           f"weights={c.weights!r} is not valid: expected 'imagenet', 'none' (random init) or the "
-           "path of an existing state_dict file" +
+    _check(c.weights in (IMAGENET, NO_WEIGHTS) or Path(c.weights).expanduser().is_file(),
+           f"weights={c.weights!r} is not valid: expected '{IMAGENET}', '{NO_WEIGHTS}' (random init) "
+           "or the path of an existing state_dict file" +
            (" (no such file)" if looks_like_path(c.weights) or "." in c.weights else ""))
     for name in ("batch_size", "max_epochs", "early_stopping_patience"):
         value = getattr(c, name)

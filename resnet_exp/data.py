@@ -12,6 +12,7 @@ print(load_splits(TrainConfig(data='demo')).summary())"
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,14 @@ from resnet_exp.hardware import Runtime
 from resnet_exp.errors import DataError, OfflineError
 from resnet_exp.offline import offline_options, reachable
 
+log = logging.getLogger(__name__)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation"}
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation",
+                 "training": "train", "testing": "test"}
 HUB_URL = "https://huggingface.co"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,10 @@ def load_splits(config: TrainConfig) -> DataSplits:
         source, location = "hub", config.data
         raw = _load_hub(config.data)
     raw = datasets.DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
+    if "train" not in raw:
+        raise DataError(f"{location} has splits {sorted(raw)} but no train split")
     image_column, label_column = _find_columns(raw, location)
-    raw = _encode_labels(raw, label_column)
+    raw = _drop_unlabelled_splits(_encode_labels(raw, label_column), label_column, location)
     class_names = tuple(raw["train"].features[label_column].names)
     if len(class_names) < 2:
         raise DataError(f"{location} has {len(class_names)} class ({', '.join(class_names)}): "
@@ -135,6 +140,8 @@ def _load_hub(hub_id: str) -> "datasets.DatasetDict":
         raise DataError(f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
                         f"({err}). Expected a Hub dataset id, an image-folder path, or "
                         "'demo'") from None
+    except ValueError as err:  # e.g. a dataset with several configurations
+        raise DataError(f"cannot load Hub dataset {hub_id!r}: {err}") from None
 
 
 def _find_columns(raw: "datasets.DatasetDict", location: object) -> tuple[str, str]:
@@ -146,10 +153,10 @@ def _find_columns(raw: "datasets.DatasetDict", location: object) -> tuple[str, s
         raise DataError(f"{location} has no image column (features: {dict(features)})")
     image_column = "image" if "image" in images else images[0]
     labels = [k for k, f in features.items() if isinstance(f, datasets.ClassLabel)]
-    if "label" in features:
-        return image_column, "label"
     if labels:
-        return image_column, labels[0]
+        return image_column, "label" if "label" in labels else labels[0]
+    if "label" in features:
+        return image_column, "label"  # plain ints or strings, encoded by _encode_labels
     raise DataError(f"{location} has no class labels: an image folder needs at least 2 class "
                     "subfolders with images in each; a Hub dataset needs a 'label' column")
 
@@ -159,10 +166,38 @@ def _encode_labels(raw: "datasets.DatasetDict", label_column: str) -> "datasets.
 
     if isinstance(raw["train"].features[label_column], datasets.ClassLabel):
         return raw
-    # String labels: one ClassLabel over all splits, so ids agree between splits.
-    names = sorted({str(v) for split in raw.values() for v in split[label_column]})
-    feature = datasets.ClassLabel(names=names)
-    return datasets.DatasetDict({k: v.cast_column(label_column, feature) for k, v in raw.items()})
+    # Plain ints or strings: one ClassLabel over all splits, so ids agree between splits, and
+    # ids 0..n-1 in sorted order of the values (ints sort as numbers: 2 before 10).
+    values = sorted({v for split in raw.values() for v in split[label_column]}, key=lambda v: (str(type(v)), v))
+    if None in values:
+        raise DataError(f"the '{label_column}' column has empty values: every image needs a label")
+    ids = {v: i for i, v in enumerate(values)}
+    feature = datasets.ClassLabel(names=[str(v) for v in values])
+
+    def encode(split: "datasets.Dataset") -> "datasets.Dataset":
+        features = split.features.copy()
+        features[label_column] = feature
+        return split.map(lambda b: {label_column: [ids[v] for v in b[label_column]]}, batched=True,
+                         features=features)
+    return datasets.DatasetDict({k: encode(v) for k, v in raw.items()})
+
+
+def _drop_unlabelled_splits(raw: "datasets.DatasetDict", label_column: str, location: object):
+    """Hub datasets often ship a test split labelled -1 (no labels): treat it as missing, so it
+    is carved from train. Labels outside 0..n-1 in part of a split are an error."""
+    n = raw["train"].features[label_column].num_classes
+    kept = {}
+    for name, split in raw.items():
+        labels = np.asarray(split[label_column])
+        if len(labels) and (labels < 0).all() and name != "train":
+            log.warning("the %s split of %s is unlabelled (-1): ignored, carved from train", name, location)
+            continue
+        bad = labels[(labels < 0) | (labels >= n)]
+        if len(bad):
+            raise DataError(f"the {name} split of {location} has {len(bad)} labels outside 0..{n - 1} "
+                            f"(e.g. {bad[0]}): every image needs one of the {n} classes")
+        kept[name] = split
+    return type(raw)(kept)
 
 
 def _complete_splits(raw: "datasets.DatasetDict", label_column: str, config: TrainConfig):

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from resnet_exp.config import TrainConfig
+from resnet_exp.config import AUTO, TrainConfig
+from resnet_exp.errors import ConfigError
 
 SMALL_CPU_CORES = 4  # up to this many cores, decode in the training process itself
 
@@ -34,10 +35,18 @@ class Runtime:
 
 
 def usable_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a container's CPU quota."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>" in microseconds
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def resolve_runtime(config: TrainConfig) -> Runtime:
@@ -45,17 +54,23 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     cuda = torch.cuda.is_available()
     accelerator = "cuda" if cuda else "mps" if torch.backends.mps.is_available() else "cpu"
     precision = config.precision
-    if precision == "auto":
+    if precision == AUTO:
         # Mixed precision only on CUDA: bf16 autocast on a CPU without native bf16 measured
-        # 25-46x slower than fp32, and Apple's MPS gains little from it.
-        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if cuda else "32-true"
+        # 25-46x slower than fp32, and Apple's MPS gains little from it. Pre-Ampere GPUs only
+        # emulate bf16, so they get fp16.
+        native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        precision = ("bf16-mixed" if native_bf16 else "16-mixed") if cuda else "32-true"
+    elif precision == "16-mixed" and accelerator == "cpu":
+        # Lightning would silently switch to bf16-mixed, the slow path on most CPUs.
+        raise ConfigError("precision='16-mixed' needs a GPU; on this CPU use 32-true (or "
+                          "bf16-mixed on a CPU with native bf16)")
     if config.num_workers is not None:
         workers = config.num_workers
     elif cuda:
         workers = max(1, min(8, cores - 1))
     else:
         workers = 0 if cores <= SMALL_CPU_CORES else max(1, cores // 8)
-    threads = max(1, cores - workers) if accelerator == "cpu" else cores
+    threads = max(1, cores - workers)  # loader workers and torch threads on separate cores
     return Runtime(accelerator, precision, workers, threads, pin_memory=cuda)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from resnet_exp.config import NUM_STAGES, TrainConfig
+from resnet_exp.config import IMAGENET, NO_WEIGHTS, NUM_STAGES, TrainConfig
 from resnet_exp.errors import OfflineError, WeightsError
 from resnet_exp.offline import offline_options, reachable
 
@@ -95,9 +95,9 @@ def torchvision_cache_file(network: str) -> Path:
 
 def load_initial_weights(config: TrainConfig) -> InitialWeights:
     """Resolve `weights` to a state_dict before training starts (may download ImageNet weights)."""
-    if config.weights == "none":
-        return InitialWeights("none")
-    if config.weights != "imagenet":
+    if config.weights == NO_WEIGHTS:
+        return InitialWeights(NO_WEIGHTS)
+    if config.weights != IMAGENET:
         path = Path(config.weights).expanduser()
         return InitialWeights(path.name, _read_state_dict(path))
     network = pretrained_network(config.blocks)
@@ -145,7 +145,8 @@ def _copy_backbone(model: StagedResNet, initial: InitialWeights) -> dict[str, st
     model.load_state_dict({**target, **{k: source[k] for k in copied}})
     report = {}
     for unit in [*STEM, *(f"layer{s + 1}.{b}" for s in range(NUM_STAGES) for b in range(model.blocks[s]))]:
-        keys = [k for k in target if k.startswith(unit + ".")]
+        # torchvision's ImageNet files predate BatchNorm's num_batches_tracked buffer
+        keys = [k for k in target if k.startswith(unit + ".") and not k.endswith("num_batches_tracked")]
         report[unit] = initial.name if keys and all(k in copied for k in keys) else "random"
     report["fc"] = "random"  # the head always starts fresh for this dataset's classes
     return report
@@ -156,6 +157,6 @@ def build_resnet(blocks: tuple[int, ...], num_classes: int, freeze: int = 0,
     """A BasicBlock ResNet with `blocks` per stage, a `num_classes` head, initial weights copied
     where they fit (truncation), and the first `freeze` stages frozen."""
     model = StagedResNet(blocks, num_classes)
-    initial = initial or InitialWeights("none")
+    initial = initial or InitialWeights(NO_WEIGHTS)
     initial.report = _copy_backbone(model, initial)
     return freeze_blocks(model, freeze)

@@ -1,7 +1,7 @@
 """The LightningModule: training/validation/test steps, accuracy and loss per split, AdamW over
 the trainable parameters only, and ReduceLROnPlateau on val_loss.
 
-    python -c "from resnet_exp.module import ResNetClassifier; print(ResNetClassifier((2,2,2,2), 3, ['a','b']))"
+    python -c "from resnet_exp.module import ResNetClassifier; print(ResNetClassifier((2,2,2,2), 3, ['a','b'], 3e-5))"
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class ResNetClassifier(pl.LightningModule):
     class names and the run's config, so the file alone rebuilds the network."""
 
     def __init__(self, blocks: tuple[int, ...], freeze_blocks: int, class_names: list[str],
-                 learning_rate: float = 3e-5, config: dict[str, str] | None = None,
+                 learning_rate: float, config: dict[str, str] | None = None,
                  initial: InitialWeights | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["initial"])

@@ -26,7 +26,9 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from resnet_exp import metrics as M
-from resnet_exp.config import TrainConfig
+from resnet_exp.data import SPLITS, DataSplits
+from resnet_exp.config import AUTO, TrainConfig
+from resnet_exp.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def tracked_run(config: TrainConfig) -> Iterator[mlflow.ActiveRun]:
     run_id = project_run_id()
     if run_id:
         run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
-        if config.experiment_name != "auto":
+        if config.experiment_name != AUTO:
             log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
                         "experiment: use `mlflow run --experiment-name %s`", config.experiment_name,
                         config.experiment_name)
@@ -98,11 +100,17 @@ def tracked_run(config: TrainConfig) -> Iterator[mlflow.ActiveRun]:
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def log_params_once(params: Mapping[str, str]) -> None:
+def log_params(config: TrainConfig, params: Mapping[str, str]) -> None:
     """Log params the run does not have yet. `mlflow run` already logged its parameters as the
-    text given (e.g. '3e-5'), and MLflow refuses to change a param's value."""
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params
+    text given (e.g. '3e-5'), and MLflow refuses to change a param's value. A param that means
+    something else (a stale MLFLOW_RUN_ID pointing at another training) is an error."""
+    run_id = mlflow.active_run().info.run_id
+    existing = mlflow.get_run(run_id).data.params
+    clash = [k for k in existing if k in config.__dataclass_fields__ and not config.same_value(k, existing[k])]
+    if clash:
+        k = clash[0]
+        raise ConfigError(f"run {run_id} (MLFLOW_RUN_ID) already has {k}={existing[k]!r}, but this "
+                          f"training has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run")
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
@@ -128,13 +136,13 @@ def config_tags(config: TrainConfig) -> dict[str, str]:
     }
 
 
-def log_dataset_inputs(splits: Any) -> None:
+def log_dataset_inputs(splits: DataSplits) -> None:
     """Record the three splits as MLflow dataset inputs (name, source, digest, size)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    for name, context in (("train", "training"), ("validation", "validation"), ("test", "testing")):
+    for name, context in zip(SPLITS, ("training", "validation", "testing")):
         if splits.source == "hub":  # a carved split is a part of the Hub's train split
             source = HuggingFaceDatasetSource(path=splits.location,
                                               split="train" if name in splits.carved else name)

@@ -29,8 +29,6 @@ from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
 
 log = logging.getLogger(__name__)
-# Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 CHECKPOINTS_KEPT = 3  # best by val_loss, plus last.ckpt
 
 
@@ -55,7 +53,10 @@ def train(config: TrainConfig) -> TrainResult:
         run_id = run.info.run_id
         _log_run_description(config, runtime, splits, initial, classifier)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
-        trainer.fit(classifier, datamodule=datamodule)
+        with warnings.catch_warnings():
+            # Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(classifier, datamodule=datamodule)
         # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
         # only if val_loss never became a finite number).
         best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
@@ -78,7 +79,7 @@ def _log_run_description(config: TrainConfig, runtime: Runtime, splits: DataSpli
         "trainable_params": str(trainable),
         "total_params": str(total),
     }
-    tracking.log_params_once({**config.to_params(), **runtime.to_params(), **facts})
+    tracking.log_params(config, {**config.to_params(), **runtime.to_params(), **facts})
     mlflow.set_tags(tracking.config_tags(config))
     tracking.log_json({"config": config.to_params(), "runtime": runtime.to_params(), **facts,
                        "config_hash": config.config_hash,

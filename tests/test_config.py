@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from conftest import REPO
 from resnet_exp.cli import main
-from resnet_exp.config import TrainConfig, defaults_as_text, format_value, parse_blocks
+from resnet_exp.config import TrainConfig, defaults_as_text, format_value
 from resnet_exp.errors import ConfigError
 
 
@@ -49,6 +49,8 @@ def test_text_round_trip():
     assert c.blocks == (3, 4, 6, 3) and c.freeze_blocks == 2 and c.num_workers is None
     assert TrainConfig.from_text(c.to_params()) == c
     assert format_value(3e-5) == "3e-5" and format_value(0.1) == "0.1" and format_value(1e20) == "1e20"
+    assert format_value(1.2345678e-4) == "0.00012345678"  # no rounding: the hash sees the real value
+    assert format_value(2.0) == "2"
 
 
 def test_names_and_hash():
@@ -87,13 +89,30 @@ def test_cli_reports_a_bad_value_without_a_traceback():
     assert "blocks='2,2,2'" in result.output and "Traceback" not in result.output
 
 
-def test_every_field_has_help_and_a_parser_where_needed():
+def test_every_parameter_has_help():
     for f in dataclasses.fields(TrainConfig):
-        assert f.metadata["help"]
-    assert parse_blocks("1,1,1,1") == (1, 1, 1, 1)
+        assert f.metadata["help"], f.name
+
+
+def test_same_value_compares_meaning_not_text():
+    c = TrainConfig(learning_rate=3e-5, blocks=(1, 1, 1, 1))
+    assert c.same_value("learning_rate", "0.00003") and c.same_value("blocks", "1, 1, 1, 1")
+    assert not c.same_value("learning_rate", "1e-4") and not c.same_value("blocks", "junk")
 
 
 def test_the_readme_documents_every_parameter():
     readme = (REPO / "README.md").read_text()
     for name, default in defaults_as_text().items():
         assert f"| `{name}` | `{default}` |" in readme, name
+
+
+def test_fp16_on_a_cpu_is_refused_before_training():
+    import torch
+
+    from resnet_exp.hardware import resolve_runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs 16-mixed")
+    with pytest.raises(ConfigError, match="precision='16-mixed' needs a GPU"):
+        resolve_runtime(TrainConfig(precision="16-mixed"))
+    assert resolve_runtime(TrainConfig()).precision == "32-true"

@@ -11,7 +11,10 @@ from PIL import Image
 
 from conftest import make_image_folder, save_image
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import ImageSplit, decode_image, load_splits, stratified_split, to_rgb
+from resnet_exp.data import (
+    IMAGENET_MEAN, IMAGENET_STD, ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns,
+    decode_image, image_to_tensor, load_splits, stratified_split, to_rgb,
+)
 from resnet_exp.demo import CLASSES, IMAGES_PER_CLASS
 from resnet_exp.errors import DataError, OfflineError
 
@@ -43,6 +46,13 @@ def test_every_image_mode_becomes_normalised_rgb(tmp_path, mode):
     path = save_image(tmp_path / f"x.{fmt.lower()}", mode=mode, fmt=fmt)
     image = decode_image({"path": str(path), "bytes": None}, str(path))
     assert image.mode == "RGB" and image.size == (24, 24)
+
+
+def test_pixels_are_normalised_with_imagenet_statistics():
+    white = image_to_tensor(Image.new("RGB", (10, 10), (255, 255, 255)), 32)
+    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    assert white.shape == (3, 32, 32)
+    assert torch.allclose(white[:, 0, 0], torch.tensor(expected))
 
 
 def test_sixteen_bit_grey_is_rescaled_not_clipped():
@@ -101,9 +111,10 @@ def test_a_corrupt_file_is_named_before_training(tmp_path):
 def test_a_truncated_file_is_named_when_decoded(tmp_path):
     make_image_folder(tmp_path, {"a": 10, "b": 10}, suffix=".jpg")
     victim = tmp_path / "a" / "a_000.jpg"
-    victim.write_bytes(victim.read_bytes()[:300])
-    with pytest.raises(DataError, match="a_000.jpg"):
-        splits = load_splits(folder_config(tmp_path))
+    data = victim.read_bytes()
+    victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
+    splits = load_splits(folder_config(tmp_path))  # the header check passes ...
+    with pytest.raises(DataError, match="a_000.jpg"):  # ... decoding names the file
         for name in ("train", "validation", "test"):
             data = ImageSplit(splits, name, 32)
             [data[i] for i in range(len(data))]
@@ -157,3 +168,41 @@ def test_a_hub_id_offline_fails_fast_and_names_the_options():
     assert time.monotonic() - start < 30
     message = str(err.value)
     assert "unreachable" in message and "data=demo" in message and "weights=none" in message
+
+
+def hub_like(labels, feature=None):
+    """An in-memory `datasets.Dataset` shaped like a Hub image dataset."""
+    import datasets
+
+    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * len(labels), "label": labels})
+    data = data.cast_column("image", datasets.Image())
+    return data.cast_column("label", feature) if feature else data
+
+
+def test_plain_integer_labels_keep_their_order_and_agree_across_splits():
+    import datasets
+
+    raw = datasets.DatasetDict({"train": hub_like([0, 1, 2, 10, 11]), "test": hub_like([10, 2])})
+    assert _find_columns(raw, "x") == ("image", "label")
+    encoded = _encode_labels(raw, "label")
+    assert encoded["train"].features["label"].names == ["0", "1", "2", "10", "11"]
+    assert list(encoded["train"]["label"]) == [0, 1, 2, 3, 4] and list(encoded["test"]["label"]) == [3, 2]
+
+
+def test_string_labels_become_one_class_label():
+    import datasets
+
+    raw = datasets.DatasetDict({"train": hub_like(["dog", "cat"]), "test": hub_like(["dog"])})
+    encoded = _encode_labels(raw, "label")
+    assert encoded["test"].features["label"].names == ["cat", "dog"] and list(encoded["test"]["label"]) == [1]
+
+
+def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
+    import datasets
+
+    classes = datasets.ClassLabel(names=["a", "b"])
+    raw = datasets.DatasetDict({"train": hub_like([0, 1], classes), "test": hub_like([-1, -1], classes)})
+    assert set(_drop_unlabelled_splits(raw, "label", "hub")) == {"train"}
+    raw["test"] = hub_like([0, -1], classes)
+    with pytest.raises(DataError, match="test split of hub has 1 labels outside 0..1"):
+        _drop_unlabelled_splits(raw, "label", "hub")

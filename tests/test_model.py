@@ -68,6 +68,8 @@ def fake_imagenet_file(network: str) -> dict[str, torch.Tensor]:
     """Write a randomly initialised torchvision network where torchvision caches the download."""
     torch.manual_seed(len(network))
     state = getattr(torchvision.models, network)().state_dict()
+    # like the real files, which predate BatchNorm's num_batches_tracked buffer
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     path = torchvision_cache_file(network)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -96,7 +98,8 @@ def test_imagenet_weights_are_truncated_from_the_smallest_network_that_has_every
     assert initial.name == network == pretrained_network(blocks)
     model = build_resnet(blocks, NUM_CLASSES, 0, initial)
     assert_copied(model, state)
-    assert set(initial.report.values()) == {network, "random"} and initial.report["fc"] == "random"
+    assert initial.report.pop("fc") == "random"
+    assert set(initial.report.values()) == {network}
     assert model.fc.weight.shape == (NUM_CLASSES, 512)
 
 

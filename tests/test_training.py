@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, tiny_config
 from resnet_exp import metrics as M
+from resnet_exp.demo import CLASSES
+from resnet_exp.errors import ConfigError
 from resnet_exp.module import ResNetClassifier
 from resnet_exp.train import train
 
@@ -35,7 +39,8 @@ def test_a_direct_run_names_its_experiment_and_run_from_the_config(tmp_path, dat
 
     # The checkpoint alone rebuilds the network, its class names and its frozen stages.
     restored = ResNetClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu")
-    assert restored.class_names == list(run.data.params and restored.hparams.class_names)
+    logged = client.download_artifacts(result.run_id, "class_names.json", str(tmp_path))
+    assert restored.class_names == json.loads(Path(logged).read_text()) == list(CLASSES)
     assert restored.model.frozen_stages == 1 and restored.hparams.config["seed"] == "3"
     restored.train()
     assert not restored.model.layer1.training and restored.model.layer2.training
@@ -51,3 +56,16 @@ def test_the_demo_is_learnable_but_not_trivial(tmp_path, data_dir, tracking_uri)
     assert len(val_acc) == 3
     assert val_acc[0] < 0.6, val_acc
     assert max(val_acc) >= 0.25, val_acc
+
+
+def test_a_stale_run_id_pointing_at_other_params_is_refused(tmp_path, data_dir, tracking_uri, monkeypatch):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("earlier")  # not an experiment id cached from another test's store
+    with mlflow.start_run() as old:
+        mlflow.log_params({"freeze_blocks": "4", "learning_rate": "0.00003"})
+    monkeypatch.setenv("MLFLOW_RUN_ID", old.info.run_id)
+    with pytest.raises(ConfigError, match="already has freeze_blocks='4'"):
+        train(tiny_config(data_dir, tmp_path / "results", freeze_blocks=2))  # 3e-5 == 0.00003: no clash
+    assert MlflowClient(tracking_uri).get_run(old.info.run_id).info.status == "FAILED"
