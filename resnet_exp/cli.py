@@ -7,6 +7,7 @@ Options are generated from TrainConfig's fields, so names, defaults and help exi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -17,13 +18,19 @@ from resnet_exp.errors import UserError
 from resnet_exp.metrics import TEST_ACC
 
 
+# What `--help` shows as each option's value, by the field's type annotation.
+METAVARS = {"int": "INTEGER", "float": "FLOAT", "tuple[int, ...]": "N,N,N,N", "int | None": "auto|INTEGER"}
+
+
 def config_options(command: Callable) -> Callable:
-    """Add one `--name-with-dashes` option per TrainConfig field, default shown as text."""
+    """Add one `--name-with-dashes` option per TrainConfig field, default shown as text.
+    Values arrive as text and TrainConfig parses them, so every message has one home."""
     help_texts = option_help()
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     for name, default in reversed(defaults_as_text().items()):
         flag = "--" + name.replace("_", "-")
-        command = click.option(flag, name, default=default, show_default=True,
-                               help=help_texts[name])(command)
+        command = click.option(flag, name, default=default, show_default=True, help=help_texts[name],
+                               metavar=METAVARS.get(types[name], "TEXT"))(command)
     return command
 
 
