@@ -64,3 +64,5 @@ def train(**values: Any) -> None:
     click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
                else f"run {result.run_id} finished")
     click.echo(f"best checkpoint: {result.best_checkpoint}")
+    click.echo(f"compare runs:    mlflow ui --backend-store-uri {result.tracking_uri}")
+    click.echo(f"curves:          tensorboard --logdir {result.tensorboard_dir}")

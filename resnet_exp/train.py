@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytorch_lightning as pl
@@ -37,6 +39,8 @@ class TrainResult:
     run_id: str
     best_checkpoint: str
     metrics: dict[str, float]
+    tracking_uri: str
+    tensorboard_dir: str
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -53,20 +57,28 @@ def train(config: TrainConfig) -> TrainResult:
         run_id = run.info.run_id
         _log_run_description(config, runtime, splits, initial, classifier)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
-        with warnings.catch_warnings():
-            # Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        with _known_warnings_silenced():
             trainer.fit(classifier, datamodule=datamodule)
-        # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
-        # only if val_loss never became a finite number).
-        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
-        trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
+            # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
+            # only if val_loss never became a finite number).
+            best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+            trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
         best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
         mlflow.log_metric(M.BEST_EPOCH, best_epoch)
         mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
                          "checkpoint_dir": str(Path(best).resolve().parent)})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return TrainResult(run_id, best, metrics)
+    return TrainResult(run_id, best, metrics, tracking.tracking_uri(), str(tracking.logs_dir(config)))
+
+
+@contextmanager
+def _known_warnings_silenced() -> Iterator[None]:
+    with warnings.catch_warnings():
+        # Frozen stages are in eval mode on purpose (their BatchNorm statistics must not move).
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # pytorch-lightning 2.6 calls a torch 2.14 API it has not caught up with; harmless.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        yield
 
 
 def _log_run_description(config: TrainConfig, runtime: Runtime, splits: DataSplits,
