@@ -94,3 +94,19 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+def offline_failure(call, *args) -> str:
+    """Run `call(*args)`, which must raise OfflineError within 30 s naming the offline options;
+    return the message for further checks."""
+    import time
+
+    from resnet_exp.errors import OfflineError
+
+    start = time.monotonic()
+    with pytest.raises(OfflineError) as err:
+        call(*args)
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "unreachable" in message and "data=demo" in message and "weights=none" in message
+    return message
