@@ -55,7 +55,8 @@ def train(**values: Any) -> None:
     """Train one ResNet configuration and record it as one MLflow run."""
     try:
         config = TrainConfig.from_text(values)
-        from resnet_exp.train import train as run_training  # heavy imports after validation
+        from resnet_exp import tracking  # heavy imports after validation
+        from resnet_exp.train import train as run_training
 
         result = run_training(config)
     except UserError as err:
@@ -64,5 +65,5 @@ def train(**values: Any) -> None:
     click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
                else f"run {result.run_id} finished")
     click.echo(f"best checkpoint: {result.best_checkpoint}")
-    click.echo(f"compare runs:    mlflow ui --backend-store-uri {result.tracking_uri}")
-    click.echo(f"curves:          tensorboard --logdir {result.tensorboard_dir}")
+    click.echo(f"compare runs:    mlflow ui --backend-store-uri {tracking.tracking_uri()}")
+    click.echo(f"curves:          tensorboard --logdir {tracking.logs_dir(config)}")

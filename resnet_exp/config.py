@@ -223,7 +223,7 @@ def _validate(c: TrainConfig) -> None:
     _check(isinstance(c.freeze_blocks, int) and 0 <= c.freeze_blocks <= NUM_STAGES,
            f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
            f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)")
-    parse_blocks(",".join(map(str, c.blocks)) if isinstance(c.blocks, tuple) else c.blocks)
+    parse_blocks(format_value(c.blocks))  # re-check a tuple given directly, not via from_text
     _check(c.weights in (IMAGENET, NO_WEIGHTS) or Path(c.weights).expanduser().is_file(),
            f"weights={c.weights!r} is not valid: expected '{IMAGENET}', '{NO_WEIGHTS}' (random init) "
            "or the path of an existing state_dict file" +

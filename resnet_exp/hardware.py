@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -41,7 +42,7 @@ def usable_cores() -> int:
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
     try:  # cgroup v2: "max 100000" or "<quota> <period>" in microseconds
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):

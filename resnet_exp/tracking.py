@@ -26,8 +26,8 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from resnet_exp import metrics as M
-from resnet_exp.data import SPLITS, DataSplits
 from resnet_exp.config import AUTO, TrainConfig
+from resnet_exp.data import SPLITS, DataSplits
 from resnet_exp.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

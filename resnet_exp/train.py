@@ -39,8 +39,6 @@ class TrainResult:
     run_id: str
     best_checkpoint: str
     metrics: dict[str, float]
-    tracking_uri: str
-    tensorboard_dir: str
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -68,7 +66,7 @@ def train(config: TrainConfig) -> TrainResult:
         mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
                          "checkpoint_dir": str(Path(best).resolve().parent)})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return TrainResult(run_id, best, metrics, tracking.tracking_uri(), str(tracking.logs_dir(config)))
+    return TrainResult(run_id, best, metrics)
 
 
 @contextmanager
