@@ -35,6 +35,13 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test from its own folder: a SQLite store puts artifacts under `./mlruns` of the
+    working directory, which must never be the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """A data_dir holding the generated demo dataset, shared by every test."""
