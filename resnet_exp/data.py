@@ -24,13 +24,12 @@ from PIL import Image, UnidentifiedImageError
 from resnet_exp.config import DEMO_DATA, TrainConfig
 from resnet_exp.demo import ensure_demo_dataset
 from resnet_exp.hardware import Runtime
+from resnet_exp.images import image_to_tensor, to_rgb
 from resnet_exp.errors import DataError, OfflineError
 from resnet_exp.offline import offline_options, reachable
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation",
                  "training": "train", "testing": "test"}
@@ -245,25 +244,6 @@ def check_image_files(splits: DataSplits) -> None:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Transparent pixels become white; 16-bit and float grey are rescaled
-    to 8 bits rather than clipped (PIL's own I;16 -> RGB clips nearly everything to white)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or grey.max() > 255:
-            grey = grey / 257.0
-        elif image.mode == "F" and grey.max() <= 1.0:
-            grey = grey * 255.0
-        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def decode_image(item: dict, where: str) -> Image.Image:
     """Decode one {'bytes', 'path'} image cell; errors name the file (or row)."""
     try:
@@ -273,16 +253,6 @@ def decode_image(item: dict, where: str) -> Image.Image:
         return to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot decode image {where}: {err}") from None
-
-
-def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
-    """RGB PIL image -> normalised float tensor of shape (3, image_size, image_size)."""
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    x = pixels.permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
 
 
 class ImageSplit(torch.utils.data.Dataset):

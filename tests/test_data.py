@@ -11,11 +11,12 @@ from PIL import Image
 from conftest import make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
 from resnet_exp.data import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns,
-    decode_image, image_to_tensor, load_splits, stratified_split, to_rgb,
+    ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
+    stratified_split,
 )
 from resnet_exp.demo import CLASSES, IMAGES_PER_CLASS
 from resnet_exp.errors import DataError
+from resnet_exp.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
 
 
 def folder_config(path, **changes) -> TrainConfig:

@@ -1,0 +1,118 @@
+"""Pixels: any image file -> RGB -> the normalised tensor the network sees. Shared by training
+(data.py) and by the registered model (inference.py), so both preprocess every image the same way.
+
+Only PIL, numpy and torch are imported here: a served model must not need `datasets` or Lightning.
+
+    python -c "from PIL import Image; from resnet_exp.images import image_to_tensor; \
+print(image_to_tensor(Image.new('RGB', (50, 30)), 32).shape)"
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Limits on one image sent to a served or loaded model. 20 MiB holds any camera JPEG; 40
+# megapixels (e.g. 8000 x 5000) decodes to 120 MB of RGB, so a small file claiming more is a
+# decompression bomb and is refused before its pixels are decoded.
+MAX_IMAGE_BYTES = 20 * 2**20
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+
+
+class ImageInputError(ValueError):
+    """One image that cannot be used: the message says which and why."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparent pixels become white; 16-bit and float grey are rescaled
+    to 8 bits rather than clipped (PIL's own I;16 -> RGB clips nearly everything to white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or grey.max() > 255:
+            grey = grey / 257.0
+        elif image.mode == "F" and grey.max() <= 1.0:
+            grey = grey * 255.0
+        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image, image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """RGB PIL image -> normalised float tensor of shape (3, image_size, image_size)."""
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
+    x = pixels.permute(2, 0, 1).float().div_(255.0)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def image_from_upload(value: object) -> Image.Image:
+    """One uploaded image -> RGB. `value` is the file's bytes, or its base64 text (a `data:`
+    URL prefix is accepted). Raises ImageInputError saying what is wrong with it."""
+    data = _file_bytes(value)
+    if not data:
+        raise ImageInputError("empty image: expected the bytes of an image file (JPEG, PNG, ...)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageInputError(f"image file of {len(data):,} bytes is over the limit of "
+                              f"{MAX_IMAGE_BYTES:,} bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size  # read from the header; no pixel is decoded yet
+        if width * height <= MAX_IMAGE_PIXELS:
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as err:  # PIL's own, far higher limit
+        raise ImageInputError(f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"not an image file ({len(data):,} bytes starting {data[:8]!r}): "
+                              "expected JPEG, PNG, GIF, BMP, TIFF, WebP or another format PIL reads") from None
+    except (OSError, ValueError, SyntaxError) as err:  # e.g. "image file is truncated"
+        raise ImageInputError(f"damaged image file ({len(data):,} bytes): {err}") from None
+    raise ImageInputError(f"image of {width} x {height} pixels is over the limit of "
+                          f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
+
+
+def _file_bytes(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview, np.bytes_)):
+        data = bytes(value)
+        # MLflow hands `{"inputs": {"image": [...]}}` requests over as base64 *bytes*. Binary image
+        # formats always hold bytes outside the base64 alphabet (PNG's \x89, JPEG's \xff, NULs).
+        if BASE64_TEXT.fullmatch(data):
+            try:
+                return _decode_base64(data.decode("ascii"))
+            except ImageInputError:
+                pass  # plain text, not base64: reported below as "not an image file"
+        return data
+    if not isinstance(value, str):
+        raise ImageInputError(f"expected image file bytes or base64 text, got {type(value).__name__}")
+    return _decode_base64(value)
+
+
+def _decode_base64(text: str) -> bytes:
+    text = text.strip()
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]  # data:image/png;base64,....
+    try:
+        # validate=True refuses characters outside the base64 alphabet instead of skipping them;
+        # whitespace (line breaks from `base64` tools) is removed first.
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageInputError(f"not base64 text ({len(text):,} characters, starting "
+                              f"{text[:20]!r}): {err}") from None
