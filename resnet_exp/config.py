@@ -27,6 +27,9 @@ DEMO_DATA = "demo"
 NUM_STAGES = 4
 PRECISIONS = (AUTO, "32-true", "16-mixed", "bf16-mixed")
 IMAGENET, NO_WEIGHTS = "imagenet", "none"  # the two `weights` values that are not a file
+NO_REGISTRATION = "none"  # registered_model_name that logs the model but registers nothing
+# Registered-model names end up in `models:/<name>@<alias>` URIs, so no '/', ':' or '@'.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
 MIN_IMAGE_SIZE = 32  # ResNet downsamples by 32; smaller inputs collapse layer4 to nothing useful
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -116,6 +119,9 @@ class TrainConfig:
     experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
                                            "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
                                    affects_result=False)
+    registered_model_name: str = _option(AUTO, "Registered model that the best checkpoint becomes a "
+                                               "version of ('auto': resnet-<dataset>; 'none': log the "
+                                               "model to the run only).", affects_result=False)
     data_dir: str = _option("data", "Where the demo dataset is generated.", affects_result=False)
     output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
                                          "(<output_dir>/<dataset>/...).", affects_result=False)
@@ -184,6 +190,15 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
+    def model_name(self) -> str | None:
+        """The registered model's name, or None when registration is off."""
+        if self.registered_model_name == NO_REGISTRATION:
+            return None
+        if self.registered_model_name == AUTO:
+            return f"resnet-{self.dataset_slug}"
+        return self.registered_model_name
+
+    @property
     def default_experiment_name(self) -> str:
         if self.experiment_name != AUTO:
             return self.experiment_name
@@ -249,6 +264,9 @@ def _validate(c: TrainConfig) -> None:
            f"num_workers={c.num_workers!r}: expected 'auto' or an integer >= 0")
     _check(c.precision in PRECISIONS,
            f"precision={c.precision!r} is not valid: expected one of {', '.join(PRECISIONS)}")
+    _check(c.registered_model_name in (AUTO, NO_REGISTRATION) or bool(MODEL_NAME.match(c.registered_model_name)),
+           f"registered_model_name={c.registered_model_name!r} is not valid: expected '{AUTO}', "
+           f"'{NO_REGISTRATION}' or a name of letters, digits, '_', '-' and '.' (no '/', ':' or '@')")
     for name in ("experiment_name", "data_dir", "output_dir"):
         _check(bool(str(getattr(c, name)).strip()), f"{name} must not be empty")
 

@@ -156,6 +156,14 @@ def log_dataset_inputs(splits: DataSplits) -> None:
         mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
 
 
+def metric_at_step(run_id: str, key: str, step: int) -> float:
+    """The value of an epoch metric at one epoch (epoch metrics are stored at step = epoch)."""
+    values = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key) if m.step == step]
+    if not values:
+        raise RuntimeError(f"run {run_id} has no {key} at step {step}")
+    return values[-1]
+
+
 def log_json(data: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(data, indent=2, sort_keys=False), artifact_file)
 

@@ -22,10 +22,10 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import metrics as M
-from resnet_exp import tracking
+from resnet_exp import registry, tracking
 from resnet_exp.callbacks import EpochTimer
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import DataSplits, ImageDataModule, load_splits
+from resnet_exp.data import DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
@@ -38,7 +38,9 @@ CHECKPOINTS_KEPT = 3  # best by val_loss, plus last.ckpt
 class TrainResult:
     run_id: str
     best_checkpoint: str
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # final values; val_acc is the best checkpoint's
+    model_uri: str  # the MLflow Model logged to the run
+    registered: registry.RegisteredVersion | None  # None when registered_model_name is 'none'
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -66,7 +68,21 @@ def train(config: TrainConfig) -> TrainResult:
         mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
                          "checkpoint_dir": str(Path(best).resolve().parent)})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return TrainResult(run_id, best, metrics)
+        # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
+        metrics[M.VAL_ACC] = tracking.metric_at_step(run_id, M.VAL_ACC, best_epoch)
+        model_uri, version = _publish_model(config, run_id, best, splits, metrics)
+    return TrainResult(run_id, best, metrics, model_uri, version)
+
+
+def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, splits: DataSplits,
+                   metrics: dict[str, float]) -> tuple[str, registry.RegisteredVersion | None]:
+    """Log the best checkpoint as an MLflow Model of this run and register it (unless 'none')."""
+    first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
+    model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size))
+    if config.model_name is None:
+        return model_uri, None
+    tags = registry.version_tags(config, run_id, metrics)
+    return model_uri, registry.register(model_uri, config, tags)
 
 
 @contextmanager

@@ -1,0 +1,121 @@
+"""Predict from raw image files with a trained network: the code behind the registered model.
+
+A classifier is a network plus its `ClassifierSpec` (blocks, class names, image size,
+normalisation). It is rebuilt from a Lightning checkpoint, or from the two files a registered
+model carries: `model.safetensors` (tensors only, nothing to unpickle) and `classifier.json`.
+No MLflow, `datasets` or Lightning here.
+
+    python -c "from resnet_exp.inference import ImageClassifier; \
+c = ImageClassifier.from_checkpoint('best.ckpt'); print(c.predict_uploads([open('cat.jpg','rb').read()]))"
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from resnet_exp.images import IMAGENET_MEAN, IMAGENET_STD, ImageInputError, image_from_upload, image_to_tensor
+from resnet_exp.model import StagedResNet
+
+IMAGE_COLUMN = "image"  # the input column of the registered model
+TOP_K = 5
+PREDICTION_COLUMNS = ["label", "label_id", "probability", "top5"]
+BATCH_SIZE = 32  # images per forward pass: bounds memory whatever the request size
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "classifier.json"
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Everything besides the weights that turns image files into labels."""
+
+    blocks: tuple[int, ...]
+    class_names: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ClassifierSpec":
+        values = json.loads(Path(path).read_text())
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+
+class ImageClassifier:
+    """A trained network in eval mode that maps image files to labels and top-k probabilities."""
+
+    def __init__(self, network: StagedResNet, spec: ClassifierSpec):
+        self.spec = spec
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.network = network.eval().to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "ImageClassifier":
+        """Rebuild from a Lightning checkpoint of ResNetClassifier (loaded without unpickling code)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hparams = checkpoint["hyper_parameters"]
+        spec = ClassifierSpec(blocks=tuple(hparams["blocks"]), class_names=tuple(hparams["class_names"]),
+                              image_size=int(hparams["config"]["image_size"]))
+        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+                 if k.startswith("model.")}
+        return cls(_network(spec, state), spec)
+
+    @classmethod
+    def from_files(cls, weights: str | Path, spec: str | Path) -> "ImageClassifier":
+        spec_ = ClassifierSpec.from_json(spec)
+        return cls(_network(spec_, load_file(str(weights))), spec_)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        """Write model.safetensors and classifier.json into `folder`; returns {name: path}."""
+        weights, spec = folder / WEIGHTS_FILE, folder / SPEC_FILE
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        save_file(state, str(weights))
+        self.spec.to_json(spec)
+        return {"weights": str(weights), "spec": str(spec)}
+
+    def predict_uploads(self, values: Sequence[object]) -> pd.DataFrame:
+        """Image files given as bytes or base64 text -> one prediction row per image, in batches.
+        Raises ImageInputError naming the first bad image by its position."""
+        rows = []
+        for start in range(0, len(values), BATCH_SIZE):
+            batch = [_decode_upload(v, start + i) for i, v in enumerate(values[start:start + BATCH_SIZE])]
+            rows.extend(self._rows(self.probabilities(batch)))
+        return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+    @torch.inference_mode()
+    def probabilities(self, images: Iterable[Image.Image]) -> torch.Tensor:
+        """RGB images -> class probabilities, shape (n, num_classes)."""
+        s = self.spec
+        x = torch.stack([image_to_tensor(im, s.image_size, s.mean, s.std) for im in images])
+        return torch.softmax(self.network(x.to(self.device)).float(), dim=1).cpu()
+
+    def _rows(self, probabilities: torch.Tensor) -> list[dict]:
+        k = min(TOP_K, len(self.spec.class_names))
+        top_p, top_i = probabilities.topk(k, dim=1)
+        names = self.spec.class_names
+        return [{"label": names[ids[0]], "label_id": ids[0], "probability": ps[0],
+                 "top5": [{"label": names[i], "probability": p} for i, p in zip(ids, ps)]}
+                for ps, ids in zip(top_p.tolist(), top_i.tolist())]
+
+
+def _network(spec: ClassifierSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
+    network = StagedResNet(spec.blocks, len(spec.class_names))
+    network.load_state_dict(state)
+    return network
+
+
+def _decode_upload(value: object, index: int) -> Image.Image:
+    try:
+        return image_from_upload(value)
+    except ImageInputError as err:
+        raise ImageInputError(f"{IMAGE_COLUMN} {index}: {err}") from None

@@ -1,0 +1,165 @@
+"""The model registry: the best checkpoint becomes an MLflow Model, a registered version, and
+the `champion` / `best-<depth>` aliases move to the best version by val_acc.
+
+The model is a "models from code" pyfunc (pyfunc_model.py): its artifact holds source code,
+safetensors weights and JSON, never a pickle. The `resnet_exp` package travels with it as code, so
+it loads where only the pip requirements below are installed.
+
+    python -c "import mlflow; print(mlflow.MlflowClient().get_model_version_by_alias('resnet-demo', 'champion'))"
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+from PIL import Image
+
+import resnet_exp
+from resnet_exp import metrics as M
+from resnet_exp.config import TrainConfig
+from resnet_exp.inference import IMAGE_COLUMN, ImageClassifier
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # the run's artifact folder, so runs:/<run_id>/model
+CHAMPION = "champion"
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+# What the pyfunc imports (directly or through resnet_exp.inference/images/model). MLflow's
+# requirement inference misses torch and pillow for models from code, so the list is explicit.
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),  # over HTTP: base64 text, decoded by MLflow
+    outputs=Schema([
+        ColSpec("string", "label"), ColSpec("long", "label_id"), ColSpec("double", "probability"),
+        ColSpec(Array(Object([Property("label", "string"), Property("probability", "double")])), "top5"),
+    ]),
+)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    aliases: tuple[str, ...]  # the aliases that point at this version after the update
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def depth_alias(config: TrainConfig) -> str:
+    """The alias of the best version of one depth configuration, e.g. 'best-b2222-f2'."""
+    return f"best-{config.depth_label}"
+
+
+def log_model(checkpoint: str | Path, example_image: bytes) -> str:
+    """Log the checkpoint to the active run as an MLflow Model; returns its model URI."""
+    classifier = ImageClassifier.from_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="resnet-exp-model-") as tmp:
+        folder = Path(tmp)
+        artifacts = classifier.save(folder)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_FILE),
+            artifacts=artifacts,
+            code_paths=[str(_package_source(folder))],
+            pip_requirements=pip_requirements(),
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
+        )
+    return info.model_uri
+
+
+def register(model_uri: str, config: TrainConfig, tags: dict[str, str]) -> RegisteredVersion:
+    """Make the logged model a new version of `config.model_name`, tag it, and move the aliases."""
+    name = config.model_name
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    aliases = []
+    for alias, label in ((CHAMPION, None), (depth_alias(config), config.depth_label)):
+        candidates = [v for v in versions if label is None or v.tags.get("depth_label") == label]
+        if move_alias(client, name, alias, candidates) == str(version.version):
+            aliases.append(alias)
+    log.info("registered %s version %s%s", name, version.version,
+             f" ({', '.join(aliases)})" if aliases else "")
+    return RegisteredVersion(name, str(version.version), tuple(aliases))
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]) -> str | None:
+    """Point `alias` at the candidate with the best val_acc tag if it beats the version the alias
+    points at now (ties keep the current one); returns the version the alias ends on."""
+    scored = [v for v in candidates if _val_acc(v) is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda v: (_val_acc(v), -int(v.version)))  # a tie goes to the oldest
+    current = _version_by_alias(client, name, alias)
+    if current is not None and _val_acc(current) is not None and _val_acc(current) >= _val_acc(best):
+        return str(current.version)
+    client.set_registered_model_alias(name, alias, best.version)
+    return str(best.version)  # the registry returns int or str versions, depending on the call
+
+
+def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
+    """Tags that make a version findable and comparable in the UI without opening its run."""
+    return {
+        "run_id": run_id,
+        "dataset": config.data,
+        "blocks": config.to_params()["blocks"],
+        "freeze_blocks": str(config.freeze_blocks),
+        "weights": config.weights,
+        "depth_label": config.depth_label,
+        "config_hash": config.config_hash,
+        "seed": str(config.seed),
+        "image_size": str(config.image_size),
+        **{name: f"{metrics[name]:.6f}" for name in (M.VAL_ACC, M.TEST_ACC) if name in metrics},
+    }
+
+
+def example_image(image: Image.Image, size: int) -> bytes:
+    """A small JPEG of a real input image: the model's input example, shown in the UI."""
+    buffer = io.BytesIO()
+    image.convert("RGB").resize((size, size)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def pip_requirements() -> list[str]:
+    """The pyfunc's requirements, pinned to this environment's versions (without local tags
+    such as '+cpu', which only exist on the index they came from)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def _package_source(folder: Path) -> Path:
+    """A copy of the resnet_exp package without bytecode caches, to ship as the model's code."""
+    target = folder / "code" / "resnet_exp"
+    shutil.copytree(Path(resnet_exp.__file__).parent, target,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def _version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such alias yet
+        return None
+
+
+def _val_acc(version: ModelVersion) -> float | None:
+    try:
+        return float(version.tags[M.VAL_ACC])
+    except (KeyError, ValueError):
+        return None
