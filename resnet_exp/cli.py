@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -67,3 +68,27 @@ def train(**values: Any) -> None:
     click.echo(f"best checkpoint: {result.best_checkpoint}")
     click.echo(f"compare runs:    mlflow ui --backend-store-uri {tracking.tracking_uri()}")
     click.echo(f"curves:          tensorboard --logdir {tracking.logs_dir(config)}")
+    registered = result.registered
+    if registered is None:
+        click.echo(f"model:           {result.model_uri} (not registered)")
+        return
+    aliases = f" (now {', '.join(registered.aliases)})" if registered.aliases else ""
+    click.echo(f"model:           {registered.uri}{aliases}")
+    click.echo(f"predict:         resnet-exp predict --model models:/{registered.name}@champion IMAGE...")
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, metavar="URI",
+              help="An MLflow model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image, with the top 5.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
+    """Label image files (or every image in given folders) with a logged or registered model."""
+    from resnet_exp import predict as prediction  # heavy imports after the arguments are checked
+
+    try:
+        files = prediction.image_files(images)
+        table = prediction.predict_files(model_uri, files)
+    except UserError as err:
+        raise click.ClickException(user_message(err)) from None
+    click.echo(prediction.as_json(table) if as_json else prediction.as_text(table))

@@ -1,0 +1,71 @@
+"""`resnet-exp predict`: label image files with a logged or registered model, through MLflow's
+pyfunc loader, exactly as any other client of the model would.
+
+    resnet-exp predict --model models:/resnet-demo@champion data/demo-v1/circle
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from resnet_exp.errors import DataError, UserError
+from resnet_exp.images import ImageInputError, image_from_upload
+from resnet_exp.inference import IMAGE_COLUMN
+
+FILE_COLUMN = "file"
+
+
+def image_files(paths: Iterable[Path]) -> list[Path]:
+    """The given files, plus every image file (by extension) under the given folders, sorted."""
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            if not found:
+                raise DataError(f"{path} holds no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def predict_files(model_uri: str, files: list[Path]) -> pd.DataFrame:
+    """One row per file: file, label, label_id, probability, top5."""
+    contents = [_checked_bytes(path) for path in files]  # name a bad file before loading the model
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        raise UserError(f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: "
+                        f"{err.message}") from None
+    table = model.predict(pd.DataFrame({IMAGE_COLUMN: contents}))
+    table.insert(0, FILE_COLUMN, [str(path) for path in files])
+    return table
+
+
+def as_text(table: pd.DataFrame) -> str:
+    """An aligned table of file, label and probability."""
+    rows = [(FILE_COLUMN, "label", "probability")] + [
+        (r.file, r.label, f"{r.probability:.4f}") for r in table.itertuples()]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{f:<{widths[0]}}  {label:<{widths[1]}}  {p}" for f, label, p in rows)
+
+
+def as_json(table: pd.DataFrame) -> str:
+    return json.dumps(table.to_dict(orient="records"), indent=2)
+
+
+def _checked_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    try:
+        image_from_upload(data)
+    except ImageInputError as err:
+        raise DataError(f"{path}: {err}") from None
+    return data
