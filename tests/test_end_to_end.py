@@ -159,6 +159,6 @@ def test_an_interrupted_training_is_not_left_running(tmp_path, data_dir, trackin
         time.sleep(0.5)
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
+    assert process.returncode != 0, stderr[-3000:]
     _, runs = all_runs(tracking_uri)
     assert [r.info.status for r in runs] == [status], stderr[-2000:]

@@ -1,0 +1,306 @@
+"""The model registry end to end: two trainings into one SQLite store become two versions with
+tags and aliases; the champion loads in a fresh process, serves over HTTP from a real
+`mlflow models serve`, and predicts through `resnet-exp predict`, always as the checkpoint does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import subprocess_env, tiny_config
+from resnet_exp import metrics as M
+from resnet_exp.config import TrainConfig
+from resnet_exp.errors import ConfigError
+from resnet_exp.inference import ImageClassifier
+from resnet_exp.registry import CHAMPION, move_alias
+
+MODEL = "resnet-demo"
+
+
+# --- alias rules, on a real registry with hand-made versions ------------------------------------
+
+
+def make_versions(tmp_path: Path, accuracies: list[float], label: str = "b2222-f2") -> MlflowClient:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'registry.db'}")
+    client.create_registered_model(MODEL)
+    for acc in accuracies:
+        client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: str(acc), "depth_label": label})
+    return client
+
+
+def all_versions(client: MlflowClient):
+    return client.search_model_versions(f"name = '{MODEL}'")
+
+
+def test_champion_goes_to_the_best_val_acc(tmp_path):
+    client = make_versions(tmp_path, [0.5, 0.8, 0.7])
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "2"
+    assert str(client.get_model_version_by_alias(MODEL, CHAMPION).version) == "2"
+
+
+def test_champion_moves_only_to_a_better_version(tmp_path):
+    client = make_versions(tmp_path, [0.6])
+    move_alias(client, MODEL, CHAMPION, all_versions(client))
+    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.6"})  # a tie
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "1"
+    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.4"})  # worse
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "1"
+    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.61"})  # better
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "4"
+
+
+def test_versions_without_val_acc_never_become_champion(tmp_path):
+    client = make_versions(tmp_path, [])
+    client.create_model_version(MODEL, str(tmp_path), tags={})
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) is None
+    assert not client.get_registered_model(MODEL).aliases
+
+
+@pytest.mark.parametrize("name, model_name", [
+    ("auto", "resnet-demo"), ("none", None), ("my-model.v2", "my-model.v2")])
+def test_registered_model_name(name, model_name):
+    assert TrainConfig(data="demo", registered_model_name=name).model_name == model_name
+
+
+@pytest.mark.parametrize("name", ["a/b", "a:b", "a@champion", "", "-x"])
+def test_a_bad_registered_model_name_is_refused(name):
+    with pytest.raises(ConfigError, match="registered_model_name=.*expected 'auto', 'none'"):
+        TrainConfig(registered_model_name=name)
+
+
+# --- two real trainings -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, data_dir):
+    """Train twice (seeds 1 and 2) into one store; returns (uri, client, results, work folder)."""
+    from resnet_exp.train import train
+
+    work = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(work)
+        results = [train(tiny_config(data_dir, work / "results", seed=seed)) for seed in (1, 2)]
+    return uri, MlflowClient(uri), results, work
+
+
+@pytest.fixture
+def images(data_dir) -> list[Path]:
+    """Real files of the demo data: PNG and JPEG."""
+    folder = data_dir / "demo-v1"
+    files = sorted(folder.glob("star/*.png"))[:3] + sorted(folder.glob("circle/*.jpg"))[:3]
+    assert {f.suffix for f in files} == {".png", ".jpg"}
+    return files
+
+
+def champion_checkpoint(client: MlflowClient) -> str:
+    version = client.get_model_version_by_alias(MODEL, CHAMPION)
+    return client.get_run(version.run_id).data.tags["best_checkpoint"]
+
+
+def expected_predictions(client: MlflowClient, files: list[Path]):
+    classifier = ImageClassifier.from_checkpoint(champion_checkpoint(client))
+    return classifier.predict_uploads([f.read_bytes() for f in files])
+
+
+@pytest.mark.slow
+def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
+    uri, client, results, _ = registry
+    versions = sorted(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert [v.run_id for v in versions] == [r.run_id for r in results]
+    for version, result in zip(versions, results):
+        tags = version.tags
+        assert {"run_id", "freeze_blocks", "blocks", "weights", M.VAL_ACC, M.TEST_ACC, "dataset"} <= set(tags)
+        assert tags["run_id"] == result.run_id and tags["blocks"] == "2,2,2,2"
+        assert tags["freeze_blocks"] == "2" and tags["weights"] == "none" and tags["dataset"] == "demo"
+        assert float(tags[M.TEST_ACC]) == pytest.approx(result.metrics[M.TEST_ACC], abs=1e-6)
+        # val_acc is the registered (best val_loss) checkpoint's, read back from the run's history
+        history = client.get_metric_history(result.run_id, M.VAL_ACC)
+        best_epoch = int(client.get_run(result.run_id).data.metrics[M.BEST_EPOCH])
+        assert float(tags[M.VAL_ACC]) == pytest.approx(
+            next(m.value for m in history if m.step == best_epoch), abs=1e-6)
+
+    accuracies = [float(v.tags[M.VAL_ACC]) for v in versions]
+    winner = "1" if accuracies[0] >= accuracies[1] else "2"  # a tie stays with the first
+    aliases = client.get_registered_model(MODEL).aliases
+    assert str(aliases[CHAMPION]) == winner and str(aliases["best-b2222-f2"]) == winner
+    assert results[int(winner) - 1].registered.aliases == (CHAMPION, "best-b2222-f2")
+
+
+@pytest.mark.slow
+def test_the_model_artifact_holds_no_pickle(registry, tmp_path):
+    uri, client, results, _ = registry
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(results[0].model_uri, dst_path=str(tmp_path)))
+    files = [p for p in local.rglob("*") if p.is_file()]
+    suffixes = {p.suffix for p in files if p.name not in ("MLmodel", "registered_model_meta")}
+    assert suffixes <= {".py", ".json", ".yaml", ".txt", ".safetensors"}, suffixes
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".pyc")]
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "model_code_path" in flavor and "python_model" not in flavor  # models from code
+    requirements = (local / "requirements.txt").read_text()
+    for package in ("torch==", "torchvision==", "pillow==", "safetensors==", "mlflow=="):
+        assert package in requirements
+
+
+@pytest.mark.slow
+def test_the_champion_loads_in_a_fresh_process_and_predicts_like_the_checkpoint(registry, images):
+    uri, client, _, work = registry
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@{CHAMPION}')\n"
+        "frame = pd.DataFrame({'image': [open(p, 'rb').read() for p in sys.argv[1:]]})\n"
+        "print(model.predict(frame).to_json(orient='records'))\n")
+    result = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True,
+                            text=True, timeout=120, cwd=work, env=subprocess_env(MLFLOW_TRACKING_URI=uri))
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = expected_predictions(client, images)
+    assert [row["label"] for row in loaded] == list(expected["label"])
+    assert [row["probability"] for row in loaded] == pytest.approx(list(expected["probability"]), abs=1e-5)
+    assert all(len(row["top5"]) == 5 for row in loaded)
+
+
+@pytest.mark.slow
+def test_resnet_exp_predict_labels_a_folder(registry, data_dir):
+    uri, client, _, work = registry
+    folder = data_dir / "demo-v1" / "ring"
+    base = [sys.executable, "-m", "resnet_exp", "predict", "--model", f"models:/{MODEL}@{CHAMPION}"]
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+    table = subprocess.run([*base, str(folder)], capture_output=True, text=True, timeout=120, cwd=work, env=env)
+    as_json = subprocess.run([*base, "--json", str(folder)], capture_output=True, text=True, timeout=120,
+                             cwd=work, env=env)
+    assert table.returncode == 0 and as_json.returncode == 0, table.stderr[-2000:] + as_json.stderr[-2000:]
+    files = sorted(folder.iterdir())
+    rows = json.loads(as_json.stdout)
+    assert [row["file"] for row in rows] == [str(f) for f in files]
+    expected = expected_predictions(client, files)
+    assert [row["label"] for row in rows] == list(expected["label"])
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split() == ["file", "label", "probability"] and len(lines) == len(files) + 1
+    assert lines[1].split()[:2] == [str(files[0]), expected["label"][0]]
+
+
+@pytest.mark.slow
+def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data_dir, tmp_path):
+    uri, _, _, work = registry
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+    base = [sys.executable, "-m", "resnet_exp", "predict", "--model"]
+    result = subprocess.run([*base, f"models:/{MODEL}@{CHAMPION}", str(bad)], capture_output=True,
+                            text=True, timeout=120, cwd=work, env=env)
+    assert result.returncode != 0 and f"{bad}: not an image file" in result.stderr
+    good = tmp_path / "good" / "circle.png"
+    good.parent.mkdir()
+    good.write_bytes(next((data_dir / "demo-v1" / "circle").glob("*.png")).read_bytes())
+    result = subprocess.run([*base, "models:/no-such-model@champion", str(good.parent)], capture_output=True,
+                            text=True, timeout=120, cwd=work, env=env)
+    assert result.returncode != 0 and "cannot load model 'models:/no-such-model@champion'" in result.stderr
+
+
+# --- a real model server ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, payload: object) -> tuple[int, dict]:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    uri, _, _, work = registry
+    port = free_port()
+    log = open(work / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}",
+         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+        cwd=work, env=subprocess_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("mlflow models serve did not answer /ping within 120 s")
+    yield port, process
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.mark.slow
+def test_the_server_labels_png_and_jpeg_like_the_checkpoint(registry, server, images):
+    _, client, _, _ = registry
+    port, _ = server
+    expected = expected_predictions(client, images)
+    for payload in ({"dataframe_split": {"columns": ["image"], "data": [[b64(p)] for p in images]}},
+                    {"dataframe_records": [{"image": b64(p)} for p in images]},
+                    {"inputs": {"image": [b64(p) for p in images]}}):
+        status, body = post(port, payload)
+        assert status == 200, body
+        rows = body["predictions"]
+        assert [row["label"] for row in rows] == list(expected["label"])
+        assert [row["probability"] for row in rows] == pytest.approx(list(expected["probability"]), abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("payload, message", [
+    ({"dataframe_split": {"columns": ["image"], "data": [["not base64!!"]]}}, "base64"),
+    ({"dataframe_records": [{"image": base64.b64encode(b"plain text").decode()}]}, "not an image file"),
+    ({"dataframe_records": [{"image": ""}]}, "empty image"),
+    ({"dataframe_records": [{"picture": "aGVsbG8="}]}, "missing inputs ['image']"),
+    (b"{not json", ""),
+], ids=["not-base64", "not-an-image", "empty", "missing-column", "malformed-json"])
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, images, payload, message):
+    port, process = server
+    status, body = post(port, payload)
+    assert 400 <= status < 500 and message in body.get("message", ""), (status, body)
+    status, body = post(port, {"dataframe_records": [{"image": b64(images[0])}]})
+    assert status == 200 and process.poll() is None
+
+
+@pytest.mark.slow
+def test_the_server_refuses_a_decompression_bomb(server, images):
+    from test_images import png_claiming
+
+    port, _ = server
+    payload = {"dataframe_records": [{"image": b64(images[0])},
+                                     {"image": base64.b64encode(png_claiming(30000, 30000)).decode()}]}
+    status, body = post(port, payload)
+    assert status == 400 and "image 1:" in body["message"] and "limit" in body["message"]
