@@ -70,6 +70,9 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "class_names.json"} <= artifacts
+    [version] = client.search_model_versions("name = 'resnet-demo'")  # registered_model_name=auto
+    assert version.run_id == run.info.run_id
+    assert str(client.get_model_version_by_alias("resnet-demo", "champion").version) == str(version.version)
     classes = json.loads(Path(client.download_artifacts(run.info.run_id, "class_names.json", str(tmp_path))).read_text())
     assert len(classes) == 10
     contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -213,6 +214,22 @@ def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data
     result = subprocess.run([*base, "models:/no-such-model@champion", str(good.parent)], capture_output=True,
                             text=True, timeout=120, cwd=work, env=env)
     assert result.returncode != 0 and "cannot load model 'models:/no-such-model@champion'" in result.stderr
+
+
+@pytest.mark.slow
+def test_registered_model_name_none_logs_the_model_but_registers_nothing(tmp_path, data_dir, tracking_uri):
+    from resnet_exp.train import train
+
+    result = train(tiny_config(data_dir, tmp_path / "results", registered_model_name="none"))
+    client = MlflowClient(tracking_uri)
+    assert result.registered is None and client.search_registered_models() == []
+    import mlflow
+
+    image = next((data_dir / "demo-v1" / "ring").glob("*.png")).read_bytes()
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")  # MLflow 3: a LoggedModel of the run
+    label = model.predict(pd.DataFrame({"image": [image]}))["label"][0]
+    expected = ImageClassifier.from_checkpoint(result.best_checkpoint).predict_uploads([image])["label"][0]
+    assert label == expected
 
 
 # --- a real model server ---------------------------------------------------------------------
