@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 
 from conftest import REPO, make_image_folder, subprocess_env
 from resnet_exp import metrics as M
+from resnet_exp.config import TrainConfig
+from resnet_exp.hardware import resolve_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,7 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     params = run.data.params
     assert params["freeze_blocks"] == "2" and params["blocks"] == "2,2,2,2"
     assert params["learning_rate"] == "3e-5" and params["weights"] == "none"
-    assert params["resolved/precision"] == "32-true"
+    assert params["resolved/precision"] == resolve_runtime(TrainConfig()).precision
     assert int(params["trainable_params"]) < int(params["total_params"])
     assert run.data.tags["depth_config"] == "b2222-f2" and len(run.data.tags["config_hash"]) == 12
 
