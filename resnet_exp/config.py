@@ -117,7 +117,8 @@ class TrainConfig:
     experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
                                            "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
                                    affects_result=False)
-    data_dir: str = _option("data", "Where the demo dataset is generated.", affects_result=False)
+    data_dir: str = _option("data", "Where the demo dataset is generated and the preprocessed "
+                                    "image store is kept (<data_dir>/store).", affects_result=False)
     output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
                                          "(<output_dir>/<dataset>/...).", affects_result=False)
 
