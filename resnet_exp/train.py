@@ -2,7 +2,8 @@
 
 Everything that can fail on bad input (config, data, weights) runs before the MLflow run opens,
 so a mistake leaves no run behind (under `mlflow run` the run it created ends FAILED). So does
-the preparation of the inputs: the image store (decoded once, reused by later runs).
+the preparation of the inputs: the image store (decoded once, reused by later runs) and, with
+frozen stages, their cached outputs.
 
     resnet-exp train --data demo --weights none --freeze-blocks 2 --max-epochs 3 --image-size 64
 """
@@ -27,6 +28,7 @@ from resnet_exp import tracking
 from resnet_exp.callbacks import EpochTimer
 from resnet_exp.config import TrainConfig
 from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, load_splits
+from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
@@ -53,12 +55,12 @@ def train(config: TrainConfig) -> TrainResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
                                   config.learning_rate, config.to_params(), initial)
-    inputs = _prepare_inputs(classifier, splits, store, runtime)
+    inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
     with tracking.tracked_run(config) as run:
         run_id = run.info.run_id
         _log_run_description(config, runtime, splits, initial, classifier)
-        _log_input_path(store)
+        _log_input_path(config, store, plan)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
         with _known_warnings_silenced():
             trainer.fit(classifier, datamodule=datamodule)
@@ -75,17 +77,21 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: ImageStore,
-                    runtime: Runtime) -> dict:
-    """What the loaders serve: the stored images."""
+                    config: TrainConfig, runtime: Runtime) -> tuple[dict, FeaturePlan]:
+    """What the loaders serve: the stored images, or the frozen stages' cached outputs."""
     if runtime.channels_last:
         classifier.use_channels_last()
-    return {name: store.split(splits, name) for name in SPLITS}
+    images = {name: store.split(splits, name) for name in SPLITS}
+    features, plan = cache_features(images, classifier.model, config, runtime)
+    classifier.input_is_features = features is not None
+    return features or images, plan
 
 
-def _log_input_path(store: ImageStore) -> None:
+def _log_input_path(config: TrainConfig, store: ImageStore, plan: FeaturePlan) -> None:
     """Which input path the run took, so that runs stay comparable (README: What a run records)."""
-    mlflow.set_tags({"image_store": str(store.root)})
-    mlflow.log_metrics({M.IMAGE_STORE_TIME: store.seconds})
+    tracking.log_params(config, {"resolved/feature_cache": plan.state})
+    mlflow.set_tags({"image_store": str(store.root), "feature_cache_reason": plan.reason})
+    mlflow.log_metrics({M.IMAGE_STORE_TIME: store.seconds, M.FEATURE_CACHE_TIME: plan.seconds})
 
 
 @contextmanager

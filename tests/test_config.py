@@ -71,6 +71,7 @@ def test_names_and_hash():
     ({"weights": "nonsense"}, ["weights='nonsense'", "'imagenet', 'none'"]),
     ({"weights": "missing/file.pt"}, ["weights='missing/file.pt'", "no such file"]),
     ({"precision": "fp8"}, ["precision='fp8'", "32-true"]),
+    ({"feature_cache": "sometimes"}, ["feature_cache='sometimes'", "auto, off"]),
     ({"image_size": "8"}, ["image_size=8", ">= 32"]),
     ({"val_fraction": "0.6", "test_fraction": "0.5"}, ["val_fraction + test_fraction", "less than 1"]),
     ({"data": "./no/such/folder"}, ["data='./no/such/folder'", "Hub dataset id", "'demo'"]),
