@@ -26,6 +26,7 @@ AUTO = "auto"  # "decide from the data or the machine" for num_workers, precisio
 DEMO_DATA = "demo"
 NUM_STAGES = 4
 PRECISIONS = (AUTO, "32-true", "16-mixed", "bf16-mixed")
+FEATURE_CACHE_MODES = (AUTO, "off")  # auto: use it when it applies and fits (see features.py)
 IMAGENET, NO_WEIGHTS = "imagenet", "none"  # the two `weights` values that are not a file
 NO_REGISTRATION = "none"  # registered_model_name that logs the model but registers nothing
 # Registered-model names end up in `models:/<name>@<alias>` URIs, so no '/', ':' or '@'.
@@ -95,6 +96,12 @@ class TrainConfig:
     data: str = _option(DEFAULT_DATA, "Hub dataset id, local image-folder path, or 'demo' (offline).")
     freeze_blocks: int = _option(3, "Freeze the stem and the first k of the 4 residual stages (0..4).",
                                  _parse_int)
+    # An execution choice, like num_workers: both ways give the same result within the
+    # tolerance that tests/test_features.py checks, so it stays out of config_hash.
+    feature_cache: str = _option(AUTO, "'auto': with freeze_blocks >= 1, compute the frozen stages' "
+                                       "outputs once and train the rest on them, if they fit in "
+                                       "memory; 'off': run the frozen stages every step.",
+                                 affects_result=False)
     blocks: tuple[int, ...] = _option((2, 2, 2, 2), "Residual blocks per stage, 4 positive integers.",
                                       lambda n, t: parse_blocks(t, n))
     weights: str = _option(IMAGENET, "'imagenet', 'none' (random init) or a state_dict file path.")
@@ -114,7 +121,8 @@ class TrainConfig:
     num_workers: int | None = _option(None, "DataLoader worker processes ('auto': 0 on small CPUs, "
                                             "so workers never compete with training threads).",
                                       _parse_optional_int, affects_result=False)
-    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA, fp32 on CPU), 32-true, "
+    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA, bf16 mixed on CPUs with "
+                                     "native bf16, else fp32), 32-true, "
                                      "16-mixed or bf16-mixed.")
     experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
                                            "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
@@ -122,7 +130,8 @@ class TrainConfig:
     registered_model_name: str = _option(AUTO, "Registered model that the best checkpoint becomes a "
                                                "version of ('auto': resnet-<dataset>; 'none': log the "
                                                "model to the run only).", affects_result=False)
-    data_dir: str = _option("data", "Where the demo dataset is generated.", affects_result=False)
+    data_dir: str = _option("data", "Where the demo dataset is generated and the preprocessed "
+                                    "image store is kept (<data_dir>/store).", affects_result=False)
     output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
                                          "(<output_dir>/<dataset>/...).", affects_result=False)
 
@@ -262,6 +271,8 @@ def _validate(c: TrainConfig) -> None:
            f"limit_batches={c.limit_batches!r}: expected an integer >= 0 (0 means no cap)")
     _check(c.num_workers is None or (isinstance(c.num_workers, int) and c.num_workers >= 0),
            f"num_workers={c.num_workers!r}: expected 'auto' or an integer >= 0")
+    _check(c.feature_cache in FEATURE_CACHE_MODES,
+           f"feature_cache={c.feature_cache!r} is not valid: expected one of {', '.join(FEATURE_CACHE_MODES)}")
     _check(c.precision in PRECISIONS,
            f"precision={c.precision!r} is not valid: expected one of {', '.join(PRECISIONS)}")
     _check(c.registered_model_name in (AUTO, NO_REGISTRATION) or bool(MODEL_NAME.match(c.registered_model_name)),

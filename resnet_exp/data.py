@@ -15,6 +15,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -49,6 +50,11 @@ class DataSplits:
     source: str  # 'hub', 'folder' or 'demo'
     location: str  # Hub id or absolute folder path
     carved: tuple[str, ...]  # splits made by our stratified split rather than by the source
+    # The splits as the data provides them (before carving), and for each of our three splits
+    # the source split and row indices it was taken from: the image store is built per source
+    # split, so that every seed's carving reuses one store.
+    sources: Mapping[str, "datasets.Dataset"]
+    rows: Mapping[str, tuple[str, np.ndarray]]
 
     def split(self, name: str) -> "datasets.Dataset":
         return getattr(self, name)
@@ -86,15 +92,16 @@ def load_splits(config: TrainConfig) -> DataSplits:
     if len(class_names) < 2:
         raise DataError(f"{location} has {len(class_names)} class ({', '.join(class_names)}): "
                         "a classifier needs at least 2")
-    splits, carved = _complete_splits(raw, label_column, config)
-    splits = {k: v.cast_column(image_column, datasets.Image(decode=False)) for k, v in splits.items()}
+    sources = {k: v.cast_column(image_column, datasets.Image(decode=False)) for k, v in raw.items()}
+    rows, carved = _split_rows(sources, label_column, config)
+    splits = {name: sources[source].select(idx) for name, (source, idx) in rows.items()}
     for name, split in splits.items():
         if len(split) == 0:
             raise DataError(f"the {name} split of {location} is empty; add images to it, or let the "
                             "split be carved from train by removing it (see val_fraction/test_fraction)")
     result = DataSplits(**splits, class_names=class_names, image_column=image_column,
                         label_column=label_column, source=source, location=str(location),
-                        carved=carved)
+                        carved=carved, sources=sources, rows=rows)
     if source != "hub":
         check_image_files(result)
     return result
@@ -199,16 +206,17 @@ def _drop_unlabelled_splits(raw: "datasets.DatasetDict", label_column: str, loca
     return type(raw)(kept)
 
 
-def _complete_splits(raw: "datasets.DatasetDict", label_column: str, config: TrainConfig):
+def _split_rows(raw: Mapping[str, "datasets.Dataset"], label_column: str, config: TrainConfig):
+    """For each of our splits: (source split, row indices there). A split the data lacks is
+    carved from train; a split it has is used whole."""
     wanted = {"test": config.test_fraction, "validation": config.val_fraction}
     missing = {name: frac for name, frac in wanted.items() if name not in raw}
-    splits = {name: raw[name] for name in SPLITS if name in raw}
+    rows = {name: (name, np.arange(len(raw[name]))) for name in SPLITS if name in raw}
     if missing:
         labels = np.asarray(raw["train"][label_column])
         parts = stratified_split(labels, missing, config.seed)
-        train = raw["train"]
-        splits.update({name: train.select(idx) for name, idx in parts.items()})
-    return splits, tuple(sorted(missing))
+        rows.update({name: ("train", idx) for name, idx in parts.items()})
+    return rows, tuple(sorted(missing))
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
@@ -255,8 +263,17 @@ def decode_image(item: dict, where: str) -> Image.Image:
         raise DataError(f"cannot decode image {where}: {err}") from None
 
 
+def describe_row(item: dict, index: int, split: str, location: str) -> str:
+    """How an error names one image: its file, else its row."""
+    where = f"row {index} of the {split} split of {location}"
+    if item.get("path"):
+        where = item["path"] if item.get("bytes") is None else f"{item['path']} ({where})"
+    return where
+
+
 class ImageSplit(torch.utils.data.Dataset):
-    """One split as (image tensor, label id) pairs, decoded on access."""
+    """One split as (image tensor, label id) pairs, decoded on access: the reference for what
+    the image store holds, and the per-sample pipeline the benchmarks compare against."""
 
     def __init__(self, splits: DataSplits, name: str, image_size: int):
         self.rows = splits.split(name)
@@ -270,30 +287,36 @@ class ImageSplit(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.rows[index]
         item = row[self.image_column]
-        where = f"row {index} of the {self.name} split of {self.location}"
-        if item.get("path"):
-            where = item["path"] if item.get("bytes") is None else f"{item['path']} ({where})"
-        image = decode_image(item, where)
+        image = decode_image(item, describe_row(item, index, self.name, self.location))
         return image_to_tensor(image, self.image_size), int(row[self.label_column])
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Loaders over already-loaded splits; the train loader's shuffle is seeded by `seed`."""
+    """Loaders over batch-indexed splits (`dataset[indices]` returns a whole batch: the image
+    store, or cached features). Every path draws the same batches: the train order comes from
+    one sampler seeded by `seed`."""
 
-    def __init__(self, splits: DataSplits, config: TrainConfig, runtime: Runtime):
+    def __init__(self, inputs: Mapping[str, torch.utils.data.Dataset], config: TrainConfig,
+                 runtime: Runtime):
         super().__init__()
-        self.splits, self.config, self.runtime = splits, config, runtime
+        self.inputs, self.config, self.runtime = inputs, config, runtime
 
     def _loader(self, name: str, shuffle: bool) -> torch.utils.data.DataLoader:
-        dataset = ImageSplit(self.splits, name, self.config.image_size)
+        dataset = self.inputs[name]
+        # One generator for the sampler and the loader, as DataLoader(shuffle=True, generator=g)
+        # shares it: the same seed gives the same order as a per-sample loader would.
+        generator = torch.Generator().manual_seed(self.config.seed) if shuffle else None
+        order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
+                 else torch.utils.data.SequentialSampler(dataset))
+        # A last batch of one image breaks BatchNorm in train mode (1x1 maps in layer4 at 32 px).
+        batches = torch.utils.data.BatchSampler(order, self.config.batch_size,
+                                                drop_last=shuffle and len(dataset) > self.config.batch_size)
         workers = self.runtime.num_workers
         return torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.config.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.config.seed) if shuffle else None,
-            # A last batch of one image breaks BatchNorm in train mode (1x1 maps in layer4 at 32 px).
-            drop_last=shuffle and len(dataset) > self.config.batch_size,
+            batch_size=None,  # the dataset returns whole batches
+            sampler=batches,
+            generator=generator,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.runtime.pin_memory,

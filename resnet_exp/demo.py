@@ -12,12 +12,12 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from resnet_exp.atomic import build_atomically
 
 # Bump when the generator changes, so stale folders are never reused.
 DEMO_VERSION = 1
@@ -36,20 +36,7 @@ def demo_root(data_dir: str | os.PathLike) -> Path:
 def ensure_demo_dataset(data_dir: str | os.PathLike) -> Path:
     """Generate the demo folder under `data_dir` unless it is already complete; return its path."""
     root = demo_root(data_dir)
-    if root.is_dir():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename at the end: an interrupted generation leaves
-    # nothing that looks like a finished dataset.
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        _write_images(staging)
-        os.replace(staging, root)
-    except OSError:
-        if not root.is_dir():  # a concurrent process did not finish it either
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_atomically(root, _write_images)
     return root
 
 

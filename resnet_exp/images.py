@@ -54,13 +54,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def resize_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+    """RGB PIL image -> uint8 array (image_size, image_size, 3): what the image store keeps."""
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def normalise(pixels: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 scaled to 0..1 and normalised with ImageNet's mean and
+    std, on the device the pixels are on (the GPU, in training on one)."""
+    x = pixels.float().div_(255.0)
+    return (x - torch.tensor(mean, device=x.device).view(3, 1, 1)) / torch.tensor(std, device=x.device).view(3, 1, 1)
+
+
 def image_to_tensor(image: Image.Image, image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
                     std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """RGB PIL image -> normalised float tensor of shape (3, image_size, image_size)."""
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-    x = pixels.permute(2, 0, 1).float().div_(255.0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    pixels = torch.from_numpy(resize_pixels(image, image_size).copy())  # (H, W, 3)
+    return normalise(pixels.permute(2, 0, 1), mean, std)
 
 
 def image_from_upload(value: object) -> Image.Image:

@@ -15,6 +15,8 @@ LR = "lr"
 EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
 TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
 BEST_EPOCH = "best_epoch"  # epoch of the checkpoint with the lowest val_loss
+IMAGE_STORE_TIME = "image_store_s"  # seconds to build (first run) or open the uint8 image store
+FEATURE_CACHE_TIME = "feature_cache_s"  # seconds to compute the frozen stages' outputs (0: not cached)
 
 STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric
 EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the bare name

@@ -49,6 +49,23 @@ class StagedResNet(ResNet):
             module.eval()
         return self
 
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part: stem and layer1..layerk (k = frozen_stages >= 1). Its output for an
+        image never changes during training, which is what the feature cache relies on."""
+        if not self.frozen_stages:
+            raise ValueError("prefix() needs frozen_stages >= 1: with nothing frozen there is no prefix")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, self.frozen_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return x
+
+    def forward_after_prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """The trainable part, from what `prefix` returned to the logits:
+        `forward_after_prefix(prefix(x))` computes exactly what `forward(x)` does."""
+        for i in range(self.frozen_stages + 1, NUM_STAGES + 1):
+            features = getattr(self, f"layer{i}")(features)
+        return self.fc(torch.flatten(self.avgpool(features), 1))
+
 
 def freeze_blocks(model: StagedResNet, k: int) -> StagedResNet:
     """Freeze the stem and stages layer1..layerk: no gradients, eval mode for good. k=0 trains all."""

@@ -1,5 +1,6 @@
 """The LightningModule: training/validation/test steps, accuracy and loss per split, AdamW over
-the trainable parameters only, and ReduceLROnPlateau on val_loss.
+the trainable parameters only, and ReduceLROnPlateau on val_loss. Batches arrive as uint8
+pixels (normalised here, after the copy to the device) or as cached frozen-stage features.
 
     python -c "from resnet_exp.module import ResNetClassifier; print(ResNetClassifier((2,2,2,2), 3, ['a','b'], 3e-5))"
 """
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from resnet_exp import metrics as M
+from resnet_exp.images import normalise
 from resnet_exp.model import InitialWeights, build_resnet, count_parameters
 
 LR_FACTOR = 0.5  # halve the learning rate ...
@@ -34,16 +36,35 @@ class ResNetClassifier(pl.LightningModule):
         accuracy = lambda: MulticlassAccuracy(num_classes=len(class_names), average="micro")
         # One metric object per split (keyed by metric name), so their states never mix.
         self.accuracy = torch.nn.ModuleDict({acc: accuracy() for _, acc in M.SPLIT_METRICS.values()})
+        # How this run feeds the network (set by train.py, not part of the checkpoint: a loaded
+        # checkpoint is the whole network, fed normalised images).
+        self.input_is_features = False  # batches hold model.prefix() outputs, not pixels
+        self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for normalised images (N, 3, H, W): the whole network, whatever was cached."""
         return self.model(x)
+
+    def use_channels_last(self) -> None:
+        """Keep weights and inputs NHWC in memory (see hardware.Runtime.channels_last)."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Pixels travel as uint8 (4x less to copy) and become floats on the device; cached
+        # features travel as fp16 and compute in the run's precision.
+        x, y = batch
+        x = normalise(x) if x.dtype == torch.uint8 else x.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self.model)
 
     def _step(self, batch: Any, split: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self.model.forward_after_prefix(x) if self.input_is_features else self(x)
         loss = F.cross_entropy(logits, y)
         loss_name, acc_name = M.SPLIT_METRICS[split]
         self.accuracy[acc_name](logits, y)

@@ -1,7 +1,9 @@
 """One training run, end to end: data, initial weights, Lightning fit + test, MLflow tracking.
 
 Everything that can fail on bad input (config, data, weights) runs before the MLflow run opens,
-so a mistake leaves no run behind (under `mlflow run` the run it created ends FAILED).
+so a mistake leaves no run behind (under `mlflow run` the run it created ends FAILED). So does
+the preparation of the inputs: the image store (decoded once, reused by later runs) and, with
+frozen stages, their cached outputs.
 
     resnet-exp train --data demo --weights none --freeze-blocks 2 --max-epochs 3 --image-size 64
 """
@@ -25,10 +27,12 @@ from resnet_exp import metrics as M
 from resnet_exp import registry, tracking
 from resnet_exp.callbacks import EpochTimer
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import DataSplits, ImageDataModule, decode_image, load_splits
+from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
+from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
+from resnet_exp.store import ImageStore, open_image_store
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_KEPT = 3  # best by val_loss, plus last.ckpt
@@ -48,14 +52,17 @@ def train(config: TrainConfig) -> TrainResult:
     runtime = resolve_runtime(config)
     apply_runtime(runtime)
     splits = load_splits(config)
+    store = open_image_store(splits, config)
     initial = load_initial_weights(config)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
                                   config.learning_rate, config.to_params(), initial)
-    datamodule = ImageDataModule(splits, config, runtime)
+    inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
+    datamodule = ImageDataModule(inputs, config, runtime)
     with tracking.tracked_run(config) as run:
         run_id = run.info.run_id
         _log_run_description(config, runtime, splits, initial, classifier)
+        _log_input_path(config, store, plan)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
         with _known_warnings_silenced():
             trainer.fit(classifier, datamodule=datamodule)
@@ -85,6 +92,24 @@ def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, splits: Da
     return model_uri, registry.register(model_uri, config, tags)
 
 
+def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: ImageStore,
+                    config: TrainConfig, runtime: Runtime) -> tuple[dict, FeaturePlan]:
+    """What the loaders serve: the stored images, or the frozen stages' cached outputs."""
+    if runtime.channels_last:
+        classifier.use_channels_last()
+    images = {name: store.split(splits, name) for name in SPLITS}
+    features, plan = cache_features(images, classifier.model, config, runtime)
+    classifier.input_is_features = features is not None
+    return features or images, plan
+
+
+def _log_input_path(config: TrainConfig, store: ImageStore, plan: FeaturePlan) -> None:
+    """Which input path the run took, so that runs stay comparable (README: What a run records)."""
+    tracking.log_params(config, {"resolved/feature_cache": plan.state})
+    mlflow.set_tags({"image_store": str(store.root), "feature_cache_reason": plan.reason})
+    mlflow.log_metrics({M.IMAGE_STORE_TIME: store.seconds, M.FEATURE_CACHE_TIME: plan.seconds})
+
+
 @contextmanager
 def _known_warnings_silenced() -> Iterator[None]:
     with warnings.catch_warnings():
@@ -92,6 +117,11 @@ def _known_warnings_silenced() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         # pytorch-lightning 2.6 calls a torch 2.14 API it has not caught up with; harmless.
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        # Our loaders come from a DataModule and the module's on_after_batch_transfer normalises
+        # them: exactly the combination this warning describes.
+        warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
+        # The model summary's size estimate assumes fp32 weights, which they are under bf16-mixed.
+        warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
         yield
 
 
@@ -133,6 +163,7 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         accelerator=runtime.accelerator,
         devices=1,
         precision=runtime.precision,
+        benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id),
         callbacks=[checkpoints, early_stopping, EpochTimer()],

@@ -1,0 +1,35 @@
+"""Folders that are complete or absent, never half-written: build in a temporary sibling, then
+rename it into place. Used for the demo dataset and the preprocessed image store.
+
+    python -c "from resnet_exp.atomic import build_atomically; print(build_atomically(__import__('pathlib').Path('/tmp/x'), lambda d: None))"
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def build_atomically(target: Path, write: Callable[[Path], None]) -> bool:
+    """Create folder `target` by calling `write(staging_folder)` unless it exists already.
+
+    True if this call built it; False if it was there (or a concurrent process, e.g. another
+    sweep child, finished it first). An interrupted build leaves at most a hidden `.<name>-*`
+    folder, which nothing mistakes for a finished one; an error in `write` leaves nothing."""
+    if target.is_dir():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(staging)
+        os.replace(staging, target)
+        return True
+    except OSError:
+        if not target.is_dir():  # a concurrent process did not finish it either
+            raise
+        return False
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
