@@ -300,10 +300,11 @@ def resize_pixels(image: Image.Image, image_size: int) -> np.ndarray:
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 scaled to 0..1 and normalised with ImageNet's mean and
     std, on the device the pixels are on (the GPU, in training on one)."""
-    x = pixels.float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
+    # (x / 255 - mean) / std as one fused multiply-add: 16 instead of 35 ms for a batch of 32 at
+    # 224 px on 2 cores, where a bf16 training step takes about 550 ms.
+    return torch.addcmul(-mean / std, pixels.float(), 1 / (255 * std))
 
 
 def image_to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
