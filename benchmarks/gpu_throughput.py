@@ -26,7 +26,7 @@ from resnet_exp.hardware import resolve_runtime
 @click.command()
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
-@click.option("--epochs", default=6, show_default=True, help="the first is not timed")
+@click.option("--epochs", default=8, show_default=True, help="the first is not timed")
 @click.option("--images-per-class", default=400, show_default=True, help="JPEGs per class (10 classes)")
 @click.option("--source-size", default=320, show_default=True, help="pixels of the generated JPEGs")
 @click.option("--steps", default=30, show_default=True, help="timed compute-only steps")

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from resnet_exp import metrics as M
 
@@ -30,6 +31,8 @@ class EpochTimer(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         # Up to the last training batch, data loading included; validation comes after it.
+        if batch_idx + 1 == trainer.num_training_batches and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()  # count the GPU work still queued, not only its launch
         self.train_seconds = time.perf_counter() - self.epoch_start
         self.images += len(batch[1])
 

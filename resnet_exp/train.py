@@ -100,7 +100,7 @@ def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: Ima
     images = {name: store.split(splits, name) for name in SPLITS}
     features, plan = cache_features(images, classifier.model, config, runtime)
     classifier.input_is_features = features is not None
-    return features or images, plan
+    return (images if features is None else features), plan
 
 
 def _log_input_path(config: TrainConfig, store: ImageStore, plan: FeaturePlan) -> None:
