@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from resnet_exp.config import TrainConfig
-from resnet_exp.images import normalise
 from resnet_exp.hardware import Runtime, autocast, available_memory
 from resnet_exp.model import StagedResNet
+from resnet_exp.module import network_input
 from resnet_exp.store import StoredSplit
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,7 @@ def compute_features(model: StagedResNet, images: StoredSplit, runtime: Runtime,
     with torch.inference_mode(), autocast(runtime):
         for start in range(0, len(images), batch_size):
             batch = list(range(start, min(start + batch_size, len(images))))
-            x = normalise(images[batch][0].to(device))
-            if runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = network_input(images[batch][0].to(device), runtime.channels_last)
             features = model.prefix(x).float()
             if not features.abs().max() <= FP16_MAX:  # also catches NaN
                 return None

@@ -51,13 +51,8 @@ class ResNetClassifier(pl.LightningModule):
         self.channels_last = True
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Pixels travel as uint8 (4x less to copy) and become floats on the device; cached
-        # features travel as fp16 and compute in the run's precision.
         x, y = batch
-        x = normalise(x) if x.dtype == torch.uint8 else x.float()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return network_input(x, self.channels_last), y
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self.model)
@@ -94,3 +89,10 @@ class ResNetClassifier(pl.LightningModule):
             optimizer, mode="min", factor=LR_FACTOR, patience=LR_PATIENCE)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": M.MONITOR, "interval": "epoch"}}
+
+
+def network_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A batch as the network takes it, on its device: pixels travel as uint8 (4x less to copy)
+    and are normalised here; cached features travel as fp16 and compute in the run's precision."""
+    x = normalise(x) if x.dtype == torch.uint8 else x.float()
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
