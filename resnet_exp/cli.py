@@ -16,6 +16,7 @@ import click
 
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
+from resnet_exp.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
 from resnet_exp.metrics import TEST_ACC
 
 
@@ -23,16 +24,23 @@ from resnet_exp.metrics import TEST_ACC
 METAVARS = {"int": "INTEGER", "float": "FLOAT", "tuple[int, ...]": "N,N,N,N", "int | None": "auto|INTEGER"}
 
 
-def config_options(command: Callable) -> Callable:
-    """Add one `--name-with-dashes` option per TrainConfig field, default shown as text.
-    Values arrive as text and TrainConfig parses them, so every message has one home."""
-    help_texts = option_help()
+def config_options(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Add one `--name-with-dashes` option per TrainConfig field (but `exclude`), default shown
+    as text. Values arrive as text and TrainConfig parses them, so every message has one home."""
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    for name, default in reversed(defaults_as_text().items()):
-        flag = "--" + name.replace("_", "-")
-        command = click.option(flag, name, default=default, show_default=True, help=help_texts[name],
-                               metavar=METAVARS.get(types[name], "TEXT"))(command)
-    return command
+    defaults = {k: v for k, v in defaults_as_text().items() if k not in exclude}
+    return text_options(defaults, option_help(), {k: METAVARS.get(t, "TEXT") for k, t in types.items()})
+
+
+def text_options(defaults: dict[str, str], help_texts: dict[str, str],
+                 metavars: dict[str, str]) -> Callable[[Callable], Callable]:
+    def add(command: Callable) -> Callable:
+        for name, default in reversed(defaults.items()):
+            flag = "--" + name.replace("_", "-")
+            command = click.option(flag, name, default=default, show_default=True, help=help_texts[name],
+                                   metavar=metavars.get(name, "TEXT"))(command)
+        return command
+    return add
 
 
 def user_message(err: UserError) -> str:
@@ -51,7 +59,7 @@ def main() -> None:
 
 
 @main.command()
-@config_options
+@config_options()
 def train(**values: Any) -> None:
     """Train one ResNet configuration and record it as one MLflow run."""
     try:
@@ -92,3 +100,28 @@ def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
     click.echo(prediction.as_json(table) if as_json else prediction.as_text(table))
+
+
+@main.command()
+@text_options(grid_defaults_as_text(), grid_help(), {"shard": "I/N"})
+@config_options(exclude=GRID_FIELDS)
+def sweep(**values: Any) -> None:
+    """Train every (configuration, seed) of a grid as child runs of one parent run; resumable."""
+    try:
+        grid, base = split_sweep_values(values)
+        from resnet_exp.sweep import run_sweep  # heavy imports after validation
+
+        result = run_sweep(grid, base)
+    except UserError as err:
+        raise click.ClickException(user_message(err)) from None
+    from resnet_exp.sweep import FAILED, SKIPPED, TRAINED
+
+    click.echo(f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "
+               f"{result.grid_size}-run grid: {result.count(TRAINED)} trained, "
+               f"{result.count(SKIPPED)} skipped (already finished), {result.count(FAILED)} failed")
+    for failure in result.failed:
+        click.echo(f"  FAILED {failure.run_name} (run {failure.run_id}): {failure.error}")
+    click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
+    if result.failed:
+        raise click.ClickException(f"{len(result.failed)} of {len(result.outcomes)} children failed; "
+                                   "run the same command again to retry them")

@@ -18,6 +18,12 @@ BEST_EPOCH = "best_epoch"  # epoch of the checkpoint with the lowest val_loss
 IMAGE_STORE_TIME = "image_store_s"  # seconds to build (first run) or open the uint8 image store
 FEATURE_CACHE_TIME = "feature_cache_s"  # seconds to compute the frozen stages' outputs (0: not cached)
 
+# A sweep's parent run, per shard (step = shard index): children trained, skipped as already
+# FINISHED, and failed by this invocation.
+SWEEP_TRAINED = "children_trained"
+SWEEP_SKIPPED = "children_skipped"
+SWEEP_FAILED = "children_failed"
+
 STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric
 EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the bare name
 

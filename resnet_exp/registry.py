@@ -61,9 +61,9 @@ class RegisteredVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def depth_alias(config: TrainConfig) -> str:
+def depth_alias(depth_label: str) -> str:
     """The alias of the best version of one depth configuration, e.g. 'best-b2222-f2'."""
-    return f"best-{config.depth_label}"
+    return f"best-{depth_label}"
 
 
 def log_model(checkpoint: str | Path, example_image: bytes) -> str:
@@ -88,16 +88,28 @@ def register(model_uri: str, config: TrainConfig, tags: dict[str, str]) -> Regis
     """Make the logged model a new version of `config.model_name`, tag it, and move the aliases."""
     name = config.model_name
     version = mlflow.register_model(model_uri, name, tags=tags)
-    client = MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}'")
-    aliases = []
-    for alias, label in ((CHAMPION, None), (depth_alias(config), config.depth_label)):
-        candidates = [v for v in versions if label is None or v.tags.get("depth_label") == label]
-        if move_alias(client, name, alias, candidates) == str(version.version):
-            aliases.append(alias)
+    placed = refresh_aliases(name, depth_labels=[config.depth_label])
+    aliases = tuple(alias for alias, v in placed.items() if v == str(version.version))
     log.info("registered %s version %s%s", name, version.version,
              f" ({', '.join(aliases)})" if aliases else "")
-    return RegisteredVersion(name, str(version.version), tuple(aliases))
+    return RegisteredVersion(name, str(version.version), aliases)
+
+
+def refresh_aliases(name: str, depth_labels: list[str] | None = None) -> dict[str, str | None]:
+    """Recompute `champion` and the `best-<depth>` aliases (of `depth_labels`, default: every
+    depth with a version) from all versions; returns alias -> version it points at.
+
+    Each registration calls this; a sweep calls it once more at its end, because two trainings
+    registering at the same moment (shards on one server) can each decide on a stale list."""
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    if depth_labels is None:
+        depth_labels = sorted({v.tags["depth_label"] for v in versions if "depth_label" in v.tags})
+    placed = {CHAMPION: move_alias(client, name, CHAMPION, versions)}
+    for label in depth_labels:
+        candidates = [v for v in versions if v.tags.get("depth_label") == label]
+        placed[depth_alias(label)] = move_alias(client, name, depth_alias(label), candidates)
+    return placed
 
 
 def move_alias(client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]) -> str | None:

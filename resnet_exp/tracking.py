@@ -17,6 +17,7 @@ import signal
 import subprocess
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -33,6 +34,15 @@ from resnet_exp.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
+# Tags that sweeps and analysis select runs by; spelled here only.
+TAG_KIND = "run_kind"  # what a run is: one of the three kinds below
+KIND_TRAIN, KIND_SWEEP, KIND_ANALYSIS = "train", "sweep", "analysis"
+TAG_CONFIG_HASH = "config_hash"  # TrainConfig.config_hash: equal for runs that differ only by seed
+TAG_DATASET = "dataset"  # TrainConfig.dataset_slug, e.g. 'demo' or 'animal-wildlife'
+TAG_DEPTH = "depth_config"  # TrainConfig.depth_label, e.g. 'b2222-f2'
+TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
+SWEEP_GRID_FILE = "sweep.json"  # the parent's artifact listing the grid (see resnet_exp/sweep.py)
+
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else MLflow's embedded default: mlflow.db in the working directory.
@@ -46,6 +56,12 @@ def tracking_uri() -> str:
 def project_run_id() -> str | None:
     """The run `mlflow run` created for this process, if any."""
     return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def claim_project_run_id() -> str | None:
+    """The run `mlflow run` created, taken out of the environment: mlflow.start_run() without a
+    run id joins MLFLOW_RUN_ID, which must not happen to a sweep's children."""
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None
 
 
 def results_dir(config: TrainConfig) -> Path:
@@ -68,13 +84,26 @@ def checkpoint_dir(config: TrainConfig, run_id: str) -> Path:
 # --- the run's lifecycle ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParentRun:
+    """A sweep's parent run: its trainings open nested runs under it, in its experiment."""
+
+    run_id: str
+    experiment_id: str
+    child_tags: dict[str, str] = field(default_factory=dict)
+
+
 @contextmanager
-def tracked_run(config: TrainConfig) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open (or, under `mlflow run`, join) the training's MLflow run and always close it:
-    FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any other error."""
+    FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any other error. A sweep's
+    training opens a child of `parent` instead: MLFLOW_RUN_ID is then the sweep's own run."""
     mlflow.set_tracking_uri(tracking_uri())
     run_id = project_run_id()
-    if run_id:
+    if parent:
+        run = mlflow.start_run(experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
+                               run_name=config.run_name, tags=parent.child_tags)
+    elif run_id:
         run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
         if config.experiment_name != AUTO:
             log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
@@ -128,10 +157,11 @@ def git_tags() -> dict[str, str]:
 def config_tags(config: TrainConfig) -> dict[str, str]:
     return {
         "mlflow.runName": config.run_name,
-        "config_hash": config.config_hash,
-        "depth_config": config.depth_label,
+        TAG_KIND: KIND_TRAIN,
+        TAG_CONFIG_HASH: config.config_hash,
+        TAG_DEPTH: config.depth_label,
         "arch": config.arch_name,
-        "dataset": config.dataset_slug,
+        TAG_DATASET: config.dataset_slug,
         **git_tags(),
     }
 

@@ -47,8 +47,9 @@ class TrainResult:
     registered: registry.RegisteredVersion | None  # None when registered_model_name is 'none'
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train, test with the best checkpoint, and record everything in one MLflow run."""
+def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> TrainResult:
+    """Train, test with the best checkpoint, and record everything in one MLflow run (a child
+    of `parent` when a sweep runs it)."""
     runtime = resolve_runtime(config)
     apply_runtime(runtime)
     splits = load_splits(config)
@@ -59,7 +60,7 @@ def train(config: TrainConfig) -> TrainResult:
                                   config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
-    with tracking.tracked_run(config) as run:
+    with tracking.tracked_run(config, parent) as run:
         run_id = run.info.run_id
         _log_run_description(config, runtime, splits, initial, classifier)
         _log_input_path(config, store, plan)

@@ -98,6 +98,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """This process's environment, with this interpreter's bin folder first on PATH so that
     `mlflow run` starts the project with the same Python."""
     env = dict(os.environ)
+    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID process-wide; an earlier in-process
+    # test would hand it to `mlflow run`, which refuses it next to --experiment-name.
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

@@ -1,0 +1,131 @@
+"""A sweep's grid: which depth configurations and seeds, parsed from command-line text, validated
+before anything runs, expanded into one TrainConfig per (configuration, seed), and split into
+shards. The only home of the sweep's defaults.
+
+    python -c "from resnet_exp.grid import SweepGrid; print([c.run_name for c in SweepGrid().expand()])"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from resnet_exp.config import NUM_STAGES, TrainConfig, format_value, parse_blocks
+from resnet_exp.errors import ConfigError
+
+GRID_FIELDS = ("freeze_blocks", "blocks", "seed")  # TrainConfig fields the grid decides
+
+
+def _parse_freeze_list(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and 0 <= int(p) <= NUM_STAGES for p in parts):
+        raise ConfigError(f"freeze_blocks={text!r} is not valid: expected integers 0..{NUM_STAGES} "
+                          "separated by commas, e.g. 0,1,2,3,4")
+    return _unique(int(p) for p in parts)
+
+
+def _parse_blocks_list(text: str) -> tuple[tuple[int, ...], ...]:
+    parts = [p for p in str(text).split(";") if p.strip()]
+    if not parts:
+        raise ConfigError(f"blocks={text!r} is not valid: expected one or more block lists separated "
+                          "by ';', e.g. 2,2,2,2 or 1,1,1,1;2,2,2,2;3,4,6,3")
+    return _unique(parse_blocks(p, "blocks") for p in parts)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """'3' -> seeds 0, 1, 2; '0,1,7' (or '7,' for the one seed 7) -> exactly those."""
+    text = str(text).strip()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    is_count = "," not in text
+    if not parts or not all(p.isdigit() for p in parts) or (is_count and int(parts[0]) < 1):
+        raise ConfigError(f"seeds={text!r} is not valid: expected a count of seeds >= 1 (3 means "
+                          "seeds 0,1,2) or seeds >= 0 separated by commas, e.g. 0,1,7")
+    if is_count:
+        return tuple(range(int(parts[0])))
+    return _unique(int(p) for p in parts)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    """'1/3' -> (1, 3): the second of three shards."""
+    index, _, count = str(text).strip().partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ConfigError(f"shard={text!r} is not valid: expected i/n with 0 <= i < n, e.g. 0/1 "
+                          "(everything), or 0/2 and 1/2 on two machines")
+    return int(index), int(count)
+
+
+def _unique(values) -> tuple:
+    """In the given order, each value once (a repeated value would train the same run twice)."""
+    return tuple(dict.fromkeys(values))
+
+
+def _option(default: str, help: str, parse) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The grid as command-line text; parsed values come from the properties."""
+
+    freeze_blocks: str = _option("0,1,2,3,4", "freeze_blocks values to sweep, e.g. 0,1,2,3,4.",
+                                 _parse_freeze_list)
+    blocks: str = _option("2,2,2,2", "Block lists to sweep, separated by ';', e.g. "
+                                     "1,1,1,1;2,2,2,2;3,4,6,3.", _parse_blocks_list)
+    seeds: str = _option("3", "A count N (seeds 0..N-1) or a comma-separated list of seeds.",
+                         _parse_seeds)
+    shard: str = _option("0/1", "i/n: run every n-th (configuration, seed) starting at i, so n "
+                                "machines share one sweep (point them at one tracking server).",
+                         _parse_shard)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            f.metadata["parse"](getattr(self, f.name))  # raises ConfigError naming the value
+
+    def parsed(self, name: str) -> Any:
+        return self.__dataclass_fields__[name].metadata["parse"](getattr(self, name))
+
+    def expand(self, base: TrainConfig | None = None) -> list[TrainConfig]:
+        """Every (configuration, seed) of the grid, seed-major: the first seed of every
+        configuration trains before any second seed, so a half-done sweep already compares
+        all configurations."""
+        base = base or TrainConfig()
+        return [base.replace(blocks=blocks, freeze_blocks=freeze, seed=seed)
+                for seed in self.parsed("seeds")
+                for blocks in self.parsed("blocks")
+                for freeze in self.parsed("freeze_blocks")]
+
+    def shard_of(self, configs: list[TrainConfig]) -> list[TrainConfig]:
+        """This shard's share: round-robin, so every shard gets a mix of cheap and costly runs."""
+        index, count = self.parsed("shard")
+        return configs[index::count]
+
+
+def sweep_id(configs: list[TrainConfig]) -> str:
+    """Identity of a whole grid (not of a shard): equal for every shard and every re-run."""
+    keys = sorted(f"{c.config_hash}:{c.seed}" for c in configs)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
+
+
+def grid_entries(configs: list[TrainConfig]) -> list[dict[str, Any]]:
+    """The grid as the parent run's sweep.json lists it; analysis selects the sweep's runs by it."""
+    return [{"config_hash": c.config_hash, "seed": c.seed, "run_name": c.run_name,
+             "blocks": format_value(c.blocks), "freeze_blocks": c.freeze_blocks,
+             "depth_label": c.depth_label} for c in configs]
+
+
+def grid_defaults_as_text() -> dict[str, str]:
+    return {f.name: f.default for f in dataclasses.fields(SweepGrid)}
+
+
+def grid_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(SweepGrid)}
+
+
+def split_sweep_values(values: Mapping[str, Any]) -> tuple[SweepGrid, TrainConfig]:
+    """CLI values -> (grid, base training config). The grid owns freeze_blocks, blocks and seed."""
+    grid_names = set(grid_defaults_as_text())
+    grid = SweepGrid(**{k: v for k, v in values.items() if k in grid_names})
+    base = TrainConfig.from_text({k: v for k, v in values.items() if k not in grid_names})
+    return grid, base

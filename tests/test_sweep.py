@@ -1,0 +1,207 @@
+"""The depth sweep: grid parsing and shards, then real sweeps on the demo data against a temporary
+SQLite store (in-process through the CLI, and under `mlflow run -e sweep`): nesting, resume,
+shards, failed children, aliases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from conftest import REPO, subprocess_env
+from resnet_exp import tracking
+from resnet_exp.cli import main
+from resnet_exp.config import TrainConfig
+from resnet_exp.errors import ConfigError
+from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, sweep_id
+
+TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
+        "--max-epochs", "2", "--limit-batches", "3"]
+
+
+def sweep_args(data_dir: Path, tmp_path: Path, *args: str) -> list[str]:
+    return ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"), *args]
+
+
+def children(client: MlflowClient, parent_id: str | None = None) -> list:
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.{tracking.TAG_KIND} != '{tracking.KIND_SWEEP}'")
+    return [r for r in runs if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def sweeps(client: MlflowClient) -> list:
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids, filter_string=f"tags.{tracking.TAG_KIND} = '{tracking.KIND_SWEEP}'")
+
+
+# --- the grid ---------------------------------------------------------------------------------
+
+
+def test_grid_defaults_and_order():
+    grid = SweepGrid()
+    configs = grid.expand(TrainConfig(data="demo"))
+    assert len(configs) == 5 * 3 and grid_defaults_as_text()["seeds"] == "3"
+    # seed-major: every configuration's first seed trains before any second seed
+    assert [c.run_name for c in configs[:6]] == [f"r18-b2222-f{f}-s0" for f in range(5)] + ["r18-b2222-f0-s1"]
+    assert {c.learning_rate for c in configs} == {3e-5}, "other parameters pass through"
+
+
+def test_shards_cover_the_grid_exactly_once_and_share_one_sweep_id():
+    text = dict(blocks="1,1,1,1;2,2,2,2;3,4,6,3", freeze_blocks="0,2,4", seeds="0,5")
+    base = TrainConfig(data="demo")
+    everything = [(c.config_hash, c.seed) for c in SweepGrid(**text).expand(base)]
+    assert len(set(everything)) == 18
+    for n in (1, 2, 4, 18, 25):
+        parts = [SweepGrid(**text, shard=f"{i}/{n}").shard_of(SweepGrid(**text).expand(base)) for i in range(n)]
+        covered = [(c.config_hash, c.seed) for part in parts for c in part]
+        assert sorted(covered) == sorted(everything), n
+    ids = {sweep_id(SweepGrid(**text, shard=f"{i}/2").expand(base)) for i in range(2)}
+    assert len(ids) == 1
+    assert sweep_id(SweepGrid(**{**text, "seeds": "0,6"}).expand(base)) not in ids
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"freeze_blocks": "0,5"}, ["freeze_blocks='0,5'", "0..4"]),
+    ({"freeze_blocks": ""}, ["freeze_blocks=''", "0,1,2,3,4"]),
+    ({"blocks": "2,2,2,2;2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
+    ({"seeds": "0"}, ["seeds='0'", "count of seeds >= 1"]),
+    ({"seeds": "a,b"}, ["seeds='a,b'", "0,1,7"]),
+    ({"shard": "2/2"}, ["shard='2/2'", "0 <= i < n"]),
+    ({"shard": "1"}, ["shard='1'", "i/n"]),
+])
+def test_bad_grid_values_are_named_with_what_is_accepted(changes, words):
+    with pytest.raises(ConfigError) as err:
+        SweepGrid(**changes)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_seeds_count_or_list():
+    assert SweepGrid(seeds="3").parsed("seeds") == (0, 1, 2)
+    assert SweepGrid(seeds="4,1,4").parsed("seeds") == (4, 1)
+    assert SweepGrid(seeds="7,").parsed("seeds") == (7,)
+
+
+def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
+    for bad, word in ((["--freeze-blocks", "1,9"], "freeze_blocks='1,9'"),
+                      (["--learning-rate", "-1"], "learning_rate=-1.0"),
+                      (["--precision", "16-mixed"], "precision='16-mixed'")):
+        result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *bad))
+        assert result.exit_code != 0 and word in result.output and "Traceback" not in result.output
+    client = MlflowClient(tracking_uri)
+    assert children(client) == [] and sweeps(client) == []
+
+
+def test_mlproject_sweep_parameters_are_the_cli_options():
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["sweep"]
+    options = {p.name: p.default for p in main.commands["sweep"].params}
+    assert {k: str(v["default"]) for k, v in entry["parameters"].items()} == options
+    assert not set(GRID_FIELDS) - {"freeze_blocks", "blocks", "seed"} and "seed" not in options
+    for name in entry["parameters"]:
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+
+
+# --- real sweeps ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
+    grid = ["--freeze-blocks", "3,4", "--blocks", "1,1,1,1", "--seeds", "2"]
+    for shard in ("0/2", "1/2"):
+        result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--shard", shard))
+        assert result.exit_code == 0, result.output
+        assert "2 trained, 0 skipped" in result.output
+
+    client = MlflowClient(tracking_uri)
+    [parent] = sweeps(client)
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == 4 and len(children(client)) == 4, "both shards share one parent"
+    assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f3-s0", "r10-b1111-f3-s1",
+                                                     "r10-b1111-f4-s0", "r10-b1111-f4-s1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags[tracking.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[tracking.TAG_SWEEP_ID]}
+    assert parent.info.run_name == "sweep-b1111-f34-2seeds" and parent.info.status == "FINISHED"
+    assert parent.data.params["freeze_blocks"] == "3,4" and parent.data.params["max_epochs"] == "2"
+    grid_file = client.download_artifacts(parent.info.run_id, tracking.SWEEP_GRID_FILE, str(tmp_path))
+    assert len(yaml.safe_load(Path(grid_file).read_text())["grid"]) == 4
+
+    again = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
+    assert again.exit_code == 0 and "0 trained, 4 skipped" in again.output, again.output
+    assert len(children(client)) == 4 and len(sweeps(client)) == 1
+
+    aliases = client.get_registered_model("resnet-demo").aliases
+    assert {"champion", "best-b1111-f3", "best-b1111-f4"} <= set(aliases)
+    versions = {r.info.run_id: r for r in runs}
+    best_f4 = client.get_model_version("resnet-demo", aliases["best-b1111-f4"])
+    assert versions[best_f4.run_id].data.params["freeze_blocks"] == "4"
+
+
+@pytest.mark.slow
+def test_failed_children_are_recorded_and_redone(tmp_path, data_dir, tracking_uri):
+    grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1"]
+    # A file where the checkpoint folder must go: every child fails inside its run.
+    blocker = tmp_path / "results" / "demo" / "checkpoints"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    failed = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
+    assert failed.exit_code != 0
+    assert "0 trained, 0 skipped (already finished), 2 failed" in failed.output
+    assert "FAILED r10-b1111-f4-s0" in failed.output and "FAILED r10-b1111-f4-s1" in failed.output
+
+    client = MlflowClient(tracking_uri)
+    runs = children(client)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}
+    assert all("checkpoints" in r.data.tags["error"] for r in runs)
+    assert sweeps(client)[0].info.status == "FAILED"
+
+    blocker.unlink()
+    redone = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
+    assert redone.exit_code == 0 and "2 trained, 0 skipped" in redone.output, redone.output
+    statuses = sorted(r.info.status for r in children(client))
+    assert statuses == ["FAILED", "FAILED", "FINISHED", "FINISHED"] and len(sweeps(client)) == 1
+
+
+@pytest.mark.slow
+def test_a_child_that_fails_before_its_run_opens_is_still_recorded(tmp_path, data_dir, tracking_uri):
+    # The image store lives under data_dir; a file in its place fails each child before its run.
+    own_data = tmp_path / "data"
+    own_data.mkdir()
+    (own_data / "store").write_text("in the way")
+    grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "1"]
+    result = CliRunner().invoke(main, ["sweep", *TINY, "--data-dir", str(own_data),
+                                       "--output-dir", str(tmp_path / "results"), *grid])
+    assert result.exit_code != 0 and "1 failed" in result.output
+    [child] = children(MlflowClient(tracking_uri))
+    [parent] = sweeps(MlflowClient(tracking_uri))
+    assert child.info.status == "FAILED" and child.info.run_name == "r10-b1111-f4-s0"
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params["freeze_blocks"] == "4" and child.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, tracking_uri):
+    params = {"data": "demo", "weights": "none", "image_size": "32", "batch_size": "16", "max_epochs": "1",
+              "limit_batches": "2", "freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "0,",
+              "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
+           "--experiment-name", "sweeps"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    [parent] = sweeps(client)
+    runs = children(client)
+    # both block lists arrived: MLflow quoted the ';' away from the shell
+    assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f4-s0", "r12-b1121-f4-s0"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert client.get_experiment(parent.info.experiment_id).name == "sweeps"
+    assert {r.info.experiment_id for r in runs} == {parent.info.experiment_id}
+    assert {r.data.tags[tracking.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[tracking.TAG_SWEEP_ID]}
