@@ -144,6 +144,7 @@ def _open_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig])
     run_id = tracking.claim_project_run_id()
     if run_id:
         experiment_id = client.get_run(run_id).info.experiment_id
+        tracking.warn_if_experiment_name_ignored(base)
     else:
         experiment_id = mlflow.set_experiment(base.default_experiment_name).experiment_id
         earlier = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],

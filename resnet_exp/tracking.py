@@ -105,10 +105,7 @@ def tracked_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterato
                                run_name=config.run_name, tags=parent.child_tags)
     elif run_id:
         run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
-        if config.experiment_name != AUTO:
-            log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
-                        "experiment: use `mlflow run --experiment-name %s`", config.experiment_name,
-                        config.experiment_name)
+        warn_if_experiment_name_ignored(config)
     else:
         mlflow.set_experiment(config.default_experiment_name)
         run = mlflow.start_run(run_name=config.run_name)
@@ -127,6 +124,14 @@ def tracked_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterato
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def warn_if_experiment_name_ignored(config: TrainConfig) -> None:
+    """Under `mlflow run`, the experiment is already chosen when our code starts."""
+    if config.experiment_name != AUTO:
+        log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
+                    "experiment: use `mlflow run --experiment-name %s`", config.experiment_name,
+                    config.experiment_name)
 
 
 def log_params(config: TrainConfig, params: Mapping[str, str]) -> None:

@@ -106,6 +106,12 @@ def test_mlproject_sweep_parameters_are_the_cli_options():
         assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
 
 
+def test_the_readme_documents_every_grid_parameter():
+    readme = (REPO / "README.md").read_text()
+    for name, default in grid_defaults_as_text().items():
+        assert f"| `{name}` | `{default}` |" in readme, name
+
+
 # --- real sweeps ------------------------------------------------------------------------------
 
 
