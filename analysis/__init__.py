@@ -1,3 +1,35 @@
 """Analysis of finished runs: reads only what `resnet_exp.tracking` wrote to MLflow (params,
-tags, metric histories with step = epoch) and ranks depth configurations. The ranking, plots
-and report arrive with the depth-study entry point (`mlflow run . -e analyze`)."""
+tags, metric histories with step = epoch) and ranks the depth configurations of an experiment or
+of one sweep: ranking.csv, report.md and plots, locally and as an MLflow run.
+
+    config.py    AnalysisConfig: the parameters and their defaults (light: no MLflow import)
+    runs.py      select runs, read them into a per-run table and per-epoch curves, count exclusions
+    rank.py      per-run measures, per-configuration means and intervals, ties, Pareto fronts
+    plots.py     the four PNGs
+    report.py    the verdict, the plain-language answer, report.md, the terminal table
+    output.py    the folder swapped in whole, and the MLflow run holding it
+    pipeline.py  analyze(): all of the above in order
+
+    python -c "from analysis import AnalysisConfig, analyze, format_ranking; print(format_ranking(analyze(AnalysisConfig(data='demo')).ranking))"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analysis.config import AnalysisConfig
+
+__all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "format_ranking"]
+
+# Imported on first use (PEP 562): the CLI builds its options from AnalysisConfig without
+# loading MLflow, pandas, scipy and matplotlib.
+_LAZY = {"analyze": "analysis.pipeline", "AnalysisResult": "analysis.pipeline",
+         "format_ranking": "analysis.report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

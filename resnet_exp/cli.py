@@ -1,4 +1,5 @@
-"""The `resnet-exp` command: click options -> TrainConfig -> training. Nothing else lives here.
+"""The `resnet-exp` command: click options -> a config -> train, sweep, analyze or predict.
+Nothing else lives here.
 
 Options are generated from TrainConfig's fields, so names, defaults and help exist once.
 
@@ -14,6 +15,9 @@ from typing import Any, Callable
 
 import click
 
+from analysis.config import AnalysisConfig
+from analysis.config import defaults_as_text as analysis_defaults
+from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
 from resnet_exp.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
@@ -125,3 +129,20 @@ def sweep(**values: Any) -> None:
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} of {len(result.outcomes)} children failed; "
                                    "run the same command again to retry them")
+
+
+@main.command()
+@text_options(analysis_defaults(), analysis_help(), {"sweep_run_id": "RUN_ID"})
+def analyze(**values: Any) -> None:
+    """Rank depth configurations from their MLflow runs: ranking.csv, report.md and plots."""
+    try:
+        config = AnalysisConfig.from_text(values)
+        import analysis  # heavy imports (pandas, scipy, matplotlib) after validation
+
+        result = analysis.analyze(config)
+    except UserError as err:
+        raise click.ClickException(user_message(err)) from None
+    click.echo(analysis.format_ranking(result.ranking))
+    click.echo(f"\n{result.answer}\n")
+    click.echo(f"report:          {result.output_folder / 'report.md'}")
+    click.echo(f"analysis run:    {result.run_id}")

@@ -209,9 +209,7 @@ class TrainConfig:
 
     @property
     def default_experiment_name(self) -> str:
-        if self.experiment_name != AUTO:
-            return self.experiment_name
-        return f"resnet-exp-{self.dataset_slug}"
+        return experiment_name_for(self.data, self.experiment_name)
 
 
 def defaults_as_text() -> dict[str, str]:
@@ -221,6 +219,12 @@ def defaults_as_text() -> dict[str, str]:
 
 def option_help() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def experiment_name_for(data: str, experiment_name: str = AUTO) -> str:
+    """The MLflow experiment of a dataset's runs: 'auto' means resnet-exp-<dataset>. Analysis
+    uses it too, without a TrainConfig (whose `data` must exist on this machine)."""
+    return experiment_name if experiment_name != AUTO else f"resnet-exp-{dataset_slug(data)}"
 
 
 def dataset_slug(data: str) -> str:

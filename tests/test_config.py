@@ -23,6 +23,18 @@ def test_mlproject_defaults_equal_the_cli_defaults():
     assert {k: str(v["default"]) for k, v in params.items()} == defaults_as_text()
 
 
+def test_analyze_parameters_agree_in_mlproject_cli_and_readme():
+    from analysis.config import defaults_as_text as analysis_defaults
+
+    entry = mlproject()["entry_points"]["analyze"]
+    assert {k: str(v["default"]) for k, v in entry["parameters"].items()} == analysis_defaults()
+    assert {p.name: p.default for p in main.commands["analyze"].params} == analysis_defaults()
+    readme = (REPO / "README.md").read_text()
+    for name, default in analysis_defaults().items():
+        assert f"--{name.replace('_', '-')} {{{name}}}" in entry["command"]
+        assert f"| `{name}` | `{default}` |" in readme, name
+
+
 def test_cli_defaults_come_from_the_config():
     command = main.commands["train"]
     cli_defaults = {p.name: p.default for p in command.params}

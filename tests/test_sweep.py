@@ -146,6 +146,31 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
     best_f4 = client.get_model_version("resnet-demo", aliases["best-b1111-f4"])
     assert versions[best_f4.run_id].data.params["freeze_blocks"] == "4"
 
+    analysis = CliRunner().invoke(main, ["analyze", "--sweep-run-id", parent.info.run_id,
+                                         "--output-dir", str(tmp_path / "results")])
+    assert analysis.exit_code == 0, analysis.output
+    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f3", "b1111-f4"}, n_runs=2)
+    assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
+
+
+def assert_analysis(folder: Path, labels: set[str], n_runs: int) -> None:
+    """ranking.csv has every configuration with its seeds, the plots are real PNGs, and the
+    report names a winner or a tie."""
+    import pandas as pd
+    from PIL import Image
+
+    ranking = pd.read_csv(folder / "ranking.csv")
+    assert set(ranking["label"]) == labels and set(ranking["n_runs"]) == {n_runs}
+    plots = sorted((folder / "plots").glob("*.png"))
+    assert len(plots) == 4
+    for png in plots:
+        with Image.open(png) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 100
+    report = (folder / "report.md").read_text()
+    assert "**Winner: " in report or "**A tie between " in report
+    assert all(f"plots/{png.name}" in report for png in plots)
+
 
 @pytest.mark.slow
 def test_failed_children_are_recorded_and_redone(tmp_path, data_dir, tracking_uri):
@@ -211,3 +236,15 @@ def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, t
     assert client.get_experiment(parent.info.experiment_id).name == "sweeps"
     assert {r.info.experiment_id for r in runs} == {parent.info.experiment_id}
     assert {r.data.tags[tracking.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[tracking.TAG_SWEEP_ID]}
+
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
+           "--experiment-name", "sweeps", "-P", f"sweep_run_id={parent.info.run_id}",
+           "-P", f"output_dir={tmp_path / 'results'}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=1)
+    [analysis] = client.search_runs([parent.info.experiment_id], f"tags.{tracking.TAG_KIND} = 'analysis'")
+    assert analysis.info.status == "FINISHED", "the run `mlflow run` created holds the analysis"
+    artifacts = {a.path for a in client.list_artifacts(analysis.info.run_id)}
+    assert {"ranking.csv", "report.md", "plots"} <= artifacts

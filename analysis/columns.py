@@ -1,0 +1,54 @@
+"""Column names of the per-run table and of ranking.csv: each spelled here only.
+
+    python -c "from analysis import columns as C; print(C.RANKING_COLUMNS)"
+"""
+
+from resnet_exp import metrics as M
+
+# --- one row per training run (analysis/runs.py) ---------------------------------------------
+RUN_ID = "run_id"
+RUN_NAME = "run_name"
+CONFIG_HASH = "config_hash"
+BLOCKS = "blocks"  # '2,2,2,2', as training logs the param
+FREEZE_BLOCKS = "freeze_blocks"
+DEPTH_LABEL = "depth_label"  # 'b2222-f2'
+SEED = "seed"
+TRAINABLE_PARAMS = "trainable_params"
+TEST_ACC = M.TEST_ACC
+END_TIME = "end_time"  # ms since the epoch; the latest of duplicate runs wins
+BEST_VAL_ACC = f"best_{M.VAL_ACC}"
+EPOCHS_TO_95 = "epochs_to_95"  # epochs until val_acc first reaches 95% of the run's best
+VAL_ACC_AUC = f"{M.VAL_ACC}_auc"  # area under the val_acc curve per epoch, in [0, 1]
+EPOCH_TIME = M.EPOCH_TIME  # mean seconds of one epoch
+TRAIN_TIME = "train_time_s"  # seconds of all epochs together
+
+# --- the per-epoch curves (long format) --------------------------------------------------------
+EPOCH = "epoch"
+VAL_ACC = M.VAL_ACC
+
+# --- one row per configuration (ranking.csv) ---------------------------------------------------
+RANK = "rank"
+TIED = "tied_with_leader"
+LABEL = "label"  # depth_label, plus the config hash when two configurations share it
+TRAINABLE_BLOCKS = "trainable_blocks"  # residual blocks that learn: sum(blocks[freeze_blocks:])
+N_RUNS = "n_runs"
+TEST_ACC_MEAN = f"{TEST_ACC}_mean"
+TEST_ACC_STD = f"{TEST_ACC}_std"
+TEST_ACC_CI = f"{TEST_ACC}_ci95"  # half-width of the Student-t 95% interval; NaN for one run
+TEST_ACC_LO = f"{TEST_ACC_CI}_lo"
+TEST_ACC_HI = f"{TEST_ACC_CI}_hi"
+BEST_VAL_ACC_MEAN = f"{BEST_VAL_ACC}_mean"
+EPOCHS_TO_95_MEAN = f"{EPOCHS_TO_95}_mean"
+EPOCHS_TO_95_STD = f"{EPOCHS_TO_95}_std"
+VAL_ACC_AUC_MEAN = f"{VAL_ACC_AUC}_mean"
+EPOCH_TIME_MEAN = f"{EPOCH_TIME}_mean"
+TRAIN_TIME_MEAN = f"{TRAIN_TIME}_mean"
+PARETO_TIME = "pareto_time"  # not beaten on both test_acc mean and training time
+PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable parameters
+
+RANKING_COLUMNS = [
+    RANK, TIED, LABEL, DEPTH_LABEL, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, CONFIG_HASH, N_RUNS,
+    TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_CI, TEST_ACC_LO, TEST_ACC_HI, BEST_VAL_ACC_MEAN,
+    EPOCHS_TO_95_MEAN, EPOCHS_TO_95_STD, VAL_ACC_AUC_MEAN, EPOCH_TIME_MEAN, TRAIN_TIME_MEAN,
+    TRAINABLE_PARAMS, PARETO_TIME, PARETO_PARAMS,
+]

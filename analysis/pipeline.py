@@ -1,0 +1,66 @@
+"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md
+and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
+
+    python -c "from analysis import AnalysisConfig, analyze; print(analyze(AnalysisConfig(data='demo')).verdict)"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import columns as C
+from analysis import plots, rank, report, runs
+from analysis.config import AnalysisConfig
+from analysis.output import record_run, replace_folder
+from resnet_exp import tracking
+
+RANKING_FILE, REPORT_FILE = "ranking.csv", "report.md"
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    ranking: pd.DataFrame  # one row per configuration, ranked (columns: analysis.columns.RANKING_COLUMNS)
+    output_folder: Path  # <output_dir>/<dataset>/analysis
+    run_id: str  # the MLflow run holding the same files as artifacts
+    excluded: dict[str, int]  # runs left out, by reason (analysis.runs.EXCLUSION_REASONS)
+    answer: str  # the plain-language paragraph
+    verdict: str  # 'Winner: ...' or 'A tie between ...'
+
+
+def analyze(config: AnalysisConfig) -> AnalysisResult:
+    """Rank the depth configurations of an experiment (or of one sweep). User errors (unknown
+    experiment, bad sweep run id, no usable runs) are raised before any file or run is made."""
+    selection = runs.select(config)
+    table = runs.load_runs(selection)
+    ranking = rank.rank(table.runs, table.curves)
+    text = report.render(ranking, dataset=selection.dataset, experiment=selection.experiment_name,
+                         sweep_run_id=selection.sweep_run_id, n_runs=len(table.runs),
+                         excluded=table.excluded,
+                         notes=report.shared_label_notes(ranking, table.shared_params))
+
+    def write(folder: Path) -> None:
+        ranking.to_csv(folder / RANKING_FILE, index=False)
+        (folder / REPORT_FILE).write_text(text)
+        plots.draw_all(ranking, table.curves, folder)
+
+    folder = replace_folder(config.output_folder(selection.dataset), write)
+    run_id = _record(config, selection, ranking, table, folder)
+    return AnalysisResult(ranking, folder, run_id, table.excluded, report.answer(ranking, selection.dataset),
+                          report.verdict(ranking))
+
+
+def _record(config: AnalysisConfig, selection: runs.Selection, ranking: pd.DataFrame,
+            table: runs.RunTable, folder: Path) -> str:
+    tags = {tracking.TAG_KIND: tracking.KIND_ANALYSIS, tracking.TAG_DATASET: selection.dataset,
+            "mlflow.note.content": report.verdict(ranking)}
+    if selection.sweep_id:
+        tags[tracking.TAG_SWEEP_ID] = selection.sweep_id
+    params = {**config.to_params(), "experiment": selection.experiment_name,
+              "n_configs": str(len(ranking)), "n_runs": str(len(table.runs))}
+    metrics = {f"excluded_{reason.replace(' ', '_')}": n for reason, n in table.excluded.items()}
+    metrics["leader_test_acc_mean"] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    name = f"analysis-{selection.sweep_id or selection.dataset}"
+    return record_run(selection.experiment_id, name, tags, params, metrics, folder)

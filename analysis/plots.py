@@ -1,0 +1,95 @@
+"""The report's four PNG plots, drawn from the ranking table and the per-epoch curves.
+
+    python -c "import analysis.plots as p; print(p.PLOT_FILES)"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in `mlflow run`
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import columns as C  # noqa: E402
+
+PLOTS = "plots"  # folder of the PNGs inside the analysis folder
+CURVES, FREEZE, DEPTH, COST = ("val_acc_curves.png", "test_acc_vs_freeze_blocks.png",
+                               "test_acc_vs_depth.png", "accuracy_vs_cost.png")
+PLOT_FILES = (CURVES, FREEZE, DEPTH, COST)
+DPI = 110
+
+
+def draw_all(ranking: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
+    """Write every plot under folder/plots; returns their paths."""
+    (folder / PLOTS).mkdir(parents=True, exist_ok=True)
+    drawers = {CURVES: lambda ax: curves_plot(ax, ranking, curves),
+               FREEZE: lambda ax: accuracy_by(ax, ranking, C.FREEZE_BLOCKS, "frozen stages (freeze_blocks)"),
+               DEPTH: lambda ax: accuracy_by(ax, ranking, C.TRAINABLE_BLOCKS,
+                                             "trainable residual blocks (blocks after the frozen stages)")}
+    paths = []
+    for name, draw in drawers.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        draw(ax)
+        paths.append(_save(fig, folder / PLOTS / name))
+    paths.append(_save(cost_plot(ranking), folder / PLOTS / COST))
+    return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def curves_plot(ax: plt.Axes, ranking: pd.DataFrame, curves: pd.DataFrame) -> None:
+    """val_acc per epoch, one line per configuration: the mean over seeds with a +-1 std band
+    (at each epoch, over the seeds that reached it; early stopping ends some sooner)."""
+    for _, row in ranking.iterrows():
+        per_epoch = curves[curves[C.CONFIG_HASH] == row[C.CONFIG_HASH]].groupby(C.EPOCH)[C.VAL_ACC]
+        mean, std = per_epoch.mean(), per_epoch.std(ddof=1).fillna(0)
+        epochs = mean.index + 1  # epoch 1 is the first finished epoch
+        (line,) = ax.plot(epochs, mean, marker=".", label=f"{row[C.LABEL]} (n={row[C.N_RUNS]})")
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="epoch", ylabel="validation accuracy",
+           title="val_acc per epoch (mean, band: ±1 std over seeds)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def accuracy_by(ax: plt.Axes, ranking: pd.DataFrame, x: str, xlabel: str) -> None:
+    """Final test_acc mean against `x`, one series per blocks configuration, 95% CI error bars."""
+    for blocks, series in ranking.sort_values(x).groupby(C.BLOCKS, sort=True):
+        ax.errorbar(series[x], series[C.TEST_ACC_MEAN], yerr=series[C.TEST_ACC_CI].fillna(0),
+                    marker="o", capsize=4, label=f"blocks {blocks}")
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"test_acc against {x} (bars: 95% CI over seeds)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def cost_plot(ranking: pd.DataFrame) -> plt.Figure:
+    """Accuracy against training time and against trainable parameters, each with its front."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    panels = [(C.TRAIN_TIME_MEAN, C.PARETO_TIME, "total training time (s, mean over seeds)"),
+              (C.TRAINABLE_PARAMS, C.PARETO_PARAMS, "trainable parameters")]
+    for ax, (cost, flag, xlabel) in zip(axes, panels):
+        ax.errorbar(ranking[cost], ranking[C.TEST_ACC_MEAN], yerr=ranking[C.TEST_ACC_CI].fillna(0),
+                    fmt="o", capsize=3, alpha=0.7, label="configuration")
+        front = ranking[ranking[flag]].sort_values(cost)
+        ax.step(front[cost], front[C.TEST_ACC_MEAN], where="post", color="tab:red", label="Pareto front")
+        for _, row in ranking.iterrows():
+            if not np.isnan(row[cost]):
+                ax.annotate(row[C.LABEL], (row[cost], row[C.TEST_ACC_MEAN]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel=xlabel, title=f"accuracy against {xlabel.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (mean, bars: 95% CI)")
+    axes[0].legend(fontsize="small")
+    return fig

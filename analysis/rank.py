@@ -1,0 +1,135 @@
+"""The ranking maths, pure functions on DataFrames: per-run learning measures, per-configuration
+means and Student-t intervals over seeds, the tie rule, and the Pareto fronts of accuracy
+against cost.
+
+    python -c "from analysis.rank import epochs_to_fraction, auc_per_epoch; print(epochs_to_fraction([.2, .5, .8]), auc_per_epoch([.2, .5, .8]))"
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis import columns as C
+
+CONVERGENCE_FRACTION = 0.95  # a run has converged once val_acc reaches 95% of its own best
+CONFIDENCE = 0.95  # two-sided Student-t intervals over seeds
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+def epochs_to_fraction(val_acc: Sequence[float], fraction: float = CONVERGENCE_FRACTION) -> int:
+    """Epochs trained until val_acc first reached `fraction` of the run's best (1 = after the first)."""
+    values = np.asarray(val_acc, dtype=float)
+    return int(np.argmax(values >= fraction * values.max())) + 1
+
+
+def auc_per_epoch(val_acc: Sequence[float]) -> float:
+    """Trapezoid area under val_acc over epoch index, divided by the epochs spanned (len - 1):
+    the curve's average height, in [0, 1]. High means good early and stayed good. One epoch: its value."""
+    values = np.asarray(val_acc, dtype=float)
+    if len(values) == 1:
+        return float(values[0])
+    return float((values[:-1] + values[1:]).sum() / 2 / (len(values) - 1))
+
+
+def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table plus best val_acc, epochs to 95%, val_acc AUC, epoch and total time."""
+    def measures(run_id: str, curve: pd.DataFrame) -> dict:
+        acc, seconds = curve.sort_values(C.EPOCH)[C.VAL_ACC], curve[C.EPOCH_TIME]
+        return {C.RUN_ID: run_id, C.BEST_VAL_ACC: acc.max(), C.EPOCHS_TO_95: epochs_to_fraction(acc),
+                C.VAL_ACC_AUC: auc_per_epoch(acc), C.EPOCH_TIME: seconds.mean(),
+                C.TRAIN_TIME: seconds.sum(min_count=len(seconds))}  # NaN if an epoch has no time
+    per_run = pd.DataFrame([measures(run_id, curve) for run_id, curve in curves.groupby(C.RUN_ID)])
+    return runs.merge(per_run, on=C.RUN_ID, how="left")
+
+
+# --- one configuration -----------------------------------------------------------------------
+
+
+def ci_half_width(values: Sequence[float], confidence: float = CONFIDENCE) -> float:
+    """Half-width of the Student-t interval of the mean; NaN for a single value."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    return float(stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def trainable_blocks(blocks: str, freeze_blocks: int) -> int:
+    """Residual blocks that learn: those of the stages after the frozen ones ('2,2,2,2', 1 -> 6)."""
+    return sum(int(b) for b in blocks.split(",")[freeze_blocks:])
+
+
+def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (config hash), aggregated over its seeds."""
+    def summary(config_hash: str, g: pd.DataFrame) -> dict:
+        acc, half = g[C.TEST_ACC], ci_half_width(g[C.TEST_ACC].tolist())
+        first = g.iloc[0]
+        return {
+            C.CONFIG_HASH: config_hash, C.BLOCKS: first[C.BLOCKS], C.FREEZE_BLOCKS: first[C.FREEZE_BLOCKS],
+            C.DEPTH_LABEL: first[C.DEPTH_LABEL],
+            C.TRAINABLE_BLOCKS: trainable_blocks(first[C.BLOCKS], first[C.FREEZE_BLOCKS]),
+            C.N_RUNS: len(g), C.TEST_ACC_MEAN: acc.mean(), C.TEST_ACC_STD: acc.std(ddof=1),
+            C.TEST_ACC_CI: half, C.TEST_ACC_LO: acc.mean() - half, C.TEST_ACC_HI: acc.mean() + half,
+            C.BEST_VAL_ACC_MEAN: g[C.BEST_VAL_ACC].mean(), C.EPOCHS_TO_95_MEAN: g[C.EPOCHS_TO_95].mean(),
+            C.EPOCHS_TO_95_STD: g[C.EPOCHS_TO_95].std(ddof=1), C.VAL_ACC_AUC_MEAN: g[C.VAL_ACC_AUC].mean(),
+            C.EPOCH_TIME_MEAN: g[C.EPOCH_TIME].mean(), C.TRAIN_TIME_MEAN: g[C.TRAIN_TIME].mean(),
+            C.TRAINABLE_PARAMS: g[C.TRAINABLE_PARAMS].max()}
+    table = pd.DataFrame([summary(h, g) for h, g in measured.groupby(C.CONFIG_HASH)])
+    return table.assign(**{C.LABEL: labels(table)})
+
+
+def labels(table: pd.DataFrame) -> pd.Series:
+    """The depth label, with the config hash where two configurations share one (they differ in
+    another parameter, e.g. max_epochs)."""
+    shared = table[C.DEPTH_LABEL].duplicated(keep=False)
+    with_hash = table[C.DEPTH_LABEL] + " (" + table[C.CONFIG_HASH].str[:6] + ")"
+    return table[C.DEPTH_LABEL].where(~shared, with_hash)
+
+
+# --- ranking -------------------------------------------------------------------------------------
+
+
+def tied_with_leader(table: pd.DataFrame) -> pd.Series:
+    """Whether each row's interval overlaps the first row's. A single run has no interval, so it
+    can be ordered neither above nor below the leader: tied (also when the leader is the one)."""
+    leader_lo = table[C.TEST_ACC_LO].iloc[0]
+    unbounded = table[C.TEST_ACC_HI].isna() | math.isnan(leader_lo)
+    return unbounded | (table[C.TEST_ACC_HI] >= leader_lo)
+
+
+def rank_configs(table: pd.DataFrame) -> pd.DataFrame:
+    """Order by test_acc mean (ties broken by fewer trainable parameters, then label), mark the
+    configurations tied with the leader, list them first, and give competition ranks: 1 for the
+    leader and everything tied with it, the row's position for the rest (1, 1, 1, 4, 5)."""
+    ordered = table.sort_values([C.TEST_ACC_MEAN, C.TRAINABLE_PARAMS, C.LABEL],
+                                ascending=[False, True, True], kind="stable").reset_index(drop=True)
+    ordered[C.TIED] = tied_with_leader(ordered)
+    ordered = ordered.sort_values(C.TIED, ascending=False, kind="stable").reset_index(drop=True)
+    position = pd.Series(range(1, len(ordered) + 1))
+    ordered[C.RANK] = position.where(~ordered[C.TIED], 1)
+    ordered[C.PARETO_TIME] = pareto_front(ordered[C.TEST_ACC_MEAN], ordered[C.TRAIN_TIME_MEAN])
+    ordered[C.PARETO_PARAMS] = pareto_front(ordered[C.TEST_ACC_MEAN], ordered[C.TRAINABLE_PARAMS])
+    return ordered[C.RANKING_COLUMNS]
+
+
+def pareto_front(accuracy: pd.Series, cost: pd.Series) -> pd.Series:
+    """True where no other configuration is at least as accurate and at most as costly, and better
+    in one of the two. A configuration with an unknown cost is not on the front."""
+    acc, cost_ = accuracy.to_numpy(float), cost.to_numpy(float)
+    known = ~np.isnan(cost_)
+    front = []
+    for a, c, ok in zip(acc, cost_, known):
+        beaten = known & (acc >= a) & (cost_ <= c) & ((acc > a) | (cost_ < c))
+        front.append(bool(ok and not beaten.any()))
+    return pd.Series(front, index=accuracy.index)
+
+
+def rank(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """ranking.csv's table from the per-run table and the curves."""
+    return rank_configs(aggregate(run_measures(runs, curves)))

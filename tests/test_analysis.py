@@ -1,0 +1,267 @@
+"""Analysis: the ranking maths on runs logged through the MLflow API with known metric histories
+(means, intervals, convergence epoch, AUC, ties, Pareto fronts, exclusions), sweep selection by
+sweep.json, the files and the MLflow run it writes, and the errors a user can fix.
+
+One SQLite store is built per module (creating a store costs seconds) and copied for each test,
+so every test starts from the same runs and its own analysis runs stay its own."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from PIL import Image
+
+from analysis import AnalysisConfig, analyze, format_ranking
+from analysis import columns as C
+from analysis import rank, runs
+from analysis.plots import PLOT_FILES, PLOTS
+from resnet_exp import metrics as M
+from resnet_exp import tracking
+from resnet_exp.errors import ConfigError, DataError
+
+T_975_1, T_975_2 = 12.7062, 4.3027  # Student t quantiles for 2 and 3 seeds
+DEMO = "resnet-exp-demo"
+
+# (blocks, freeze_blocks) -> trainable params, and per seed: (test_acc, val_acc per epoch, epoch seconds)
+A, B, CC, D = ("1,1,1,1", 3), ("2,2,2,2", 2), ("2,2,2,2", 4), ("2,2,2,2", 0)
+PARAMS = {A: 6000, B: 5000, CC: 100, D: 10000}
+STUDY = {
+    A: {0: (0.80, [0.2, 0.5, 0.7, 0.8], [10, 12, 10, 12]),  # 95% of 0.8 = 0.76: reached at epoch 4
+        1: (0.82, [0.4, 0.78, 0.8, 0.8], [11, 11, 11, 11]),  # ... at epoch 2
+        2: (0.84, [0.3, 0.6, 0.77, 0.8], [10, 12, 10, 12])},  # ... at epoch 3
+    B: {0: (0.85, [0.5, 0.9], [30, 30]), 1: (0.87, [0.5, 0.9], [30, 30])},
+    CC: {0: (0.50, [0.4, 0.5], [5, 5]), 1: (0.51, [0.4, 0.5], [5, 5]), 2: (0.52, [0.4, 0.5], [5, 5])},
+    D: {0: (0.30, [0.3], [50])},  # a single run: no interval
+}
+
+
+def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int = 30) -> str:
+    return hashlib.sha256(f"{blocks}/{freeze}/{dataset}/{max_epochs}".encode()).hexdigest()[:12]
+
+
+def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], seed: int,
+            test_acc: float | None, val_acc: list[float], epoch_time: list[float] | None = None,
+            status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
+            max_epochs: int = 30, kind: str | None = tracking.KIND_TRAIN) -> str:
+    """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch."""
+    blocks, freeze = config
+    label = f"b{blocks.replace(',', '')}-f{freeze}"
+    tags = {tracking.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs),
+            tracking.TAG_DATASET: dataset, tracking.TAG_DEPTH: label}
+    if kind:
+        tags[tracking.TAG_KIND] = kind
+    run_id = client.create_run(experiment_id, run_name=f"r-{label}-s{seed}", tags=tags).info.run_id
+    params = {"blocks": blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
+              "freeze_blocks": str(freeze), "seed": str(seed), "data": dataset,
+              "max_epochs": str(max_epochs), "trainable_params": str(PARAMS.get(config, 1))}
+    metrics = [Metric(M.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
+    metrics += [Metric(M.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
+    if test_acc is not None:
+        metrics.append(Metric(M.TEST_ACC, test_acc, 2000, 0))
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(run_id, status, end_time=end_time)
+    return run_id
+
+
+def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
+    """The study above, plus one run per exclusion reason, a sweep parent, a shared depth label."""
+    ids = {"demo": client.create_experiment(DEMO, artifact_location=str(artifacts / "demo"))}
+    exp = ids["demo"]
+    # Duplicates that ended before the study's runs: one started before them, one after, so
+    # neither the search order nor the start time can stand in for "latest to end".
+    log_run(client, exp, B, 1, 0.10, [0.1, 0.1], [1, 1], end_time=5_000)
+    for config, seeds in STUDY.items():
+        for seed, (acc, val, secs) in seeds.items():
+            legacy = config == CC and seed == 2  # an older run: config_hash but no run_kind tag
+            ids[f"{config}-{seed}"] = log_run(client, exp, config, seed, acc, val, secs, end_time=10_000,
+                                              kind=None if legacy else tracking.KIND_TRAIN)
+    # Excluded, each with an accuracy that would change the numbers if it were used:
+    ids["failed"] = log_run(client, exp, A, 3, 0.99, [0.99], [1], status="FAILED")
+    log_run(client, exp, B, 2, 0.99, [0.99], [1], status="RUNNING")
+    log_run(client, exp, A, 0, 0.99, [0.99], [1], dataset="pets")
+    log_run(client, exp, B, 0, 0.10, [0.1, 0.1], [1, 1], end_time=5_000)
+    log_run(client, exp, CC, 3, None, [0.4, 0.5], [5, 5])  # finished without a test
+    # Not training runs at all: not counted anywhere
+    client.create_run(exp, run_name="old-analysis", tags={tracking.TAG_KIND: tracking.KIND_ANALYSIS})
+    sweep = client.create_run(exp, run_name="sweep", tags={tracking.TAG_KIND: tracking.KIND_SWEEP,
+                                                           tracking.TAG_SWEEP_ID: "sw1",
+                                                           tracking.TAG_DATASET: "demo"}).info.run_id
+    members = [(A, 0), (A, 1), (B, 0), (B, 1), (A, 3)]  # not seed 2 of A; seed 3 of A FAILED
+    grid = [{"config_hash": config_hash(*config), "seed": seed, "blocks": config[0],
+             "freeze_blocks": config[1]} for config, seed in members]
+    client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, tracking.SWEEP_GRID_FILE)
+    client.set_terminated(sweep, "FINISHED")
+    ids["sweep"] = sweep
+    # Another experiment: b2222-f2 twice, differing only in max_epochs; one without epoch times
+    ids["shared"] = shared = client.create_experiment("shared", artifact_location=str(artifacts / "shared"))
+    for seed in (0, 1):
+        log_run(client, shared, B, seed, 0.7 + seed / 100, [0.5, 0.7], [3, 3])
+        log_run(client, shared, B, seed, 0.6 + seed / 100, [0.5, 0.6], max_epochs=5)
+    ids["empty"] = empty = client.create_experiment("empty", artifact_location=str(artifacts / "empty"))
+    log_run(client, empty, A, 0, 0.9, [0.9], status="FAILED")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path_factory.mktemp("study")
+    ids = build_study(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), folder / "artifacts")
+    return folder / "mlflow.db", ids
+
+
+@pytest.fixture
+def study(study_db, tracking_uri: str, tmp_path: Path) -> dict[str, str]:
+    """A private copy of the study's store, as MLFLOW_TRACKING_URI; returns the ids by name."""
+    shutil.copy(study_db[0], tmp_path / "mlflow.db")
+    return study_db[1]
+
+
+def ranked(config: AnalysisConfig) -> tuple[pd.DataFrame, runs.RunTable]:
+    table = runs.load_runs(runs.select(config))
+    return rank.rank(table.runs, table.curves).set_index(C.LABEL), table
+
+
+def all_runs() -> list:
+    client = MlflowClient(tracking.tracking_uri())
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+# --- pure maths ----------------------------------------------------------------------------------
+
+
+def test_convergence_epoch_auc_and_interval():
+    assert rank.epochs_to_fraction([0.2, 0.5, 0.7, 0.8]) == 4  # 0.7 < 0.95 * 0.8 = 0.76
+    assert rank.epochs_to_fraction([0.4, 0.78, 0.8, 0.8]) == 2
+    assert rank.epochs_to_fraction([0.9, 0.1]) == 1
+    assert rank.auc_per_epoch([0.2, 0.5, 0.7, 0.8]) == pytest.approx((0.35 + 0.6 + 0.75) / 3)
+    assert rank.auc_per_epoch([0.3]) == 0.3
+    std = 0.02 / math.sqrt(2)  # of 0.85 and 0.87
+    assert rank.ci_half_width([0.85, 0.87]) == pytest.approx(T_975_1 * std / math.sqrt(2), rel=1e-4)
+    assert math.isnan(rank.ci_half_width([0.5]))
+    assert rank.trainable_blocks("3,4,6,3", 2) == 9
+
+
+def test_tie_rule_and_competition_ranks():
+    table = pd.DataFrame({C.LABEL: list("abcde"), C.TEST_ACC_MEAN: [0.9, 0.5, 0.85, 0.6, 0.3],
+                          C.TEST_ACC_LO: [0.8, 0.45, 0.82, 0.55, math.nan],
+                          C.TEST_ACC_HI: [1.0, 0.55, 0.88, 0.79, math.nan],
+                          C.TRAINABLE_PARAMS: [1, 1, 1, 1, 1], C.TRAIN_TIME_MEAN: [1, 1, 1, 1, 1]})
+    for col in set(C.RANKING_COLUMNS) - set(table):
+        table[col] = 0
+    out = rank.rank_configs(table)
+    # c overlaps a; e has one run (no interval) so it cannot be ranked below a; d (hi 0.79) does not reach 0.8
+    assert out[C.LABEL].tolist() == ["a", "c", "e", "d", "b"]
+    assert out[C.RANK].tolist() == [1, 1, 1, 4, 5]
+    assert out[C.TIED].tolist() == [True, True, True, False, False]
+
+
+def test_pareto_front():
+    acc = pd.Series([0.9, 0.8, 0.8, 0.5, 0.95])
+    cost = pd.Series([10.0, 5.0, 6.0, 1.0, math.nan])
+    assert rank.pareto_front(acc, cost).tolist() == [True, True, False, True, False]
+
+
+# --- runs logged through MLflow -----------------------------------------------------------------
+
+
+def test_per_configuration_numbers_from_logged_runs(study):
+    table, runs_table = ranked(AnalysisConfig(data="demo"))
+    a, b, c, d = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (A, B, CC, D))
+    assert (a[C.N_RUNS], b[C.N_RUNS], c[C.N_RUNS], d[C.N_RUNS]) == (3, 2, 3, 1)
+    assert a[C.TEST_ACC_MEAN] == pytest.approx(0.82) and a[C.TEST_ACC_STD] == pytest.approx(0.02)
+    assert a[C.TEST_ACC_CI] == pytest.approx(T_975_2 * 0.02 / math.sqrt(3), rel=1e-4)
+    # the duplicate (0.10) and the RUNNING run (0.99) are left out
+    assert b[C.TEST_ACC_MEAN] == pytest.approx(0.86)
+    assert b[C.TEST_ACC_CI] == pytest.approx(T_975_1 * math.sqrt(2e-4) / math.sqrt(2), rel=1e-4)
+    assert math.isnan(d[C.TEST_ACC_CI]) and math.isnan(d[C.TEST_ACC_STD])
+    assert a[C.EPOCHS_TO_95_MEAN] == pytest.approx(3) and a[C.EPOCHS_TO_95_STD] == pytest.approx(1)
+    auc = [(0.35 + 0.6 + 0.75) / 3, (0.59 + 0.79 + 0.8) / 3, (0.45 + 0.685 + 0.785) / 3]
+    assert a[C.VAL_ACC_AUC_MEAN] == pytest.approx(sum(auc) / 3)
+    assert a[C.BEST_VAL_ACC_MEAN] == pytest.approx(0.8) and a[C.BLOCKS] == "1,1,1,1"
+    assert a[C.EPOCH_TIME_MEAN] == pytest.approx(11) and a[C.TRAIN_TIME_MEAN] == pytest.approx(44)
+    assert a[C.TRAINABLE_PARAMS] == 6000 and a[C.TRAINABLE_BLOCKS] == 1 and d[C.TRAINABLE_BLOCKS] == 8
+    # ranking: b leads; a overlaps it; d has one run; c's interval ends far below b's
+    assert table.index.tolist() == ["b2222-f2", "b1111-f3", "b2222-f0", "b2222-f4"]
+    assert table[C.RANK].tolist() == [1, 1, 1, 4] and not c[C.TIED]
+    assert table[C.PARETO_TIME].tolist() == [True, True, False, True]  # d: slower and worse than a
+    assert table[C.PARETO_PARAMS].tolist() == [True, False, False, True]  # a: more params than b
+    assert runs_table.excluded == {"failed": 1, "unfinished": 1, "other dataset": 1, "duplicate": 2,
+                                   "incomplete": 1}
+    assert len(runs_table.runs) == 9
+
+
+def test_sweep_selects_its_grid_from_sweep_json(study):
+    # data and experiment come from the parent run, whatever the defaults say
+    table, runs_table = ranked(AnalysisConfig(sweep_run_id=study["sweep"]))
+    assert table.index.tolist() == ["b2222-f2", "b1111-f3"]
+    assert table[C.N_RUNS].tolist() == [2, 2]  # seed 2 of b1111-f3 is outside the grid
+    assert table.loc["b1111-f3", C.TEST_ACC_MEAN] == pytest.approx(0.81)
+    assert runs_table.excluded["failed"] == 1 and runs_table.excluded["duplicate"] == 2
+    assert runs_table.excluded["other dataset"] == runs_table.excluded["unfinished"] == 0
+
+
+def test_configurations_sharing_a_depth_label_stay_apart(study):
+    table, runs_table = ranked(AnalysisConfig(experiment_name="shared", data="demo"))
+    assert len(table) == 2 and all(label.startswith("b2222-f2 (") for label in table.index)
+    assert table[C.TEST_ACC_MEAN].round(3).tolist() == [0.705, 0.605]
+    assert math.isnan(table[C.TRAIN_TIME_MEAN].iloc[1])  # no epoch times: no time, off the time front
+    assert table[C.PARETO_TIME].tolist() == [True, False]
+    from analysis.report import shared_label_notes
+    [note] = shared_label_notes(table.reset_index(), runs_table.shared_params)
+    assert "max_epochs" in note and "seed" not in note
+
+
+def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
+    result = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
+    assert result.output_folder == tmp_path / "out" / "demo" / "analysis"
+    csv = pd.read_csv(result.output_folder / "ranking.csv")
+    assert csv.columns.tolist() == C.RANKING_COLUMNS and len(csv) == 4
+    assert math.isnan(csv.loc[csv[C.N_RUNS] == 1, C.TEST_ACC_CI].iloc[0])
+    for name in PLOT_FILES:
+        with Image.open(result.output_folder / PLOTS / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    text = (result.output_folder / "report.md").read_text()
+    assert "A tie between b2222-f2, b1111-f3 and b2222-f0" in text and result.verdict in text
+    assert "1 failed, 1 unfinished, 1 other dataset, 2 duplicate, 1 incomplete" in text
+    assert all(f"]({PLOTS}/{name})" in text for name in PLOT_FILES)
+    assert "b2222-f2 has the highest mean test accuracy, 0.860 ± 0.127 (n=2)" in result.answer
+    assert "b1111-f3" in format_ranking(result.ranking).splitlines()[2]
+    client = MlflowClient(tracking.tracking_uri())
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == study["demo"]
+    assert run.data.tags[tracking.TAG_KIND] == tracking.KIND_ANALYSIS
+    assert run.data.params["n_configs"] == "4" and run.data.metrics["excluded_duplicate"] == 2
+    stored = {f.path for f in client.list_artifacts(result.run_id)} | \
+             {f.path for f in client.list_artifacts(result.run_id, PLOTS)}
+    assert {"ranking.csv", "report.md", *(f"{PLOTS}/{n}" for n in PLOT_FILES)} <= stored
+    # a second analysis replaces the folder (no stale file survives) and is not itself ranked
+    (result.output_folder / "stale.txt").write_text("old")
+    again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
+    assert not (again.output_folder / "stale.txt").exists() and again.excluded == result.excluded
+    assert not [p for p in again.output_folder.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("values, error, words", [
+    (dict(data="nosuch"), ConfigError, ["data='nosuch'", "'resnet-exp-nosuch'", "no such experiment", DEMO,
+                                        "sqlite:///"]),
+    (dict(experiment_name="nope", data="demo"), ConfigError, ["experiment_name='nope': no such experiment"]),
+    (dict(sweep_run_id="0" * 32), ConfigError, ["sweep_run_id='" + "0" * 32, "no such run"]),
+    (dict(sweep_run_id="<a training run>"), ConfigError, ["is a train run, not a sweep's parent"]),
+    (dict(experiment_name="empty", data="demo"), DataError, ["no usable training runs", "1 failed"]),
+])
+def test_user_errors_name_the_value_and_create_nothing(study, tmp_path, values, error, words):
+    if values.get("sweep_run_id") == "<a training run>":
+        values["sweep_run_id"] = study[f"{B}-0"]
+    before = len(all_runs())
+    with pytest.raises(error) as err:
+        analyze(AnalysisConfig(**values, output_dir=str(tmp_path / "out")))
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert len(all_runs()) == before and not (tmp_path / "out").exists()
