@@ -92,20 +92,29 @@ def _leader_sentence(ranking: pd.DataFrame) -> str:
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
-    """Per blocks configuration: from the fewest to the most frozen stages."""
+    """Both dials of depth: per blocks list, from the fewest to the most frozen stages; per
+    freeze_blocks, from the fewest to the most residual blocks."""
     sentences = []
     for blocks, g in ranking.groupby(C.BLOCKS, sort=True):
-        if g[C.FREEZE_BLOCKS].nunique() < 2:
-            continue
-        lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
-        sentences.append(
-            f"With blocks {blocks}, freezing {hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} "
-            f"moves test accuracy from {lo[C.TEST_ACC_MEAN]:.3f} to {hi[C.TEST_ACC_MEAN]:.3f}"
-            f"{_difference_caveat(lo, hi)}, epochs to "
-            f"{CONVERGENCE_FRACTION:.0%} of the best val_acc from {lo[C.EPOCHS_TO_95_MEAN]:.1f} to "
-            f"{hi[C.EPOCHS_TO_95_MEAN]:.1f}, and the mean epoch time from {lo[C.EPOCH_TIME_MEAN]:.1f} s "
-            f"to {hi[C.EPOCH_TIME_MEAN]:.1f} s.")
+        if g[C.FREEZE_BLOCKS].nunique() >= 2:
+            lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
+            sentences.append(f"With blocks {blocks}, freezing {hi[C.FREEZE_BLOCKS]} stages instead of "
+                             f"{lo[C.FREEZE_BLOCKS]} {_change(lo, hi)}.")
+    sizes = ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
+    for freeze, g in ranking.assign(_size=sizes).groupby(C.FREEZE_BLOCKS, sort=True):
+        if g[C.BLOCKS].nunique() >= 2:
+            lo, hi = g.loc[g["_size"].idxmin()], g.loc[g["_size"].idxmax()]
+            sentences.append(f"With {freeze} frozen stages, {hi['_size']} residual blocks ({hi[C.BLOCKS]}) "
+                             f"instead of {lo['_size']} ({lo[C.BLOCKS]}) {_change(lo, hi)}.")
     return sentences
+
+
+def _change(lo: pd.Series, hi: pd.Series) -> str:
+    """What changes from configuration `lo` to `hi`: accuracy, convergence and epoch time."""
+    return (f"moves test accuracy from {lo[C.TEST_ACC_MEAN]:.3f} to {hi[C.TEST_ACC_MEAN]:.3f}"
+            f"{_difference_caveat(lo, hi)}, epochs to {CONVERGENCE_FRACTION:.0%} of the best val_acc "
+            f"from {lo[C.EPOCHS_TO_95_MEAN]:.1f} to {hi[C.EPOCHS_TO_95_MEAN]:.1f}, and the mean epoch "
+            f"time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s")
 
 
 def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
