@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -63,6 +64,15 @@ def parse_blocks(text: str | tuple[int, ...], name: str = "blocks") -> tuple[int
             "commas, one per residual stage, e.g. 1,1,1,1 or 2,2,2,2 (ResNet18) or 3,4,6,3 (ResNet34)"
         )
     return tuple(int(p) for p in parts)
+
+
+def _shell_unquoted(text: str) -> str:
+    """"'/my data'" -> '/my data': one shell word without its quoting; other text unchanged."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return text
+    return words[0] if len(words) == 1 else text
 
 
 def _parse_optional_int(name: str, text: str) -> int | None:
@@ -154,12 +164,16 @@ class TrainConfig:
         return cls(**parsed)
 
     def same_value(self, name: str, text: str) -> bool:
-        """Whether command-line `text` means this config's value of `name` ('3e-5' == 3e-05)."""
+        """Whether command-line `text` means this config's value of `name` ('3e-5' == 3e-05).
+        `mlflow run` logs a value that needed shell quoting as the quoted text ("'/my data'")."""
         parse = self.__dataclass_fields__[name].metadata["parse"]
-        try:
-            return (parse(name, text) if parse else text) == getattr(self, name)
-        except ConfigError:
-            return False
+        for candidate in dict.fromkeys((text, _shell_unquoted(text))):
+            try:
+                if (parse(name, candidate) if parse else candidate) == getattr(self, name):
+                    return True
+            except ConfigError:
+                pass
+        return False
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -111,6 +111,11 @@ def test_same_value_compares_meaning_not_text():
     c = TrainConfig(learning_rate=3e-5, blocks=(1, 1, 1, 1))
     assert c.same_value("learning_rate", "0.00003") and c.same_value("blocks", "1, 1, 1, 1")
     assert not c.same_value("learning_rate", "1e-4") and not c.same_value("blocks", "junk")
+    # `mlflow run` logs values that needed shell quoting with their quotes
+    spaced = TrainConfig(output_dir="/tmp/my results", blocks=(1, 1, 1, 1))
+    assert spaced.same_value("output_dir", "'/tmp/my results'") and spaced.same_value("blocks", "'1,1,1,1'")
+    assert not spaced.same_value("output_dir", "'/tmp/other results'")
+    assert not spaced.same_value("output_dir", "/tmp/my results extra")
 
 
 def test_the_readme_documents_every_parameter():
