@@ -218,6 +218,7 @@ def test_a_child_that_fails_before_its_run_opens_is_still_recorded(tmp_path, dat
 def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, tracking_uri):
     params = {"data": "demo", "weights": "none", "image_size": "32", "batch_size": "16", "max_epochs": "1",
               "limit_batches": "2", "freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "0,",
+              "registered_model_name": "none",  # registration is covered above; this test is about nesting
               "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
            "--experiment-name", "sweeps"]
