@@ -1,42 +1,18 @@
-"""Where an analysis ends up: a local folder swapped in whole (never half-written, an older
-analysis replaced), and the same files as artifacts of an MLflow run of kind 'analysis'.
+"""Where an analysis ends up: the same files as the local folder (written with
+resnet_exp.atomic.replace_atomically), as artifacts of an MLflow run of kind 'analysis'.
 
-    python -c "from pathlib import Path; from analysis.output import replace_folder; print(replace_folder(Path('/tmp/a'), lambda d: (d / 'x').write_text('1')))"
+    python -c "import inspect, analysis.output as o; print(inspect.signature(o.record_run))"
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from resnet_exp import tracking
-
-
-def replace_folder(target: Path, write: Callable[[Path], None]) -> Path:
-    """Build `target` by calling `write(staging_folder)` in a hidden sibling, then swap it in.
-
-    resnet_exp.atomic.build_atomically only creates a missing folder; an analysis replaces the
-    previous one. Between the two renames `target` is briefly absent, never half-written; an
-    error in `write` leaves the previous analysis as it was."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
-    retired = target.parent / f".{target.name}-old-{staging.name.rsplit('-', 1)[-1]}"
-    try:
-        write(staging)
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
-    return target
 
 
 def record_run(experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str],

@@ -14,8 +14,9 @@ import pandas as pd
 from analysis import columns as C
 from analysis import plots, rank, report, runs
 from analysis.config import AnalysisConfig
-from analysis.output import record_run, replace_folder
+from analysis.output import record_run
 from resnet_exp import tracking
+from resnet_exp.atomic import replace_atomically
 
 RANKING_FILE, REPORT_FILE = "ranking.csv", "report.md"
 
@@ -46,7 +47,7 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
         (folder / REPORT_FILE).write_text(text)
         plots.draw_all(ranking, table.curves, folder)
 
-    folder = replace_folder(config.output_folder(selection.dataset), write)
+    folder = replace_atomically(config.output_folder(selection.dataset), write)
     run_id = _record(config, selection, ranking, table, folder)
     return AnalysisResult(ranking, folder, run_id, table.excluded, report.answer(ranking, selection.dataset),
                           report.verdict(ranking))

@@ -1,5 +1,6 @@
 """Folders that are complete or absent, never half-written: build in a temporary sibling, then
-rename it into place. Used for the demo dataset and the preprocessed image store.
+rename it into place. Used for the demo dataset, the preprocessed image store and the
+analysis folder.
 
     python -c "from resnet_exp.atomic import build_atomically; print(build_atomically(__import__('pathlib').Path('/tmp/x'), lambda d: None))"
 """
@@ -33,3 +34,23 @@ def build_atomically(target: Path, write: Callable[[Path], None]) -> bool:
         return False
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Build `target` by calling `write(staging_folder)` in a hidden sibling, then swap it in.
+
+    Unlike build_atomically, it replaces an existing folder (an analysis replaces the previous
+    one). Between the two renames `target` is briefly absent, never half-written; an
+    error in `write` leaves the previous analysis as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
+    retired = target.parent / f".{target.name}-old-{staging.name.rsplit('-', 1)[-1]}"
+    try:
+        write(staging)
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    return target
