@@ -7,7 +7,7 @@ of one sweep: ranking.csv, report.md and plots, locally and as an MLflow run.
     rank.py      per-run measures, per-configuration means and intervals, ties, Pareto fronts
     plots.py     the four PNGs
     report.py    the verdict, the plain-language answer, report.md, the terminal table
-    output.py    the folder swapped in whole, and the MLflow run holding it
+    output.py    the MLflow run holding the folder (swapped in whole by resnet_exp.atomic)
     pipeline.py  analyze(): all of the above in order
 
     python -c "from analysis import AnalysisConfig, analyze, format_ranking; print(format_ranking(analyze(AnalysisConfig(data='demo')).ranking))"
