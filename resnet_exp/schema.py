@@ -1,0 +1,128 @@
+"""What a run records: every metric, tag, param, artifact, alias and split name, spelled once.
+
+Standard library only, so analysis (and anything else that only reads runs) can import it
+without torch or Lightning. Training, registry, sweep, analysis, the README's tables and the
+tests take names from here. Where a name changed, the old one is kept as `LEGACY_*` so that
+runs recorded before the change still read.
+
+Epoch-level series are stored with step = epoch index (0-based, as in TensorBoard); `test_*`
+is stored at the step of the best checkpoint's epoch, the epoch it measures. Bookkeeping
+(setup times, sweep counts, analysis counts) sits under a prefix, so that MLflow's chart view
+groups it apart from the learning curves.
+
+    python -c "from resnet_exp import schema; print(schema.TAG_DEPTH, schema.depth_alias('b2222-f2'))"
+"""
+
+# --- splits ---------------------------------------------------------------------------------------
+TRAIN, VAL, TEST = "train", "val", "test"  # metric prefixes (train_acc, val_loss, ...)
+SPLIT_PREFIXES = (TRAIN, VAL, TEST)
+
+# --- metrics: learning curves (step = epoch) -------------------------------------------------------
+TRAIN_LOSS, TRAIN_ACC = f"{TRAIN}_loss", f"{TRAIN}_acc"
+VAL_LOSS, VAL_ACC = f"{VAL}_loss", f"{VAL}_acc"
+TEST_LOSS, TEST_ACC = f"{TEST}_loss", f"{TEST}_acc"  # step = best_epoch
+# (loss, accuracy) names of each split, as the LightningModule logs them
+SPLIT_METRICS = {TRAIN: (TRAIN_LOSS, TRAIN_ACC), VAL: (VAL_LOSS, VAL_ACC), TEST: (TEST_LOSS, TEST_ACC)}
+LR = "lr"  # the learning rate in force during the epoch
+EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
+TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
+BEST_EPOCH = "best_epoch"  # epoch (0-based) of the checkpoint with the lowest val_loss
+MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule watch
+
+STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric
+EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the bare name
+
+# --- metrics: bookkeeping, grouped by prefix -------------------------------------------------------
+SETUP, SWEEP, ANALYSIS = "setup/", "sweep/", "analysis/"
+IMAGE_STORE_TIME = f"{SETUP}image_store_s"  # seconds to build (first run) or open the image store
+FEATURE_CACHE_TIME = f"{SETUP}feature_cache_s"  # seconds to compute frozen-stage outputs (0: none)
+# A sweep's parent run, per shard (step = shard index)
+SWEEP_TRAINED = f"{SWEEP}children_trained"
+SWEEP_SKIPPED = f"{SWEEP}children_skipped"  # already FINISHED
+SWEEP_FAILED = f"{SWEEP}children_failed"
+ANALYSIS_EXCLUDED = f"{ANALYSIS}excluded_"  # + reason, e.g. analysis/excluded_failed
+ANALYSIS_LEADER_ACC = f"{ANALYSIS}leader_test_acc_mean"
+SYSTEM = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
+# Names before the prefixes: old runs still read.
+LEGACY_METRICS = {IMAGE_STORE_TIME: "image_store_s", FEATURE_CACHE_TIME: "feature_cache_s",
+                  SWEEP_TRAINED: "children_trained", SWEEP_SKIPPED: "children_skipped",
+                  SWEEP_FAILED: "children_failed"}
+
+# --- params: the user's words, equal to the TrainConfig fields and MLproject parameters ----------
+DATA = "data"
+FREEZE_BLOCKS = "freeze_blocks"
+BLOCK = "block"  # residual block type: BASIC or BOTTLENECK
+BLOCKS = "blocks"  # residual blocks per stage, '2,2,2,2'
+WEIGHTS = "weights"
+SEED = "seed"
+IMAGE_SIZE = "image_size"
+OUTPUT_DIR = "output_dir"
+DATA_DIR = "data_dir"
+# facts the training logs next to its config
+NUM_CLASSES = "num_classes"
+INITIAL_WEIGHTS = "initial_weights"  # where the backbone came from: 'none', 'resnet18', a file
+TRAINABLE_PARAMS = "trainable_params"
+TOTAL_PARAMS = "total_params"
+SPLIT_SIZE = "{split}_size"  # rows of a data split, e.g. test_size
+RESOLVED = "resolved/"  # execution choices made at run time, e.g. resolved/precision
+RESOLVED_FEATURE_CACHE = f"{RESOLVED}feature_cache"
+
+# --- block types (values of the `block` param) --------------------------------------------------
+BASIC, BOTTLENECK = "basic", "bottleneck"
+BLOCK_TYPES = (BASIC, BOTTLENECK)
+
+# --- tags ------------------------------------------------------------------------------------------
+TAG_KIND = "run_kind"  # what a run is: one of the kinds below
+KIND_TRAIN, KIND_SWEEP, KIND_ANALYSIS = "train", "sweep", "analysis"
+TAG_CONFIG_HASH = "config_hash"  # equal for runs that differ only by seed
+TAG_DATASET = "dataset"  # the dataset's slug, e.g. 'demo' or 'animal-wildlife' (runs and versions)
+TAG_DATA = "data"  # the `data` text as given (versions; on runs it is the param)
+TAG_DEPTH = "depth_config"  # NetSpec.depth_label, e.g. 'b2222-f2' (runs and versions)
+TAG_ARCH = "arch"  # NetSpec.arch_name, e.g. 'r18'
+TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
+TAG_SWEEP_ATTEMPT = "sweep_attempt"  # finds the run of one child attempt
+TAG_ERROR = "error"  # why a run failed
+TAG_RUN_ID = "run_id"  # on a model version: the training run
+TAG_BEST_CHECKPOINT = "best_checkpoint"
+TAG_CHECKPOINT_DIR = "checkpoint_dir"
+TAG_IMAGE_STORE = "image_store"
+TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
+TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
+# Tag names before this schema: model versions called the depth 'depth_label', and their
+# 'dataset' tag held the raw `data` text instead of the slug.
+LEGACY_TAG_DEPTH = "depth_label"
+
+# MLflow's own tags that the UI shows
+MLFLOW_NOTE = "mlflow.note.content"  # the description of a run or an experiment
+MLFLOW_RUN_NAME = "mlflow.runName"
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_USER = "mlflow.user"
+
+# --- artifacts ------------------------------------------------------------------------------------
+CONFIG_FILE = "config.json"  # a training run's resolved config, runtime and data facts
+CLASS_NAMES_FILE = "class_names.json"
+NETSPEC_FILE = "netspec.json"  # the network spec, in training runs and in the registered model
+SWEEP_GRID_FILE = "sweep.json"  # a sweep parent's grid, which analysis selects runs by
+SHARDS_FOLDER = "shards"  # a sweep parent's per-shard summaries
+MODEL_ARTIFACT = "model"  # the logged MLflow Model of a training run
+RANKING_FILE = "ranking.csv"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it
+PLOTS_FOLDER = "plots"
+
+# --- registry aliases -----------------------------------------------------------------------------
+CHAMPION = "champion"  # the version with the best val_acc of a registered model
+DEPTH_ALIAS_PREFIX = "best-"
+
+
+def depth_alias(depth_label: str) -> str:
+    """The alias of the best version of one depth configuration, e.g. 'best-b2222-f2'."""
+    return f"{DEPTH_ALIAS_PREFIX}{depth_label}"
+
+
+def tag(tags: dict, name: str, default: str | None = None) -> str | None:
+    """A tag's value under its current name, else under the name it had before (old runs)."""
+    legacy = {TAG_DEPTH: LEGACY_TAG_DEPTH}.get(name)
+    return tags.get(name, tags.get(legacy, default) if legacy else default)
