@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from resnet_exp import metrics as M
 from resnet_exp.config import AUTO, TrainConfig
 from resnet_exp.data import SPLITS, DataSplits
 from resnet_exp.errors import ConfigError
+from resnet_exp.runs import claim_project_run_id, git_tags, project_run_id, tracking_uri  # noqa: F401 (re-exported)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
 # Tags that sweeps and analysis select runs by; spelled here only.
@@ -42,26 +41,6 @@ TAG_DATASET = "dataset"  # TrainConfig.dataset_slug, e.g. 'demo' or 'animal-wild
 TAG_DEPTH = "depth_config"  # TrainConfig.depth_label, e.g. 'b2222-f2'
 TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
 SWEEP_GRID_FILE = "sweep.json"  # the parent's artifact listing the grid (see resnet_exp/sweep.py)
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's embedded default: mlflow.db in the working directory.
-
-    Read from the environment each time, not from mlflow.get_tracking_uri(): Lightning's
-    MLFlowLogger pins MLflow's process-wide URI, which would send a later run in the same
-    process to an earlier run's store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def project_run_id() -> str | None:
-    """The run `mlflow run` created for this process, if any."""
-    return os.environ.get("MLFLOW_RUN_ID") or None
-
-
-def claim_project_run_id() -> str | None:
-    """The run `mlflow run` created, taken out of the environment: mlflow.start_run() without a
-    run id joins MLFLOW_RUN_ID, which must not happen to a sweep's children."""
-    return os.environ.pop("MLFLOW_RUN_ID", None) or None
 
 
 def results_dir(config: TrainConfig) -> Path:
@@ -146,17 +125,6 @@ def log_params(config: TrainConfig, params: Mapping[str, str]) -> None:
         raise ConfigError(f"run {run_id} (MLFLOW_RUN_ID) already has {k}={existing[k]!r}, but this "
                           f"training has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run")
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
-
-
-def git_tags() -> dict[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"),
-                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
-    except (OSError, subprocess.SubprocessError):
-        return {}  # not a git checkout (an installed wheel): nothing to record
 
 
 def config_tags(config: TrainConfig) -> dict[str, str]:
