@@ -1,5 +1,6 @@
 """Where an analysis ends up: the same files as the local folder (written with
-resnet_exp.atomic.replace_atomically), as artifacts of an MLflow run of kind 'analysis'.
+resnet_exp.atomic.replace_atomically), as artifacts of an MLflow run of kind 'analysis', opened
+and closed by the run scope that training and sweeps use too.
 
     python -c "import inspect, analysis.output as o; print(inspect.signature(o.record_run))"
 """
@@ -9,30 +10,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric
 
-from resnet_exp import tracking
+from resnet_exp import schema as S
+from resnet_exp.runs import project_run_id, run_scope
 
 
-def record_run(experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str],
-               metrics: dict[str, float], folder: Path) -> str:
+def record_run(experiment_id: str, run_name: str, description: str, tags: dict[str, str],
+               params: dict[str, str], metrics: dict[str, float], folder: Path) -> str:
     """Log the analysis into the run `mlflow run -e analyze` created, else into a new run of the
     analysed experiment; the folder's files become the run's artifacts. Returns the run id."""
-    client, run_id = MlflowClient(tracking.tracking_uri()), tracking.project_run_id()
-    if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
-    try:
-        # `mlflow run` logged its parameters already, and MLflow refuses to log a param twice
-        existing, now_ms = client.get_run(run_id).data.params, int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()],
-                         params=[Param(k, v) for k, v in params.items() if k not in existing],
-                         tags=[RunTag(k, v) for k, v in tags.items()])
-        client.log_artifacts(run_id, str(folder))
-    except BaseException:
-        if not tracking.project_run_id():  # `mlflow run` closes its own run
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    if not tracking.project_run_id():
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    return run_id
+    with run_scope(S.KIND_ANALYSIS, run_name, experiment_id=experiment_id, run_id=project_run_id(),
+                   tags=tags) as scope:
+        scope.describe(description)
+        scope.log_params(params)
+        now_ms = int(time.time() * 1000)
+        scope.client.log_batch(scope.run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()])
+        scope.client.log_artifacts(scope.run_id, str(folder))
+    return scope.run_id

@@ -15,7 +15,7 @@ from analysis import columns as C
 from analysis import plots, rank, report, runs
 from analysis.config import AnalysisConfig
 from analysis.output import record_run
-from resnet_exp import tracking
+from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
 
 RANKING_FILE, REPORT_FILE = "ranking.csv", "report.md"
@@ -55,13 +55,16 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
 
 def _record(config: AnalysisConfig, selection: runs.Selection, ranking: pd.DataFrame,
             table: runs.RunTable, folder: Path) -> str:
-    tags = {tracking.TAG_KIND: tracking.KIND_ANALYSIS, tracking.TAG_DATASET: selection.dataset,
-            "mlflow.note.content": report.verdict(ranking)}
+    tags = {S.TAG_DATASET: selection.dataset}
     if selection.sweep_id:
-        tags[tracking.TAG_SWEEP_ID] = selection.sweep_id
+        tags[S.TAG_SWEEP_ID] = selection.sweep_id
     params = {**config.to_params(), "experiment": selection.experiment_name,
               "n_configs": str(len(ranking)), "n_runs": str(len(table.runs))}
-    metrics = {f"excluded_{reason.replace(' ', '_')}": n for reason, n in table.excluded.items()}
-    metrics["leader_test_acc_mean"] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    metrics = {f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": n for reason, n in table.excluded.items()}
+    metrics[S.ANALYSIS_LEADER_ACC] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    scope = f"sweep run {selection.sweep_run_id}" if selection.sweep_run_id else "every training run"
+    description = (f"Analysis of {scope} on {selection.dataset}: {len(table.runs)} runs, {len(ranking)} "
+                   f"configurations ranked by mean test_acc. {report.verdict(ranking)}. Open "
+                   f"{S.REPORT_HTML} in the artifacts for the answer, the table and the plots.")
     name = f"analysis-{selection.sweep_id or selection.dataset}"
-    return record_run(selection.experiment_id, name, tags, params, metrics, folder)
+    return record_run(selection.experiment_id, name, description, tags, params, metrics, folder)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.atomic import build_atomically
 from resnet_exp.config import TrainConfig
 from resnet_exp.data import ImageSplit, load_splits
@@ -158,8 +158,8 @@ def project_run(config: TrainConfig) -> ProjectRun:
     result = train(config)
     wall = time.perf_counter() - start
     run = MlflowClient().get_run(result.run_id)
-    return ProjectRun(_history(result.run_id, M.TRAIN_THROUGHPUT), _history(result.run_id, M.VAL_ACC),
-                      wall, run.data.metrics[M.IMAGE_STORE_TIME], run.data.metrics[M.FEATURE_CACHE_TIME],
+    return ProjectRun(_history(result.run_id, S.TRAIN_THROUGHPUT), _history(result.run_id, S.VAL_ACC),
+                      wall, run.data.metrics[S.IMAGE_STORE_TIME], run.data.metrics[S.FEATURE_CACHE_TIME],
                       run.data.params["resolved/feature_cache"])
 
 

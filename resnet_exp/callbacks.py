@@ -12,10 +12,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 
 log = logging.getLogger(__name__)
-SUMMARY = (M.TRAIN_LOSS, M.TRAIN_ACC, M.VAL_LOSS, M.VAL_ACC)
+SUMMARY = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
 
 
 class EpochTimer(pl.Callback):
@@ -37,9 +37,9 @@ class EpochTimer(pl.Callback):
         self.images += len(batch[1])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log(M.EPOCH_TIME, time.perf_counter() - self.epoch_start, on_epoch=True)
+        pl_module.log(S.EPOCH_TIME, time.perf_counter() - self.epoch_start, on_epoch=True)
         if self.train_seconds > 0:
-            pl_module.log(M.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)
+            pl_module.log(S.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)
         # One line per epoch, readable where the progress bar is off (logs, CI, pipes).
         values = {k: trainer.callback_metrics[k] for k in SUMMARY if k in trainer.callback_metrics}
         log.info("epoch %d: %s (%.1f s)", trainer.current_epoch,

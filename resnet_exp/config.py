@@ -165,7 +165,10 @@ class TrainConfig:
 
     def same_value(self, name: str, text: str) -> bool:
         """Whether command-line `text` means this config's value of `name` ('3e-5' == 3e-05).
-        `mlflow run` logs a value that needed shell quoting as the quoted text ("'/my data'")."""
+        `mlflow run` logs a value that needed shell quoting as the quoted text ("'/my data'").
+        A name that is not a config field is not this config's to judge: True."""
+        if name not in self.__dataclass_fields__:
+            return True
         parse = self.__dataclass_fields__[name].metadata["parse"]
         for candidate in dict.fromkeys((text, _shell_unquoted(text))):
             try:
@@ -239,6 +242,12 @@ def experiment_name_for(data: str, experiment_name: str = AUTO) -> str:
     """The MLflow experiment of a dataset's runs: 'auto' means resnet-exp-<dataset>. Analysis
     uses it too, without a TrainConfig (whose `data` must exist on this machine)."""
     return experiment_name if experiment_name != AUTO else f"resnet-exp-{dataset_slug(data)}"
+
+
+def describe_weights(weights: str) -> str:
+    """The `weights` value in words, for run descriptions and reports."""
+    return {IMAGENET: "ImageNet weights (transfer)",
+            NO_WEIGHTS: "random initialisation (no transfer)"}.get(weights, f"the weights in {Path(weights).name}")
 
 
 def dataset_slug(data: str) -> str:

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from resnet_exp import schema as S
 from resnet_exp.config import NUM_STAGES, TrainConfig, format_value, parse_blocks
 from resnet_exp.errors import ConfigError
 
@@ -112,7 +113,7 @@ def grid_entries(configs: list[TrainConfig]) -> list[dict[str, Any]]:
     """The grid as the parent run's sweep.json lists it; analysis selects the sweep's runs by it."""
     return [{"config_hash": c.config_hash, "seed": c.seed, "run_name": c.run_name,
              "blocks": format_value(c.blocks), "freeze_blocks": c.freeze_blocks,
-             "depth_label": c.depth_label} for c in configs]
+             S.TAG_DEPTH: c.depth_label} for c in configs]
 
 
 def grid_defaults_as_text() -> dict[str, str]:

@@ -1,33 +1,32 @@
-"""Metric names: the one place each is spelled. Training, tracking, registry and analysis import
-these instead of typing the strings.
+"""Metric computations for training. (Metric *names* live in schema.py.)
 
-Every epoch-level series is stored with step = epoch index (0-based); the per-step training
-values carry Lightning's `_step` suffix and step = optimizer step.
+    python -c "import torch; from resnet_exp.metrics import ExactAccuracy; m = ExactAccuracy(); \
+m.update(torch.eye(3)[[0, 1, 1]], torch.tensor([0, 1, 2])); print(m.compute().item())"
 """
 
-TRAIN_LOSS = "train_loss"
-TRAIN_ACC = "train_acc"
-VAL_LOSS = "val_loss"
-VAL_ACC = "val_acc"
-TEST_LOSS = "test_loss"
-TEST_ACC = "test_acc"
-LR = "lr"
-EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
-TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
-BEST_EPOCH = "best_epoch"  # epoch of the checkpoint with the lowest val_loss
-IMAGE_STORE_TIME = "image_store_s"  # seconds to build (first run) or open the uint8 image store
-FEATURE_CACHE_TIME = "feature_cache_s"  # seconds to compute the frozen stages' outputs (0: not cached)
+from __future__ import annotations
 
-# A sweep's parent run, per shard (step = shard index): children trained, skipped as already
-# FINISHED, and failed by this invocation.
-SWEEP_TRAINED = "children_trained"
-SWEEP_SKIPPED = "children_skipped"
-SWEEP_FAILED = "children_failed"
+import torch
+from torchmetrics import Metric
 
-STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric
-EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the bare name
 
-MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule watch
+class ExactAccuracy(Metric):
+    """Correct predictions over all predictions, as an exact fraction in double precision.
 
-# (loss, accuracy) names of each split, as the LightningModule logs them
-SPLIT_METRICS = {"train": (TRAIN_LOSS, TRAIN_ACC), "val": (VAL_LOSS, VAL_ACC), "test": (TEST_LOSS, TEST_ACC)}
+    torchmetrics' accuracy divides in float32, so 34 of 80 is stored as 0.42500001192092896;
+    counting in integers and dividing in float64 stores 0.425, the number the UI should show."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.correct += (logits.argmax(dim=1) == target).sum()
+        self.total += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        # On the CPU: Apple's MPS has no float64.
+        return self.correct.cpu().double() / self.total.cpu()

@@ -12,10 +12,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.images import normalise
+from resnet_exp.metrics import ExactAccuracy
 from resnet_exp.model import InitialWeights, build_resnet, count_parameters
 
 LR_FACTOR = 0.5  # halve the learning rate ...
@@ -33,9 +33,8 @@ class ResNetClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["initial"])
         self.model = build_resnet(tuple(blocks), len(class_names), freeze_blocks, initial)
         self.class_names = list(class_names)
-        accuracy = lambda: MulticlassAccuracy(num_classes=len(class_names), average="micro")
         # One metric object per split (keyed by metric name), so their states never mix.
-        self.accuracy = torch.nn.ModuleDict({acc: accuracy() for _, acc in M.SPLIT_METRICS.values()})
+        self.accuracy = torch.nn.ModuleDict({acc: ExactAccuracy() for _, acc in S.SPLIT_METRICS.values()})
         # How this run feeds the network (set by train.py, not part of the checkpoint: a loaded
         # checkpoint is the whole network, fed normalised images).
         self.input_is_features = False  # batches hold model.prefix() outputs, not pixels
@@ -61,26 +60,30 @@ class ResNetClassifier(pl.LightningModule):
         x, y = batch
         logits = self.model.forward_after_prefix(x) if self.input_is_features else self(x)
         loss = F.cross_entropy(logits, y)
-        loss_name, acc_name = M.SPLIT_METRICS[split]
+        loss_name, acc_name = S.SPLIT_METRICS[split]
         self.accuracy[acc_name](logits, y)
-        per_step = split == "train"  # validation and test report epoch values only
+        per_step = split == S.TRAIN  # validation and test report epoch values only
         log = dict(on_step=per_step, on_epoch=True, batch_size=len(y), prog_bar=True)
         self.log(loss_name, loss, **log)
         self.log(acc_name, self.accuracy[acc_name], **log)
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, S.TRAIN)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, S.VAL)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, S.TEST)
 
     def on_train_epoch_start(self) -> None:
         # The rate in force during this epoch; the scheduler steps after validation.
-        self.log(M.LR, self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        # As a float64 tensor: Lightning turns a Python float into float32, and the UI would
+        # show 3e-5 as 0.000029999999242136255 (MPS has no float64).
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        lr = torch.tensor(self.optimizers().param_groups[0]["lr"], dtype=dtype)
+        self.log(S.LR, lr, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -88,7 +91,7 @@ class ResNetClassifier(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=LR_FACTOR, patience=LR_PATIENCE)
         return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": M.MONITOR, "interval": "epoch"}}
+                "lr_scheduler": {"scheduler": scheduler, "monitor": S.MONITOR, "interval": "epoch"}}
 
 
 def network_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -28,14 +28,12 @@ from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
 from PIL import Image
 
 import resnet_exp
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.inference import IMAGE_COLUMN, ImageClassifier
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT = "model"  # the run's artifact folder, so runs:/<run_id>/model
-CHAMPION = "champion"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 # What the pyfunc imports (directly or through resnet_exp.inference/images/model). MLflow's
 # requirement inference misses torch and pillow for models from code, so the list is explicit.
@@ -61,19 +59,19 @@ class RegisteredVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def depth_alias(depth_label: str) -> str:
-    """The alias of the best version of one depth configuration, e.g. 'best-b2222-f2'."""
-    return f"best-{depth_label}"
+def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> str:
+    """Log the checkpoint to the active run as an MLflow Model; returns its model URI.
 
-
-def log_model(checkpoint: str | Path, example_image: bytes) -> str:
-    """Log the checkpoint to the active run as an MLflow Model; returns its model URI."""
+    MLflow links the run's metrics at `step` to the logged model, and the UI's model page
+    shows them: at the best epoch they are that checkpoint's (test_* included, which training
+    logs at that step); the default step 0 would show the first epoch's."""
     classifier = ImageClassifier.from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory(prefix="resnet-exp-model-") as tmp:
         folder = Path(tmp)
         artifacts = classifier.save(folder)
         info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
+            name=S.MODEL_ARTIFACT,
+            step=best_epoch,
             python_model=str(PYFUNC_FILE),
             artifacts=artifacts,
             code_paths=[str(_package_source(folder))],
@@ -84,15 +82,28 @@ def log_model(checkpoint: str | Path, example_image: bytes) -> str:
     return info.model_uri
 
 
-def register(model_uri: str, config: TrainConfig, tags: dict[str, str]) -> RegisteredVersion:
-    """Make the logged model a new version of `config.model_name`, tag it, and move the aliases."""
+def register(model_uri: str, config: TrainConfig, tags: dict[str, str], description: str) -> RegisteredVersion:
+    """Make the logged model a new version of `config.model_name`, tag and describe it, and
+    move the aliases."""
     name = config.model_name
+    client = MlflowClient()
     version = mlflow.register_model(model_uri, name, tags=tags)
+    client.update_model_version(name, version.version, description=description)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=model_description(config))
     placed = refresh_aliases(name, depth_labels=[config.depth_label])
     aliases = tuple(alias for alias, v in placed.items() if v == str(version.version))
     log.info("registered %s version %s%s", name, version.version,
              f" ({', '.join(aliases)})" if aliases else "")
     return RegisteredVersion(name, str(version.version), aliases)
+
+
+def model_description(config: TrainConfig) -> str:
+    return (f"ResNet image classifiers trained on {config.data} by resnet-exp, one version per "
+            f"training run. Alias `{S.CHAMPION}` is the version with the best val_acc; "
+            f"`{S.depth_alias('<depth>')}` the best of one depth configuration (e.g. "
+            f"{S.depth_alias(config.depth_label)}). Input: a DataFrame with an `{IMAGE_COLUMN}` "
+            "column of image files (bytes, or base64 over HTTP); output: label, probability, top 5.")
 
 
 def refresh_aliases(name: str, depth_labels: list[str] | None = None) -> dict[str, str | None]:
@@ -103,12 +114,13 @@ def refresh_aliases(name: str, depth_labels: list[str] | None = None) -> dict[st
     registering at the same moment (shards on one server) can each decide on a stale list."""
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}'")
+    depth_of = {v.version: S.tag(v.tags, S.TAG_DEPTH) for v in versions}
     if depth_labels is None:
-        depth_labels = sorted({v.tags["depth_label"] for v in versions if "depth_label" in v.tags})
-    placed = {CHAMPION: move_alias(client, name, CHAMPION, versions)}
+        depth_labels = sorted({d for d in depth_of.values() if d})
+    placed = {S.CHAMPION: move_alias(client, name, S.CHAMPION, versions)}
     for label in depth_labels:
-        candidates = [v for v in versions if v.tags.get("depth_label") == label]
-        placed[depth_alias(label)] = move_alias(client, name, depth_alias(label), candidates)
+        candidates = [v for v in versions if depth_of[v.version] == label]
+        placed[S.depth_alias(label)] = move_alias(client, name, S.depth_alias(label), candidates)
     return placed
 
 
@@ -127,18 +139,18 @@ def move_alias(client: MlflowClient, name: str, alias: str, candidates: list[Mod
 
 
 def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
-    """Tags that make a version findable and comparable in the UI without opening its run."""
+    """Tags that make a version findable and comparable in the UI without opening its run:
+    the same names, with the same meanings, as on the run."""
+    params = config.to_params()
     return {
-        "run_id": run_id,
-        "dataset": config.data,
-        "blocks": config.to_params()["blocks"],
-        "freeze_blocks": str(config.freeze_blocks),
-        "weights": config.weights,
-        "depth_label": config.depth_label,
-        "config_hash": config.config_hash,
-        "seed": str(config.seed),
-        "image_size": str(config.image_size),
-        **{name: f"{metrics[name]:.6f}" for name in (M.VAL_ACC, M.TEST_ACC) if name in metrics},
+        S.TAG_RUN_ID: run_id,
+        S.TAG_DATASET: config.dataset_slug,
+        S.TAG_DATA: config.data,
+        S.TAG_DEPTH: config.depth_label,
+        S.TAG_ARCH: config.arch_name,
+        S.TAG_CONFIG_HASH: config.config_hash,
+        **{name: params[name] for name in (S.BLOCKS, S.FREEZE_BLOCKS, S.WEIGHTS, S.SEED, S.IMAGE_SIZE)},
+        **{name: repr(metrics[name]) for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics},
     }
 
 
@@ -172,6 +184,6 @@ def _version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersi
 
 def _val_acc(version: ModelVersion) -> float | None:
     try:
-        return float(version.tags[M.VAL_ACC])
+        return float(version.tags[S.VAL_ACC])
     except (KeyError, ValueError):
         return None

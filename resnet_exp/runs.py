@@ -12,12 +12,26 @@ sets for the run it created.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
+from resnet_exp.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ERROR_TEXT_LIMIT = 4000  # characters; MLflow tag values are limited to 8,000
+PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
 
 def tracking_uri() -> str:
@@ -50,3 +64,167 @@ def git_tags() -> dict[str, str]:
                 S.TAG_GIT_DIRTY: str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
     except (OSError, subprocess.SubprocessError):
         return {}  # not a git checkout (an installed wheel): nothing to record
+
+
+# --- one scope for every kind of run ----------------------------------------------------------
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the process was: exits as a process ended by SIGTERM does (143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _status(error: BaseException | None) -> str:
+    """FINISHED without an error; KILLED for Ctrl-C and SIGTERM (KeyboardInterrupt, Terminated,
+    and the SystemExit that Lightning turns either into); FAILED for anything else."""
+    if error is None:
+        return RunStatus.to_string(RunStatus.FINISHED)
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return RunStatus.to_string(RunStatus.KILLED)
+    return RunStatus.to_string(RunStatus.FAILED)
+
+
+@dataclass
+class RunScope:
+    """An open MLflow run: its ids, and the one way to add params and its description."""
+
+    run_id: str
+    experiment_id: str
+    client: MlflowClient
+    note: str = ""
+    failure: str = ""  # set by fail(): the run ends FAILED with this error, without an exception
+
+    def log_params(self, params: Mapping[str, str],
+                   same: Callable[[str, str], bool] | None = None) -> None:
+        """Log the params the run does not have yet: `mlflow run` logged its parameters already,
+        another shard may have, and MLflow refuses to change a param's value. With `same`, an
+        existing param whose text does not mean the new value is an error (a stale run id)."""
+        existing = self.client.get_run(self.run_id).data.params
+        if same is not None:
+            clash = [k for k in params if k in existing and not same(k, existing[k])]
+            if clash:
+                k = clash[0]
+                raise ConfigError(f"run {self.run_id} already has {k}={existing[k]!r}, but this one "
+                                  f"has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run")
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(new), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=new[start:start + PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def fail(self, error: str) -> None:
+        """End FAILED when the scope closes normally: some of the work failed (a sweep's child)."""
+        self.failure = error
+
+    def describe(self, text: str) -> None:
+        """The run's description in the UI (one paragraph: what it is and how it ended)."""
+        self.note = text
+        self.client.set_tag(self.run_id, S.MLFLOW_NOTE, text)
+
+
+@contextmanager
+def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
+              experiment_id: str | None = None, experiment_note: str = "", run_id: str | None = None, parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None, active: bool = False,
+              system_metrics: bool = False) -> Iterator[RunScope]:
+    """Open a run of `kind` and always close it: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED
+    (with an `error` tag) on any other error.
+
+    The run is `run_id` when given (the one `mlflow run` created, or a sweep's parent found
+    again), else a new run in `experiment_id`, or in `experiment_name` (created, with
+    `experiment_note`, if missing),
+    nested under `parent_run_id` if given. `active` makes it MLflow's active run, for code that
+    logs through the fluent API (Lightning's logger, log_model); `system_metrics` starts MLflow's
+    CPU/memory/GPU monitor for it."""
+    client = MlflowClient(use_tracking_store())
+    if run_id:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        if client.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        experiment_id = experiment_id or ensure_experiment(client, experiment_name or "Default",
+                                                           experiment_note)
+        new_tags = {**(tags or {}), **({S.MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags=resolve_tags(new_tags)).info.run_id
+    scope = RunScope(run_id, experiment_id, client)
+    scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **default_tags(), **(tags or {})})
+    previous = _catch_sigterm()
+    error: BaseException | None = None
+    try:
+        if active:
+            mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+        yield scope
+    except SystemExit as err:
+        error = err
+        if err.code is None:
+            # Lightning's SIGTERMException: a SystemExit without a code, i.e. exit status 0;
+            # exit as a process ended by SIGTERM does, so that callers see the failure.
+            raise Terminated() from err
+        raise
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        _close(scope, error, active)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
+    status = _status(error)
+    reason = f"{type(error).__name__}: {error}" if error is not None else scope.failure
+    if error is None and scope.failure:
+        status = RunStatus.to_string(RunStatus.FAILED)
+    if status != RunStatus.to_string(RunStatus.FINISHED):
+        what = "was interrupted" if status == RunStatus.to_string(RunStatus.KILLED) else f"failed: {reason}"
+        scope.set_tags({S.TAG_ERROR: reason[:ERROR_TEXT_LIMIT]})
+        scope.describe(f"{scope.note} It {what}"[:ERROR_TEXT_LIMIT].strip())
+    if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
+        mlflow.end_run(status)
+    else:
+        scope.client.set_terminated(scope.run_id, status)
+
+
+def _catch_sigterm():
+    """Make SIGTERM an exception while a run is open (main thread only), so the run is closed
+    KILLED instead of left RUNNING; returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        return previous
+    return None  # an enclosing scope (a sweep around its children) already catches it
+
+
+def use_tracking_store() -> str:
+    """Point MLflow's fluent API at the tracking URI (see tracking_uri) and return it."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(client: MlflowClient, name: str, note: str = "") -> str:
+    """The id of experiment `name`, created if missing; gives it `note` as description if it
+    has none (the UI shows it at the top of the experiment)."""
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    if note and not (experiment and experiment.tags.get(S.MLFLOW_NOTE)):
+        client.set_experiment_tag(experiment_id, S.MLFLOW_NOTE, note)
+    return experiment_id
+
+
+def default_tags() -> dict[str, str]:
+    """The git commit, and the command that made the run as its source (the UI shows '—' for a
+    run created through the client without one)."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]]) if sys.argv and sys.argv[0] else ""
+    source = {S.MLFLOW_SOURCE_NAME: command} if command and command not in ("-c", "") else {}
+    return {**git_tags(), **source}

@@ -43,10 +43,6 @@ SWEEP_FAILED = f"{SWEEP}children_failed"
 ANALYSIS_EXCLUDED = f"{ANALYSIS}excluded_"  # + reason, e.g. analysis/excluded_failed
 ANALYSIS_LEADER_ACC = f"{ANALYSIS}leader_test_acc_mean"
 SYSTEM = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
-# Names before the prefixes: old runs still read.
-LEGACY_METRICS = {IMAGE_STORE_TIME: "image_store_s", FEATURE_CACHE_TIME: "feature_cache_s",
-                  SWEEP_TRAINED: "children_trained", SWEEP_SKIPPED: "children_skipped",
-                  SWEEP_FAILED: "children_failed"}
 
 # --- params: the user's words, equal to the TrainConfig fields and MLproject parameters ----------
 DATA = "data"

@@ -14,22 +14,21 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-import mlflow
+
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp import registry, tracking
-from resnet_exp.config import TrainConfig
+from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import load_splits
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
+from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
+                             use_tracking_store)
 
 log = logging.getLogger(__name__)
-TAG_ATTEMPT = "sweep_attempt"  # finds the run of one attempt, if training got as far as opening it
-TAG_ERROR = "error"  # why a child failed, on the child run
-ERROR_TEXT_LIMIT = 4000  # characters; MLflow tag values are limited to 8,000
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
 
 
@@ -63,20 +62,17 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     """Train this shard's part of the grid under one parent run; returns what became of each."""
     configs = grid.expand(base)
     _preflight(configs)
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    parent = _open_parent(grid, base, configs)
-    outcomes: list[ChildOutcome] = []
-    try:
-        for config in grid.shard_of(configs):
-            outcomes.append(_run_child(config, parent))
-    except BaseException:  # Ctrl-C or SIGTERM (a child's own error does not end up here)
-        MlflowClient().set_terminated(parent.run_id, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    result = SweepResult(parent.run_id, parent.experiment_id, parent.child_tags[tracking.TAG_SWEEP_ID],
-                         len(configs), tuple(outcomes))
-    if base.model_name is not None and result.count(TRAINED):
-        registry.refresh_aliases(base.model_name)
-    _close_parent(result, grid)
+    sid = sweep_id(configs)
+    existing, experiment_id = _find_parent(base, sid)
+    with run_scope(S.KIND_SWEEP, parent_run_name(grid), experiment_id=experiment_id, run_id=existing,
+                   tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
+        _describe_parent(scope, grid, base, configs, sid)
+        parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
+        outcomes = [_run_child(config, parent) for config in grid.shard_of(configs)]
+        result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes))
+        if base.model_name is not None and result.count(TRAINED):
+            registry.refresh_aliases(base.model_name)
+        _close_parent(scope, result, grid)
     return result
 
 
@@ -98,7 +94,7 @@ def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:
         log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
         return ChildOutcome(**identity, outcome=SKIPPED, run_id=done)
     attempt = tracking.ParentRun(parent.run_id, parent.experiment_id,
-                                 {**parent.child_tags, TAG_ATTEMPT: uuid.uuid4().hex})
+                                 {**parent.child_tags, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
     try:
         result = train(config, attempt)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
@@ -112,8 +108,8 @@ def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:
 def _finished_run(experiment_id: str, config: TrainConfig) -> str | None:
     runs = MlflowClient().search_runs(
         [experiment_id], max_results=1,
-        filter_string=(f"tags.{tracking.TAG_CONFIG_HASH} = '{config.config_hash}' and "
-                       f"params.seed = '{config.seed}' and attributes.status = 'FINISHED'"))
+        filter_string=(f"tags.{S.TAG_CONFIG_HASH} = '{config.config_hash}' and "
+                       f"params.{S.SEED} = '{config.seed}' and attributes.status = 'FINISHED'"))
     return runs[0].info.run_id if runs else None
 
 
@@ -122,14 +118,15 @@ def _record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str
     run, create the FAILED child here, so the UI and the next resume see it."""
     client = MlflowClient()
     found = client.search_runs([attempt.experiment_id], max_results=1,
-                               filter_string=f"tags.{TAG_ATTEMPT} = '{attempt.child_tags[TAG_ATTEMPT]}'")
+                               filter_string=f"tags.{S.TAG_SWEEP_ATTEMPT} = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'")
     if found:
         run_id = found[0].info.run_id
     else:
-        tags = {**tracking.config_tags(config), **attempt.child_tags, "mlflow.parentRunId": attempt.run_id}
+        tags = {S.TAG_KIND: S.KIND_TRAIN, **tracking.config_tags(config), **attempt.child_tags,
+                S.MLFLOW_PARENT_RUN_ID: attempt.run_id}
         run_id = client.create_run(attempt.experiment_id, run_name=config.run_name, tags=tags).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_params().items()])
-    client.set_tag(run_id, TAG_ERROR, error)
+    client.set_tag(run_id, S.TAG_ERROR, error)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     return run_id
 
@@ -137,26 +134,21 @@ def _record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str
 # --- the parent run ------------------------------------------------------------------------------
 
 
-def _open_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig]) -> tracking.ParentRun:
-    """The sweep's run: under `mlflow run -e sweep` the one it created, else the experiment's run
-    of the same grid (an earlier attempt or another shard), else a new one."""
-    client, sid = MlflowClient(), sweep_id(configs)
-    run_id = tracking.claim_project_run_id()
+def _find_parent(base: TrainConfig, sid: str) -> tuple[str | None, str]:
+    """(run id, experiment id) of the sweep's run: under `mlflow run -e sweep` the one it
+    created, else the experiment's run of the same grid (an earlier attempt or another shard),
+    else (None, the experiment) for a new one."""
+    client = MlflowClient(use_tracking_store())
+    run_id = claim_project_run_id()
     if run_id:
-        experiment_id = client.get_run(run_id).info.experiment_id
         tracking.warn_if_experiment_name_ignored(base)
-    else:
-        experiment_id = mlflow.set_experiment(base.default_experiment_name).experiment_id
-        earlier = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-                                     filter_string=f"tags.{tracking.TAG_SWEEP_ID} = '{sid}' and "
-                                                   f"tags.{tracking.TAG_KIND} = '{tracking.KIND_SWEEP}'")
-        if earlier:
-            run_id = earlier[0].info.run_id
-            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        else:
-            run_id = client.create_run(experiment_id, run_name=parent_run_name(grid)).info.run_id
-    _describe_parent(client, run_id, grid, base, configs, sid)
-    return tracking.ParentRun(run_id, experiment_id, {tracking.TAG_SWEEP_ID: sid})
+        return run_id, client.get_run(run_id).info.experiment_id
+    experiment_id = ensure_experiment(client, base.default_experiment_name,
+                                      tracking.experiment_note(base.dataset_slug))
+    earlier = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                                 filter_string=f"tags.{S.TAG_SWEEP_ID} = '{sid}' and "
+                                               f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
+    return (earlier[0].info.run_id if earlier else None), experiment_id
 
 
 def parent_run_name(grid: SweepGrid) -> str:
@@ -166,41 +158,38 @@ def parent_run_name(grid: SweepGrid) -> str:
     return f"sweep-{blocks}-f{freeze}-{len(grid.parsed('seeds'))}seeds"
 
 
-def _describe_parent(client: MlflowClient, run_id: str, grid: SweepGrid, base: TrainConfig,
-                     configs: list[TrainConfig], sid: str) -> None:
-    """Tags to filter by, the grid as params and as sweep.json (which analysis selects runs by)."""
-    configurations = len(configs) // len(grid.parsed("seeds"))
-    note = (f"Depth sweep: {configurations} configurations x {len(grid.parsed('seeds'))} seeds on "
-            f"{base.data}. Children are the nested runs; rank them with "
-            f"`resnet-exp analyze --sweep-run-id {run_id}`.")
-    tags = {tracking.TAG_KIND: tracking.KIND_SWEEP, tracking.TAG_SWEEP_ID: sid,
-            tracking.TAG_DATASET: base.dataset_slug, "mlflow.note.content": note, **tracking.git_tags()}
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    grid_params = {name: getattr(grid, name) for name in ("freeze_blocks", "blocks", "seeds")}
+def _describe_parent(scope: RunScope, grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig],
+                     sid: str) -> None:
+    """The description, the grid as params and as sweep.json (which analysis selects runs by).
+    Shards may differ in execution-only params (num_workers, output_dir): the first one's stay."""
+    scope.describe(_parent_note(grid, base, configs, scope.run_id))
+    grid_params = {name: getattr(grid, name) for name in (S.FREEZE_BLOCKS, S.BLOCKS, "seeds")}
     shared = {k: v for k, v in base.to_params().items() if k not in GRID_FIELDS}
-    _log_new_params(client, run_id, {**grid_params, **shared})
-    client.log_dict(run_id, {"sweep_id": sid, "dataset": base.dataset_slug, "data": base.data,
-                             "grid": grid_entries(configs)}, tracking.SWEEP_GRID_FILE)
+    scope.log_params({**grid_params, **shared})
+    scope.client.log_dict(scope.run_id, {"sweep_id": sid, "dataset": base.dataset_slug, "data": base.data,
+                                         "grid": grid_entries(configs)}, S.SWEEP_GRID_FILE)
 
 
-def _log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
-    """Params the parent lacks. Shards may differ in execution-only params (num_workers,
-    output_dir), and MLflow refuses to change a logged value: the first shard's stays."""
-    existing = client.get_run(run_id).data.params
-    new = [Param(k, v) for k, v in params.items() if k not in existing]
-    if new:
-        client.log_batch(run_id, params=new)
+def _parent_note(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], run_id: str) -> str:
+    seeds = len(grid.parsed("seeds"))
+    return (f"Depth sweep: {len(configs) // seeds} configurations (blocks {grid.blocks}; freeze_blocks "
+            f"{grid.freeze_blocks}) x {seeds} seeds on {base.data}, from {describe_weights(base.weights)}. "
+            f"Children are the nested runs; rank them with `resnet-exp analyze --sweep-run-id {run_id}`.")
 
 
-def _close_parent(result: SweepResult, grid: SweepGrid) -> None:
-    """This shard's outcome as metrics (step = shard index) and a JSON summary; FAILED if any
-    child failed, so the run list shows which sweeps need another go."""
-    client = MlflowClient()
+def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid) -> None:
+    """This shard's outcome as metrics (step = shard index), a JSON summary and the description;
+    FAILED if any child failed, so the run list shows which sweeps need another go."""
     index, count = grid.parsed("shard")
-    for key, outcome in ((M.SWEEP_TRAINED, TRAINED), (M.SWEEP_SKIPPED, SKIPPED), (M.SWEEP_FAILED, FAILED)):
-        client.log_metric(result.parent_run_id, key, result.count(outcome), step=index)
-    client.log_dict(result.parent_run_id, {"shard": f"{index}/{count}", "children": [
-        vars(o) for o in result.outcomes]}, f"shards/shard-{index}-of-{count}.json")
-    status = RunStatus.FAILED if result.failed else RunStatus.FINISHED
-    client.set_terminated(result.parent_run_id, RunStatus.to_string(status))
+    counts = {key: result.count(outcome) for key, outcome in
+              ((S.SWEEP_TRAINED, TRAINED), (S.SWEEP_SKIPPED, SKIPPED), (S.SWEEP_FAILED, FAILED))}
+    for key, n in counts.items():
+        scope.client.log_metric(scope.run_id, key, n, step=index)
+    scope.client.log_dict(scope.run_id, {"shard": f"{index}/{count}", "children": [
+        vars(o) for o in result.outcomes]}, f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json")
+    summary = (f"Shard {index}/{count}: {counts[S.SWEEP_TRAINED]} trained, {counts[S.SWEEP_SKIPPED]} "
+               f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed.")
+    scope.describe(f"{scope.note} {summary}")
+    if result.failed:
+        scope.fail(f"{len(result.failed)} of {len(result.outcomes)} children failed: "
+                   + ", ".join(o.run_name for o in result.failed))

@@ -1,9 +1,7 @@
-"""MLflow and TensorBoard: one MLflow run per training, params, tags, artifacts, dataset inputs,
-and loggers that store every epoch-level metric at step = epoch index.
-
-The MLflow variables are read here and nowhere else: MLFLOW_TRACKING_URI (else MLflow's
-default, sqlite:///mlflow.db in the working directory) and MLFLOW_RUN_ID, which `mlflow run`
-sets for the run it created; we train into that run instead of opening a second one.
+"""MLflow and TensorBoard for a training: its run (opened by the run scope of runs.py), tags,
+artifacts, dataset inputs, and loggers that store every epoch-level metric at step = epoch index.
+Under `mlflow run` (MLFLOW_RUN_ID, read in runs.py) we train into the run it created instead of
+opening a second one.
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db resnet-exp train --data demo --weights none --max-epochs 1
 """
@@ -12,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,26 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import mlflow
-from mlflow.entities import RunStatus
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from resnet_exp import metrics as M
-from resnet_exp.config import AUTO, TrainConfig
+from resnet_exp import schema as S
+from resnet_exp.config import AUTO, TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits
-from resnet_exp.errors import ConfigError
-from resnet_exp.runs import claim_project_run_id, git_tags, project_run_id, tracking_uri  # noqa: F401 (re-exported)
+from resnet_exp.runs import RunScope, project_run_id, run_scope, tracking_uri
 
 log = logging.getLogger(__name__)
-
-# Tags that sweeps and analysis select runs by; spelled here only.
-TAG_KIND = "run_kind"  # what a run is: one of the three kinds below
-KIND_TRAIN, KIND_SWEEP, KIND_ANALYSIS = "train", "sweep", "analysis"
-TAG_CONFIG_HASH = "config_hash"  # TrainConfig.config_hash: equal for runs that differ only by seed
-TAG_DATASET = "dataset"  # TrainConfig.dataset_slug, e.g. 'demo' or 'animal-wildlife'
-TAG_DEPTH = "depth_config"  # TrainConfig.depth_label, e.g. 'b2222-f2'
-TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
-SWEEP_GRID_FILE = "sweep.json"  # the parent's artifact listing the grid (see resnet_exp/sweep.py)
 
 
 def results_dir(config: TrainConfig) -> Path:
@@ -73,36 +57,56 @@ class ParentRun:
 
 
 @contextmanager
-def tracked_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Open (or, under `mlflow run`, join) the training's MLflow run and always close it:
-    FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any other error. A sweep's
-    training opens a child of `parent` instead: MLFLOW_RUN_ID is then the sweep's own run."""
-    mlflow.set_tracking_uri(tracking_uri())
-    run_id = project_run_id()
-    if parent:
-        run = mlflow.start_run(experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
-                               run_name=config.run_name, tags=parent.child_tags)
-    elif run_id:
-        run = mlflow.start_run(run_id=run_id)  # the experiment is the one `mlflow run` chose
-        warn_if_experiment_name_ignored(config)
-    else:
-        mlflow.set_experiment(config.default_experiment_name)
-        run = mlflow.start_run(run_name=config.run_name)
-    try:
-        yield run
-    except SIGTERMException as stop:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-        # Lightning's SIGTERMException is a SystemExit without a code, i.e. exit status 0:
-        # exit as a process ended by SIGTERM does (128 + 15), so callers see the failure.
-        raise SystemExit(128 + signal.SIGTERM) from stop
-    except (KeyboardInterrupt, SystemExit):
-        # Lightning turns Ctrl-C into a graceful shutdown followed by sys.exit(1).
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+def training_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterator[RunScope]:
+    """The training's MLflow run, opened (or, under `mlflow run`, joined) and always closed by
+    the one run scope; the active run, so Lightning's logger and log_model write to it. A
+    sweep's training opens a child of `parent` instead: MLFLOW_RUN_ID is then the sweep's own run."""
+    run_id = None if parent else project_run_id()
+    if run_id:
+        warn_if_experiment_name_ignored(config)  # the experiment is the one `mlflow run` chose
+    with run_scope(S.KIND_TRAIN, config.run_name, experiment_name=config.default_experiment_name,
+                   experiment_id=parent.experiment_id if parent else None,
+                   experiment_note=experiment_note(config.dataset_slug), run_id=run_id,
+                   parent_run_id=parent.run_id if parent else None,
+                   tags={**config_tags(config), **(parent.child_tags if parent else {})},
+                   active=True, system_metrics=True) as scope:
+        yield scope
+
+
+def experiment_note(dataset: str) -> str:
+    """The description of a dataset's experiment, shown at the top of it in the UI."""
+    return (f"resnet-exp runs on {dataset}: one run per training (run_kind=train), sweeps as parent "
+            "runs with a nested child per (configuration, seed) (run_kind=sweep), and analyses that "
+            "rank the configurations (run_kind=analysis; open report.html in their artifacts). "
+            f"Open 'Model training' to see the runs; group charts by {S.TAG_DEPTH} for each "
+            "configuration's mean over seeds.")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a training ended, for its description."""
+
+    best_epoch: int
+    epochs: int  # epochs trained (early stopping may end before max_epochs)
+    val_acc: float | None  # at the best epoch
+    test_acc: float | None  # of the best checkpoint
+    model_uri: str
+
+
+def describe_training(config: TrainConfig, facts: Mapping[str, str], outcome: Outcome | None = None) -> str:
+    """The run's description: configuration, data, initialisation and (once known) outcome."""
+    frozen = (f"the stem and the first {config.freeze_blocks} of 4 stages frozen"
+              if config.freeze_blocks else "every stage trained")
+    sizes = "/".join(facts.get(S.SPLIT_SIZE.format(split=name), "?") for name in SPLITS)
+    text = (f"{config.arch_name} ({config.to_params()[S.BLOCKS]} blocks per stage) with {frozen}, "
+            f"seed {config.seed}, trained on {config.data} ({facts.get(S.NUM_CLASSES, '?')} classes; "
+            f"{sizes} train/validation/test images) from {describe_weights(config.weights)}.")
+    if outcome is None:
+        return text + " Training..."
+    accuracy = ", ".join(f"{name} {value:.4f}" for name, value in
+                         ((S.VAL_ACC, outcome.val_acc), (S.TEST_ACC, outcome.test_acc)) if value is not None)
+    return (f"{text} Best val_loss at epoch {outcome.best_epoch} (0-based) of {outcome.epochs} trained: "
+            f"{accuracy}. Model: {outcome.model_uri}.")
 
 
 def warn_if_experiment_name_ignored(config: TrainConfig) -> None:
@@ -113,29 +117,12 @@ def warn_if_experiment_name_ignored(config: TrainConfig) -> None:
                     config.experiment_name)
 
 
-def log_params(config: TrainConfig, params: Mapping[str, str]) -> None:
-    """Log params the run does not have yet. `mlflow run` already logged its parameters as the
-    text given (e.g. '3e-5'), and MLflow refuses to change a param's value. A param that means
-    something else (a stale MLFLOW_RUN_ID pointing at another training) is an error."""
-    run_id = mlflow.active_run().info.run_id
-    existing = mlflow.get_run(run_id).data.params
-    clash = [k for k in existing if k in config.__dataclass_fields__ and not config.same_value(k, existing[k])]
-    if clash:
-        k = clash[0]
-        raise ConfigError(f"run {run_id} (MLFLOW_RUN_ID) already has {k}={existing[k]!r}, but this "
-                          f"training has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run")
-    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
-
-
 def config_tags(config: TrainConfig) -> dict[str, str]:
     return {
-        "mlflow.runName": config.run_name,
-        TAG_KIND: KIND_TRAIN,
-        TAG_CONFIG_HASH: config.config_hash,
-        TAG_DEPTH: config.depth_label,
-        "arch": config.arch_name,
-        TAG_DATASET: config.dataset_slug,
-        **git_tags(),
+        S.TAG_CONFIG_HASH: config.config_hash,
+        S.TAG_DEPTH: config.depth_label,
+        S.TAG_ARCH: config.arch_name,
+        S.TAG_DATASET: config.dataset_slug,
     }
 
 
@@ -168,6 +155,7 @@ def metric_at_step(run_id: str, key: str, step: int) -> float:
 
 
 def log_json(data: Any, artifact_file: str) -> None:
+    """A JSON artifact of the active run.""" 
     mlflow.log_text(json.dumps(data, indent=2, sort_keys=False), artifact_file)
 
 
@@ -181,11 +169,17 @@ class EpochStepMixin:
     on_step+on_epoch metric `<name>_epoch`; the UI's x-axis should read epochs, and analysis
     measures convergence in epochs. Per-step values keep their `_step` name and global step."""
 
+    # The epoch that test metrics describe: the best checkpoint's, set before trainer.test
+    # (Lightning would log them at the epoch after the last one).
+    test_epoch: int | None = None
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = dict(metrics)
         epoch = metrics.pop("epoch", None)
-        per_step = {k: v for k, v in metrics.items() if k.endswith(M.STEP_SUFFIX)}
-        per_epoch = {k.removesuffix(M.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step}
+        if self.test_epoch is not None:
+            epoch = self.test_epoch
+        per_step = {k: v for k, v in metrics.items() if k.endswith(S.STEP_SUFFIX)}
+        per_epoch = {k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step}
         if per_step:
             super().log_metrics(per_step, step)
         if per_epoch:
@@ -194,7 +188,7 @@ class EpochStepMixin:
 
 class EpochMLFlowLogger(EpochStepMixin, MLFlowLogger):
     """Lightning's MLflow logger bound to our run: params and the run's status belong to
-    `tracked_run`, so it neither logs hyperparameters (they would clash with the params
+    the run scope, so it neither logs hyperparameters (they would clash with the params
     `mlflow run` logged) nor ends the run (fit ends before test does)."""
 
     def log_hyperparams(self, params: Any) -> None:

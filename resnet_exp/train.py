@@ -23,15 +23,16 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp import registry, tracking
 from resnet_exp.callbacks import EpochTimer
-from resnet_exp.config import TrainConfig
+from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
+from resnet_exp.runs import RunScope
 from resnet_exp.store import ImageStore, open_image_store
 
 log = logging.getLogger(__name__)
@@ -60,37 +61,47 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
                                   config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
-    with tracking.tracked_run(config, parent) as run:
-        run_id = run.info.run_id
-        _log_run_description(config, runtime, splits, initial, classifier)
-        _log_input_path(config, store, plan)
+    with tracking.training_run(config, parent) as scope:
+        run_id = scope.run_id
+        facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
+        scope.describe(tracking.describe_training(config, facts))
+        _log_input_path(scope, store, plan)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
         with _known_warnings_silenced():
             trainer.fit(classifier, datamodule=datamodule)
             # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
             # only if val_loss never became a finite number).
             best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+            best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+            for logger in trainer.loggers:
+                logger.test_epoch = best_epoch  # test_* describe the best epoch's network
             trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
-        best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-        mlflow.log_metric(M.BEST_EPOCH, best_epoch)
-        mlflow.set_tags({"best_checkpoint": str(Path(best).resolve()),
-                         "checkpoint_dir": str(Path(best).resolve().parent)})
+        mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
+        scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve()),
+                        S.TAG_CHECKPOINT_DIR: str(Path(best).resolve().parent)})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
-        metrics[M.VAL_ACC] = tracking.metric_at_step(run_id, M.VAL_ACC, best_epoch)
-        model_uri, version = _publish_model(config, run_id, best, splits, metrics)
+        metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
+        model_uri, version = _publish_model(config, run_id, best, best_epoch, splits, metrics)
+        scope.describe(tracking.describe_training(config, facts, tracking.Outcome(
+            best_epoch, trainer.current_epoch, metrics.get(S.VAL_ACC), metrics.get(S.TEST_ACC),
+            version.uri if version else model_uri)))
     return TrainResult(run_id, best, metrics, model_uri, version)
 
 
-def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, splits: DataSplits,
-                   metrics: dict[str, float]) -> tuple[str, registry.RegisteredVersion | None]:
+def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, best_epoch: int,
+                   splits: DataSplits, metrics: dict[str, float]) -> tuple[str, registry.RegisteredVersion | None]:
     """Log the best checkpoint as an MLflow Model of this run and register it (unless 'none')."""
     first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
-    model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size))
+    model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size),
+                                   best_epoch)
     if config.model_name is None:
         return model_uri, None
     tags = registry.version_tags(config, run_id, metrics)
-    return model_uri, registry.register(model_uri, config, tags)
+    accuracy = ", ".join(f"{name} {metrics[name]:.4f}" for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics)
+    description = (f"{config.run_name}: the best checkpoint (epoch {best_epoch}) of training run "
+                   f"{run_id}; {accuracy}. Trained on {config.data} from {describe_weights(config.weights)}.")
+    return model_uri, registry.register(model_uri, config, tags, description)
 
 
 def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: ImageStore,
@@ -104,11 +115,11 @@ def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: Ima
     return (images if features is None else features), plan
 
 
-def _log_input_path(config: TrainConfig, store: ImageStore, plan: FeaturePlan) -> None:
-    """Which input path the run took, so that runs stay comparable (README: What a run records)."""
-    tracking.log_params(config, {"resolved/feature_cache": plan.state})
-    mlflow.set_tags({"image_store": str(store.root), "feature_cache_reason": plan.reason})
-    mlflow.log_metrics({M.IMAGE_STORE_TIME: store.seconds, M.FEATURE_CACHE_TIME: plan.seconds})
+def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan) -> None:
+    """Which input path the run took, so that runs stay comparable (docs/tracking.md)."""
+    scope.log_params({S.RESOLVED_FEATURE_CACHE: plan.state})
+    scope.set_tags({S.TAG_IMAGE_STORE: str(store.root), S.TAG_FEATURE_CACHE_REASON: plan.reason})
+    mlflow.log_metrics({S.IMAGE_STORE_TIME: store.seconds, S.FEATURE_CACHE_TIME: plan.seconds})
 
 
 @contextmanager
@@ -126,35 +137,37 @@ def _known_warnings_silenced() -> Iterator[None]:
         yield
 
 
-def _log_run_description(config: TrainConfig, runtime: Runtime, splits: DataSplits,
-                         initial: InitialWeights, classifier: ResNetClassifier) -> None:
+def _log_run_facts(scope: RunScope, config: TrainConfig, runtime: Runtime, splits: DataSplits,
+                   initial: InitialWeights, classifier: ResNetClassifier) -> dict[str, str]:
+    """The config, the runtime and facts about the data and the network, as params and as
+    config.json; returns the facts."""
     trainable, total = classifier.parameter_counts()
     facts = {
-        "num_classes": str(len(splits.class_names)),
-        **{f"{name}_size": str(n) for name, n in splits.sizes().items()},
-        "initial_weights": initial.name,
-        "trainable_params": str(trainable),
-        "total_params": str(total),
+        S.NUM_CLASSES: str(len(splits.class_names)),
+        **{S.SPLIT_SIZE.format(split=name): str(n) for name, n in splits.sizes().items()},
+        S.INITIAL_WEIGHTS: initial.name,
+        S.TRAINABLE_PARAMS: str(trainable),
+        S.TOTAL_PARAMS: str(total),
     }
-    tracking.log_params(config, {**config.to_params(), **runtime.to_params(), **facts})
-    mlflow.set_tags(tracking.config_tags(config))
+    scope.log_params({**config.to_params(), **runtime.to_params(), **facts}, same=config.same_value)
     tracking.log_json({"config": config.to_params(), "runtime": runtime.to_params(), **facts,
-                       "config_hash": config.config_hash,
+                       S.TAG_CONFIG_HASH: config.config_hash,
                        "data": {"source": splits.source, "location": splits.location,
                                 "carved_splits": list(splits.carved), "sizes": splits.sizes()},
-                       "initial_weights_by_block": initial.report}, "config.json")
-    tracking.log_json(list(splits.class_names), "class_names.json")
+                       "initial_weights_by_block": initial.report}, S.CONFIG_FILE)
+    tracking.log_json(list(splits.class_names), S.CLASS_NAMES_FILE)
     tracking.log_dataset_inputs(splits)
     log.info("%s | %s | %d of %d parameters trainable", config.run_name, splits.summary(),
              trainable, total)
+    return facts
 
 
 def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int) -> pl.Trainer:
     checkpoints = ModelCheckpoint(
         dirpath=tracking.checkpoint_dir(config, run_id),  # explicit: loggers must not decide it
         filename="epoch{epoch:02d}-val_loss{val_loss:.4f}", auto_insert_metric_name=False,
-        monitor=M.MONITOR, mode="min", save_top_k=CHECKPOINTS_KEPT, save_last=True)
-    early_stopping = EarlyStopping(monitor=M.MONITOR, mode="min",
+        monitor=S.MONITOR, mode="min", save_top_k=CHECKPOINTS_KEPT, save_last=True)
+    early_stopping = EarlyStopping(monitor=S.MONITOR, mode="min",
                                    patience=config.early_stopping_patience)
     batches = max(1, train_rows // config.batch_size)
     if config.limit_batches:

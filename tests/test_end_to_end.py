@@ -15,7 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import REPO, make_image_folder, subprocess_env
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.hardware import resolve_runtime
 
@@ -65,10 +65,10 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     assert int(params["trainable_params"]) < int(params["total_params"])
     assert run.data.tags["depth_config"] == "b2222-f2" and len(run.data.tags["config_hash"]) == 12
 
-    for key in (M.VAL_ACC, M.VAL_LOSS, M.TRAIN_LOSS, M.TRAIN_ACC, M.LR, M.EPOCH_TIME, M.TRAIN_THROUGHPUT):
+    for key in (S.VAL_ACC, S.VAL_LOSS, S.TRAIN_LOSS, S.TRAIN_ACC, S.LR, S.EPOCH_TIME, S.TRAIN_THROUGHPUT):
         assert steps(client, run.info.run_id, key) == [0, 1], key
-    assert steps(client, run.info.run_id, M.TRAIN_LOSS + M.STEP_SUFFIX)  # per-step series too
-    assert 0.0 <= run.data.metrics[M.TEST_ACC] <= 1.0 and M.TEST_LOSS in run.data.metrics
+    assert steps(client, run.info.run_id, S.TRAIN_LOSS + S.STEP_SUFFIX)  # per-step series too
+    assert 0.0 <= run.data.metrics[S.TEST_ACC] <= 1.0 and S.TEST_LOSS in run.data.metrics
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "class_names.json"} <= artifacts
@@ -159,7 +159,7 @@ def test_an_interrupted_training_is_not_left_running(tmp_path, data_dir, trackin
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         _, runs = all_runs(tracking_uri)
-        if runs and client.get_metric_history(runs[0].info.run_id, M.TRAIN_LOSS + M.STEP_SUFFIX):
+        if runs and client.get_metric_history(runs[0].info.run_id, S.TRAIN_LOSS + S.STEP_SUFFIX):
             break  # inside the training loop
         time.sleep(0.5)
     process.send_signal(sig)

@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from conftest import tiny_config
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.data import ImageSplit, load_splits
 from resnet_exp.features import plan_features
@@ -70,9 +70,9 @@ def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
     assert runs["uncached"].data.params["resolved/feature_cache"] == "off"
     assert runs["uncached"].data.tags["feature_cache_reason"] == "feature_cache=off"
     assert runs["cached"].data.tags["image_store"] == runs["uncached"].data.tags["image_store"]
-    assert runs["cached"].data.metrics[M.FEATURE_CACHE_TIME] > 0
-    acc = [history(client, r.run_id, M.VAL_ACC) for r in (cached, uncached)]
-    loss = [history(client, r.run_id, M.VAL_LOSS) for r in (cached, uncached)]
+    assert runs["cached"].data.metrics[S.FEATURE_CACHE_TIME] > 0
+    acc = [history(client, r.run_id, S.VAL_ACC) for r in (cached, uncached)]
+    loss = [history(client, r.run_id, S.VAL_LOSS) for r in (cached, uncached)]
     assert len(acc[0]) == len(acc[1]) == 2
     assert all(abs(a - b) <= VAL_ACC_TOLERANCE for a, b in zip(*acc)), acc
     assert loss[0] == pytest.approx(loss[1], rel=0.01)
@@ -91,4 +91,4 @@ def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
         as_trained = restored.model.forward_after_prefix(restored.model.prefix(x).half().float())
     assert torch.allclose(whole, as_trained, atol=1e-2)
     accuracy = float((whole.argmax(1) == y).float().mean())
-    assert abs(accuracy - runs["cached"].data.metrics[M.TEST_ACC]) <= 1 / shown + 1e-9
+    assert abs(accuracy - runs["cached"].data.metrics[S.TEST_ACC]) <= 1 / shown + 1e-9

@@ -20,11 +20,12 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import subprocess_env, tiny_config
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
 from resnet_exp.inference import ImageClassifier
-from resnet_exp.registry import CHAMPION, move_alias
+from resnet_exp.registry import move_alias
+from resnet_exp.schema import CHAMPION
 
 MODEL = "resnet-demo"
 
@@ -36,7 +37,7 @@ def make_versions(tmp_path: Path, accuracies: list[float], label: str = "b2222-f
     client = MlflowClient(f"sqlite:///{tmp_path / 'registry.db'}")
     client.create_registered_model(MODEL)
     for acc in accuracies:
-        client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: str(acc), "depth_label": label})
+        client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: str(acc), "depth_label": label})
     return client
 
 
@@ -53,11 +54,11 @@ def test_champion_goes_to_the_best_val_acc(tmp_path):
 def test_champion_moves_only_to_a_better_version(tmp_path):
     client = make_versions(tmp_path, [0.6])
     move_alias(client, MODEL, CHAMPION, all_versions(client))
-    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.6"})  # a tie
+    client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: "0.6"})  # a tie
     assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "1"
-    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.4"})  # worse
+    client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: "0.4"})  # worse
     assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "1"
-    client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: "0.61"})  # better
+    client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: "0.61"})  # better
     assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == "4"
 
 
@@ -92,6 +93,7 @@ def registry(tmp_path_factory, data_dir):
     uri = f"sqlite:///{work / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10
         patch.chdir(work)
         results = [train(tiny_config(data_dir, work / "results", seed=seed)) for seed in (1, 2)]
     return uri, MlflowClient(uri), results, work
@@ -108,7 +110,7 @@ def images(data_dir) -> list[Path]:
 
 def champion_checkpoint(client: MlflowClient) -> str:
     version = client.get_model_version_by_alias(MODEL, CHAMPION)
-    return client.get_run(version.run_id).data.tags["best_checkpoint"]
+    return client.get_run(version.run_id).data.tags[S.TAG_BEST_CHECKPOINT]
 
 
 def expected_predictions(client: MlflowClient, files: list[Path]):
@@ -124,21 +126,86 @@ def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
     assert [v.run_id for v in versions] == [r.run_id for r in results]
     for version, result in zip(versions, results):
         tags = version.tags
-        assert {"run_id", "freeze_blocks", "blocks", "weights", M.VAL_ACC, M.TEST_ACC, "dataset"} <= set(tags)
-        assert tags["run_id"] == result.run_id and tags["blocks"] == "2,2,2,2"
-        assert tags["freeze_blocks"] == "2" and tags["weights"] == "none" and tags["dataset"] == "demo"
-        assert float(tags[M.TEST_ACC]) == pytest.approx(result.metrics[M.TEST_ACC], abs=1e-6)
+        run_tags = client.get_run(result.run_id).data.tags
+        # one name per concept, with one meaning, on runs and versions alike
+        for name in (S.TAG_DEPTH, S.TAG_DATASET, S.TAG_CONFIG_HASH, S.TAG_ARCH):
+            assert tags[name] == run_tags[name]
+        assert tags[S.TAG_DEPTH] == "b2222-f2" and tags[S.TAG_DATASET] == "demo" and tags[S.TAG_DATA] == "demo"
+        assert tags[S.TAG_RUN_ID] == result.run_id and tags[S.BLOCKS] == "2,2,2,2"
+        assert tags[S.FREEZE_BLOCKS] == "2" and tags[S.WEIGHTS] == "none"
+        assert float(tags[S.TEST_ACC]) == result.metrics[S.TEST_ACC]
         # val_acc is the registered (best val_loss) checkpoint's, read back from the run's history
-        history = client.get_metric_history(result.run_id, M.VAL_ACC)
-        best_epoch = int(client.get_run(result.run_id).data.metrics[M.BEST_EPOCH])
-        assert float(tags[M.VAL_ACC]) == pytest.approx(
+        history = client.get_metric_history(result.run_id, S.VAL_ACC)
+        best_epoch = int(client.get_run(result.run_id).data.metrics[S.BEST_EPOCH])
+        assert float(tags[S.VAL_ACC]) == pytest.approx(
             next(m.value for m in history if m.step == best_epoch), abs=1e-6)
 
-    accuracies = [float(v.tags[M.VAL_ACC]) for v in versions]
+    accuracies = [float(v.tags[S.VAL_ACC]) for v in versions]
     winner = "1" if accuracies[0] >= accuracies[1] else "2"  # a tie stays with the first
     aliases = client.get_registered_model(MODEL).aliases
     assert str(aliases[CHAMPION]) == winner and str(aliases["best-b2222-f2"]) == winner
     assert results[int(winner) - 1].registered.aliases == (CHAMPION, "best-b2222-f2")
+
+
+@pytest.mark.slow
+def test_the_logged_model_carries_the_best_epochs_metrics(registry):
+    """The UI's model page shows the metrics linked to the logged model: those of the best
+    checkpoint's epoch, test_acc and test_loss included, never epoch 0's."""
+    uri, client, results, _ = registry
+    best_epochs = [int(client.get_run(r.run_id).data.metrics[S.BEST_EPOCH]) for r in results]
+    assert max(best_epochs) > 0  # else step 0 (MLflow's default) would pass unnoticed
+    for result, best_epoch in zip(results, best_epochs):
+        model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
+        linked = {m.key: m for m in model.metrics}
+        assert {S.VAL_ACC, S.VAL_LOSS, S.TRAIN_ACC, S.TEST_ACC, S.TEST_LOSS} <= set(linked)
+        assert {linked[k].step for k in (S.VAL_ACC, S.TEST_ACC, S.TEST_LOSS)} == {best_epoch}
+        val_acc = [m.value for m in client.get_metric_history(result.run_id, S.VAL_ACC) if m.step == best_epoch]
+        assert linked[S.VAL_ACC].value == val_acc[-1]
+        # test_* describe the best epoch's network, and are stored at its step
+        [test_acc] = client.get_metric_history(result.run_id, S.TEST_ACC)
+        assert test_acc.step == best_epoch and linked[S.TEST_ACC].value == test_acc.value
+
+
+@pytest.mark.slow
+def test_accuracies_are_exact_fractions(registry):
+    """Accuracy is correct/total in double precision (no float32 noise such as
+    0.42500001192092896), and the learning rate is stored as the number it is."""
+    from fractions import Fraction
+
+    uri, client, results, _ = registry
+    run = client.get_run(results[0].run_id)
+    test_size = int(run.data.params[S.SPLIT_SIZE.format(split="test")])
+    for key in (S.TEST_ACC, S.VAL_ACC):
+        for m in client.get_metric_history(run.info.run_id, key):
+            fraction = Fraction(m.value).limit_denominator(test_size)
+            assert float(fraction) == m.value, (key, m.value)
+    assert {m.value for m in client.get_metric_history(run.info.run_id, S.LR)} <= {3e-5, 1.5e-5, 7.5e-6}
+    assert client.get_metric_history(run.info.run_id, S.LR)[0].value == 3e-5
+
+
+@pytest.mark.slow
+def test_runs_experiments_and_models_describe_themselves(registry):
+    uri, client, results, _ = registry
+    run = client.get_run(results[0].run_id)
+    note = run.data.tags[S.MLFLOW_NOTE]
+    assert "r18" in note and "2,2,2,2" in note and "first 2 of 4 stages frozen" in note and "seed 1" in note
+    assert "demo" in note and "random initialisation" in note
+    assert f"epoch {int(run.data.metrics[S.BEST_EPOCH])}" in note and f"{results[0].metrics[S.TEST_ACC]:.4f}" in note
+    assert run.data.tags[S.MLFLOW_SOURCE_NAME] and run.data.tags[S.MLFLOW_USER]
+    assert run.data.tags[S.TAG_KIND] == S.KIND_TRAIN and run.info.status == "FINISHED"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert "Model training" in experiment.tags[S.MLFLOW_NOTE]
+    model = client.get_registered_model(MODEL)
+    assert CHAMPION in model.description and "image" in model.description
+    version = client.get_model_version(MODEL, results[0].registered.version)
+    assert results[0].run_id in version.description and "r18-b2222-f2-s1" in version.description
+
+
+@pytest.mark.slow
+def test_trainings_record_system_metrics(registry):
+    uri, client, results, _ = registry
+    keys = client.get_run(results[0].run_id).data.metrics
+    assert {f"{S.SYSTEM}cpu_utilization_percentage", f"{S.SYSTEM}system_memory_usage_megabytes"} <= set(keys)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from conftest import REPO, subprocess_env
-from resnet_exp import tracking
+from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
@@ -30,13 +30,13 @@ def sweep_args(data_dir: Path, tmp_path: Path, *args: str) -> list[str]:
 
 def children(client: MlflowClient, parent_id: str | None = None) -> list:
     ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.{tracking.TAG_KIND} != '{tracking.KIND_SWEEP}'")
+    runs = client.search_runs(ids, filter_string=f"tags.{S.TAG_KIND} != '{S.KIND_SWEEP}'")
     return [r for r in runs if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id]
 
 
 def sweeps(client: MlflowClient) -> list:
     ids = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(ids, filter_string=f"tags.{tracking.TAG_KIND} = '{tracking.KIND_SWEEP}'")
+    return client.search_runs(ids, filter_string=f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
 
 
 # --- the grid ---------------------------------------------------------------------------------
@@ -130,10 +130,10 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
     assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f3-s0", "r10-b1111-f3-s1",
                                                      "r10-b1111-f4-s0", "r10-b1111-f4-s1"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags[tracking.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[tracking.TAG_SWEEP_ID]}
+    assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
     assert parent.info.run_name == "sweep-b1111-f34-2seeds" and parent.info.status == "FINISHED"
     assert parent.data.params["freeze_blocks"] == "3,4" and parent.data.params["max_epochs"] == "2"
-    grid_file = client.download_artifacts(parent.info.run_id, tracking.SWEEP_GRID_FILE, str(tmp_path))
+    grid_file = client.download_artifacts(parent.info.run_id, S.SWEEP_GRID_FILE, str(tmp_path))
     assert len(yaml.safe_load(Path(grid_file).read_text())["grid"]) == 4
 
     again = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
@@ -236,7 +236,7 @@ def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, t
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert client.get_experiment(parent.info.experiment_id).name == "sweeps"
     assert {r.info.experiment_id for r in runs} == {parent.info.experiment_id}
-    assert {r.data.tags[tracking.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[tracking.TAG_SWEEP_ID]}
+    assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
 
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
            "--experiment-name", "sweeps", "-P", f"sweep_run_id={parent.info.run_id}",
@@ -245,7 +245,7 @@ def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, t
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=1)
-    [analysis] = client.search_runs([parent.info.experiment_id], f"tags.{tracking.TAG_KIND} = 'analysis'")
+    [analysis] = client.search_runs([parent.info.experiment_id], f"tags.{S.TAG_KIND} = 'analysis'")
     assert analysis.info.status == "FINISHED", "the run `mlflow run` created holds the analysis"
     artifacts = {a.path for a in client.list_artifacts(analysis.info.run_id)}
     assert {"ranking.csv", "report.md", "plots"} <= artifacts

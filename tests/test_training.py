@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO, tiny_config
-from resnet_exp import metrics as M
+from resnet_exp import schema as S
 from resnet_exp.demo import CLASSES
 from resnet_exp.errors import ConfigError
 from resnet_exp.module import ResNetClassifier
@@ -34,8 +34,8 @@ def test_a_direct_run_names_its_experiment_and_run_from_the_config(tmp_path, dat
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:
         assert run.data.tags["git_commit"] == head.stdout.strip()
-    assert run.data.metrics[M.BEST_EPOCH] in (0, 1)
-    assert 0 < run.data.metrics[M.TRAIN_THROUGHPUT] and 0 < run.data.metrics[M.EPOCH_TIME]
+    assert run.data.metrics[S.BEST_EPOCH] in (0, 1)
+    assert 0 < run.data.metrics[S.TRAIN_THROUGHPUT] and 0 < run.data.metrics[S.EPOCH_TIME]
 
     # The checkpoint alone rebuilds the network, its class names and its frozen stages.
     restored = ResNetClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu")
@@ -52,7 +52,7 @@ def test_the_demo_is_learnable_but_not_trivial(tmp_path, data_dir, tracking_uri)
     config = tiny_config(data_dir, tmp_path / "results", image_size=64, batch_size=32, max_epochs=3,
                          limit_batches=0, freeze_blocks=0)
     result = train(config)
-    val_acc = history(MlflowClient(tracking_uri), result.run_id, M.VAL_ACC)
+    val_acc = history(MlflowClient(tracking_uri), result.run_id, S.VAL_ACC)
     assert len(val_acc) == 3
     assert val_acc[0] < 0.6, val_acc
     assert max(val_acc) >= 0.25, val_acc
