@@ -144,18 +144,22 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
     logs through the fluent API (Lightning's logger, log_model); `system_metrics` starts MLflow's
     CPU/memory/GPU monitor for it."""
     client = MlflowClient(use_tracking_store())
-    if run_id:
-        experiment_id = client.get_run(run_id).info.experiment_id
-        if client.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+    if run_id:  # its source and user are already set (by `mlflow run`, or when it was created)
+        existing = client.get_run(run_id).info
+        experiment_id = existing.experiment_id
+        if existing.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        source = {}
     else:
         experiment_id = experiment_id or ensure_experiment(client, experiment_name or "Default",
                                                            experiment_note)
-        new_tags = {**(tags or {}), **({S.MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
+        parent = {S.MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
+        # MLflow's own context tags (user, source), as mlflow.start_run() would set them
         run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags=resolve_tags(new_tags)).info.run_id
+                                   tags=resolve_tags({**(tags or {}), **parent})).info.run_id
+        source = source_tag()
     scope = RunScope(run_id, experiment_id, client)
-    scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **default_tags(), **(tags or {})})
+    scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **source, **(tags or {})})
     previous = _catch_sigterm()
     error: BaseException | None = None
     try:
@@ -222,9 +226,9 @@ def ensure_experiment(client: MlflowClient, name: str, note: str = "") -> str:
     return experiment_id
 
 
-def default_tags() -> dict[str, str]:
-    """The git commit, and the command that made the run as its source (the UI shows '—' for a
-    run created through the client without one)."""
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]]) if sys.argv and sys.argv[0] else ""
-    source = {S.MLFLOW_SOURCE_NAME: command} if command and command not in ("-c", "") else {}
-    return {**git_tags(), **source}
+def source_tag() -> dict[str, str]:
+    """The command that made the run, e.g. 'resnet-exp sweep', as its source: MLflow would
+    record the console script's full path, or '-c'."""
+    if not sys.argv or sys.argv[0] in ("", "-c"):
+        return {}
+    return {S.MLFLOW_SOURCE_NAME: " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]])}
