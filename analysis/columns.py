@@ -3,7 +3,7 @@
     python -c "from analysis import columns as C; print(C.RANKING_COLUMNS)"
 """
 
-from resnet_exp import metrics as M
+from resnet_exp import schema as M
 
 # --- one row per training run (analysis/runs.py) ---------------------------------------------
 RUN_ID = "run_id"

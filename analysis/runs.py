@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 
 from analysis import columns as C
 from analysis.config import AnalysisConfig
-from resnet_exp import metrics as M
-from resnet_exp import tracking
+from resnet_exp import schema as M
+from resnet_exp import runs as tracking
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
 
@@ -85,22 +85,22 @@ def _sweep_selection(config: AnalysisConfig) -> Selection:
     except MlflowException:
         raise ConfigError(f"sweep_run_id={run_id!r}: no such run in {tracking.tracking_uri()}; "
                           "expected the parent run id that `resnet-exp sweep` printed") from None
-    kind = parent.data.tags.get(tracking.TAG_KIND)
-    if kind != tracking.KIND_SWEEP:
+    kind = parent.data.tags.get(M.TAG_KIND)
+    if kind != M.KIND_SWEEP:
         raise ConfigError(f"sweep_run_id={run_id!r} is a {kind or 'untagged'} run, not a sweep's "
-                          f"parent (tag {tracking.TAG_KIND}={tracking.KIND_SWEEP}): pass the parent "
+                          f"parent (tag {M.TAG_KIND}={M.KIND_SWEEP}): pass the parent "
                           "run id that `resnet-exp sweep` printed, or leave it empty to rank every run")
     try:
-        grid = mlflow.artifacts.load_dict(f"runs:/{run_id}/{tracking.SWEEP_GRID_FILE}")
+        grid = mlflow.artifacts.load_dict(f"runs:/{run_id}/{M.SWEEP_GRID_FILE}")
     except MlflowException:
-        raise DataError(f"sweep run {run_id} has no {tracking.SWEEP_GRID_FILE} artifact: it did not "
+        raise DataError(f"sweep run {run_id} has no {M.SWEEP_GRID_FILE} artifact: it did not "
                         "get as far as recording its grid; run the sweep again") from None
     experiment = client.get_experiment(parent.info.experiment_id)
-    dataset = parent.data.tags.get(tracking.TAG_DATASET) or grid["dataset"]
+    dataset = parent.data.tags.get(M.TAG_DATASET) or grid["dataset"]
     _warn_if_overridden(config, experiment.name, dataset)
     members = frozenset((e["config_hash"], int(e["seed"])) for e in grid["grid"])
     return Selection(experiment.experiment_id, experiment.name, dataset, run_id,
-                     parent.data.tags.get(tracking.TAG_SWEEP_ID, ""), members)
+                     parent.data.tags.get(M.TAG_SWEEP_ID, ""), members)
 
 
 def _warn_if_overridden(config: AnalysisConfig, experiment: str, dataset: str) -> None:
@@ -128,16 +128,16 @@ def all_runs(experiment_id: str) -> Iterator[Run]:
 def is_training_run(run: Run) -> bool:
     """Training runs carry run_kind=train; older ones only a config hash. Sweep parents and
     analyses are something else and are not counted as exclusions."""
-    kind = run.data.tags.get(tracking.TAG_KIND)
-    return kind == tracking.KIND_TRAIN or (kind is None and tracking.TAG_CONFIG_HASH in run.data.tags)
+    kind = run.data.tags.get(M.TAG_KIND)
+    return kind == M.KIND_TRAIN or (kind is None and M.TAG_CONFIG_HASH in run.data.tags)
 
 
 def _identity(run: Run) -> tuple[str, int]:
-    return run.data.tags[tracking.TAG_CONFIG_HASH], int(run.data.params.get(C.SEED, -1))
+    return run.data.tags[M.TAG_CONFIG_HASH], int(run.data.params.get(C.SEED, -1))
 
 
 def _dataset_of(run: Run) -> str:
-    return run.data.tags.get(tracking.TAG_DATASET) or dataset_slug(run.data.params.get("data", ""))
+    return run.data.tags.get(M.TAG_DATASET) or dataset_slug(run.data.params.get("data", ""))
 
 
 def _exclusion(run: Run, selection: Selection) -> str | None:
@@ -200,9 +200,9 @@ def _blocks_text(text: str) -> str:
 def _run_row(run: Run) -> dict:
     params, tags = run.data.params, run.data.tags
     return {C.RUN_ID: run.info.run_id, C.RUN_NAME: run.info.run_name,
-            C.CONFIG_HASH: tags[tracking.TAG_CONFIG_HASH], C.BLOCKS: _blocks_text(params.get(C.BLOCKS, "?")),
+            C.CONFIG_HASH: tags[M.TAG_CONFIG_HASH], C.BLOCKS: _blocks_text(params.get(C.BLOCKS, "?")),
             C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
-            C.DEPTH_LABEL: tags.get(tracking.TAG_DEPTH, "?"), C.SEED: _identity(run)[1],
+            C.DEPTH_LABEL: tags.get(M.TAG_DEPTH, "?"), C.SEED: _identity(run)[1],
             C.TRAINABLE_PARAMS: float(params.get(C.TRAINABLE_PARAMS, "nan")),
             C.TEST_ACC: run.data.metrics[M.TEST_ACC], C.END_TIME: run.info.end_time}
 
@@ -225,7 +225,7 @@ def load_runs(selection: Selection) -> RunTable:
                         "check --data and --experiment-name")
     rows = [_run_row(run) for run in usable]
     curves = [c for row in rows for c in _curve_rows(row)]
-    shared = {r.data.tags[tracking.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}
+    shared = {r.data.tags[M.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}
     return RunTable(pd.DataFrame(rows), pd.DataFrame(curves), excluded, shared)
 
 
