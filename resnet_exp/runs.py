@@ -99,6 +99,7 @@ class RunScope:
     client: MlflowClient
     note: str = ""
     failure: str = ""  # set by fail(): the run ends FAILED with this error, without an exception
+    open_after: bool = False  # set by leave_running(): others still add to the run
 
     def log_params(self, params: Mapping[str, str],
                    same: Callable[[str, str], bool] | None = None) -> None:
@@ -122,6 +123,11 @@ class RunScope:
     def fail(self, error: str) -> None:
         """End FAILED when the scope closes normally: some of the work failed (a sweep's child)."""
         self.failure = error
+
+    def leave_running(self) -> None:
+        """Leave the run RUNNING when the scope closes normally: other processes still work in
+        it (a sweep's other shards), and the last of them closes it."""
+        self.open_after = True
 
     def describe(self, text: str) -> None:
         """The run's description in the UI (one paragraph: what it is and how it ended)."""
@@ -191,6 +197,8 @@ def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
         what = "was interrupted" if status == RunStatus.to_string(RunStatus.KILLED) else f"failed: {reason}"
         scope.set_tags({S.TAG_ERROR: reason[:ERROR_TEXT_LIMIT]})
         scope.describe(f"{scope.note} It {what}"[:ERROR_TEXT_LIMIT].strip())
+    if error is None and scope.open_after and not scope.failure:
+        return
     if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
         mlflow.end_run(status)
     else:

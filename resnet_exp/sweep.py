@@ -12,11 +12,13 @@ pointed at one tracking server share a sweep; they find (or create) one parent r
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param, Run, RunStatus
+from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp import registry, tracking
@@ -26,10 +28,11 @@ from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
 from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
-                             use_tracking_store)
+                             source_tag, use_tracking_store)
 
 log = logging.getLogger(__name__)
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
+CONVERGE_S = 1.0  # seconds a new parent waits for shards that started at the same instant
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     _preflight(configs)
     sid = sweep_id(configs)
-    existing, experiment_id = _find_parent(base, sid)
-    with run_scope(S.KIND_SWEEP, parent_run_name(grid), experiment_id=experiment_id, run_id=existing,
+    parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
+    with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
         _describe_parent(scope, grid, base, configs, sid)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
@@ -72,7 +75,7 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
         result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes))
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
-        _close_parent(scope, result, grid)
+        _close_parent(scope, result, grid, configs)
     return result
 
 
@@ -134,10 +137,10 @@ def _record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str
 # --- the parent run ------------------------------------------------------------------------------
 
 
-def _find_parent(base: TrainConfig, sid: str) -> tuple[str | None, str]:
+def _open_parent(base: TrainConfig, sid: str, run_name: str) -> tuple[str, str]:
     """(run id, experiment id) of the sweep's run: under `mlflow run -e sweep` the one it
     created, else the experiment's run of the same grid (an earlier attempt or another shard),
-    else (None, the experiment) for a new one."""
+    else a new one."""
     client = MlflowClient(use_tracking_store())
     run_id = claim_project_run_id()
     if run_id:
@@ -145,10 +148,26 @@ def _find_parent(base: TrainConfig, sid: str) -> tuple[str | None, str]:
         return run_id, client.get_run(run_id).info.experiment_id
     experiment_id = ensure_experiment(client, base.default_experiment_name,
                                       tracking.experiment_note(base.dataset_slug))
-    earlier = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-                                 filter_string=f"tags.{S.TAG_SWEEP_ID} = '{sid}' and "
-                                               f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
-    return (earlier[0].info.run_id if earlier else None), experiment_id
+    earlier = _parents(client, experiment_id, sid)
+    if earlier:
+        return earlier[0].info.run_id, experiment_id
+    tags = resolve_tags({S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: sid, **source_tag()})
+    created = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    # Search-then-create is not atomic: shards started at the same instant can each create a
+    # parent. Once every such creation is done (they follow their search within milliseconds),
+    # all of them see the same parents and converge on the first by (start time, run id); each
+    # other one is deleted by the shard that created it, before any child exists under it.
+    time.sleep(CONVERGE_S)
+    first = _parents(client, experiment_id, sid)[0].info.run_id
+    if first != created:
+        client.delete_run(created)
+    return first, experiment_id
+
+
+def _parents(client: MlflowClient, experiment_id: str, sid: str) -> list[Run]:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{S.TAG_SWEEP_ID} = '{sid}' and "
+                                                             f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
 def parent_run_name(grid: SweepGrid) -> str:
@@ -177,9 +196,11 @@ def _parent_note(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig],
             f"Children are the nested runs; rank them with `resnet-exp analyze --sweep-run-id {run_id}`.")
 
 
-def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid) -> None:
-    """This shard's outcome as metrics (step = shard index), a JSON summary and the description;
-    FAILED if any child failed, so the run list shows which sweeps need another go."""
+def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid, configs: list[TrainConfig]) -> None:
+    """This shard's outcome as metrics (step = shard index), a JSON summary and the description.
+    The parent's status comes from every cell of the grid, not from whichever shard ends last:
+    FAILED if a cell's latest attempt failed, FINISHED once every cell has finished, and still
+    RUNNING while other shards have cells to train."""
     index, count = grid.parsed("shard")
     counts = {key: result.count(outcome) for key, outcome in
               ((S.SWEEP_TRAINED, TRAINED), (S.SWEEP_SKIPPED, SKIPPED), (S.SWEEP_FAILED, FAILED))}
@@ -187,9 +208,39 @@ def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid) -> None
         scope.client.log_metric(scope.run_id, key, n, step=index)
     scope.client.log_dict(scope.run_id, {"shard": f"{index}/{count}", "children": [
         vars(o) for o in result.outcomes]}, f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json")
+    cells = cell_statuses(scope.client, scope.experiment_id, configs)
+    failed = sorted(name for name, status in cells.items() if status == RunStatus.to_string(RunStatus.FAILED))
+    waiting = sum(status != RunStatus.to_string(RunStatus.FINISHED) for status in cells.values())
     summary = (f"Shard {index}/{count}: {counts[S.SWEEP_TRAINED]} trained, {counts[S.SWEEP_SKIPPED]} "
-               f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed.")
+               f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed. Grid: "
+               f"{len(cells) - waiting} of {len(cells)} cells finished.")
     scope.describe(f"{scope.note} {summary}")
-    if result.failed:
-        scope.fail(f"{len(result.failed)} of {len(result.outcomes)} children failed: "
-                   + ", ".join(o.run_name for o in result.failed))
+    if failed:
+        scope.fail(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
+    elif waiting:
+        scope.leave_running()
+
+
+def cell_statuses(client: MlflowClient, experiment_id: str, configs: list[TrainConfig]) -> dict[str, str]:
+    """Run name of each (configuration, seed) -> FINISHED if any of its runs finished, else the
+    status of its latest run (FAILED, KILLED, RUNNING), or SCHEDULED if it has none yet."""
+    wanted = {(c.config_hash, str(c.seed)): c.run_name for c in configs}
+    latest: dict[tuple[str, str], Run] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            key = (run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED))
+            if key in wanted and (key not in latest or _rank(run) > _rank(latest[key])):
+                latest[key] = run
+        token = page.token
+        if not token:
+            break
+    return {name: latest[key].info.status if key in latest else RunStatus.to_string(RunStatus.SCHEDULED)
+            for key, name in wanted.items()}
+
+
+def _rank(run: Run) -> tuple[bool, int]:
+    """A finished run beats any other; otherwise the latest attempt counts."""
+    return run.info.status == RunStatus.to_string(RunStatus.FINISHED), run.info.start_time

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,12 +119,14 @@ def test_the_readme_documents_every_grid_parameter():
 @pytest.mark.slow
 def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
     grid = ["--freeze-blocks", "3,4", "--blocks", "1,1,1,1", "--seeds", "2"]
-    for shard in ("0/2", "1/2"):
+    client = MlflowClient(tracking_uri)
+    for shard, parent_status in (("0/2", "RUNNING"), ("1/2", "FINISHED")):
         result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--shard", shard))
         assert result.exit_code == 0, result.output
         assert "2 trained, 0 skipped" in result.output
+        # the parent's status comes from every cell: still RUNNING while a shard has cells left
+        assert [p.info.status for p in sweeps(client)] == [parent_status]
 
-    client = MlflowClient(tracking_uri)
     [parent] = sweeps(client)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 4 and len(children(client)) == 4, "both shards share one parent"
@@ -249,3 +252,24 @@ def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, t
     assert analysis.info.status == "FINISHED", "the run `mlflow run` created holds the analysis"
     artifacts = {a.path for a in client.list_artifacts(analysis.info.run_id)}
     assert {"ranking.csv", "report.md", "plots"} <= artifacts
+
+
+def test_shards_started_together_converge_on_one_parent(tracking_uri):
+    """Search-then-create is not atomic: shards that start at the same instant may each create
+    a parent; they must end with one, the same for all."""
+    from resnet_exp.sweep import _open_parent
+
+    base, barrier, opened = TrainConfig(data="demo"), threading.Barrier(3), []
+
+    def open_parent() -> None:
+        barrier.wait()
+        opened.append(_open_parent(base, "0123456789ab", "sweep-test")[0])
+
+    threads = [threading.Thread(target=open_parent) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client = MlflowClient(tracking_uri)
+    assert len(opened) == 3 and len(set(opened)) == 1
+    assert [p.info.run_id for p in sweeps(client)] == opened[:1]
