@@ -12,14 +12,14 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from resnet_exp import tracking
+from resnet_exp.runs import project_run_id, tracking_uri
 
 
 def record_run(experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str],
                metrics: dict[str, float], folder: Path) -> str:
     """Log the analysis into the run `mlflow run -e analyze` created, else into a new run of the
     analysed experiment; the folder's files become the run's artifacts. Returns the run id."""
-    client, run_id = MlflowClient(tracking.tracking_uri()), tracking.project_run_id()
+    client, run_id = MlflowClient(tracking_uri()), project_run_id()
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     try:
@@ -30,9 +30,9 @@ def record_run(experiment_id: str, run_name: str, tags: dict[str, str], params: 
                          tags=[RunTag(k, v) for k, v in tags.items()])
         client.log_artifacts(run_id, str(folder))
     except BaseException:
-        if not tracking.project_run_id():  # `mlflow run` closes its own run
+        if not project_run_id():  # `mlflow run` closes its own run
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    if not tracking.project_run_id():
+    if not project_run_id():
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id

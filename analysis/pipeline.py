@@ -15,10 +15,8 @@ from analysis import columns as C
 from analysis import plots, rank, report, runs
 from analysis.config import AnalysisConfig
 from analysis.output import record_run
-from resnet_exp import tracking
+from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
-
-RANKING_FILE, REPORT_FILE = "ranking.csv", "report.md"
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,8 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
                          notes=report.shared_label_notes(ranking, table.shared_params))
 
     def write(folder: Path) -> None:
-        ranking.to_csv(folder / RANKING_FILE, index=False)
-        (folder / REPORT_FILE).write_text(text)
+        ranking.to_csv(folder / S.RANKING_FILE, index=False)
+        (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder)
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
@@ -55,13 +53,13 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
 
 def _record(config: AnalysisConfig, selection: runs.Selection, ranking: pd.DataFrame,
             table: runs.RunTable, folder: Path) -> str:
-    tags = {tracking.TAG_KIND: tracking.KIND_ANALYSIS, tracking.TAG_DATASET: selection.dataset,
-            "mlflow.note.content": report.verdict(ranking)}
+    tags = {S.TAG_KIND: S.KIND_ANALYSIS, S.TAG_DATASET: selection.dataset,
+            S.MLFLOW_NOTE: report.verdict(ranking)}
     if selection.sweep_id:
-        tags[tracking.TAG_SWEEP_ID] = selection.sweep_id
+        tags[S.TAG_SWEEP_ID] = selection.sweep_id
     params = {**config.to_params(), "experiment": selection.experiment_name,
               "n_configs": str(len(ranking)), "n_runs": str(len(table.runs))}
-    metrics = {f"excluded_{reason.replace(' ', '_')}": n for reason, n in table.excluded.items()}
-    metrics["leader_test_acc_mean"] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    metrics = {S.ANALYSIS_EXCLUDED + reason.replace(" ", "_"): n for reason, n in table.excluded.items()}
+    metrics[S.ANALYSIS_LEADER_ACC] = ranking[C.TEST_ACC_MEAN].iloc[0]
     name = f"analysis-{selection.sweep_id or selection.dataset}"
     return record_run(selection.experiment_id, name, tags, params, metrics, folder)

@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import columns as C  # noqa: E402
+from resnet_exp import schema as S  # noqa: E402
 
-PLOTS = "plots"  # folder of the PNGs inside the analysis folder
 CURVES, FREEZE, DEPTH, COST = ("val_acc_curves.png", "test_acc_vs_freeze_blocks.png",
                                "test_acc_vs_depth.png", "accuracy_vs_cost.png")
 PLOT_FILES = (CURVES, FREEZE, DEPTH, COST)
@@ -25,8 +25,8 @@ DPI = 110
 
 
 def draw_all(ranking: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[Path]:
-    """Write every plot under folder/plots; returns their paths."""
-    (folder / PLOTS).mkdir(parents=True, exist_ok=True)
+    """Write every plot under folder/plots (S.PLOTS_FOLDER); returns their paths."""
+    (folder / S.PLOTS_FOLDER).mkdir(parents=True, exist_ok=True)
     drawers = {CURVES: lambda ax: curves_plot(ax, ranking, curves),
                FREEZE: lambda ax: accuracy_by(ax, ranking, C.FREEZE_BLOCKS, "frozen stages (freeze_blocks)"),
                DEPTH: lambda ax: accuracy_by(ax, ranking, C.TRAINABLE_BLOCKS,
@@ -35,8 +35,8 @@ def draw_all(ranking: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[
     for name, draw in drawers.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         draw(ax)
-        paths.append(_save(fig, folder / PLOTS / name))
-    paths.append(_save(cost_plot(ranking), folder / PLOTS / COST))
+        paths.append(_save(fig, folder / S.PLOTS_FOLDER / name))
+    paths.append(_save(cost_plot(ranking), folder / S.PLOTS_FOLDER / COST))
     return paths
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import columns as C
-from analysis.plots import COST, CURVES, DEPTH, FREEZE, PLOTS
+from analysis.plots import COST, CURVES, DEPTH, FREEZE
 from analysis.rank import CONVERGENCE_FRACTION
+from resnet_exp import schema as S
 
 QUESTION = ("How does the depth of a ResNet (how many residual blocks it has, and how many of its "
             "stages are frozen when transferred from ImageNet) change how fast and how well it learns?")
@@ -211,7 +212,7 @@ def render(ranking: pd.DataFrame, *, dataset: str, experiment: str, sweep_run_id
         "## Ranking\n\n" + markdown_table(shown_table(ranking)) + "\n\nAll columns: `ranking.csv`.",
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
         "## Definitions\n\n" + DEFINITIONS,
-        "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({PLOTS}/{name})"
+        "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
                                      for name in (CURVES, FREEZE, DEPTH, COST)),
     ]
     return "\n\n".join(sections) + "\n"

@@ -21,7 +21,7 @@ from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
 from resnet_exp.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
-from resnet_exp.metrics import TEST_ACC
+from resnet_exp.schema import TEST_ACC
 
 
 # What `--help` shows as each option's value, by the field's type annotation.

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +24,11 @@ from PIL import Image
 from analysis import AnalysisConfig, analyze, format_ranking
 from analysis import columns as C
 from analysis import rank, runs
-from analysis.plots import PLOT_FILES, PLOTS
-from resnet_exp import metrics as M
-from resnet_exp import tracking
+from analysis.plots import PLOT_FILES
+from resnet_exp import schema as S
+from resnet_exp.runs import tracking_uri
 from resnet_exp.errors import ConfigError, DataError
+from conftest import REPO, subprocess_env
 
 T_975_1, T_975_2 = 12.7062, 4.3027  # Student t quantiles for 2 and 3 seeds
 DEMO = "resnet-exp-demo"
@@ -49,22 +53,22 @@ def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int
 def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], seed: int,
             test_acc: float | None, val_acc: list[float], epoch_time: list[float] | None = None,
             status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
-            max_epochs: int = 30, kind: str | None = tracking.KIND_TRAIN) -> str:
+            max_epochs: int = 30, kind: str | None = S.KIND_TRAIN) -> str:
     """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch."""
     blocks, freeze = config
     label = f"b{blocks.replace(',', '')}-f{freeze}"
-    tags = {tracking.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs),
-            tracking.TAG_DATASET: dataset, tracking.TAG_DEPTH: label}
+    tags = {S.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs),
+            S.TAG_DATASET: dataset, S.TAG_DEPTH: label}
     if kind:
-        tags[tracking.TAG_KIND] = kind
+        tags[S.TAG_KIND] = kind
     run_id = client.create_run(experiment_id, run_name=f"r-{label}-s{seed}", tags=tags).info.run_id
     params = {"blocks": blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
               "freeze_blocks": str(freeze), "seed": str(seed), "data": dataset,
               "max_epochs": str(max_epochs), "trainable_params": str(PARAMS.get(config, 1))}
-    metrics = [Metric(M.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
-    metrics += [Metric(M.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
+    metrics = [Metric(S.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
+    metrics += [Metric(S.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
     if test_acc is not None:
-        metrics.append(Metric(M.TEST_ACC, test_acc, 2000, 0))
+        metrics.append(Metric(S.TEST_ACC, test_acc, 2000, 0))
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     if status != "RUNNING":
         client.set_terminated(run_id, status, end_time=end_time)
@@ -82,7 +86,7 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
         for seed, (acc, val, secs) in seeds.items():
             legacy = config == CC and seed == 2  # an older run: config_hash but no run_kind tag
             ids[f"{config}-{seed}"] = log_run(client, exp, config, seed, acc, val, secs, end_time=10_000,
-                                              kind=None if legacy else tracking.KIND_TRAIN)
+                                              kind=None if legacy else S.KIND_TRAIN)
     # Excluded, each with an accuracy that would change the numbers if it were used:
     ids["failed"] = log_run(client, exp, A, 3, 0.99, [0.99], [1], status="FAILED")
     log_run(client, exp, B, 2, 0.99, [0.99], [1], status="RUNNING")
@@ -90,14 +94,14 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     log_run(client, exp, B, 0, 0.10, [0.1, 0.1], [1, 1], end_time=5_000)
     log_run(client, exp, CC, 3, None, [0.4, 0.5], [5, 5])  # finished without a test
     # Not training runs at all: not counted anywhere
-    client.create_run(exp, run_name="old-analysis", tags={tracking.TAG_KIND: tracking.KIND_ANALYSIS})
-    sweep = client.create_run(exp, run_name="sweep", tags={tracking.TAG_KIND: tracking.KIND_SWEEP,
-                                                           tracking.TAG_SWEEP_ID: "sw1",
-                                                           tracking.TAG_DATASET: "demo"}).info.run_id
+    client.create_run(exp, run_name="old-analysis", tags={S.TAG_KIND: S.KIND_ANALYSIS})
+    sweep = client.create_run(exp, run_name="sweep", tags={S.TAG_KIND: S.KIND_SWEEP,
+                                                           S.TAG_SWEEP_ID: "sw1",
+                                                           S.TAG_DATASET: "demo"}).info.run_id
     members = [(A, 0), (A, 1), (B, 0), (B, 1), (A, 3)]  # not seed 2 of A; seed 3 of A FAILED
     grid = [{"config_hash": config_hash(*config), "seed": seed, "blocks": config[0],
              "freeze_blocks": config[1]} for config, seed in members]
-    client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, tracking.SWEEP_GRID_FILE)
+    client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, S.SWEEP_GRID_FILE)
     client.set_terminated(sweep, "FINISHED")
     ids["sweep"] = sweep
     # Another experiment: b2222-f2 twice, differing only in max_epochs; one without epoch times
@@ -130,8 +134,43 @@ def ranked(config: AnalysisConfig) -> tuple[pd.DataFrame, runs.RunTable]:
 
 
 def all_runs() -> list:
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri())
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+# --- light imports -------------------------------------------------------------------------------
+
+HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter (this process has torch loaded already) from the checkout,
+    and return the heavy modules it imported."""
+    check = f"import sys\n{textwrap.dedent(code)}\nprint(sorted(set({HEAVY!r}) & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    return eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_analysis_loads_no_torch():
+    """Analysis only reads runs: importing it must not cost torch's and Lightning's seconds."""
+    assert heavy_modules_after(
+        "import analysis, analysis.pipeline, analysis.report, analysis.plots, analysis.runs") == []
+
+
+def test_analyze_command_loads_no_torch(tmp_path):
+    """`resnet-exp analyze --help`, and an analysis that stops at a user error, stay light too."""
+    assert heavy_modules_after(f"""
+        import os
+        from click.testing import CliRunner
+        from resnet_exp.cli import main
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{tmp_path / 'mlflow.db'}"
+        helped = CliRunner().invoke(main, ["analyze", "--help"])
+        assert helped.exit_code == 0 and "--sweep-run-id" in helped.output, helped.output
+        failed = CliRunner().invoke(main, ["analyze", "--data", "nosuch"])
+        assert failed.exit_code == 1 and "no such experiment" in failed.output, failed.output
+        """) == []
 
 
 # --- pure maths ----------------------------------------------------------------------------------
@@ -226,22 +265,22 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert csv.columns.tolist() == C.RANKING_COLUMNS and len(csv) == 4
     assert math.isnan(csv.loc[csv[C.N_RUNS] == 1, C.TEST_ACC_CI].iloc[0])
     for name in PLOT_FILES:
-        with Image.open(result.output_folder / PLOTS / name) as image:
+        with Image.open(result.output_folder / S.PLOTS_FOLDER / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
     text = (result.output_folder / "report.md").read_text()
     assert "A tie between b2222-f2, b1111-f3 and b2222-f0" in text and result.verdict in text
     assert "1 failed, 1 unfinished, 1 other dataset, 2 duplicate, 1 incomplete" in text
-    assert all(f"]({PLOTS}/{name})" in text for name in PLOT_FILES)
+    assert all(f"]({S.PLOTS_FOLDER}/{name})" in text for name in PLOT_FILES)
     assert "b2222-f2 has the highest mean test accuracy, 0.860 ± 0.127 (n=2)" in result.answer
     assert "b1111-f3" in format_ranking(result.ranking).splitlines()[2]
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri())
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == study["demo"]
-    assert run.data.tags[tracking.TAG_KIND] == tracking.KIND_ANALYSIS
-    assert run.data.params["n_configs"] == "4" and run.data.metrics["excluded_duplicate"] == 2
+    assert run.data.tags[S.TAG_KIND] == S.KIND_ANALYSIS
+    assert run.data.params["n_configs"] == "4" and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
     stored = {f.path for f in client.list_artifacts(result.run_id)} | \
-             {f.path for f in client.list_artifacts(result.run_id, PLOTS)}
-    assert {"ranking.csv", "report.md", *(f"{PLOTS}/{n}" for n in PLOT_FILES)} <= stored
+             {f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)}
+    assert {"ranking.csv", "report.md", *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES)} <= stored
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
