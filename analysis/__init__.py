@@ -4,6 +4,7 @@ of one sweep: ranking.csv, report.md and plots, locally and as an MLflow run.
 
     config.py    AnalysisConfig: the parameters and their defaults (light: no MLflow import)
     runs.py      select runs, read them into a per-run table and per-epoch curves, count exclusions
+    study.py     what the runs compared besides depth: initialisation, classes, test images
     rank.py      per-run measures, per-configuration means and intervals, ties, Pareto fronts
     plots.py     the four PNGs
     report.py    the verdict, the plain-language answer, report.md, the terminal table

@@ -10,11 +10,18 @@ from resnet_exp import schema as S
 RUN_ID = "run_id"
 RUN_NAME = "run_name"
 CONFIG_HASH = S.TAG_CONFIG_HASH
+BLOCK = S.BLOCK  # residual block type, 'basic' or 'bottleneck'; runs from before the param: basic
 BLOCKS = S.BLOCKS  # '2,2,2,2', as training logs the param
+# The network as plots and sentences name it, 'basic 2,2,2,2' / 'bottleneck 3,4,6,3': a basic and a
+# bottleneck 2,2,2,2 are different networks, never one series.
+NETWORK = "network"
 FREEZE_BLOCKS = S.FREEZE_BLOCKS
-DEPTH_LABEL = "depth_label"  # 'b2222-f2'
+DEPTH_LABEL = "depth_label"  # 'b2222-f2', 'bn3463-f2' (bottleneck)
 SEED = S.SEED
 TRAINABLE_PARAMS = S.TRAINABLE_PARAMS
+WEIGHTS = S.WEIGHTS  # initial weights: 'imagenet', 'none' (random) or a state_dict file
+NUM_CLASSES = S.NUM_CLASSES
+TEST_SIZE = S.SPLIT_SIZE.format(split=S.TEST)  # images in the test split
 TEST_ACC = S.TEST_ACC
 END_TIME = "end_time"  # ms since the epoch; the latest of duplicate runs wins
 BEST_VAL_ACC = f"best_{S.VAL_ACC}"
@@ -48,7 +55,8 @@ PARETO_TIME = "pareto_time"  # not beaten on both test_acc mean and training tim
 PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable parameters
 
 RANKING_COLUMNS = [
-    RANK, TIED, LABEL, DEPTH_LABEL, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, CONFIG_HASH, N_RUNS,
+    RANK, TIED, LABEL, DEPTH_LABEL, NETWORK, BLOCK, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, WEIGHTS,
+    CONFIG_HASH, N_RUNS,
     TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_CI, TEST_ACC_LO, TEST_ACC_HI, BEST_VAL_ACC_MEAN,
     EPOCHS_TO_95_MEAN, EPOCHS_TO_95_STD, VAL_ACC_AUC_MEAN, EPOCH_TIME_MEAN, TRAIN_TIME_MEAN,
     TRAINABLE_PARAMS, PARETO_TIME, PARETO_PARAMS,

@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis import columns as C
 from analysis import plots, rank, report, runs
+from analysis.study import study_of
 from analysis.config import AnalysisConfig
 from analysis.output import record_run
 from resnet_exp import schema as S
@@ -34,8 +35,8 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     experiment, bad sweep run id, no usable runs) are raised before any file or run is made."""
     selection = runs.select(config)
     table = runs.load_runs(selection)
-    ranking = rank.rank(table.runs, table.curves)
-    text = report.render(ranking, dataset=selection.dataset, experiment=selection.experiment_name,
+    ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
+    text = report.render(ranking, study=study, experiment=selection.experiment_name,
                          sweep_run_id=selection.sweep_run_id, n_runs=len(table.runs),
                          excluded=table.excluded,
                          notes=report.shared_label_notes(ranking, table.shared_params))
@@ -43,7 +44,7 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     def write(folder: Path) -> None:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
         (folder / S.REPORT_MD).write_text(text)
-        plots.draw_all(ranking, table.curves, folder)
+        plots.draw_all(ranking, table.curves, folder, study.chance)
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
     run_id = _record(config, selection, ranking, table, folder)

@@ -14,10 +14,13 @@ import pandas as pd
 from analysis import columns as C
 from analysis.plots import COST, CURVES, DEPTH, FREEZE
 from analysis.rank import CONVERGENCE_FRACTION
+from analysis.study import SERIES, Study, series_name, weights_note
 from resnet_exp import schema as S
 
-QUESTION = ("How does the depth of a ResNet (how many residual blocks it has, and how many of its "
-            "stages are frozen when transferred from ImageNet) change how fast and how well it learns?")
+# {frozen}: how the frozen stages got their weights (Study.frozen_stages_clause), so that a study
+# from random weights does not claim to be about transfer
+QUESTION = ("How does the depth of a ResNet (its block type, how many residual blocks it has, and how "
+            "many of its stages are frozen{frozen}) change how fast and how well it learns?")
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
 
 # The table shown in the terminal and in report.md: (column, heading, format)
@@ -39,9 +42,11 @@ def _cell(value, fmt: str) -> str:
 
 
 def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
-    """The ranking's main columns as formatted text."""
+    """The ranking's main columns as formatted text; the initial weights too where they differ,
+    since the config label alone does not tell an ImageNet row from a random one."""
+    shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, "weights", "{}"), *SHOWN[2:]]
     return pd.DataFrame({heading: [_cell(v, fmt) for v in ranking[col].tolist()]
-                         for col, heading, fmt in SHOWN})
+                         for col, heading, fmt in shown})
 
 
 def format_ranking(ranking: pd.DataFrame) -> str:
@@ -93,20 +98,29 @@ def _leader_sentence(ranking: pd.DataFrame) -> str:
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
-    """Both dials of depth: per blocks list, from the fewest to the most frozen stages; per
-    freeze_blocks, from the fewest to the most residual blocks."""
+    """The dials of depth, each turned with the others held fixed (and never across
+    initialisations): per network, from the fewest to the most frozen stages; per frozen stages
+    and block type, from the fewest to the most residual blocks; per blocks list and frozen
+    stages, basic against bottleneck blocks."""
     sentences = []
-    for blocks, g in ranking.groupby(C.BLOCKS, sort=True):
+    for (network, weights), g in ranking.groupby(SERIES, sort=True):
         if g[C.FREEZE_BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
-            sentences.append(f"With blocks {blocks}, freezing {hi[C.FREEZE_BLOCKS]} stages instead of "
-                             f"{lo[C.FREEZE_BLOCKS]} {_change(lo, hi)}.")
+            sentences.append(f"With the {series_name(ranking, network, weights)} network, freezing "
+                             f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} {_change(lo, hi)}.")
     sizes = ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
-    for freeze, g in ranking.assign(_size=sizes).groupby(C.FREEZE_BLOCKS, sort=True):
+    for (freeze, block, weights), g in ranking.assign(_size=sizes).groupby(
+            [C.FREEZE_BLOCKS, C.BLOCK, C.WEIGHTS], sort=True):
         if g[C.BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g["_size"].idxmin()], g.loc[g["_size"].idxmax()]
-            sentences.append(f"With {freeze} frozen stages, {hi['_size']} residual blocks ({hi[C.BLOCKS]}) "
-                             f"instead of {lo['_size']} ({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+            sentences.append(f"With {freeze} frozen stages and {block} blocks{weights_note(ranking, weights)}, "
+                             f"{hi['_size']} residual blocks ({hi[C.BLOCKS]}) instead of {lo['_size']} "
+                             f"({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+    for (blocks, freeze, weights), g in ranking.groupby([C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True):
+        if g[C.BLOCK].nunique() >= 2:
+            lo, hi = g.loc[g[C.BLOCK].idxmin()], g.loc[g[C.BLOCK].idxmax()]  # 'basic' < 'bottleneck'
+            sentences.append(f"With blocks {blocks} and {freeze} frozen stages"
+                             f"{weights_note(ranking, weights)}, {hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}.")
     return sentences
 
 
@@ -198,17 +212,19 @@ DEFINITIONS = f"""\
 """
 
 
-def render(ranking: pd.DataFrame, *, dataset: str, experiment: str, sweep_run_id: str, n_runs: int,
+def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id: str, n_runs: int,
            excluded: dict[str, int], notes: list[str]) -> str:
-    """report.md: what was read, the verdict, the answer, the table, the plots."""
+    """report.md: what was read and compared, the verdict, the answer, the table, the plots."""
     scope = f"the runs of sweep run `{sweep_run_id}`" if sweep_run_id else "every training run"
     left_out = ", ".join(f"{n} {reason}" for reason, n in excluded.items()) or "none"
+    question = QUESTION.format(frozen=study.frozen_stages_clause())
     sections = [
-        f"# Ranking of depth configurations on {dataset}",
+        f"# Ranking of depth configurations on {study.dataset}",
         f"Read {scope} in experiment `{experiment}`: {n_runs} runs used, {len(ranking)} configurations. "
         f"Runs excluded: {sum(excluded.values())} ({left_out}).",
+        study.description(),
         f"**{verdict(ranking)}.**",
-        f"## The answer\n\n*{QUESTION}*\n\n{answer(ranking, dataset)}",
+        f"## The answer\n\n*{question}*\n\n{answer(ranking, study.dataset)}",
         "## Ranking\n\n" + markdown_table(shown_table(ranking)) + "\n\nAll columns: `ranking.csv`.",
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
         "## Definitions\n\n" + DEFINITIONS,

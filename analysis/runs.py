@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from analysis import columns as C
 from analysis.config import AnalysisConfig
+from analysis.study import UNKNOWN
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
@@ -199,10 +200,15 @@ def _blocks_text(text: str) -> str:
 
 def _run_row(run: Run) -> dict:
     params, tags = run.data.params, run.data.tags
+    # runs recorded before the `block` param existed all used BasicBlock
+    block, blocks = params.get(C.BLOCK, S.BASIC), _blocks_text(params.get(C.BLOCKS, UNKNOWN))
     return {C.RUN_ID: run.info.run_id, C.RUN_NAME: run.info.run_name,
-            C.CONFIG_HASH: tags[S.TAG_CONFIG_HASH], C.BLOCKS: _blocks_text(params.get(C.BLOCKS, "?")),
-            C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
-            C.DEPTH_LABEL: S.tag(tags, S.TAG_DEPTH, "?"), C.SEED: _identity(run)[1],
+            C.CONFIG_HASH: tags[S.TAG_CONFIG_HASH], C.BLOCK: block, C.BLOCKS: blocks,
+            C.NETWORK: f"{block} {blocks}", C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
+            C.DEPTH_LABEL: S.tag(tags, S.TAG_DEPTH, UNKNOWN), C.SEED: _identity(run)[1],
+            C.WEIGHTS: params.get(C.WEIGHTS, UNKNOWN),
+            C.NUM_CLASSES: float(params.get(C.NUM_CLASSES, "nan")),
+            C.TEST_SIZE: float(params.get(C.TEST_SIZE, "nan")),
             C.TRAINABLE_PARAMS: float(params.get(C.TRAINABLE_PARAMS, "nan")),
             C.TEST_ACC: run.data.metrics[S.TEST_ACC], C.END_TIME: run.info.end_time}
 
