@@ -1,5 +1,5 @@
-"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md
-and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
+"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md,
+report.html and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
 
     python -c "from analysis import AnalysisConfig, analyze; print(analyze(AnalysisConfig(data='demo')).verdict)"
 """
@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis import columns as C
 from analysis import plots, rank, report, runs
+from analysis.html_report import to_html
 from analysis.study import study_of
 from analysis.config import AnalysisConfig
 from analysis.output import record_run
@@ -45,6 +46,9 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
+        # after the plots, which it inlines; titled by report.md's first heading
+        (folder / S.REPORT_HTML).write_text(to_html(text, folder, text.splitlines()[0].lstrip("# ")),
+                                            encoding="utf-8")
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
     run_id = _record(config, selection, ranking, table, folder)

@@ -309,7 +309,7 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert run.data.params["n_configs"] == "4" and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
     stored = {f.path for f in client.list_artifacts(result.run_id)} | \
              {f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)}
-    assert {S.RANKING_FILE, S.REPORT_MD, *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES)} <= stored
+    assert {S.RANKING_FILE, S.REPORT_MD, S.REPORT_HTML, *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES)} <= stored
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
@@ -374,6 +374,22 @@ def test_the_answer_follows_every_dial_of_depth():
             "accuracy from 0.710 to 0.810") in text
     # a bottleneck network is compared neither with basic block lists nor across freeze_blocks alone
     assert "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
+
+
+def test_report_html_is_self_contained(study, tmp_path):
+    """report.html carries its plots as data URIs (MLflow's viewer drops relative images), each
+    the very PNG file written next to it, and its tables as HTML tables."""
+    folder = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out"))).output_folder
+    page = (folder / S.REPORT_HTML).read_text(encoding="utf-8")
+    assert f'src="{S.PLOTS_FOLDER}/' not in page and "<table>" in page and "<style>" in page
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert sorted(alt for alt, _ in images) == sorted(Path(n).stem for n in PLOT_FILES)
+    for alt, data in images:
+        png = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(png)) as image:
+            image.verify()  # raises on a truncated or corrupt PNG
+            assert image.format == "PNG"
+        assert png == (folder / S.PLOTS_FOLDER / f"{alt}.png").read_bytes()
 
 
 # --- block type and initialisation ----------------------------------------------------------------
