@@ -44,7 +44,8 @@ def _cell(value, fmt: str) -> str:
 def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
     """The ranking's main columns as formatted text; the initial weights too where they differ,
     since the config label alone does not tell an ImageNet row from a random one."""
-    shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, "weights", "{}"), *SHOWN[2:]]
+    shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, C.WEIGHTS, "{}"),
+                                                            *SHOWN[2:]]
     return pd.DataFrame({heading: [_cell(v, fmt) for v in ranking[col].tolist()]
                          for col, heading, fmt in shown})
 
@@ -98,17 +99,26 @@ def _leader_sentence(ranking: pd.DataFrame) -> str:
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
-    """The dials of depth, each turned with the others held fixed (and never across
-    initialisations): per network, from the fewest to the most frozen stages; per frozen stages
-    and block type, from the fewest to the most residual blocks; per blocks list and frozen
-    stages, basic against bottleneck blocks."""
+    """The dials of depth, each turned with the others held fixed, and never across
+    initialisations (a random and an ImageNet start differ in more than depth)."""
+    return [*_freeze_sentences(ranking), *_size_sentences(ranking), *_block_type_sentences(ranking)]
+
+
+def _freeze_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per network, from the fewest to the most frozen stages."""
     sentences = []
     for (network, weights), g in ranking.groupby(SERIES, sort=True):
         if g[C.FREEZE_BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
             sentences.append(f"With the {series_name(ranking, network, weights)} network, freezing "
-                             f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} {_change(lo, hi)}.")
-    sizes = ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
+                             f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} "
+                             f"{_change(lo, hi)}.")
+    return sentences
+
+
+def _size_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per frozen stages and block type, from the fewest to the most residual blocks."""
+    sentences, sizes = [], ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
     for (freeze, block, weights), g in ranking.assign(_size=sizes).groupby(
             [C.FREEZE_BLOCKS, C.BLOCK, C.WEIGHTS], sort=True):
         if g[C.BLOCKS].nunique() >= 2:
@@ -116,11 +126,17 @@ def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
             sentences.append(f"With {freeze} frozen stages and {block} blocks{weights_note(ranking, weights)}, "
                              f"{hi['_size']} residual blocks ({hi[C.BLOCKS]}) instead of {lo['_size']} "
                              f"({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+    return sentences
+
+
+def _block_type_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per blocks list and frozen stages, basic against bottleneck blocks."""
+    sentences = []
     for (blocks, freeze, weights), g in ranking.groupby([C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True):
         if g[C.BLOCK].nunique() >= 2:
             lo, hi = g.loc[g[C.BLOCK].idxmin()], g.loc[g[C.BLOCK].idxmax()]  # 'basic' < 'bottleneck'
-            sentences.append(f"With blocks {blocks} and {freeze} frozen stages"
-                             f"{weights_note(ranking, weights)}, {hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}.")
+            sentences.append(f"With blocks {blocks} and {freeze} frozen stages{weights_note(ranking, weights)}, "
+                             f"{hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}.")
     return sentences
 
 
@@ -202,11 +218,14 @@ DEFINITIONS = f"""\
   run, hence no interval) is tied with it and shares rank 1. Tied rows come first, then the rest
   by test_acc mean, ranked by their position (1, 1, 1, 4, 5).
 - **epochs to 95%**: epochs trained until val_acc first reached {CONVERGENCE_FRACTION:.0%} of that run's
-  best val_acc (convergence speed; lower is faster).
+  best val_acc (convergence speed; lower is faster). A count: 1 means after the first epoch,
+  which the plots number 0.
 - **val_acc AUC**: trapezoid area under the val_acc curve over epochs, divided by the epochs
   spanned: the curve's average height, in [0, 1] (a one-epoch run: its value).
 - **epoch s / train s**: mean epoch time and total time of all epochs (validation included),
   per run, then averaged over seeds.
+- **plots**: epochs count from 0, as in MLflow and TensorBoard; the dotted **chance** line is
+  1 / number of classes, the accuracy of guessing (drawn when the runs recorded `{C.NUM_CLASSES}`).
 - **front**: on the Pareto front of test_acc mean against total training time, or against
   trainable parameters: no other configuration is at least as accurate and at most as costly.
 """

@@ -15,6 +15,7 @@ from analysis import columns as C
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 
 UNKNOWN = "?"  # a param the run did not record (runs from before it was logged)
+SERIES = [C.NETWORK, C.WEIGHTS]  # what one line of a plot, or one dial of the answer, holds fixed
 
 
 def describe_weights(weights: str) -> str:
@@ -95,6 +96,3 @@ def weights_note(ranking: pd.DataFrame, weights: str) -> str:
 def series_name(ranking: pd.DataFrame, network: str, weights: str) -> str:
     """'basic 2,2,2,2', or 'basic 2,2,2,2 (weights=none)' where the ranking mixes initialisations."""
     return network + weights_note(ranking, weights)
-
-
-SERIES = [C.NETWORK, C.WEIGHTS]  # what one line of a plot, or one dial of the answer, holds fixed
