@@ -1,12 +1,14 @@
 """Analysis of finished runs: reads only what `resnet_exp.tracking` wrote to MLflow (params,
 tags, metric histories with step = epoch) and ranks the depth configurations of an experiment or
-of one sweep: ranking.csv, report.md and plots, locally and as an MLflow run.
+of one sweep: ranking.csv, report.md, report.html and plots, locally and as an MLflow run.
 
     config.py    AnalysisConfig: the parameters and their defaults (light: no MLflow import)
     runs.py      select runs, read them into a per-run table and per-epoch curves, count exclusions
+    study.py     what the runs compared besides depth: initialisation, classes, test images
     rank.py      per-run measures, per-configuration means and intervals, ties, Pareto fronts
     plots.py     the four PNGs
     report.py    the verdict, the plain-language answer, report.md, the terminal table
+    html_report.py  report.html: report.md with its plots inline, for MLflow's artifact viewer
     output.py    the MLflow run holding the folder (swapped in whole by resnet_exp.atomic)
     pipeline.py  analyze(): all of the above in order
 

@@ -1,30 +1,38 @@
-"""Column names of the per-run table and of ranking.csv: each spelled here only.
+"""Column names of the per-run table and of ranking.csv. A column that holds a recorded param,
+tag or metric takes its name from resnet_exp.schema; the analysis's own columns are spelled here.
 
     python -c "from analysis import columns as C; print(C.RANKING_COLUMNS)"
 """
 
-from resnet_exp import schema as M
+from resnet_exp import schema as S
 
 # --- one row per training run (analysis/runs.py) ---------------------------------------------
 RUN_ID = "run_id"
 RUN_NAME = "run_name"
-CONFIG_HASH = "config_hash"
-BLOCKS = "blocks"  # '2,2,2,2', as training logs the param
-FREEZE_BLOCKS = "freeze_blocks"
-DEPTH_LABEL = "depth_label"  # 'b2222-f2'
-SEED = "seed"
-TRAINABLE_PARAMS = "trainable_params"
-TEST_ACC = M.TEST_ACC
+CONFIG_HASH = S.TAG_CONFIG_HASH
+BLOCK = S.BLOCK  # residual block type, 'basic' or 'bottleneck'; runs from before the param: basic
+BLOCKS = S.BLOCKS  # '2,2,2,2', as training logs the param
+# The network as plots and sentences name it, 'basic 2,2,2,2' / 'bottleneck 3,4,6,3': a basic and a
+# bottleneck 2,2,2,2 are different networks, never one series.
+NETWORK = "network"
+FREEZE_BLOCKS = S.FREEZE_BLOCKS
+DEPTH_LABEL = "depth_label"  # 'b2222-f2', 'bn3463-f2' (bottleneck)
+SEED = S.SEED
+TRAINABLE_PARAMS = S.TRAINABLE_PARAMS
+WEIGHTS = S.WEIGHTS  # initial weights: 'imagenet', 'none' (random) or a state_dict file
+NUM_CLASSES = S.NUM_CLASSES
+TEST_SIZE = S.SPLIT_SIZE.format(split=S.TEST)  # images in the test split
+TEST_ACC = S.TEST_ACC
 END_TIME = "end_time"  # ms since the epoch; the latest of duplicate runs wins
-BEST_VAL_ACC = f"best_{M.VAL_ACC}"
+BEST_VAL_ACC = f"best_{S.VAL_ACC}"
 EPOCHS_TO_95 = "epochs_to_95"  # epochs until val_acc first reaches 95% of the run's best
-VAL_ACC_AUC = f"{M.VAL_ACC}_auc"  # area under the val_acc curve per epoch, in [0, 1]
-EPOCH_TIME = M.EPOCH_TIME  # mean seconds of one epoch
+VAL_ACC_AUC = f"{S.VAL_ACC}_auc"  # area under the val_acc curve per epoch, in [0, 1]
+EPOCH_TIME = S.EPOCH_TIME  # mean seconds of one epoch
 TRAIN_TIME = "train_time_s"  # seconds of all epochs together
 
 # --- the per-epoch curves (long format) --------------------------------------------------------
 EPOCH = "epoch"
-VAL_ACC = M.VAL_ACC
+VAL_ACC = S.VAL_ACC
 
 # --- one row per configuration (ranking.csv) ---------------------------------------------------
 RANK = "rank"
@@ -47,7 +55,8 @@ PARETO_TIME = "pareto_time"  # not beaten on both test_acc mean and training tim
 PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable parameters
 
 RANKING_COLUMNS = [
-    RANK, TIED, LABEL, DEPTH_LABEL, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, CONFIG_HASH, N_RUNS,
+    RANK, TIED, LABEL, DEPTH_LABEL, NETWORK, BLOCK, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, WEIGHTS,
+    CONFIG_HASH, N_RUNS,
     TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_CI, TEST_ACC_LO, TEST_ACC_HI, BEST_VAL_ACC_MEAN,
     EPOCHS_TO_95_MEAN, EPOCHS_TO_95_STD, VAL_ACC_AUC_MEAN, EPOCH_TIME_MEAN, TRAIN_TIME_MEAN,
     TRAINABLE_PARAMS, PARETO_TIME, PARETO_PARAMS,

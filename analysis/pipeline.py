@@ -1,5 +1,5 @@
-"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md
-and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
+"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md,
+report.html and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
 
     python -c "from analysis import AnalysisConfig, analyze; print(analyze(AnalysisConfig(data='demo')).verdict)"
 """
@@ -13,12 +13,12 @@ import pandas as pd
 
 from analysis import columns as C
 from analysis import plots, rank, report, runs
+from analysis.html_report import to_html
+from analysis.study import study_of
 from analysis.config import AnalysisConfig
 from analysis.output import record_run
 from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
-
-RANKING_FILE, REPORT_FILE = "ranking.csv", "report.md"
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,19 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     experiment, bad sweep run id, no usable runs) are raised before any file or run is made."""
     selection = runs.select(config)
     table = runs.load_runs(selection)
-    ranking = rank.rank(table.runs, table.curves)
-    text = report.render(ranking, dataset=selection.dataset, experiment=selection.experiment_name,
+    ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
+    text = report.render(ranking, study=study, experiment=selection.experiment_name,
                          sweep_run_id=selection.sweep_run_id, n_runs=len(table.runs),
                          excluded=table.excluded,
                          notes=report.shared_label_notes(ranking, table.shared_params))
 
     def write(folder: Path) -> None:
-        ranking.to_csv(folder / RANKING_FILE, index=False)
-        (folder / REPORT_FILE).write_text(text)
-        plots.draw_all(ranking, table.curves, folder)
+        ranking.to_csv(folder / S.RANKING_FILE, index=False)
+        (folder / S.REPORT_MD).write_text(text)
+        plots.draw_all(ranking, table.curves, folder, study.chance)
+        # after the plots, which it inlines; titled by report.md's first heading
+        (folder / S.REPORT_HTML).write_text(to_html(text, folder, text.splitlines()[0].lstrip("# ")),
+                                            encoding="utf-8")
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
     run_id = _record(config, selection, ranking, table, folder)

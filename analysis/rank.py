@@ -66,13 +66,15 @@ def trainable_blocks(blocks: str, freeze_blocks: int) -> int:
 
 
 def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (config hash), aggregated over its seeds."""
+    """One row per configuration (config hash), aggregated over its seeds. Block type, blocks,
+    frozen stages and weights are part of the hash, so they are equal across its runs."""
     def summary(config_hash: str, g: pd.DataFrame) -> dict:
         acc, half = g[C.TEST_ACC], ci_half_width(g[C.TEST_ACC].tolist())
         first = g.iloc[0]
         return {
-            C.CONFIG_HASH: config_hash, C.BLOCKS: first[C.BLOCKS], C.FREEZE_BLOCKS: first[C.FREEZE_BLOCKS],
-            C.DEPTH_LABEL: first[C.DEPTH_LABEL],
+            C.CONFIG_HASH: config_hash, C.NETWORK: first[C.NETWORK], C.BLOCK: first[C.BLOCK],
+            C.BLOCKS: first[C.BLOCKS], C.FREEZE_BLOCKS: first[C.FREEZE_BLOCKS],
+            C.DEPTH_LABEL: first[C.DEPTH_LABEL], C.WEIGHTS: first[C.WEIGHTS],
             C.TRAINABLE_BLOCKS: trainable_blocks(first[C.BLOCKS], first[C.FREEZE_BLOCKS]),
             C.N_RUNS: len(g), C.TEST_ACC_MEAN: acc.mean(), C.TEST_ACC_STD: acc.std(ddof=1),
             C.TEST_ACC_CI: half, C.TEST_ACC_LO: acc.mean() - half, C.TEST_ACC_HI: acc.mean() + half,

@@ -12,11 +12,15 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import columns as C
-from analysis.plots import COST, CURVES, DEPTH, FREEZE, PLOTS
+from analysis.plots import COST, CURVES, DEPTH, FREEZE
 from analysis.rank import CONVERGENCE_FRACTION
+from analysis.study import SERIES, Study, series_name, weights_note
+from resnet_exp import schema as S
 
-QUESTION = ("How does the depth of a ResNet (how many residual blocks it has, and how many of its "
-            "stages are frozen when transferred from ImageNet) change how fast and how well it learns?")
+# {frozen}: how the frozen stages got their weights (Study.frozen_stages_clause), so that a study
+# from random weights does not claim to be about transfer
+QUESTION = ("How does the depth of a ResNet (its block type, how many residual blocks it has, and how "
+            "many of its stages are frozen{frozen}) change how fast and how well it learns?")
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
 
 # The table shown in the terminal and in report.md: (column, heading, format)
@@ -38,9 +42,12 @@ def _cell(value, fmt: str) -> str:
 
 
 def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
-    """The ranking's main columns as formatted text."""
+    """The ranking's main columns as formatted text; the initial weights too where they differ,
+    since the config label alone does not tell an ImageNet row from a random one."""
+    shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, C.WEIGHTS, "{}"),
+                                                            *SHOWN[2:]]
     return pd.DataFrame({heading: [_cell(v, fmt) for v in ranking[col].tolist()]
-                         for col, heading, fmt in SHOWN})
+                         for col, heading, fmt in shown})
 
 
 def format_ranking(ranking: pd.DataFrame) -> str:
@@ -92,20 +99,44 @@ def _leader_sentence(ranking: pd.DataFrame) -> str:
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
-    """Both dials of depth: per blocks list, from the fewest to the most frozen stages; per
-    freeze_blocks, from the fewest to the most residual blocks."""
+    """The dials of depth, each turned with the others held fixed, and never across
+    initialisations (a random and an ImageNet start differ in more than depth)."""
+    return [*_freeze_sentences(ranking), *_size_sentences(ranking), *_block_type_sentences(ranking)]
+
+
+def _freeze_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per network, from the fewest to the most frozen stages."""
     sentences = []
-    for blocks, g in ranking.groupby(C.BLOCKS, sort=True):
+    for (network, weights), g in ranking.groupby(SERIES, sort=True):
         if g[C.FREEZE_BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
-            sentences.append(f"With blocks {blocks}, freezing {hi[C.FREEZE_BLOCKS]} stages instead of "
-                             f"{lo[C.FREEZE_BLOCKS]} {_change(lo, hi)}.")
-    sizes = ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
-    for freeze, g in ranking.assign(_size=sizes).groupby(C.FREEZE_BLOCKS, sort=True):
+            sentences.append(f"With the {series_name(ranking, network, weights)} network, freezing "
+                             f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} "
+                             f"{_change(lo, hi)}.")
+    return sentences
+
+
+def _size_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per frozen stages and block type, from the fewest to the most residual blocks."""
+    sentences, sizes = [], ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
+    for (freeze, block, weights), g in ranking.assign(_size=sizes).groupby(
+            [C.FREEZE_BLOCKS, C.BLOCK, C.WEIGHTS], sort=True):
         if g[C.BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g["_size"].idxmin()], g.loc[g["_size"].idxmax()]
-            sentences.append(f"With {freeze} frozen stages, {hi['_size']} residual blocks ({hi[C.BLOCKS]}) "
-                             f"instead of {lo['_size']} ({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+            sentences.append(f"With {freeze} frozen stages and {block} blocks{weights_note(ranking, weights)}, "
+                             f"{hi['_size']} residual blocks ({hi[C.BLOCKS]}) instead of {lo['_size']} "
+                             f"({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+    return sentences
+
+
+def _block_type_sentences(ranking: pd.DataFrame) -> list[str]:
+    """Per blocks list and frozen stages, basic against bottleneck blocks."""
+    sentences = []
+    for (blocks, freeze, weights), g in ranking.groupby([C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True):
+        if g[C.BLOCK].nunique() >= 2:
+            lo, hi = g.loc[g[C.BLOCK].idxmin()], g.loc[g[C.BLOCK].idxmax()]  # 'basic' < 'bottleneck'
+            sentences.append(f"With blocks {blocks} and {freeze} frozen stages{weights_note(ranking, weights)}, "
+                             f"{hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}.")
     return sentences
 
 
@@ -187,31 +218,36 @@ DEFINITIONS = f"""\
   run, hence no interval) is tied with it and shares rank 1. Tied rows come first, then the rest
   by test_acc mean, ranked by their position (1, 1, 1, 4, 5).
 - **epochs to 95%**: epochs trained until val_acc first reached {CONVERGENCE_FRACTION:.0%} of that run's
-  best val_acc (convergence speed; lower is faster).
+  best val_acc (convergence speed; lower is faster). A count: 1 means after the first epoch,
+  which the plots number 0.
 - **val_acc AUC**: trapezoid area under the val_acc curve over epochs, divided by the epochs
   spanned: the curve's average height, in [0, 1] (a one-epoch run: its value).
 - **epoch s / train s**: mean epoch time and total time of all epochs (validation included),
   per run, then averaged over seeds.
+- **plots**: epochs count from 0, as in MLflow and TensorBoard; the dotted **chance** line is
+  1 / number of classes, the accuracy of guessing (drawn when the runs recorded `{C.NUM_CLASSES}`).
 - **front**: on the Pareto front of test_acc mean against total training time, or against
   trainable parameters: no other configuration is at least as accurate and at most as costly.
 """
 
 
-def render(ranking: pd.DataFrame, *, dataset: str, experiment: str, sweep_run_id: str, n_runs: int,
+def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id: str, n_runs: int,
            excluded: dict[str, int], notes: list[str]) -> str:
-    """report.md: what was read, the verdict, the answer, the table, the plots."""
+    """report.md: what was read and compared, the verdict, the answer, the table, the plots."""
     scope = f"the runs of sweep run `{sweep_run_id}`" if sweep_run_id else "every training run"
     left_out = ", ".join(f"{n} {reason}" for reason, n in excluded.items()) or "none"
+    question = QUESTION.format(frozen=study.frozen_stages_clause())
     sections = [
-        f"# Ranking of depth configurations on {dataset}",
+        f"# Ranking of depth configurations on {study.dataset}",
         f"Read {scope} in experiment `{experiment}`: {n_runs} runs used, {len(ranking)} configurations. "
         f"Runs excluded: {sum(excluded.values())} ({left_out}).",
+        study.description(),
         f"**{verdict(ranking)}.**",
-        f"## The answer\n\n*{QUESTION}*\n\n{answer(ranking, dataset)}",
+        f"## The answer\n\n*{question}*\n\n{answer(ranking, study.dataset)}",
         "## Ranking\n\n" + markdown_table(shown_table(ranking)) + "\n\nAll columns: `ranking.csv`.",
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
         "## Definitions\n\n" + DEFINITIONS,
-        "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({PLOTS}/{name})"
+        "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
                                      for name in (CURVES, FREEZE, DEPTH, COST)),
     ]
     return "\n\n".join(sections) + "\n"

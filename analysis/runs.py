@@ -20,10 +20,11 @@ from mlflow.exceptions import MlflowException
 
 from analysis import columns as C
 from analysis.config import AnalysisConfig
-from resnet_exp import schema as M
-from resnet_exp import runs as tracking
+from analysis.study import UNKNOWN
+from resnet_exp import schema as S
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
+from resnet_exp.runs import project_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,14 @@ class RunTable:
 
 def select(config: AnalysisConfig) -> Selection:
     """Resolve the experiment (and the sweep), raising a UserError before any work is done."""
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri())
     if config.sweep_run_id:
         return _sweep_selection(config)
     experiment = MlflowClient().get_experiment_by_name(config.experiment)
     if experiment is None or experiment.lifecycle_stage != "active":
         which = (f"experiment_name={config.experiment!r}" if config.experiment_name != AUTO else
                  f"data={config.data!r} (experiment_name=auto: {config.experiment!r})")
-        raise ConfigError(f"{which}: no such experiment in {tracking.tracking_uri()}. Existing "
+        raise ConfigError(f"{which}: no such experiment in {tracking_uri()}. Existing "
                           f"experiments: {_experiment_names()}. Pass --experiment-name, or --data "
                           "as training was given it")
     return Selection(experiment.experiment_id, experiment.name, config.dataset_slug)
@@ -83,24 +84,24 @@ def _sweep_selection(config: AnalysisConfig) -> Selection:
     try:
         parent = client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"sweep_run_id={run_id!r}: no such run in {tracking.tracking_uri()}; "
+        raise ConfigError(f"sweep_run_id={run_id!r}: no such run in {tracking_uri()}; "
                           "expected the parent run id that `resnet-exp sweep` printed") from None
-    kind = parent.data.tags.get(M.TAG_KIND)
-    if kind != M.KIND_SWEEP:
+    kind = parent.data.tags.get(S.TAG_KIND)
+    if kind != S.KIND_SWEEP:
         raise ConfigError(f"sweep_run_id={run_id!r} is a {kind or 'untagged'} run, not a sweep's "
-                          f"parent (tag {M.TAG_KIND}={M.KIND_SWEEP}): pass the parent "
+                          f"parent (tag {S.TAG_KIND}={S.KIND_SWEEP}): pass the parent "
                           "run id that `resnet-exp sweep` printed, or leave it empty to rank every run")
     try:
-        grid = mlflow.artifacts.load_dict(f"runs:/{run_id}/{M.SWEEP_GRID_FILE}")
+        grid = mlflow.artifacts.load_dict(f"runs:/{run_id}/{S.SWEEP_GRID_FILE}")
     except MlflowException:
-        raise DataError(f"sweep run {run_id} has no {M.SWEEP_GRID_FILE} artifact: it did not "
+        raise DataError(f"sweep run {run_id} has no {S.SWEEP_GRID_FILE} artifact: it did not "
                         "get as far as recording its grid; run the sweep again") from None
     experiment = client.get_experiment(parent.info.experiment_id)
-    dataset = parent.data.tags.get(M.TAG_DATASET) or grid["dataset"]
+    dataset = parent.data.tags.get(S.TAG_DATASET) or grid["dataset"]
     _warn_if_overridden(config, experiment.name, dataset)
     members = frozenset((e["config_hash"], int(e["seed"])) for e in grid["grid"])
     return Selection(experiment.experiment_id, experiment.name, dataset, run_id,
-                     parent.data.tags.get(M.TAG_SWEEP_ID, ""), members)
+                     parent.data.tags.get(S.TAG_SWEEP_ID, ""), members)
 
 
 def _warn_if_overridden(config: AnalysisConfig, experiment: str, dataset: str) -> None:
@@ -128,16 +129,16 @@ def all_runs(experiment_id: str) -> Iterator[Run]:
 def is_training_run(run: Run) -> bool:
     """Training runs carry run_kind=train; older ones only a config hash. Sweep parents and
     analyses are something else and are not counted as exclusions."""
-    kind = run.data.tags.get(M.TAG_KIND)
-    return kind == M.KIND_TRAIN or (kind is None and M.TAG_CONFIG_HASH in run.data.tags)
+    kind = run.data.tags.get(S.TAG_KIND)
+    return kind == S.KIND_TRAIN or (kind is None and S.TAG_CONFIG_HASH in run.data.tags)
 
 
 def _identity(run: Run) -> tuple[str, int]:
-    return run.data.tags[M.TAG_CONFIG_HASH], int(run.data.params.get(C.SEED, -1))
+    return run.data.tags[S.TAG_CONFIG_HASH], int(run.data.params.get(C.SEED, -1))
 
 
 def _dataset_of(run: Run) -> str:
-    return run.data.tags.get(M.TAG_DATASET) or dataset_slug(run.data.params.get("data", ""))
+    return run.data.tags.get(S.TAG_DATASET) or dataset_slug(run.data.params.get(S.DATA, ""))
 
 
 def _exclusion(run: Run, selection: Selection) -> str | None:
@@ -149,7 +150,7 @@ def _exclusion(run: Run, selection: Selection) -> str | None:
         return FAILED
     if run.info.status in UNFINISHED_STATUSES:
         return UNFINISHED
-    if M.TEST_ACC not in run.data.metrics or M.VAL_ACC not in run.data.metrics:
+    if S.TEST_ACC not in run.data.metrics or S.VAL_ACC not in run.data.metrics:
         return INCOMPLETE
     return None
 
@@ -160,7 +161,7 @@ def sort_runs(runs: list[Run], selection: Selection) -> tuple[list[Run], dict[st
     excluded: Counter[str] = Counter()
     latest: dict[tuple[str, int], Run] = {}
     for run in runs:
-        if not is_training_run(run) or run.info.run_id == tracking.project_run_id():
+        if not is_training_run(run) or run.info.run_id == project_run_id():
             continue
         if selection.grid is not None and _identity(run) not in selection.grid:
             continue  # another sweep's run, or one trained outside any sweep
@@ -199,16 +200,21 @@ def _blocks_text(text: str) -> str:
 
 def _run_row(run: Run) -> dict:
     params, tags = run.data.params, run.data.tags
+    # runs recorded before the `block` param existed all used BasicBlock
+    block, blocks = params.get(C.BLOCK, S.BASIC), _blocks_text(params.get(C.BLOCKS, UNKNOWN))
     return {C.RUN_ID: run.info.run_id, C.RUN_NAME: run.info.run_name,
-            C.CONFIG_HASH: tags[M.TAG_CONFIG_HASH], C.BLOCKS: _blocks_text(params.get(C.BLOCKS, "?")),
-            C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
-            C.DEPTH_LABEL: tags.get(M.TAG_DEPTH, "?"), C.SEED: _identity(run)[1],
+            C.CONFIG_HASH: tags[S.TAG_CONFIG_HASH], C.BLOCK: block, C.BLOCKS: blocks,
+            C.NETWORK: f"{block} {blocks}", C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
+            C.DEPTH_LABEL: S.tag(tags, S.TAG_DEPTH, UNKNOWN), C.SEED: _identity(run)[1],
+            C.WEIGHTS: params.get(C.WEIGHTS, UNKNOWN),
+            C.NUM_CLASSES: float(params.get(C.NUM_CLASSES, "nan")),
+            C.TEST_SIZE: float(params.get(C.TEST_SIZE, "nan")),
             C.TRAINABLE_PARAMS: float(params.get(C.TRAINABLE_PARAMS, "nan")),
-            C.TEST_ACC: run.data.metrics[M.TEST_ACC], C.END_TIME: run.info.end_time}
+            C.TEST_ACC: run.data.metrics[S.TEST_ACC], C.END_TIME: run.info.end_time}
 
 
 def _curve_rows(row: dict) -> list[dict]:
-    val_acc, epoch_time = history(row[C.RUN_ID], M.VAL_ACC), history(row[C.RUN_ID], M.EPOCH_TIME)
+    val_acc, epoch_time = history(row[C.RUN_ID], S.VAL_ACC), history(row[C.RUN_ID], S.EPOCH_TIME)
     epoch_time += [float("nan")] * (len(val_acc) - len(epoch_time))  # a run without timings
     return [{C.RUN_ID: row[C.RUN_ID], C.CONFIG_HASH: row[C.CONFIG_HASH], C.SEED: row[C.SEED],
              C.EPOCH: epoch, C.VAL_ACC: acc, C.EPOCH_TIME: seconds}
@@ -225,7 +231,7 @@ def load_runs(selection: Selection) -> RunTable:
                         "check --data and --experiment-name")
     rows = [_run_row(run) for run in usable]
     curves = [c for row in rows for c in _curve_rows(row)]
-    shared = {r.data.tags[M.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}
+    shared = {r.data.tags[S.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}
     return RunTable(pd.DataFrame(rows), pd.DataFrame(curves), excluded, shared)
 
 

@@ -246,8 +246,11 @@ def experiment_name_for(data: str, experiment_name: str = AUTO) -> str:
 
 def describe_weights(weights: str) -> str:
     """The `weights` value in words, for run descriptions and reports."""
-    return {IMAGENET: "ImageNet weights (transfer)",
-            NO_WEIGHTS: "random initialisation (no transfer)"}.get(weights, f"the weights in {Path(weights).name}")
+    if weights == IMAGENET:
+        return "ImageNet weights (transfer)"
+    if weights == NO_WEIGHTS:
+        return "random initialisation (no transfer: frozen stages are random features)"
+    return f"weights from {weights}"
 
 
 def dataset_slug(data: str) -> str:

@@ -7,11 +7,18 @@ so every test starts from the same runs and its own analysis runs stay its own."
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import math
+import re
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -20,14 +27,18 @@ from PIL import Image
 
 from analysis import AnalysisConfig, analyze, format_ranking
 from analysis import columns as C
-from analysis import rank, runs
-from analysis.plots import PLOT_FILES, PLOTS
-from resnet_exp import metrics as M
-from resnet_exp import tracking
+from analysis import plots, rank, runs
+from analysis.plots import PLOT_FILES
+from resnet_exp import schema as S
+from resnet_exp.runs import tracking_uri
+from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import ConfigError, DataError
+from conftest import REPO, subprocess_env
 
 T_975_1, T_975_2 = 12.7062, 4.3027  # Student t quantiles for 2 and 3 seeds
 DEMO = "resnet-exp-demo"
+NUM_CLASSES, TEST_IMAGES = 4, 40  # what every run but the legacy ones records
+TEST_SIZE = S.SPLIT_SIZE.format(split=S.TEST)
 
 # (blocks, freeze_blocks) -> trainable params, and per seed: (test_acc, val_acc per epoch, epoch seconds)
 A, B, CC, D = ("1,1,1,1", 3), ("2,2,2,2", 2), ("2,2,2,2", 4), ("2,2,2,2", 0)
@@ -42,29 +53,35 @@ STUDY = {
 }
 
 
-def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int = 30) -> str:
-    return hashlib.sha256(f"{blocks}/{freeze}/{dataset}/{max_epochs}".encode()).hexdigest()[:12]
+def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int = 30,
+                block: str = S.BASIC, weights: str = IMAGENET) -> str:
+    text = f"{block}/{blocks}/{freeze}/{dataset}/{max_epochs}/{weights}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], seed: int,
             test_acc: float | None, val_acc: list[float], epoch_time: list[float] | None = None,
             status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
-            max_epochs: int = 30, kind: str | None = tracking.KIND_TRAIN) -> str:
-    """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch."""
+            max_epochs: int = 30, kind: str | None = S.KIND_TRAIN, block: str = S.BASIC,
+            weights: str = IMAGENET, legacy: bool = False) -> str:
+    """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch.
+    `legacy`: as recorded before the block type, class count and split sizes were logged."""
     blocks, freeze = config
-    label = f"b{blocks.replace(',', '')}-f{freeze}"
-    tags = {tracking.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs),
-            tracking.TAG_DATASET: dataset, tracking.TAG_DEPTH: label}
+    label = f"{'bn' if block == S.BOTTLENECK else 'b'}{blocks.replace(',', '')}-f{freeze}"
+    tags = {S.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs, block, weights),
+            S.TAG_DATASET: dataset, S.TAG_DEPTH: label}
     if kind:
-        tags[tracking.TAG_KIND] = kind
+        tags[S.TAG_KIND] = kind
     run_id = client.create_run(experiment_id, run_name=f"r-{label}-s{seed}", tags=tags).info.run_id
-    params = {"blocks": blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
-              "freeze_blocks": str(freeze), "seed": str(seed), "data": dataset,
-              "max_epochs": str(max_epochs), "trainable_params": str(PARAMS.get(config, 1))}
-    metrics = [Metric(M.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
-    metrics += [Metric(M.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
+    params = {S.BLOCKS: blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
+              S.FREEZE_BLOCKS: str(freeze), S.SEED: str(seed), S.DATA: dataset, S.WEIGHTS: weights,
+              "max_epochs": str(max_epochs), S.TRAINABLE_PARAMS: str(PARAMS.get(config, 1))}
+    if not legacy:
+        params.update({S.BLOCK: block, S.NUM_CLASSES: str(NUM_CLASSES), TEST_SIZE: str(TEST_IMAGES)})
+    metrics = [Metric(S.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
+    metrics += [Metric(S.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
     if test_acc is not None:
-        metrics.append(Metric(M.TEST_ACC, test_acc, 2000, 0))
+        metrics.append(Metric(S.TEST_ACC, test_acc, 2000, 0))
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     if status != "RUNNING":
         client.set_terminated(run_id, status, end_time=end_time)
@@ -82,7 +99,7 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
         for seed, (acc, val, secs) in seeds.items():
             legacy = config == CC and seed == 2  # an older run: config_hash but no run_kind tag
             ids[f"{config}-{seed}"] = log_run(client, exp, config, seed, acc, val, secs, end_time=10_000,
-                                              kind=None if legacy else tracking.KIND_TRAIN)
+                                              kind=None if legacy else S.KIND_TRAIN, legacy=legacy)
     # Excluded, each with an accuracy that would change the numbers if it were used:
     ids["failed"] = log_run(client, exp, A, 3, 0.99, [0.99], [1], status="FAILED")
     log_run(client, exp, B, 2, 0.99, [0.99], [1], status="RUNNING")
@@ -90,14 +107,14 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     log_run(client, exp, B, 0, 0.10, [0.1, 0.1], [1, 1], end_time=5_000)
     log_run(client, exp, CC, 3, None, [0.4, 0.5], [5, 5])  # finished without a test
     # Not training runs at all: not counted anywhere
-    client.create_run(exp, run_name="old-analysis", tags={tracking.TAG_KIND: tracking.KIND_ANALYSIS})
-    sweep = client.create_run(exp, run_name="sweep", tags={tracking.TAG_KIND: tracking.KIND_SWEEP,
-                                                           tracking.TAG_SWEEP_ID: "sw1",
-                                                           tracking.TAG_DATASET: "demo"}).info.run_id
+    client.create_run(exp, run_name="old-analysis", tags={S.TAG_KIND: S.KIND_ANALYSIS})
+    sweep = client.create_run(exp, run_name="sweep", tags={S.TAG_KIND: S.KIND_SWEEP,
+                                                           S.TAG_SWEEP_ID: "sw1",
+                                                           S.TAG_DATASET: "demo"}).info.run_id
     members = [(A, 0), (A, 1), (B, 0), (B, 1), (A, 3)]  # not seed 2 of A; seed 3 of A FAILED
     grid = [{"config_hash": config_hash(*config), "seed": seed, "blocks": config[0],
              "freeze_blocks": config[1]} for config, seed in members]
-    client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, tracking.SWEEP_GRID_FILE)
+    client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, S.SWEEP_GRID_FILE)
     client.set_terminated(sweep, "FINISHED")
     ids["sweep"] = sweep
     # Another experiment: b2222-f2 twice, differing only in max_epochs; one without epoch times
@@ -105,6 +122,20 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     for seed in (0, 1):
         log_run(client, shared, B, seed, 0.7 + seed / 100, [0.5, 0.7], [3, 3])
         log_run(client, shared, B, seed, 0.6 + seed / 100, [0.5, 0.6], max_epochs=5)
+    # Block types from random weights: basic and bottleneck 2,2,2,2 (the basic one partly legacy)
+    ids["blocks"] = blocks = client.create_experiment("blocks", artifact_location=str(artifacts / "blocks"))
+    for seed in (0, 1):
+        log_run(client, blocks, B, seed, 0.6 + seed / 100, [0.5, 0.6], [3, 3], weights=NO_WEIGHTS,
+                legacy=seed == 0)
+        log_run(client, blocks, B, seed, 0.7 + seed / 100, [0.6, 0.7], [6, 6], weights=NO_WEIGHTS,
+                block=S.BOTTLENECK)
+    log_run(client, blocks, ("3,4,6,3", 2), 0, 0.75, [0.6, 0.75], [9, 9], weights=NO_WEIGHTS,
+            block=S.BOTTLENECK)
+    # One configuration from ImageNet and from random weights
+    ids["mixed"] = mixed = client.create_experiment("mixed", artifact_location=str(artifacts / "mixed"))
+    for seed in (0, 1):
+        for weights, acc in ((IMAGENET, 0.8), (NO_WEIGHTS, 0.5)):
+            log_run(client, mixed, B, seed, acc + seed / 100, [acc - 0.1, acc], [3, 3], weights=weights)
     ids["empty"] = empty = client.create_experiment("empty", artifact_location=str(artifacts / "empty"))
     log_run(client, empty, A, 0, 0.9, [0.9], status="FAILED")
     return ids
@@ -130,8 +161,43 @@ def ranked(config: AnalysisConfig) -> tuple[pd.DataFrame, runs.RunTable]:
 
 
 def all_runs() -> list:
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri())
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+# --- light imports -------------------------------------------------------------------------------
+
+HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter (this process has torch loaded already) from the checkout,
+    and return the heavy modules it imported."""
+    check = f"import sys\n{textwrap.dedent(code)}\nprint(sorted(set({HEAVY!r}) & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stderr
+    return eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_analysis_loads_no_torch():
+    """Analysis only reads runs: importing it must not cost torch's and Lightning's seconds."""
+    assert heavy_modules_after(
+        "import analysis, analysis.pipeline, analysis.report, analysis.plots, analysis.runs") == []
+
+
+def test_analyze_command_loads_no_torch(tmp_path):
+    """`resnet-exp analyze --help`, and an analysis that stops at a user error, stay light too."""
+    assert heavy_modules_after(f"""
+        import os
+        from click.testing import CliRunner
+        from resnet_exp.cli import main
+        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{tmp_path / 'mlflow.db'}"
+        helped = CliRunner().invoke(main, ["analyze", "--help"])
+        assert helped.exit_code == 0 and "--sweep-run-id" in helped.output, helped.output
+        failed = CliRunner().invoke(main, ["analyze", "--data", "nosuch"])
+        assert failed.exit_code == 1 and "no such experiment" in failed.output, failed.output
+        """) == []
 
 
 # --- pure maths ----------------------------------------------------------------------------------
@@ -226,22 +292,24 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert csv.columns.tolist() == C.RANKING_COLUMNS and len(csv) == 4
     assert math.isnan(csv.loc[csv[C.N_RUNS] == 1, C.TEST_ACC_CI].iloc[0])
     for name in PLOT_FILES:
-        with Image.open(result.output_folder / PLOTS / name) as image:
+        with Image.open(result.output_folder / S.PLOTS_FOLDER / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
     text = (result.output_folder / "report.md").read_text()
     assert "A tie between b2222-f2, b1111-f3 and b2222-f0" in text and result.verdict in text
     assert "1 failed, 1 unfinished, 1 other dataset, 2 duplicate, 1 incomplete" in text
-    assert all(f"]({PLOTS}/{name})" in text for name in PLOT_FILES)
+    assert all(f"]({S.PLOTS_FOLDER}/{name})" in text for name in PLOT_FILES)
+    assert "ImageNet weights (transfer); on demo, 4 classes, 40 test images per run." in text
+    assert "frozen when transferred from ImageNet)" in text
     assert "b2222-f2 has the highest mean test accuracy, 0.860 ± 0.127 (n=2)" in result.answer
     assert "b1111-f3" in format_ranking(result.ranking).splitlines()[2]
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri())
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == study["demo"]
-    assert run.data.tags[tracking.TAG_KIND] == tracking.KIND_ANALYSIS
-    assert run.data.params["n_configs"] == "4" and run.data.metrics["excluded_duplicate"] == 2
+    assert run.data.tags[S.TAG_KIND] == S.KIND_ANALYSIS
+    assert run.data.params["n_configs"] == "4" and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
     stored = {f.path for f in client.list_artifacts(result.run_id)} | \
-             {f.path for f in client.list_artifacts(result.run_id, PLOTS)}
-    assert {"ranking.csv", "report.md", *(f"{PLOTS}/{n}" for n in PLOT_FILES)} <= stored
+             {f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)}
+    assert {S.RANKING_FILE, S.REPORT_MD, S.REPORT_HTML, *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES)} <= stored
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
@@ -267,26 +335,145 @@ def test_user_errors_name_the_value_and_create_nothing(study, tmp_path, values, 
     assert len(all_runs()) == before and not (tmp_path / "out").exists()
 
 
-def test_the_answer_follows_both_dials_of_depth():
-    """Per blocks list across freeze_blocks, and per freeze_blocks across block lists, with a
-    caveat where the intervals overlap."""
+def synthetic_ranking(cases: dict[tuple[str, str, int], list[float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ranking and curves of runs given as {(block, blocks, freeze_blocks): test_acc per seed},
+    without MLflow; each run's val_acc is half its test_acc at epoch 0, then equal to it."""
+    run_rows, curve_rows = [], []
+    for (block, blocks, freeze), accs in cases.items():
+        for seed, acc in enumerate(accs):
+            key = f"{block}/{blocks}/{freeze}"
+            run_id = f"{key}/{seed}"
+            run_rows.append({C.RUN_ID: run_id, C.RUN_NAME: run_id, C.CONFIG_HASH: key, C.BLOCK: block,
+                             C.BLOCKS: blocks, C.NETWORK: f"{block} {blocks}", C.FREEZE_BLOCKS: freeze,
+                             C.SEED: seed, C.WEIGHTS: IMAGENET,
+                             C.DEPTH_LABEL: f"{'bn' if block == S.BOTTLENECK else 'b'}"
+                                            f"{blocks.replace(',', '')}-f{freeze}",
+                             C.TRAINABLE_PARAMS: 1000.0 * 10 ** (4 - freeze) + 1, C.TEST_ACC: acc,
+                             C.END_TIME: 0})
+            curve_rows += [{C.RUN_ID: run_id, C.CONFIG_HASH: key, C.SEED: seed, C.EPOCH: e,
+                            C.VAL_ACC: v, C.EPOCH_TIME: 10.0 - 2 * freeze} for e, v in enumerate([acc / 2, acc])]
+    curves = pd.DataFrame(curve_rows)
+    return rank.rank(pd.DataFrame(run_rows), curves), curves
+
+
+def test_the_answer_follows_every_dial_of_depth():
+    """Per network across freeze_blocks, per freeze_blocks and block type across block lists, per
+    blocks list across block types, with a caveat where the intervals overlap."""
     from analysis.report import answer
 
-    cases = {("1,1,1,1", 2): [0.50, 0.51, 0.52], ("2,2,2,2", 2): [0.70, 0.71, 0.72],
-             ("2,2,2,2", 4): [0.60, 0.69, 0.75]}
-    run_rows, curve_rows = [], []
-    for (blocks, freeze), accs in cases.items():
-        for seed, acc in enumerate(accs):
-            run_id = f"{blocks}-{freeze}-{seed}"
-            run_rows.append({C.RUN_ID: run_id, C.RUN_NAME: run_id, C.CONFIG_HASH: f"{blocks}/{freeze}",
-                             C.BLOCKS: blocks, C.FREEZE_BLOCKS: freeze, C.SEED: seed,
-                             C.DEPTH_LABEL: f"b{blocks.replace(',', '')}-f{freeze}",
-                             C.TRAINABLE_PARAMS: 1000.0 * (4 - freeze) + 1, C.TEST_ACC: acc, C.END_TIME: 0})
-            curve_rows += [{C.RUN_ID: run_id, C.CONFIG_HASH: f"{blocks}/{freeze}", C.SEED: seed, C.EPOCH: e,
-                            C.VAL_ACC: v, C.EPOCH_TIME: 10.0 - 2 * freeze} for e, v in enumerate([acc / 2, acc])]
-    text = answer(rank.rank(pd.DataFrame(run_rows), pd.DataFrame(curve_rows)), "demo")
-    assert ("With 2 frozen stages, 8 residual blocks (2,2,2,2) instead of 4 (1,1,1,1) moves test accuracy "
-            "from 0.510 to 0.710, epochs to 95% of the best val_acc from 2.0 to 2.0") in text
-    assert ("With blocks 2,2,2,2, freezing 4 stages instead of 2 moves test accuracy from 0.710 to 0.680 "
-            "(the intervals overlap, so this is not a clear difference)") in text
+    ranking, _ = synthetic_ranking({
+        (S.BASIC, "1,1,1,1", 2): [0.50, 0.51, 0.52], (S.BASIC, "2,2,2,2", 2): [0.70, 0.71, 0.72],
+        (S.BASIC, "2,2,2,2", 4): [0.60, 0.69, 0.75], (S.BOTTLENECK, "2,2,2,2", 2): [0.80, 0.81, 0.82]})
+    text = answer(ranking, "demo")
+    assert ("With 2 frozen stages and basic blocks, 8 residual blocks (2,2,2,2) instead of 4 (1,1,1,1) "
+            "moves test accuracy from 0.510 to 0.710, epochs to 95% of the best val_acc from 2.0 to 2.0") in text
+    assert ("With the basic 2,2,2,2 network, freezing 4 stages instead of 2 moves test accuracy from 0.710 "
+            "to 0.680 (the intervals overlap, so this is not a clear difference)") in text
     assert "mean epoch time from 6.0 s to 2.0 s" in text
+    assert ("With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test "
+            "accuracy from 0.710 to 0.810") in text
+    # a bottleneck network is compared neither with basic block lists nor across freeze_blocks alone
+    assert "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
+
+
+def test_report_html_is_self_contained(study, tmp_path):
+    """report.html carries its plots as data URIs (MLflow's viewer drops relative images), each
+    the very PNG file written next to it, and its tables as HTML tables."""
+    folder = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out"))).output_folder
+    page = (folder / S.REPORT_HTML).read_text(encoding="utf-8")
+    assert f'src="{S.PLOTS_FOLDER}/' not in page and "<table>" in page and "<style>" in page
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert sorted(alt for alt, _ in images) == sorted(Path(n).stem for n in PLOT_FILES)
+    for alt, data in images:
+        png = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(png)) as image:
+            image.verify()  # raises on a truncated or corrupt PNG
+            assert image.format == "PNG"
+        assert png == (folder / S.PLOTS_FOLDER / f"{alt}.png").read_bytes()
+
+
+# --- block type and initialisation ----------------------------------------------------------------
+
+
+def test_block_type_is_part_of_the_network(study):
+    """A basic and a bottleneck 2,2,2,2 are two networks: two rows, two plot series; a run
+    recorded before the `block` param is basic."""
+    table, _ = ranked(AnalysisConfig(experiment_name="blocks", data="demo"))
+    assert table.index.tolist() == ["bn3463-f2", "bn2222-f2", "b2222-f2"]
+    assert table[C.NETWORK].tolist() == ["bottleneck 3,4,6,3", "bottleneck 2,2,2,2", "basic 2,2,2,2"]
+    assert table[C.BLOCK].tolist() == [S.BOTTLENECK, S.BOTTLENECK, S.BASIC]
+    assert table.loc["b2222-f2", C.N_RUNS] == 2  # one of them legacy: no block param
+    assert table.loc["bn3463-f2", C.TRAINABLE_BLOCKS] == 9 and table.loc["bn2222-f2", C.TRAINABLE_BLOCKS] == 4
+    fig, ax = plt.subplots()
+    plots.accuracy_by(ax, table.reset_index(), C.FREEZE_BLOCKS, "frozen stages")
+    assert sorted(ax.get_legend_handles_labels()[1]) == ["basic 2,2,2,2", "bottleneck 2,2,2,2",
+                                                         "bottleneck 3,4,6,3"]
+    plt.close(fig)
+
+
+def test_a_study_from_random_weights_says_so(study, tmp_path):
+    result = analyze(AnalysisConfig(experiment_name="blocks", data="demo", output_dir=str(tmp_path / "out")))
+    text = (result.output_folder / S.REPORT_MD).read_text()
+    assert ("Initialisation: random initialisation (no transfer: frozen stages are random features); "
+            "on demo, 4 classes, 40 test images per run.") in text
+    assert "frozen at their random initial weights)" in text
+    assert "ImageNet" not in text and "transferred" not in text
+    assert ("With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test accuracy "
+            "from 0.605 to 0.705") in result.answer
+    csv = pd.read_csv(result.output_folder / S.RANKING_FILE)
+    assert csv[C.BLOCK].tolist() == [S.BOTTLENECK, S.BOTTLENECK, S.BASIC]
+    assert set(csv[C.WEIGHTS]) == {NO_WEIGHTS}
+
+
+def test_mixed_initialisations_are_named_and_kept_apart(study, tmp_path):
+    result = analyze(AnalysisConfig(experiment_name="mixed", data="demo", output_dir=str(tmp_path / "out")))
+    text = (result.output_folder / S.REPORT_MD).read_text()
+    assert ("The runs mix initialisations: ImageNet weights (transfer) in 2 runs; random initialisation "
+            "(no transfer: frozen stages are random features) in 2 runs.") in text
+    assert "transferred from ImageNet" not in text  # the question claims no single initialisation
+    assert "its runs differ in weights" in text
+    assert "| rank | config | weights | n |" in text and "| 1 | b2222-f2 (" in text
+    assert result.ranking[C.WEIGHTS].tolist() == [IMAGENET, NO_WEIGHTS]
+    fig, ax = plt.subplots()
+    plots.accuracy_by(ax, result.ranking, C.FREEZE_BLOCKS, "frozen stages")
+    assert sorted(ax.get_legend_handles_labels()[1]) == ["basic 2,2,2,2 (weights=imagenet)",
+                                                         "basic 2,2,2,2 (weights=none)"]
+    plt.close(fig)
+
+
+def test_describe_weights():
+    from analysis.study import describe_weights
+
+    assert describe_weights(IMAGENET) == "ImageNet weights (transfer)"
+    assert describe_weights(NO_WEIGHTS).startswith("random initialisation (no transfer")
+    assert describe_weights("r18-animals.pt") == "weights from r18-animals.pt"
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+
+def _chance_lines(ax: plt.Axes) -> list[list[float]]:
+    return [list(line.get_ydata()) for line in ax.lines if line.get_label() == "chance"]
+
+
+def test_plots_count_epochs_from_zero_mark_chance_and_log_parameters():
+    ranking, curves = synthetic_ranking({(S.BASIC, "2,2,2,2", 2): [0.7, 0.72],
+                                         (S.BASIC, "2,2,2,2", 4): [0.5, 0.52]})
+    fig, ax = plt.subplots()
+    plots.curves_plot(ax, ranking, curves, chance=0.25)
+    curves_drawn = [line for line in ax.lines if line.get_label() != "chance"]
+    assert len(curves_drawn) == 2 and all(list(line.get_xdata()) == [0, 1] for line in curves_drawn)
+    assert _chance_lines(ax) == [[0.25, 0.25]] and "chance" in ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plots.accuracy_by(ax, ranking, C.FREEZE_BLOCKS, "frozen stages", chance=0.25)
+    assert _chance_lines(ax) == [[0.25, 0.25]]
+    plt.close(fig)
+    fig = plots.cost_plot(ranking, chance=0.25)
+    assert [ax.get_xscale() for ax in fig.axes] == ["linear", "log"]  # time, trainable parameters
+    assert [_chance_lines(ax) for ax in fig.axes] == [[[0.25, 0.25]]] * 2
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plots.curves_plot(ax, ranking, curves, chance=None)  # class count unknown: no line
+    assert _chance_lines(ax) == []
+    plt.close(fig)
