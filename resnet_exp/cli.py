@@ -21,7 +21,7 @@ from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
 from resnet_exp.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
-from resnet_exp.schema import TEST_ACC
+from resnet_exp.schema import REPORT_HTML, REPORT_MD, TEST_ACC
 
 
 # What `--help` shows as each option's value, by the field's type annotation.
@@ -134,7 +134,7 @@ def sweep(**values: Any) -> None:
 @main.command()
 @text_options(analysis_defaults(), analysis_help(), {"sweep_run_id": "RUN_ID"})
 def analyze(**values: Any) -> None:
-    """Rank depth configurations from their MLflow runs: ranking.csv, report.md and plots."""
+    """Rank depth configurations from their MLflow runs: ranking.csv, report.md/.html and plots."""
     try:
         config = AnalysisConfig.from_text(values)
         import analysis  # heavy imports (pandas, scipy, matplotlib) after validation
@@ -144,5 +144,5 @@ def analyze(**values: Any) -> None:
         raise click.ClickException(user_message(err)) from None
     click.echo(analysis.format_ranking(result.ranking))
     click.echo(f"\n{result.answer}\n")
-    click.echo(f"report:          {result.output_folder / 'report.md'}")
+    click.echo(f"report:          {result.output_folder / REPORT_HTML} (and {REPORT_MD})")
     click.echo(f"analysis run:    {result.run_id}")
