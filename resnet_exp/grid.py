@@ -111,7 +111,7 @@ def sweep_id(configs: list[TrainConfig]) -> str:
 def grid_entries(configs: list[TrainConfig]) -> list[dict[str, Any]]:
     """The grid as the parent run's sweep.json lists it; analysis selects the sweep's runs by it."""
     return [{"config_hash": c.config_hash, "seed": c.seed, "run_name": c.run_name,
-             "blocks": format_value(c.blocks), "freeze_blocks": c.freeze_blocks,
+             "block": c.block, "blocks": format_value(c.blocks), "freeze_blocks": c.freeze_blocks,
              "depth_label": c.depth_label} for c in configs]
 
 
