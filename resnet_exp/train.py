@@ -32,6 +32,7 @@ from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
+from resnet_exp.schema import NETSPEC_FILE
 from resnet_exp.store import ImageStore, open_image_store
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,15 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
     apply_runtime(runtime)
     splits = load_splits(config)
     store = open_image_store(splits, config)
-    initial = load_initial_weights(config)
+    initial = load_initial_weights(config.weights, config.block, config.blocks)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
-                                  config.learning_rate, config.to_params(), initial)
+    spec = config.net_spec(splits.class_names)  # the network, built and checkpointed from this alone
+    classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
     with tracking.tracked_run(config, parent) as run:
         run_id = run.info.run_id
+        tracking.log_json(spec.to_dict(), NETSPEC_FILE)
         _log_run_description(config, runtime, splits, initial, classifier)
         _log_input_path(config, store, plan)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
