@@ -103,7 +103,8 @@ def compute_only(config: TrainConfig, steps: int, num_classes: int = len(CLASSES
     apply_runtime(runtime)
     torch.manual_seed(0)
     device = torch.device(runtime.accelerator)
-    model = build_resnet(config.blocks, num_classes, config.freeze_blocks).to(device).train()
+    classes = [f"class{i}" for i in range(num_classes)]  # only their number matters here
+    model = build_resnet(config.net_spec(classes)).to(device).train()
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
@@ -186,7 +187,8 @@ def seed_style_run(config: TrainConfig, precision: str, validate: bool = True) -
     splits = load_splits(config)
     pl.seed_everything(config.seed, verbose=False)
     device = torch.device(runtime.accelerator)
-    model = build_resnet(config.blocks, len(splits.class_names)).to(device).train()
+    # freeze_blocks=0 here: this baseline freezes with requires_grad alone, below
+    model = build_resnet(config.replace(freeze_blocks=0).net_spec(splits.class_names)).to(device).train()
     stages = [getattr(model, f"layer{i}") for i in range(1, config.freeze_blocks + 1)]
     for module in [model.conv1, model.bn1, *stages] if config.freeze_blocks else []:
         module.requires_grad_(False)

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from resnet_exp import schema
 from resnet_exp.errors import ConfigError
+from resnet_exp.netspec import NUM_STAGES, NetSpec, arch_name, check_block, depth_label
 
 # The 90-class Animals data on the Hugging Face Hub: parquet with an `image` column and a
 # ClassLabel `label`, train/test splits (5,400 images), so it loads without custom code.
 DEFAULT_DATA = "lucabaggi/animal-wildlife"
 AUTO = "auto"  # "decide from the data or the machine" for num_workers, precision, experiment_name
 DEMO_DATA = "demo"
-NUM_STAGES = 4
 PRECISIONS = (AUTO, "32-true", "16-mixed", "bf16-mixed")
 FEATURE_CACHE_MODES = (AUTO, "off")  # auto: use it when it applies and fits (see features.py)
 IMAGENET, NO_WEIGHTS = "imagenet", "none"  # the two `weights` values that are not a file
@@ -61,7 +62,8 @@ def parse_blocks(text: str | tuple[int, ...], name: str = "blocks") -> tuple[int
     if len(parts) != NUM_STAGES or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ConfigError(
             f"{name}={text!r} is not valid: expected {NUM_STAGES} positive integers separated by "
-            "commas, one per residual stage, e.g. 1,1,1,1 or 2,2,2,2 (ResNet18) or 3,4,6,3 (ResNet34)"
+            "commas, one per residual stage, e.g. 1,1,1,1 or 2,2,2,2 (ResNet18) or 3,4,6,3 (ResNet34, "
+            "or ResNet50 with block=bottleneck)"
         )
     return tuple(int(p) for p in parts)
 
@@ -112,6 +114,9 @@ class TrainConfig:
                                        "outputs once and train the rest on them, if they fit in "
                                        "memory; 'off': run the frozen stages every step.",
                                  affects_result=False)
+    block: str = _option(schema.BASIC, "Residual block type: 'basic' (2,2,2,2 = ResNet18, 3,4,6,3 = "
+                                       "ResNet34) or 'bottleneck' (3,4,6,3 = ResNet50, 3,4,23,3 = "
+                                       "ResNet101).")
     blocks: tuple[int, ...] = _option((2, 2, 2, 2), "Residual blocks per stage, 4 positive integers.",
                                       lambda n, t: parse_blocks(t, n))
     weights: str = _option(IMAGENET, "'imagenet', 'none' (random init) or a state_dict file path.")
@@ -193,14 +198,18 @@ class TrainConfig:
 
     @property
     def arch_name(self) -> str:
-        # conv layers: the stem, two per BasicBlock, plus the fc head (2*8+2 = 18 for 2,2,2,2)
-        return f"r{2 * sum(self.blocks) + 2}"
+        """'r18' for basic 2,2,2,2; 'r50' for bottleneck 3,4,6,3 (see netspec.arch_name)."""
+        return arch_name(self.block, self.blocks)
 
     @property
     def depth_label(self) -> str:
-        """Readable depth configuration, e.g. 'b2222-f2' (blocks 2,2,2,2, two stages frozen)."""
-        sep = "-" if max(self.blocks) > 9 else ""
-        return f"b{sep.join(str(b) for b in self.blocks)}-f{self.freeze_blocks}"
+        """Readable depth configuration, e.g. 'b2222-f2' (basic 2,2,2,2, two stages frozen) or
+        'bn3463-f2' (bottleneck 3,4,6,3)."""
+        return depth_label(self.block, self.blocks, self.freeze_blocks)
+
+    def net_spec(self, class_names: tuple[str, ...] | list[str]) -> NetSpec:
+        """The network this config trains on data with `class_names`."""
+        return NetSpec(self.block, self.blocks, tuple(class_names), self.image_size, self.freeze_blocks)
 
     @property
     def run_name(self) -> str:
@@ -212,6 +221,10 @@ class TrainConfig:
         by seed share it, so sweeps and analysis group seeds of one configuration by it."""
         result_fields = {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)
                          if f.metadata["affects_result"] and f.name != "seed"}
+        # `block` arrived after the first runs: leaving it out while it is 'basic' keeps every
+        # earlier configuration's hash, so resumed sweeps and analysis still find their runs.
+        if self.block == schema.BASIC:
+            del result_fields["block"]
         text = json.dumps(result_fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -277,6 +290,7 @@ def _validate(c: TrainConfig) -> None:
     _check(isinstance(c.freeze_blocks, int) and 0 <= c.freeze_blocks <= NUM_STAGES,
            f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
            f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)")
+    check_block(c.block)
     parse_blocks(format_value(c.blocks))  # re-check a tuple given directly, not via from_text
     _check(c.weights in (IMAGENET, NO_WEIGHTS) or Path(c.weights).expanduser().is_file(),
            f"weights={c.weights!r} is not valid: expected '{IMAGENET}', '{NO_WEIGHTS}' (random init) "

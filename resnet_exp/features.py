@@ -8,6 +8,8 @@ budget, else the run falls back to feeding images and logs why. Budget: half the
 available when the run starts (MemAvailable, capped by a container's limit). At 224 px one image
 is 64x56x56 values after stage 1, 128x28x28 after stage 2, 256x14x14 after 3, 512x7x7 after 4:
 392, 196, 98 and 49 KiB in fp16, so the 5,400 Animals images need 2.2, 1.1, 0.54, 0.27 GB.
+Bottleneck stages put out 4x the channels (256 ... 2048), so 4x that; the shape is measured
+with a dry run of the network (feature_shape), never assumed.
 
 Why fp16: half the memory of fp32 with a rounding error of at most 2^-11 relative; the frozen
 stages end in a ReLU, so the values are small and non-negative (a batch out of fp16's range

@@ -112,7 +112,7 @@ def sweep_id(configs: list[TrainConfig]) -> str:
 def grid_entries(configs: list[TrainConfig]) -> list[dict[str, Any]]:
     """The grid as the parent run's sweep.json lists it; analysis selects the sweep's runs by it."""
     return [{"config_hash": c.config_hash, "seed": c.seed, "run_name": c.run_name,
-             "blocks": format_value(c.blocks), "freeze_blocks": c.freeze_blocks,
+             S.BLOCK: c.block, S.BLOCKS: format_value(c.blocks), S.FREEZE_BLOCKS: c.freeze_blocks,
              S.TAG_DEPTH: c.depth_label} for c in configs]
 
 

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from resnet_exp.netspec import IMAGENET_MEAN, IMAGENET_STD
 
 # Limits on one image sent to a served or loaded model. 20 MiB holds any camera JPEG; 40
 # megapixels (e.g. 8000 x 5000) decodes to 120 MB of RGB, so a small file claiming more is a

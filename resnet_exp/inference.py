@@ -1,8 +1,9 @@
 """Predict from raw image files with a trained network: the code behind the registered model.
 
-A classifier is a network plus its `ClassifierSpec` (blocks, class names, image size,
+A classifier is a network plus its `NetSpec` (block type, blocks, class names, image size,
 normalisation). It is rebuilt from a Lightning checkpoint, or from the two files a registered
-model carries: `model.safetensors` (tensors only, nothing to unpickle) and `classifier.json`.
+model carries: `model.safetensors` (tensors only, nothing to unpickle) and `netspec.json`
+(`classifier.json` in models registered before NetSpec; it still reads).
 No MLflow, `datasets` or Lightning here.
 
     python -c "from resnet_exp.inference import ImageClassifier; \
@@ -12,49 +13,49 @@ c = ImageClassifier.from_checkpoint('best.ckpt'); print(c.predict_uploads([open(
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from resnet_exp.images import IMAGENET_MEAN, IMAGENET_STD, ImageInputError, image_from_upload, image_to_tensor
-from resnet_exp.model import StagedResNet
+from resnet_exp import schema
+from resnet_exp.images import ImageInputError, image_from_upload, image_to_tensor
+from resnet_exp.model import StagedResNet, build_resnet
+from resnet_exp.netspec import NetSpec
 
 IMAGE_COLUMN = "image"  # the input column of the registered model
 TOP_K = 5
 PREDICTION_COLUMNS = ["label", "label_id", "probability", "top5"]
 BATCH_SIZE = 32  # images per forward pass: bounds memory whatever the request size
 WEIGHTS_FILE = "model.safetensors"
-SPEC_FILE = "classifier.json"
 
 
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """Everything besides the weights that turns image files into labels."""
+def read_spec(path: str | Path) -> NetSpec:
+    """A NetSpec from its JSON file (netspec.json, or an older model's classifier.json)."""
+    return NetSpec.from_dict(json.loads(Path(path).read_text()))
 
-    blocks: tuple[int, ...]
-    class_names: tuple[str, ...]
-    image_size: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "ClassifierSpec":
-        values = json.loads(Path(path).read_text())
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+def write_spec(spec: NetSpec, path: Path) -> None:
+    path.write_text(json.dumps(spec.to_dict(), indent=2))
 
-    def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+
+def checkpoint_spec(hparams: dict[str, Any]) -> NetSpec:
+    """The NetSpec a ResNetClassifier checkpoint stores, or the one its hparams imply if it was
+    written before NetSpec (then: blocks, freeze_blocks, class_names and config.image_size)."""
+    if schema.CKPT_NETSPEC in hparams:
+        return NetSpec.from_dict(hparams[schema.CKPT_NETSPEC])
+    return NetSpec.from_dict({"blocks": hparams["blocks"], "class_names": hparams["class_names"],
+                              "freeze_blocks": int(hparams["freeze_blocks"]),
+                              "image_size": int(hparams["config"][schema.IMAGE_SIZE])})
 
 
 class ImageClassifier:
     """A trained network in eval mode that maps image files to labels and top-k probabilities."""
 
-    def __init__(self, network: StagedResNet, spec: ClassifierSpec):
+    def __init__(self, network: StagedResNet, spec: NetSpec):
         self.spec = spec
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.network = network.eval().to(self.device)
@@ -63,24 +64,24 @@ class ImageClassifier:
     def from_checkpoint(cls, path: str | Path) -> "ImageClassifier":
         """Rebuild from a Lightning checkpoint of ResNetClassifier (loaded without unpickling code)."""
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        hparams = checkpoint["hyper_parameters"]
-        spec = ClassifierSpec(blocks=tuple(hparams["blocks"]), class_names=tuple(hparams["class_names"]),
-                              image_size=int(hparams["config"]["image_size"]))
+        spec = checkpoint_spec(checkpoint["hyper_parameters"])
         state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
                  if k.startswith("model.")}
         return cls(_network(spec, state), spec)
 
     @classmethod
     def from_files(cls, weights: str | Path, spec: str | Path) -> "ImageClassifier":
-        spec_ = ClassifierSpec.from_json(spec)
+        """Rebuild from a registered model's weights file and spec file (whatever its name)."""
+        spec_ = read_spec(spec)
         return cls(_network(spec_, load_file(str(weights))), spec_)
 
     def save(self, folder: Path) -> dict[str, str]:
-        """Write model.safetensors and classifier.json into `folder`; returns {name: path}."""
-        weights, spec = folder / WEIGHTS_FILE, folder / SPEC_FILE
+        """Write model.safetensors and netspec.json into `folder`; returns {artifact key: path}.
+        The keys stay 'weights' and 'spec': older models' pyfuncs read the same keys."""
+        weights, spec = folder / WEIGHTS_FILE, folder / schema.NETSPEC_FILE
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         save_file(state, str(weights))
-        self.spec.to_json(spec)
+        write_spec(self.spec, spec)
         return {"weights": str(weights), "spec": str(spec)}
 
     def predict_uploads(self, values: Sequence[object]) -> pd.DataFrame:
@@ -108,8 +109,8 @@ class ImageClassifier:
                 for ps, ids in zip(top_p.tolist(), top_i.tolist())]
 
 
-def _network(spec: ClassifierSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
-    network = StagedResNet(spec.blocks, len(spec.class_names))
+def _network(spec: NetSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
+    network = build_resnet(spec)
     network.load_state_dict(state)
     return network
 

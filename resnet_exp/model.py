@@ -1,7 +1,9 @@
-"""The network: a torchvision ResNet of BasicBlocks with any block counts, partly pretrained,
-with its first stages frozen. Plain `nn.Module` work; no Lightning here.
+"""The network: a torchvision ResNet of BasicBlocks or Bottlenecks with any block counts, built
+from a NetSpec, partly pretrained, with its first stages frozen. Plain `nn.Module` work; no
+Lightning here.
 
-    python -c "from resnet_exp.model import build_resnet; print(build_resnet((1,1,1,1), 10, 2))"
+    python -c "from resnet_exp.model import build_resnet; from resnet_exp.netspec import NetSpec; \
+print(build_resnet(NetSpec('bottleneck', (1, 1, 1, 1), ('a', 'b'), 64, 2)))"
 """
 
 from __future__ import annotations
@@ -9,21 +11,39 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, ResNet34_Weights
-from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models import (
+    ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, ResNet101_Weights, ResNet152_Weights, WeightsEnum,
+)
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from resnet_exp.config import IMAGENET, NO_WEIGHTS, NUM_STAGES, TrainConfig
+from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import OfflineError, WeightsError
+from resnet_exp.netspec import NUM_STAGES, NetSpec, check_block
 from resnet_exp.offline import offline_options, reachable
+from resnet_exp.schema import BASIC, BOTTLENECK
 
-# The ImageNet BasicBlock networks torchvision ships, smallest first. Every stage of ResNet34
-# is at least as deep as ResNet18's, so block i of stage s exists in ResNet34 if it exists at all.
+BLOCK_CLASSES = {BASIC: BasicBlock, BOTTLENECK: Bottleneck}
+
+
+class Pretrained(NamedTuple):
+    block: str
+    blocks: tuple[int, ...]
+    weights: WeightsEnum
+
+
+# The ImageNet networks torchvision ships, smallest first within each block type. Each is at
+# least as deep as the previous one in every stage, so block i of stage s exists in the deeper
+# network if it exists in any.
 PRETRAINED = {
-    "resnet18": ((2, 2, 2, 2), ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": ((3, 4, 6, 3), ResNet34_Weights.IMAGENET1K_V1),
+    "resnet18": Pretrained(BASIC, (2, 2, 2, 2), ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": Pretrained(BASIC, (3, 4, 6, 3), ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": Pretrained(BOTTLENECK, (3, 4, 6, 3), ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": Pretrained(BOTTLENECK, (3, 4, 23, 3), ResNet101_Weights.IMAGENET1K_V1),
+    "resnet152": Pretrained(BOTTLENECK, (3, 8, 36, 3), ResNet152_Weights.IMAGENET1K_V1),
 }
 STEM = ("conv1", "bn1")
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation; torchvision's download has none of its own
@@ -34,8 +54,9 @@ class StagedResNet(ResNet):
     on: their BatchNorm running statistics must not move, and Lightning (or a user) may call
     `.train()` on the whole model at any time."""
 
-    def __init__(self, blocks: tuple[int, ...], num_classes: int):
-        super().__init__(BasicBlock, list(blocks), num_classes=num_classes)
+    def __init__(self, block: str, blocks: tuple[int, ...], num_classes: int):
+        super().__init__(BLOCK_CLASSES[check_block(block)], list(blocks), num_classes=num_classes)
+        self.block = block
         self.blocks = tuple(blocks)
         self.frozen_stages = 0
 
@@ -91,45 +112,48 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 class InitialWeights:
     """A backbone state_dict to start from, or none; `name` says where it came from."""
 
-    name: str  # 'none', 'resnet18', 'resnet34' or a file name
+    name: str  # 'none', a torchvision network ('resnet18', 'resnet50', ...) or a file name
     state_dict: dict[str, torch.Tensor] | None = None
     report: dict[str, str] = field(default_factory=dict)  # filled by build_resnet
 
 
-def pretrained_network(blocks: tuple[int, ...]) -> str:
-    """The smallest ImageNet network covering every stage of `blocks`, else the deepest one (its
-    blocks are truncated into ours and deeper positions keep their random init)."""
-    for name, (depths, _) in PRETRAINED.items():
-        if all(b <= d for b, d in zip(blocks, depths)):
+def pretrained_network(block: str, blocks: tuple[int, ...]) -> str:
+    """The smallest ImageNet network of this block type covering every stage of `blocks`, else
+    the deepest one (its blocks are truncated into ours and deeper positions keep their random
+    init)."""
+    candidates = [name for name, p in PRETRAINED.items() if p.block == check_block(block)]
+    for name in candidates:
+        if all(b <= d for b, d in zip(blocks, PRETRAINED[name].blocks)):
             return name
-    return list(PRETRAINED)[-1]
+    return candidates[-1]
 
 
 def torchvision_cache_file(network: str) -> Path:
-    url = PRETRAINED[network][1].url
+    url = PRETRAINED[network].weights.url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def load_initial_weights(config: TrainConfig) -> InitialWeights:
-    """Resolve `weights` to a state_dict before training starts (may download ImageNet weights)."""
-    if config.weights == NO_WEIGHTS:
+def load_initial_weights(weights: str, block: str, blocks: tuple[int, ...]) -> InitialWeights:
+    """Resolve `weights` ('imagenet', 'none' or a file) for a `block` network with `blocks` to a
+    state_dict before training starts (may download ImageNet weights)."""
+    if weights == NO_WEIGHTS:
         return InitialWeights(NO_WEIGHTS)
-    if config.weights != IMAGENET:
-        path = Path(config.weights).expanduser()
+    if weights != IMAGENET:
+        path = Path(weights).expanduser()
         return InitialWeights(path.name, _read_state_dict(path))
-    network = pretrained_network(config.blocks)
+    network = pretrained_network(block, blocks)
     cached = torchvision_cache_file(network)
     if cached.is_file():
         return InitialWeights(network, _read_state_dict(cached))
-    weights = PRETRAINED[network][1]
-    if not reachable(weights.url):
-        raise OfflineError(f"cannot download the ImageNet weights of {network} from {weights.url}: "
+    imagenet = PRETRAINED[network].weights
+    if not reachable(imagenet.url):
+        raise OfflineError(f"cannot download the ImageNet weights of {network} from {imagenet.url}: "
                            f"the network is unreachable and {cached} does not exist.\n"
                            f"{offline_options(str(cached))}")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return InitialWeights(network, weights.get_state_dict(progress=True, check_hash=True))
+        return InitialWeights(network, imagenet.get_state_dict(progress=True, check_hash=True))
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -153,9 +177,10 @@ def _copy_backbone(model: StagedResNet, initial: InitialWeights) -> dict[str, st
     wrong = [k for k, v in source.items() if k in target and not k.startswith("fc.")
              and v.shape != target[k].shape]
     if wrong:
-        raise WeightsError(f"weights {initial.name!r} do not fit a BasicBlock ResNet: "
-                         f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
-                         f"{tuple(source[wrong[0]].shape)} vs {tuple(target[wrong[0]].shape)}")
+        kind = BLOCK_CLASSES[model.block].__name__  # 'BasicBlock' or 'Bottleneck'
+        raise WeightsError(f"weights {initial.name!r} do not fit a {kind} ResNet: "
+                           f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
+                           f"{tuple(source[wrong[0]].shape)} vs {tuple(target[wrong[0]].shape)}")
     copied = {k for k in target if k in source and not k.startswith("fc.")}
     if source and not copied:
         raise WeightsError(f"weights {initial.name!r} share no tensor names with a torchvision ResNet")
@@ -169,11 +194,10 @@ def _copy_backbone(model: StagedResNet, initial: InitialWeights) -> dict[str, st
     return report
 
 
-def build_resnet(blocks: tuple[int, ...], num_classes: int, freeze: int = 0,
-                 initial: InitialWeights | None = None) -> StagedResNet:
-    """A BasicBlock ResNet with `blocks` per stage, a `num_classes` head, initial weights copied
-    where they fit (truncation), and the first `freeze` stages frozen."""
-    model = StagedResNet(blocks, num_classes)
+def build_resnet(spec: NetSpec, initial: InitialWeights | None = None) -> StagedResNet:
+    """The network of `spec` (block type, blocks per stage, a head for its classes), initial
+    weights copied where they fit (truncation), and its first `freeze_blocks` stages frozen."""
+    model = StagedResNet(spec.block, spec.blocks, spec.num_classes)
     initial = initial or InitialWeights(NO_WEIGHTS)
     initial.report = _copy_backbone(model, initial)
-    return freeze_blocks(model, freeze)
+    return freeze_blocks(model, spec.freeze_blocks)

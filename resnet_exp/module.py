@@ -2,7 +2,8 @@
 the trainable parameters only, and ReduceLROnPlateau on val_loss. Batches arrive as uint8
 pixels (normalised here, after the copy to the device) or as cached frozen-stage features.
 
-    python -c "from resnet_exp.module import ResNetClassifier; print(ResNetClassifier((2,2,2,2), 3, ['a','b'], 3e-5))"
+    python -c "from resnet_exp.module import ResNetClassifier; from resnet_exp.netspec import NetSpec; \
+print(ResNetClassifier(NetSpec('basic', (2, 2, 2, 2), ('a', 'b'), 64, 3), 3e-5))"
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ from resnet_exp import schema as S
 from resnet_exp.images import normalise
 from resnet_exp.metrics import ExactAccuracy
 from resnet_exp.model import InitialWeights, build_resnet, count_parameters
+from resnet_exp.netspec import NetSpec
 
 LR_FACTOR = 0.5  # halve the learning rate ...
 LR_PATIENCE = 3  # ... after 3 epochs without a val_loss improvement
 
 
 class ResNetClassifier(pl.LightningModule):
-    """A StagedResNet trained as an image classifier. The checkpoint holds blocks, freeze_blocks,
-    class names and the run's config, so the file alone rebuilds the network."""
+    """A StagedResNet trained as an image classifier. The checkpoint holds the NetSpec (as
+    `NetSpec.to_dict()` under hparams[schema.CKPT_NETSPEC]) and the run's config params, so the
+    file alone rebuilds the network, with or without Lightning (inference.py)."""
 
-    def __init__(self, blocks: tuple[int, ...], freeze_blocks: int, class_names: list[str],
-                 learning_rate: float, config: dict[str, str] | None = None,
-                 initial: InitialWeights | None = None):
+    def __init__(self, spec: NetSpec | dict, learning_rate: float,
+                 config_params: dict[str, str] | None = None, initial: InitialWeights | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["initial"])
-        self.model = build_resnet(tuple(blocks), len(class_names), freeze_blocks, initial)
-        self.class_names = list(class_names)
+        # load_from_checkpoint passes the stored hparams back as arguments: the spec as a dict.
+        self.spec = spec if isinstance(spec, NetSpec) else NetSpec.from_dict(spec)
+        # Plain dicts, lists and numbers only, so that torch.load(weights_only=True) reads them.
+        self.save_hyperparameters({S.CKPT_NETSPEC: self.spec.to_dict(), "learning_rate": learning_rate,
+                                   "config_params": config_params})
+        self.model = build_resnet(self.spec, initial)
+        self.class_names = list(self.spec.class_names)
         # One metric object per split (keyed by metric name), so their states never mix.
         self.accuracy = torch.nn.ModuleDict({acc: ExactAccuracy() for _, acc in S.SPLIT_METRICS.values()})
         # How this run feeds the network (set by train.py, not part of the checkpoint: a loaded

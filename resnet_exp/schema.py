@@ -100,6 +100,10 @@ MLFLOW_USER = "mlflow.user"
 CONFIG_FILE = "config.json"  # a training run's resolved config, runtime and data facts
 CLASS_NAMES_FILE = "class_names.json"
 NETSPEC_FILE = "netspec.json"  # the network spec, in training runs and in the registered model
+LEGACY_NETSPEC_FILE = "classifier.json"  # its name (and a subset of its fields) in older models
+# ResNetClassifier's hyper-parameter holding NetSpec.to_dict() in a checkpoint; it is also the
+# argument name, because Lightning's load_from_checkpoint passes hparams back as arguments.
+CKPT_NETSPEC = "spec"
 SWEEP_GRID_FILE = "sweep.json"  # a sweep parent's grid, which analysis selects runs by
 SHARDS_FOLDER = "shards"  # a sweep parent's per-shard summaries
 MODEL_ARTIFACT = "model"  # the logged MLflow Model of a training run

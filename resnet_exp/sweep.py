@@ -85,7 +85,7 @@ def _preflight(configs: list[TrainConfig]) -> None:
     resolve_runtime(configs[0])
     load_splits(configs[0])
     for blocks in dict.fromkeys(c.blocks for c in configs):
-        load_initial_weights(configs[0].replace(blocks=blocks))
+        load_initial_weights(configs[0].weights, configs[0].block, blocks)
 
 
 def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:

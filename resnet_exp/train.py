@@ -55,14 +55,15 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
     apply_runtime(runtime)
     splits = load_splits(config)
     store = open_image_store(splits, config)
-    initial = load_initial_weights(config)
+    initial = load_initial_weights(config.weights, config.block, config.blocks)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
-                                  config.learning_rate, config.to_params(), initial)
+    spec = config.net_spec(splits.class_names)  # the network, built and checkpointed from this alone
+    classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
     with tracking.training_run(config, parent) as scope:
         run_id = scope.run_id
+        tracking.log_json(spec.to_dict(), S.NETSPEC_FILE)
         facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
         scope.describe(tracking.describe_training(config, facts))
         _log_input_path(scope, store, plan)

@@ -53,6 +53,7 @@ def test_documented_defaults():
     assert (c.data, c.freeze_blocks, c.blocks, c.weights) == ("lucabaggi/animal-wildlife", 3, (2, 2, 2, 2), "imagenet")
     assert (c.batch_size, c.learning_rate, c.max_epochs, c.image_size) == (32, 3e-5, 30, 224)
     assert (c.early_stopping_patience, c.seed) == (10, 42)
+    assert c.block == "basic"
 
 
 def test_text_round_trip():
@@ -75,11 +76,29 @@ def test_names_and_hash():
     assert TrainConfig(data="lucabaggi/animal-wildlife").default_experiment_name == "resnet-exp-animal-wildlife"
 
 
+def test_bottleneck_names():
+    resnet50 = TrainConfig(data="demo", block="bottleneck", blocks=(3, 4, 6, 3), freeze_blocks=2, seed=0)
+    assert resnet50.run_name == "r50-bn3463-f2-s0" and resnet50.depth_label == "bn3463-f2"
+    assert resnet50.replace(blocks=(3, 4, 23, 3)).arch_name == "r101"
+    spec = resnet50.net_spec(["a", "b"])
+    assert (spec.block, spec.blocks, spec.class_names, spec.image_size, spec.freeze_blocks) == \
+        ("bottleneck", (3, 4, 6, 3), ("a", "b"), 224, 2)
+
+
+def test_config_hash_of_basic_configs_is_what_it_was_before_block_existed():
+    # Computed on the code before the `block` field was added: old runs and sweeps must match.
+    assert TrainConfig(data="demo").config_hash == "b357dfbd0474"
+    assert TrainConfig(data="demo", block="basic").config_hash == "b357dfbd0474"
+    bottleneck = TrainConfig(data="demo", block="bottleneck")
+    assert bottleneck.config_hash not in ("b357dfbd0474", bottleneck.replace(blocks=(3, 4, 6, 3)).config_hash)
+
+
 @pytest.mark.parametrize("changes, words", [
     ({"freeze_blocks": "7"}, ["freeze_blocks=7", "0..4"]),
     ({"freeze_blocks": "abc"}, ["freeze_blocks='abc'", "integer"]),
     ({"blocks": "2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
     ({"blocks": "2,0,2,2"}, ["blocks='2,0,2,2'", "4 positive integers"]),
+    ({"block": "wide"}, ["block='wide'", "basic, bottleneck"]),
     ({"weights": "nonsense"}, ["weights='nonsense'", "'imagenet', 'none'"]),
     ({"weights": "missing/file.pt"}, ["weights='missing/file.pt'", "no such file"]),
     ({"precision": "fp8"}, ["precision='fp8'", "32-true"]),

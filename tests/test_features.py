@@ -20,15 +20,22 @@ from resnet_exp.data import ImageSplit, load_splits
 from resnet_exp.features import plan_features
 from resnet_exp.model import build_resnet
 from resnet_exp.module import ResNetClassifier
+from resnet_exp.netspec import NetSpec
+from resnet_exp.schema import BASIC, BOTTLENECK
 
 VAL_ACC_TOLERANCE = 1 / 64 + 1e-9
 
 
+def spec(block: str, blocks: tuple[int, ...], freeze: int, num_classes: int = 5) -> NetSpec:
+    return NetSpec(block, blocks, tuple(map(str, range(num_classes))), 64, freeze)
+
+
 @pytest.mark.parametrize("freeze", [1, 2, 3, 4])
-@pytest.mark.parametrize("blocks", [(1, 1, 1, 1), (1, 2, 1, 3)], ids=lambda b: "b" + "".join(map(str, b)))
-def test_prefix_then_the_rest_is_the_whole_network(blocks, freeze):
+@pytest.mark.parametrize("block, blocks", [(BASIC, (1, 1, 1, 1)), (BASIC, (1, 2, 1, 3)), (BOTTLENECK, (1, 2, 1, 1))],
+                         ids=lambda v: v if isinstance(v, str) else "".join(map(str, v)))
+def test_prefix_then_the_rest_is_the_whole_network(block, blocks, freeze):
     torch.manual_seed(0)
-    model = build_resnet(blocks, 5, freeze).eval()
+    model = build_resnet(spec(block, blocks, freeze)).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model.forward_after_prefix(model.prefix(x)), model(x))
@@ -36,11 +43,18 @@ def test_prefix_then_the_rest_is_the_whole_network(blocks, freeze):
 
 def test_nothing_frozen_has_no_prefix():
     with pytest.raises(ValueError, match="frozen_stages >= 1"):
-        build_resnet((1, 1, 1, 1), 5, 0).prefix(torch.zeros(1, 3, 32, 32))
+        build_resnet(spec(BASIC, (1, 1, 1, 1), 0)).prefix(torch.zeros(1, 3, 32, 32))
+
+
+def test_the_plan_measures_bottleneck_features_four_times_wider():
+    config = TrainConfig(data="demo", weights="none", freeze_blocks=1, image_size=64, block=BOTTLENECK)
+    model = build_resnet(spec(BOTTLENECK, (1, 1, 1, 1), 1))
+    plan = plan_features(config, model, 100, available=10**12)
+    assert plan.use and plan.nbytes == 100 * 256 * 16 * 16 * 2 and "256x16x16 after stage 1" in plan.reason
 
 
 def test_auto_uses_the_cache_only_when_it_applies_and_fits():
-    model = build_resnet((2, 2, 2, 2), 90, 1)
+    model = build_resnet(spec(BASIC, (2, 2, 2, 2), 1, 90))
     config = TrainConfig(data="demo", weights="none", freeze_blocks=1, image_size=224)
     need = 5400 * 64 * 56 * 56 * 2  # bytes: 64x56x56 fp16 values per image after stage 1
     plan = plan_features(config, model, 5400, available=3 * need)
@@ -50,7 +64,8 @@ def test_auto_uses_the_cache_only_when_it_applies_and_fits():
     assert not plan_features(config, model, 5400, available=None).use
     off = plan_features(config.replace(feature_cache="off"), model, 5400, available=3 * need)
     assert (off.use, off.reason) == (False, "feature_cache=off")
-    unfrozen = plan_features(config.replace(freeze_blocks=0), build_resnet((2, 2, 2, 2), 90, 0), 5400, 3 * need)
+    unfrozen = plan_features(config.replace(freeze_blocks=0), build_resnet(spec(BASIC, (2, 2, 2, 2), 0, 90)),
+                             5400, 3 * need)
     assert not unfrozen.use and "freeze_blocks=0" in unfrozen.reason
 
 
@@ -79,7 +94,7 @@ def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
 
     # The checkpoint is the whole network (frozen stages included), fed raw images like any other.
     restored = ResNetClassifier.load_from_checkpoint(cached.best_checkpoint, map_location="cpu").eval()
-    fresh = ResNetClassifier(config.blocks, config.freeze_blocks, list(restored.class_names), 1e-3)
+    fresh = ResNetClassifier(config.net_spec(restored.class_names), 1e-3)
     assert restored.state_dict().keys() == fresh.state_dict().keys()
     splits = load_splits(config)
     test = ImageSplit(splits, "test", config.image_size)

@@ -19,7 +19,7 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, sweep_id
+from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, grid_entries, sweep_id
 
 TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
         "--max-epochs", "2", "--limit-batches", "3"]
@@ -50,6 +50,24 @@ def test_grid_defaults_and_order():
     # seed-major: every configuration's first seed trains before any second seed
     assert [c.run_name for c in configs[:6]] == [f"r18-b2222-f{f}-s0" for f in range(5)] + ["r18-b2222-f0-s1"]
     assert {c.learning_rate for c in configs} == {3e-5}, "other parameters pass through"
+
+
+def test_the_block_type_passes_through_one_sweep_and_is_listed_in_its_grid():
+    base = TrainConfig(data="demo", block="bottleneck")
+    configs = SweepGrid(blocks="1,1,1,1;3,4,6,3", freeze_blocks="2", seeds="1").expand(base)
+    assert [c.run_name for c in configs] == ["r14-bn1111-f2-s0", "r50-bn3463-f2-s0"]
+    entries = grid_entries(configs)
+    assert [(e["block"], e["depth_label"]) for e in entries] == [("bottleneck", "bn1111-f2"), ("bottleneck", "bn3463-f2")]
+    basic = SweepGrid(blocks="3,4,6,3", freeze_blocks="2", seeds="1").expand(TrainConfig(data="demo"))
+    assert basic[0].config_hash != configs[1].config_hash  # ResNet34 and ResNet50 stay apart
+
+
+def test_a_bottleneck_sweep_without_its_imagenet_weights_stops_before_any_run(tmp_path, data_dir, tracking_uri):
+    args = sweep_args(data_dir, tmp_path, "--block", "bottleneck", "--weights", "imagenet", "--seeds", "1")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "resnet50" in result.output and "Traceback" not in result.output
+    client = MlflowClient(tracking_uri)
+    assert children(client) == [] and sweeps(client) == []
 
 
 def test_shards_cover_the_grid_exactly_once_and_share_one_sweep_id():

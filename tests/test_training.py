@@ -6,13 +6,20 @@ import json
 import subprocess
 from pathlib import Path
 
+import mlflow
 import pytest
+import torch
+import torchvision
 from mlflow import MlflowClient
+from torchvision.models.resnet import Bottleneck
 
 from conftest import REPO, tiny_config
 from resnet_exp import schema as S
+from resnet_exp.data import ImageSplit, load_splits
 from resnet_exp.demo import CLASSES
 from resnet_exp.errors import ConfigError
+from resnet_exp.inference import ImageClassifier, read_spec
+from resnet_exp.model import torchvision_cache_file
 from resnet_exp.module import ResNetClassifier
 from resnet_exp.train import train
 
@@ -41,7 +48,7 @@ def test_a_direct_run_names_its_experiment_and_run_from_the_config(tmp_path, dat
     restored = ResNetClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu")
     logged = client.download_artifacts(result.run_id, "class_names.json", str(tmp_path))
     assert restored.class_names == json.loads(Path(logged).read_text()) == list(CLASSES)
-    assert restored.model.frozen_stages == 1 and restored.hparams.config["seed"] == "3"
+    assert restored.model.frozen_stages == 1 and restored.hparams.config_params["seed"] == "3"
     restored.train()
     assert not restored.model.layer1.training and restored.model.layer2.training
 
@@ -69,3 +76,52 @@ def test_a_stale_run_id_pointing_at_other_params_is_refused(tmp_path, data_dir, 
     with pytest.raises(ConfigError, match="already has freeze_blocks='4'"):
         train(tiny_config(data_dir, tmp_path / "results", freeze_blocks=2))  # 3e-5 == 0.00003: no clash
     assert MlflowClient(tracking_uri).get_run(old.info.run_id).info.status == "FAILED"
+
+
+def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_network(tmp_path, data_dir, tracking_uri):
+    config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(3, 4, 6, 3),
+                         freeze_blocks=3, max_epochs=1, limit_batches=2, seed=0)
+    result = train(config)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.run_name == "r50-bn3463-f3-s0" and run.info.status == "FINISHED"
+    assert run.data.params["block"] == "bottleneck" and run.data.tags[S.TAG_DEPTH] == "bn3463-f3"
+    assert run.data.params[S.TOTAL_PARAMS] == str(23_508_032 + 2048 * len(CLASSES) + len(CLASSES))
+    logged = read_spec(client.download_artifacts(result.run_id, S.NETSPEC_FILE, str(tmp_path)))
+    assert logged == config.net_spec(CLASSES)
+
+    # The Lightning checkpoint and the weights-only rebuild are the same Bottleneck network.
+    trained = ResNetClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu").eval()
+    rebuilt = ImageClassifier.from_checkpoint(result.best_checkpoint)
+    assert rebuilt.spec == trained.spec == logged
+    assert isinstance(rebuilt.network.layer1[0], Bottleneck)
+    test = ImageSplit(load_splits(config), "test", config.image_size)
+    x = torch.stack([test[i][0] for i in range(8)])
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.network.cpu()(x), trained(x), atol=1e-5)
+
+    # So is the logged (and registered) MLflow Model.
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(result.model_uri).unwrap_python_model()
+    assert model.classifier.spec == logged and isinstance(model.classifier.network.layer4[2], Bottleneck)
+    assert result.registered is not None and result.registered.aliases == ("champion", "best-bn3463-f3")
+
+
+def test_a_bottleneck_network_starts_from_truncated_resnet50_weights(tmp_path, data_dir, tracking_uri, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = torchvision_cache_file("resnet50")  # where torchvision looks for the download
+    assert cached.name == Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    imagenet = torchvision.models.resnet50().state_dict()  # the shapes of the real file
+    torch.save(imagenet, cached)
+    config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(2, 2, 2, 2), weights="imagenet",
+                         freeze_blocks=3, max_epochs=1, limit_batches=2, registered_model_name="none")
+    result = train(config)
+    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    assert run.data.params[S.INITIAL_WEIGHTS] == "resnet50"
+    state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    # Frozen and copied: still the file's. Trainable and copied: moved away from it by training.
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer3.1.conv3.weight", "layer3.1.bn3.running_mean"):
+        assert torch.equal(state[f"model.{key}"], imagenet[key]), key
+    assert not torch.equal(state["model.layer4.1.conv3.weight"], imagenet["layer4.1.conv3.weight"])
