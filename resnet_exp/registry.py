@@ -149,7 +149,7 @@ def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) ->
         S.TAG_DEPTH: config.depth_label,
         S.TAG_ARCH: config.arch_name,
         S.TAG_CONFIG_HASH: config.config_hash,
-        **{name: params[name] for name in (S.BLOCKS, S.FREEZE_BLOCKS, S.WEIGHTS, S.SEED, S.IMAGE_SIZE)},
+        **{name: params[name] for name in (S.BLOCK, S.BLOCKS, S.FREEZE_BLOCKS, S.WEIGHTS, S.SEED, S.IMAGE_SIZE)},
         **{name: repr(metrics[name]) for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics},
     }
 
