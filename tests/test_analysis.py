@@ -22,6 +22,7 @@ from analysis import AnalysisConfig, analyze, format_ranking
 from analysis import columns as C
 from analysis import rank, runs
 from analysis.plots import PLOT_FILES, PLOTS
+from conftest import new_store
 from resnet_exp import metrics as M
 from resnet_exp import tracking
 from resnet_exp.errors import ConfigError, DataError
@@ -113,7 +114,7 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def study_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     folder = tmp_path_factory.mktemp("study")
-    ids = build_study(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), folder / "artifacts")
+    ids = build_study(MlflowClient(new_store(folder / "mlflow.db")), folder / "artifacts")
     return folder / "mlflow.db", ids
 
 

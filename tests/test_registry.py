@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import subprocess_env, tiny_config
+from conftest import new_store, subprocess_env, tiny_config
 from resnet_exp import metrics as M
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
@@ -33,7 +33,7 @@ MODEL = "resnet-demo"
 
 
 def make_versions(tmp_path: Path, accuracies: list[float], label: str = "b2222-f2") -> MlflowClient:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'registry.db'}")
+    client = MlflowClient(new_store(tmp_path / "registry.db"))
     client.create_registered_model(MODEL)
     for acc in accuracies:
         client.create_model_version(MODEL, str(tmp_path), tags={M.VAL_ACC: str(acc), "depth_label": label})
@@ -89,7 +89,7 @@ def registry(tmp_path_factory, data_dir):
     from resnet_exp.train import train
 
     work = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = new_store(work / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(work)
