@@ -105,7 +105,7 @@ def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: Ima
 
 
 def _log_input_path(config: TrainConfig, store: ImageStore, plan: FeaturePlan) -> None:
-    """Which input path the run took, so that runs stay comparable (README: What a run records)."""
+    """Which input path the run took, so that runs stay comparable (docs/tracking.md)."""
     tracking.log_params(config, {"resolved/feature_cache": plan.state})
     mlflow.set_tags({"image_store": str(store.root), "feature_cache_reason": plan.reason})
     mlflow.log_metrics({M.IMAGE_STORE_TIME: store.seconds, M.FEATURE_CACHE_TIME: plan.seconds})
