@@ -220,6 +220,7 @@ def test_configurations_sharing_a_depth_label_stay_apart(study):
     assert "max_epochs" in note and "seed" not in note
 
 
+@pytest.mark.slow
 def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     result = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
     assert result.output_folder == tmp_path / "out" / "demo" / "analysis"
