@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 _SANDBOX = Path(tempfile.mkdtemp(prefix="resnet-exp-tests-"))
@@ -31,6 +34,14 @@ os.environ.update({
 os.environ.pop("MLFLOW_RUN_ID", None)
 
 
+@event.listens_for(Engine, "connect")
+def _no_fsync_for_test_stores(connection, _record) -> None:
+    """Test stores are thrown away, so SQLite need not wait for the disk after each commit: this
+    makes logging through MLflow in this process about 40% faster (30 runs: 5.2-5.9 s -> 3.3 s)."""
+    if type(connection).__module__ == "sqlite3":
+        connection.execute("PRAGMA synchronous = OFF")
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
@@ -40,6 +51,16 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every test from its own folder: a SQLite store puts artifacts under `./mlruns` of the
     working directory, which must never be the checkout."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> None:
+    """Tests compute on tiny tensors (4 images of 32 px), where a second torch thread buys
+    nothing, and on a busy 2-core machine its barriers cost 3-8x per forward, backward and
+    optimizer step (measured with ResNet34). A training under test still sets its own threads
+    (hardware.apply_runtime), as in production; the next test starts again from one."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +73,35 @@ def data_dir() -> Path:
     return folder
 
 
+_EMPTY_STORE = _SANDBOX / "empty-store" / "mlflow.db"
+
+
+def new_store(path: Path) -> str:
+    """Put an empty SQLite tracking store at `path` and return its URI.
+
+    Creating MLflow's tables runs its schema migrations: 4-9 s per store on 2 cores. They run
+    once per session into a template, and each store is a copy of it (milliseconds). The
+    template's Default experiment is deleted, so MLflow recreates it when a copy is first
+    opened, with its artifacts under `./mlruns` of that moment's working directory, as for a
+    store made from scratch."""
+    if not _EMPTY_STORE.exists():
+        from mlflow import MlflowClient
+
+        _EMPTY_STORE.parent.mkdir(parents=True, exist_ok=True)
+        building = _EMPTY_STORE.with_name("building.db")
+        MlflowClient(f"sqlite:///{building}").search_experiments()  # creates the tables
+        with sqlite3.connect(building) as db:
+            db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        building.rename(_EMPTY_STORE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_EMPTY_STORE, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite tracking store for this test, also seen by subprocesses."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

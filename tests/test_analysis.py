@@ -29,6 +29,7 @@ from analysis import AnalysisConfig, analyze, format_ranking
 from analysis import columns as C
 from analysis import plots, rank, runs
 from analysis.plots import PLOT_FILES
+from conftest import new_store
 from resnet_exp import schema as S
 from resnet_exp.runs import tracking_uri
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
@@ -144,7 +145,7 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def study_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     folder = tmp_path_factory.mktemp("study")
-    ids = build_study(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), folder / "artifacts")
+    ids = build_study(MlflowClient(new_store(folder / "mlflow.db")), folder / "artifacts")
     return folder / "mlflow.db", ids
 
 
@@ -285,6 +286,7 @@ def test_configurations_sharing_a_depth_label_stay_apart(study):
     assert "max_epochs" in note and "seed" not in note
 
 
+@pytest.mark.slow
 def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     result = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
     assert result.output_folder == tmp_path / "out" / "demo" / "analysis"

@@ -23,6 +23,7 @@ def benchmark(name: str, *args: str, tmp_path=None, expect: int = 0) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1]) if expect == 0 else {"stderr": result.stderr}
 
 
+@pytest.mark.slow
 def test_freeze_speed_prints_ratios_against_its_baseline():
     summary = benchmark("freeze_speed.py", "--image-size", "32", "--steps", "1", "--batch-size", "4")
     assert summary["speedup_vs_freeze0"]["0"] == 1.0 and set(summary["images_per_s"]) == {"0", "1", "2", "3", "4"}

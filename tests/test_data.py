@@ -152,6 +152,7 @@ def test_stratified_split_is_deterministic_disjoint_and_stratified():
     assert np.bincount(labels[first["validation"]]).tolist() == [2, 4, 6, 8]
 
 
+@pytest.mark.slow
 def test_the_split_follows_the_seed_end_to_end(data_dir):
     one = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))
     same = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))

@@ -5,7 +5,7 @@ with the same seed, and a checkpoint that is the whole network.
 Tolerance: val_acc per epoch within VAL_ACC_TOLERANCE (one image of the 64 the tiny runs
 validate on), val_loss within 1% relative. Measured differences are smaller: identical under
 bf16-mixed (bf16 values are exact in fp16), at most one validation image in 80 at 64 px, 3
-epochs and fp32 (see README, Performance)."""
+epochs and fp32 (see docs/performance.md)."""
 
 from __future__ import annotations
 

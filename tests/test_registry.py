@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import subprocess_env, tiny_config
+from conftest import new_store, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
@@ -34,7 +34,7 @@ MODEL = "resnet-demo"
 
 
 def make_versions(tmp_path: Path, accuracies: list[float], label: str = "b2222-f2") -> MlflowClient:
-    client = MlflowClient(f"sqlite:///{tmp_path / 'registry.db'}")
+    client = MlflowClient(new_store(tmp_path / "registry.db"))
     client.create_registered_model(MODEL)
     for acc in accuracies:
         client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: str(acc), "depth_label": label})
@@ -90,7 +90,7 @@ def registry(tmp_path_factory, data_dir):
     from resnet_exp.train import train
 
     work = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = new_store(work / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10

@@ -1,0 +1,54 @@
+"""The docs stay a front door and a set of pages that link up: README.md is short, every relative
+link in README.md and docs/*.md reaches a file, and the README shows the commands CI runs."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
+
+
+def relative_links(page: Path) -> list[str]:
+    """Link targets that are not URLs or same-page anchors; code blocks and spans are skipped."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    targets = LINK.findall(text)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|#", t)]
+
+
+def test_the_readme_fits_in_five_minutes():
+    lines = len(README.read_text().splitlines())
+    assert lines <= 160, f"README.md has {lines} lines; move details into docs/"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_relative_link_reaches_a_file(page: Path):
+    links = relative_links(page)
+    missing = [t for t in links if not (page.parent / t.split("#")[0]).exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {(README.parent / t.split("#")[0]).resolve() for t in relative_links(README)}
+    assert set(PAGES[1:]) <= linked, "a page in docs/ that the README does not link"
+
+
+def test_the_readme_shows_the_commands_ci_runs():
+    """The install line and the test commands of .ci/run appear verbatim in README.md, in the
+    same order: a newcomer runs what CI runs."""
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    install = [line for line in ci if line.startswith("pip install ")]
+    tiers = [shlex.join(shlex.split(line)[1:]) for line in ci if line.startswith("tier ")]
+    assert install and tiers == ["pytest -m 'not slow'", "pytest -m slow"]
+    readme = README.read_text()
+    assert all(line in readme for line in install)
+    shown = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pytest -m")]
+    assert [shlex.join(shlex.split(line)) for line in shown] == tiers
