@@ -57,7 +57,7 @@ def test_the_block_type_passes_through_one_sweep_and_is_listed_in_its_grid():
     configs = SweepGrid(blocks="1,1,1,1;3,4,6,3", freeze_blocks="2", seeds="1").expand(base)
     assert [c.run_name for c in configs] == ["r14-bn1111-f2-s0", "r50-bn3463-f2-s0"]
     entries = grid_entries(configs)
-    assert [(e["block"], e["depth_label"]) for e in entries] == [("bottleneck", "bn1111-f2"), ("bottleneck", "bn3463-f2")]
+    assert [(e[S.BLOCK], e[S.TAG_DEPTH]) for e in entries] == [("bottleneck", "bn1111-f2"), ("bottleneck", "bn3463-f2")]
     basic = SweepGrid(blocks="3,4,6,3", freeze_blocks="2", seeds="1").expand(TrainConfig(data="demo"))
     assert basic[0].config_hash != configs[1].config_hash  # ResNet34 and ResNet50 stay apart
 
