@@ -145,8 +145,7 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
 
     The run is `run_id` when given (the one `mlflow run` created, or a sweep's parent found
     again), else a new run in `experiment_id`, or in `experiment_name` (created, with
-    `experiment_note`, if missing),
-    nested under `parent_run_id` if given. `active` makes it MLflow's active run, for code that
+    `experiment_note`, if missing), nested under `parent_run_id` if given. `active` makes it MLflow's active run, for code that
     logs through the fluent API (Lightning's logger, log_model); `system_metrics` starts MLflow's
     CPU/memory/GPU monitor for it."""
     client = MlflowClient(use_tracking_store())

@@ -98,7 +98,7 @@ def describe_training(config: TrainConfig, facts: Mapping[str, str], outcome: Ou
     frozen = (f"the stem and the first {config.freeze_blocks} of 4 stages frozen"
               if config.freeze_blocks else "every stage trained")
     sizes = "/".join(facts.get(S.SPLIT_SIZE.format(split=name), "?") for name in SPLITS)
-    text = (f"{config.arch_name} ({config.to_params()[S.BLOCKS]} blocks per stage) with {frozen}, "
+    text = (f"{config.arch_name} ({config.block} blocks {config.to_params()[S.BLOCKS]} per stage) with {frozen}, "
             f"seed {config.seed}, trained on {config.data} ({facts.get(S.NUM_CLASSES, '?')} classes; "
             f"{sizes} train/validation/test images) from {describe_weights(config.weights)}.")
     if outcome is None:

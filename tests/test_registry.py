@@ -188,7 +188,7 @@ def test_runs_experiments_and_models_describe_themselves(registry):
     uri, client, results, _ = registry
     run = client.get_run(results[0].run_id)
     note = run.data.tags[S.MLFLOW_NOTE]
-    assert "r18" in note and "2,2,2,2" in note and "first 2 of 4 stages frozen" in note and "seed 1" in note
+    assert "r18 (basic blocks 2,2,2,2 per stage)" in note and "first 2 of 4 stages frozen" in note and "seed 1" in note
     assert "demo" in note and "random initialisation" in note
     assert f"epoch {int(run.data.metrics[S.BEST_EPOCH])}" in note and f"{results[0].metrics[S.TEST_ACC]:.4f}" in note
     assert run.data.tags[S.MLFLOW_SOURCE_NAME] and run.data.tags[S.MLFLOW_USER]
