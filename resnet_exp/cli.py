@@ -56,6 +56,14 @@ def user_message(err: UserError) -> str:
     return text
 
 
+def disk_failure(err: OSError) -> Exception:
+    """A full disk, a read-only filesystem or a refused permission as one line naming the path;
+    any other OSError is a bug and keeps its traceback."""
+    from resnet_exp.disk import disk_error, is_disk_error
+
+    return click.ClickException(str(disk_error(err))) if is_disk_error(err) else err
+
+
 @click.group()
 def main() -> None:
     """ResNet depth experiments tracked in MLflow."""
@@ -74,6 +82,8 @@ def train(**values: Any) -> None:
         result = run_training(config)
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
+    except OSError as err:
+        raise disk_failure(err) from None
     acc = result.metrics.get(TEST_ACC)
     click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
                else f"run {result.run_id} finished")
@@ -118,6 +128,8 @@ def sweep(**values: Any) -> None:
         result = run_sweep(grid, base)
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
+    except OSError as err:
+        raise disk_failure(err) from None
     from resnet_exp.sweep import FAILED, SKIPPED, TRAINED
 
     click.echo(f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "

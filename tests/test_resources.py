@@ -57,3 +57,147 @@ def test_atomic_folders_follow_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in
              (tmp_path / "shared", tmp_path / "shared" / "sub", tmp_path / "shared" / "sub" / "file.bin")}
     assert modes == {"shared": 0o755, "sub": 0o755, "file.bin": 0o644}
+
+
+# --- disk errors before the run, and checkpoints that are complete or absent --------------------
+
+
+def unwritable_folder(tmp_path):
+    """A folder nobody can create: its parent is a regular file (chmod does not stop root)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker / "sub"
+
+
+@pytest.mark.parametrize("option", ["output_dir", "data_dir"])
+def test_an_unwritable_folder_is_refused_before_any_run_opens(tmp_path, data_dir, tracking_uri, option):
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from resnet_exp.errors import DiskError
+    from resnet_exp.train import train
+
+    bad = unwritable_folder(tmp_path)
+    config = tiny_config(data_dir, tmp_path / "results").replace(**{option: str(bad)})
+    with pytest.raises(DiskError) as err:
+        train(config)
+    message = str(err.value)
+    assert f"{option}={str(bad)!r} is not a writable folder" in message and "\n" not in message
+    client = MlflowClient(tracking_uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder")
+def test_a_read_only_folder_is_refused(tmp_path):
+    from resnet_exp.disk import check_writable
+    from resnet_exp.errors import DiskError
+
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    with pytest.raises(DiskError, match="output_dir=.*ro' is not a writable folder"):
+        check_writable(folder, "output_dir")
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(tmp_path, monkeypatch):
+    """A disk that fills while the checkpoint is written (simulated at the flush)."""
+    import errno
+
+    import torch
+
+    from resnet_exp import checkpoints
+    from resnet_exp.errors import DiskError
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", full)
+    target = tmp_path / "ckpt" / "epoch01.ckpt"
+    io = checkpoints.AtomicCheckpointIO()
+    with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
+        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
+    assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
+    monkeypatch.undo()
+    io.save_checkpoint({"w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["w"].tolist() == [1, 1, 1] and io.seconds > 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs; needs root, skipped where mounting is refused)."""
+    import subprocess
+
+    folder = tmp_path / "tiny-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
+    import torch
+
+    from resnet_exp.checkpoints import AtomicCheckpointIO
+    from resnet_exp.errors import DiskError
+
+    target = tiny_disk / "checkpoints" / "last.ckpt"
+    with pytest.raises(DiskError) as err:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
+    message = str(err.value)
+    assert message.startswith("No space left on device: ") and str(target) in message
+    assert "needs 8.0 MB" in message and "MB free there" in message and "\n" not in message
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_cli_reports_a_full_disk_in_one_line(tiny_disk, data_dir, tmp_path, tracking_uri):
+    """A real training whose output_dir fills up: one line naming the checkpoint and its size,
+    no traceback, a FAILED run, and no file that looks finished."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import subprocess_env
+
+    command = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+               "--output-dir", str(tiny_disk), "--weights", "none", "--image-size", "32",
+               "--max-epochs", "1", "--limit-batches", "2", "--freeze-blocks", "4",
+               "--registered-model-name", "none"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: No space left on device: ") and ".ckpt" in last and "needs" in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not list(tiny_disk.rglob("*.ckpt")) and not list(tiny_disk.rglob("*.tmp"))
+    client = MlflowClient(tracking_uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(tmp_path, data_dir, tracking_uri):
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from resnet_exp import schema as S
+    from resnet_exp.train import train
+
+    start = time.perf_counter()
+    result = train(tiny_config(data_dir, tmp_path / "results"))
+    wall = time.perf_counter() - start
+    metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    missing = [name for name in (*S.PHASE_TIMES, S.RUN_TIME) if name not in metrics]
+    assert not missing
+    assert all(metrics[name] >= 0 for name in S.PHASE_TIMES)
+    assert metrics[S.FIT_TIME] > 0 and metrics[S.CHECKPOINT_TIME] > 0 and metrics[S.REGISTER_TIME] > 0
+    assert sum(metrics[name] for name in S.PHASE_TIMES) <= metrics[S.RUN_TIME] <= wall
+    folder = __import__("pathlib").Path(result.best_checkpoint).parent
+    assert list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))
