@@ -22,6 +22,7 @@ from resnet_exp import schema as S
 from resnet_exp import registry, tracking
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import load_splits
+from resnet_exp.disk import check_writable
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
@@ -60,8 +61,7 @@ class SweepResult:
 
 def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     """Train this shard's part of the grid under one parent run; returns what became of each."""
-    configs = grid.expand(base)
-    _preflight(configs)
+    configs = _preflight(grid.expand(base))
     sid = sweep_id(configs)
     existing, experiment_id = _find_parent(base, sid)
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), experiment_id=experiment_id, run_id=existing,
@@ -76,13 +76,18 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     return result
 
 
-def _preflight(configs: list[TrainConfig]) -> None:
-    """Fail on a bad precision, unusable data or unavailable weights before any run exists,
-    instead of once per child. Loads each distinct input once; the children reuse the caches."""
-    resolve_runtime(configs[0])
+def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
+    """Fail on a bad precision, unwritable folders, unusable data or unavailable weights before
+    any run exists, instead of once per child. Loads each distinct input once; the children
+    reuse the caches. Returns the configs with precision resolved once for all cells: runs that
+    are compared must agree on it, and a measured `auto` could tip either way per child."""
+    check_writable(configs[0].output_dir, S.OUTPUT_DIR)
+    check_writable(configs[0].data_dir, S.DATA_DIR)
+    precision = resolve_runtime(configs[0]).precision
     load_splits(configs[0])
     for blocks in dict.fromkeys(c.blocks for c in configs):
         load_initial_weights(configs[0].replace(blocks=blocks))
+    return [c.replace(precision=precision) for c in configs]
 
 
 def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:

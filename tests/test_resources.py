@@ -201,3 +201,89 @@ def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(tmp_path, da
     assert sum(metrics[name] for name in S.PHASE_TIMES) <= metrics[S.RUN_TIME] <= wall
     folder = __import__("pathlib").Path(result.best_checkpoint).parent
     assert list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))
+
+
+# --- precision by evidence ---------------------------------------------------------------------
+
+
+def cpu_only():
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("precision is measured on CPUs only")
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(data="demo", blocks=(1, 1, 1, 1), image_size=32, batch_size=4)
+    return TrainConfig(**{**values, **changes})
+
+
+def test_auto_precision_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import json
+    import time
+
+    from resnet_exp import hardware
+
+    cpu_only()
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path / "cache"))
+    measured = []
+    real = hardware.measure_bf16_speedup
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: measured.append(a) or real(*a))
+    first = hardware.resolve_runtime(small_config())
+    start = time.perf_counter()
+    second = hardware.resolve_runtime(small_config())
+    assert time.perf_counter() - start < 0.5 and len(measured) == 1
+    assert first == second and first.precision in ("bf16-mixed", "32-true") and first.bf16_speedup > 0
+    assert (first.precision == "bf16-mixed") == (first.bf16_speedup >= hardware.BF16_MARGIN)
+    cache = json.loads((tmp_path / "cache" / "precision.json").read_text())
+    key = hardware.precision_key(small_config(), first.torch_threads)
+    assert cache[key] == {"precision": first.precision, "bf16_speedup": first.bf16_speedup}
+    assert hardware.cpu_model() in key and "32px" in key and "1,1,1,1" in key
+    params = first.to_params()
+    assert params["resolved/precision"] == first.precision
+    assert params["resolved/bf16_speedup"] == str(first.bf16_speedup)
+    hardware.resolve_runtime(small_config(image_size=64))  # another size is measured anew
+    assert len(measured) == 2
+
+
+@pytest.mark.parametrize("precision, speedup", [("bf16-mixed", 1.56), ("32-true", 0.04)])
+def test_a_cached_decision_is_honoured_without_measuring(tmp_path, monkeypatch, precision, speedup):
+    import json
+
+    from resnet_exp import hardware
+
+    cpu_only()
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: pytest.fail("measured"))
+    threads = hardware.resolve_runtime(small_config(precision="32-true")).torch_threads
+    key = hardware.precision_key(small_config(), threads)
+    (tmp_path / "precision.json").write_text(json.dumps({key: {"precision": precision, "bf16_speedup": speedup}}))
+    runtime = hardware.resolve_runtime(small_config())
+    assert (runtime.precision, runtime.bf16_speedup) == (precision, speedup)
+
+
+def test_an_explicit_precision_is_not_measured(tmp_path, monkeypatch):
+    from resnet_exp import hardware
+
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: pytest.fail("measured"))
+    for precision in ("32-true", "bf16-mixed"):
+        runtime = hardware.resolve_runtime(small_config(precision=precision))
+        assert runtime.precision == precision and runtime.bf16_speedup is None
+        assert "resolved/bf16_speedup" not in runtime.to_params()
+    assert not (tmp_path / "precision.json").exists()
+
+
+def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, tmp_path):
+    from resnet_exp import hardware, sweep
+    from resnet_exp.grid import SweepGrid
+
+    calls = []
+    monkeypatch.setattr(sweep, "resolve_runtime", lambda c: calls.append(c) or
+                        hardware.Runtime("cpu", "bf16-mixed", 0, 1, False, True, 1.5))
+    monkeypatch.setattr(sweep, "load_initial_weights", lambda c: None)
+    grid = SweepGrid(freeze_blocks="1,2", blocks="1,1,1,1", seeds="2")
+    base = TrainConfig(data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32)
+    configs = sweep._preflight(grid.expand(base))
+    assert len(calls) == 1 and len(configs) == 4
+    assert {c.precision for c in configs} == {"bf16-mixed"}
