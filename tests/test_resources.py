@@ -287,3 +287,61 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     configs = sweep._preflight(grid.expand(base))
     assert len(calls) == 1 and len(configs) == 4
     assert {c.precision for c in configs} == {"bf16-mixed"}
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_a_ctrl_c_waits_for_the_store_write_to_finish():
+    import signal
+
+    from resnet_exp.runs import interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the write finished")
+    assert done == ["the write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_keeps_the_epochs_it_showed(data_dir, tmp_path, tracking_uri):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import subprocess_env
+
+    command = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+               "--output-dir", str(tmp_path / "results"), "--weights", "none", "--image-size", "32",
+               "--max-epochs", "200", "--early-stopping-patience", "200", "--limit-batches", "2",
+               "--freeze-blocks", "2", "--registered-model-name", "none", "--precision", "32-true"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env=subprocess_env())
+        deadline = time.monotonic() + 400
+        while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    text = log.read_text()
+    assert process.returncode == 130, text[-3000:]
+    after = text[text.index("epoch 1:"):].strip().splitlines()
+    # What a run prints as it ends anyway (MLflow's system-metrics monitor stopping) is not noise
+    lines = [line for line in after[1:] if " INFO " not in f" {line}"]
+    assert len(lines) == 1 and re.fullmatch(r"interrupted: run [0-9a-f]{32} marked KILLED", lines[0]), text[-3000:]
+    assert "Traceback" not in text and "ProgrammingError" not in text
+    run_id = lines[0].split()[2]
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    shown = {int(m) for m in re.findall(r"epoch (\d+): train_loss", text)}
+    stored = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    assert shown <= stored  # every epoch whose line was printed has its train metrics stored
