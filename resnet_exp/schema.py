@@ -41,6 +41,7 @@ FEATURE_CACHE_TIME = f"{SETUP}feature_cache_s"  # seconds to compute frozen-stag
 # checkpoint writes made during the fit, which checkpoint_s counts, so the phases add up to no
 # more than run_s, the wall time of the whole training call.
 PHASE = "time/"
+PRECISION_TIME = f"{PHASE}precision_s"  # resolving precision=auto: measured on first use, then cached
 DATA_TIME = f"{PHASE}data_s"  # loading and checking the data (demo generation included)
 FIT_TIME = f"{PHASE}fit_s"  # trainer.fit, checkpoint writes excluded
 TEST_TIME = f"{PHASE}test_s"  # trainer.test with the best checkpoint
@@ -48,7 +49,7 @@ CHECKPOINT_TIME = f"{PHASE}checkpoint_s"  # writing checkpoint files (during fit
 MODEL_LOG_TIME = f"{PHASE}model_log_s"  # logging the best checkpoint as an MLflow Model
 REGISTER_TIME = f"{PHASE}register_s"  # registering it and moving the aliases (0: not registered)
 RUN_TIME = f"{PHASE}run_s"  # the whole training call, from config to registered model
-PHASE_TIMES = (DATA_TIME, IMAGE_STORE_TIME, FEATURE_CACHE_TIME, FIT_TIME, TEST_TIME, CHECKPOINT_TIME,
+PHASE_TIMES = (PRECISION_TIME, DATA_TIME, IMAGE_STORE_TIME, FEATURE_CACHE_TIME, FIT_TIME, TEST_TIME, CHECKPOINT_TIME,
                MODEL_LOG_TIME, REGISTER_TIME)
 # A sweep's parent run, per shard (step = shard index)
 SWEEP_TRAINED = f"{SWEEP}children_trained"

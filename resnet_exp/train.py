@@ -57,7 +57,8 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
     phases = Phases()
     check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
     check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
-    runtime = resolve_runtime(config)
+    with phases.timed(S.PRECISION_TIME):
+        runtime = resolve_runtime(config)
     apply_runtime(runtime)
     with phases.timed(S.DATA_TIME):
         splits = load_splits(config)
