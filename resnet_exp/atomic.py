@@ -26,6 +26,7 @@ def build_atomically(target: Path, write: Callable[[Path], None]) -> bool:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write(staging)
+        share_like_umask(staging)
         os.replace(staging, target)
         return True
     except OSError:
@@ -47,6 +48,7 @@ def replace_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     retired = target.parent / f".{target.name}-old-{staging.name.rsplit('-', 1)[-1]}"
     try:
         write(staging)
+        share_like_umask(staging)
         if target.exists():
             os.replace(target, retired)
         os.replace(staging, target)
@@ -54,3 +56,28 @@ def replace_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
     return target
+
+
+def share_like_umask(folder: Path) -> None:
+    """Give a finished folder the modes a plain mkdir/open would have: mkdtemp makes it 0700,
+    which locks colleagues sharing a data_dir out. Folders 0o777 & ~umask, files 0o666 & ~umask
+    (with the usual 022: 0755 and 0644)."""
+    umask = current_umask()
+    for path in (folder, *folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where possible: os.umask() can only read it by
+    setting it, which races with threads creating files meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask

@@ -23,7 +23,10 @@ class EpochTimer(pl.Callback):
     `train_images_per_s` (training images per second of the epoch's training part, data
     loading included)."""
 
+    pending_line = ""
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._print_pending_line()
         self.epoch_start = time.perf_counter()
         self.train_seconds = 0.0
         self.images = 0
@@ -41,7 +44,17 @@ class EpochTimer(pl.Callback):
         if self.train_seconds > 0:
             pl_module.log(S.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)
         # One line per epoch, readable where the progress bar is off (logs, CI, pipes).
+        # Printed once Lightning has stored the epoch's metrics (right after this hook), so a
+        # Ctrl-C never leaves an epoch shown but unrecorded.
         values = {k: trainer.callback_metrics[k] for k in SUMMARY if k in trainer.callback_metrics}
-        log.info("epoch %d: %s (%.1f s)", trainer.current_epoch,
-                 " ".join(f"{k}={float(v):.4f}" for k, v in values.items()),
-                 time.perf_counter() - self.epoch_start)
+        self.pending_line = "epoch %d: %s (%.1f s)" % (
+            trainer.current_epoch, " ".join(f"{k}={float(v):.4f}" for k, v in values.items()),
+            time.perf_counter() - self.epoch_start)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._print_pending_line()
+
+    def _print_pending_line(self) -> None:
+        if self.pending_line:
+            log.info("%s", self.pending_line)
+            self.pending_line = ""

@@ -56,10 +56,37 @@ def user_message(err: UserError) -> str:
     return text
 
 
+def disk_failure(err: OSError) -> Exception:
+    """A full disk, a read-only filesystem or a refused permission as one line naming the path;
+    any other OSError is a bug and keeps its traceback."""
+    from resnet_exp.disk import disk_error, is_disk_error
+
+    return click.ClickException(str(disk_error(err))) if is_disk_error(err) else err
+
+
+def interrupted(err: BaseException) -> BaseException:
+    """Ctrl-C or SIGTERM during a run: one line saying which run it marked KILLED, then the exit
+    status of a process ended by that signal (130 or 143)."""
+    run_id = getattr(err, "killed_run_id", None)
+    if run_id is None:
+        return err  # not inside a run: nothing was recorded
+    click.echo(f"interrupted: run {run_id} marked KILLED", err=True)
+    code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
+    return SystemExit(code)
+
+
+class _LightningInterruptLine(logging.Filter):
+    """Lightning announces a Ctrl-C with a line of its own; ours names the run instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in record.getMessage()
+
+
 @click.group()
 def main() -> None:
     """ResNet depth experiments tracked in MLflow."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_LightningInterruptLine())
 
 
 @main.command()
@@ -72,8 +99,12 @@ def train(**values: Any) -> None:
         from resnet_exp.train import train as run_training
 
         result = run_training(config)
+    except (KeyboardInterrupt, SystemExit) as err:
+        raise interrupted(err) from None
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
+    except OSError as err:
+        raise disk_failure(err) from None
     acc = result.metrics.get(TEST_ACC)
     click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
                else f"run {result.run_id} finished")
@@ -116,8 +147,12 @@ def sweep(**values: Any) -> None:
         from resnet_exp.sweep import run_sweep  # heavy imports after validation
 
         result = run_sweep(grid, base)
+    except (KeyboardInterrupt, SystemExit) as err:
+        raise interrupted(err) from None
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
+    except OSError as err:
+        raise disk_failure(err) from None
     from resnet_exp.sweep import FAILED, SKIPPED, TRAINED
 
     click.echo(f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "

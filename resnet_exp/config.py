@@ -136,9 +136,9 @@ class TrainConfig:
     num_workers: int | None = _option(None, "DataLoader worker processes ('auto': 0 on small CPUs, "
                                             "so workers never compete with training threads).",
                                       _parse_optional_int, affects_result=False)
-    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA, bf16 mixed on CPUs with "
-                                     "native bf16, else fp32), 32-true, "
-                                     "16-mixed or bf16-mixed.")
+    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA; on a CPU bf16 mixed where "
+                                     "a short measurement finds it faster, else fp32; cached, see "
+                                     "docs/resources.md), 32-true, 16-mixed or bf16-mixed.")
     experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
                                            "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
                                    affects_result=False)

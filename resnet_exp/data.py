@@ -114,6 +114,7 @@ def _load_folder(root: Path) -> "datasets.DatasetDict":
     if not class_dirs:
         raise DataError(f"{root} has no subfolders: an image folder needs one subfolder per class "
                         "(optionally inside train/, validation/ and test/)")
+    _check_no_empty_class_folder(root, class_dirs)
     try:
         raw = datasets.load_dataset("imagefolder", data_dir=str(root))
     except (ValueError, FileNotFoundError) as err:
@@ -125,6 +126,20 @@ def _load_folder(root: Path) -> "datasets.DatasetDict":
                         "subfolders, optionally inside train/ validation/ test/, and avoid the words "
                         "train, test, val, valid, dev as separate parts of file names")
     return raw
+
+
+def _check_no_empty_class_folder(root: Path, top: list[Path]) -> None:
+    """`imagefolder` silently drops a class folder without images, which would train a model
+    with one class fewer than the folders show: name it instead."""
+    split_words = set(SPLITS) | set(SPLIT_ALIASES)
+    splits = [p for p in top if p.name.lower() in split_words]
+    class_dirs = [c for split in splits for c in split.iterdir()
+                  if c.is_dir() and not c.name.startswith(".")] if splits else top
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    for folder in sorted(class_dirs):
+        if not any(f.suffix.lower() in extensions for f in folder.rglob("*") if f.is_file()):
+            raise DataError(f"class folder {folder} holds no image files: add images to it or "
+                            "remove it (a class without images cannot be learnt)")
 
 
 def _load_hub(hub_id: str) -> "datasets.DatasetDict":

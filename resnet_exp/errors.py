@@ -20,3 +20,8 @@ class WeightsError(UserError, ValueError):
 
 class OfflineError(UserError, ConnectionError):
     """The network is needed but unreachable; the message lists the offline options."""
+
+
+class DiskError(UserError, OSError):
+    """A folder that cannot be written, or a disk that is full: names the path (and the space
+    needed where known)."""

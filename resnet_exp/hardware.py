@@ -4,7 +4,9 @@ On a CPU, training is compute-bound (ResNet18 at 224 px on 2 cores: about 11-19 
 fp32) and a batch comes from the memory-mapped image store in about a millisecond, so extra
 DataLoader processes only steal cores from the training threads (measured: any other busy
 process cuts 2-thread training about 3x). On CUDA the CPU's only job is feeding the GPU, so
-workers get most cores.
+workers get most cores. Precision `auto` on a CPU is decided by measuring bf16 autocast against
+fp32 at the run's size, once per CPU model, torch version, thread count and size (cached in
+~/.cache/resnet-exp/precision.json).
 
     python -c "from resnet_exp.config import TrainConfig; from resnet_exp.hardware import resolve_runtime; \
 print(resolve_runtime(TrainConfig()))"
@@ -12,7 +14,11 @@ print(resolve_runtime(TrainConfig()))"
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import platform
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,11 +27,22 @@ import torch
 from resnet_exp.config import AUTO, TrainConfig
 from resnet_exp.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 SMALL_CPU_CORES = 4  # up to this many cores, load batches in the training process itself
-# CPU flag of native bf16 matrix units (Intel AMX). With it, bf16 autocast trained ResNet18
-# 2.1x (112 px) and 3.1x (224 px) faster than fp32 on a 2-core Xeon; without native bf16 it
-# was measured 25-46x slower, so anything else keeps fp32.
-NATIVE_BF16_FLAG = "amx_bf16"
+# precision=auto on a CPU: bf16 autocast only where it was measured faster than fp32 on this
+# machine at the run's size. Flag lists miss CPUs: bf16 trained ResNet18 2.1-3.1x faster on a
+# Xeon with AMX, 1.56x faster on an AMD EPYC with AVX512-BF16 and no AMX, and 25-46x slower on
+# a Zen3 without native bf16.
+BF16_MARGIN = 1.1  # bf16 must be at least this much faster: below it, timing noise could decide
+MEASURE_BATCH = 4  # images per measured step: per-image cost changes little above it
+MEASURE_ROUNDS = 3  # timed steps per precision, interleaved, after one warm-up step each
+MEASURE_BUDGET_S = 10.0  # stop timing after this many seconds (at least one round is timed)
+# A bf16 warm-up step this many times slower than fp32's means bf16 is emulated (measured 4.5x
+# slower on an AVX2-only EPYC, 25-46x on Zen3): decided at once, without timing more steps.
+# One-time costs make a warm-up step at most about 2x slower where bf16 is native.
+EMULATED_BF16 = 3.0
+PRECISION_CACHE = "precision.json"
 
 
 @dataclass(frozen=True)
@@ -38,9 +55,12 @@ class Runtime:
     # NHWC activations: ResNet18 trained 5-17% faster in fp32 on a 2-core Xeon CPU (112-224 px,
     # equal at 32-64 px), and it is what tensor cores want on CUDA; unmeasured on Apple MPS.
     channels_last: bool
+    # bf16 autocast training speed over fp32, measured on this CPU at the run's size; None where
+    # precision was not chosen by measurement (set explicitly, or a GPU)
+    bf16_speedup: float | None = None
 
     def to_params(self) -> dict[str, str]:
-        return {f"resolved/{k}": str(v) for k, v in asdict(self).items()}
+        return {f"resolved/{k}": str(v) for k, v in asdict(self).items() if v is not None}
 
 
 def usable_cores() -> int:
@@ -56,15 +76,6 @@ def usable_cores() -> int:
     except (OSError, ValueError):
         pass
     return cores
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (x86 AMX), read from /proc/cpuinfo's flags."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return any(line.startswith("flags") and NATIVE_BF16_FLAG in line.split() for line in info)
-    except OSError:  # not Linux: assume not
-        return False
 
 
 def available_memory() -> int | None:
@@ -89,19 +100,6 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     cores = usable_cores()
     cuda = torch.cuda.is_available()
     accelerator = "cuda" if cuda else "mps" if torch.backends.mps.is_available() else "cpu"
-    precision = config.precision
-    if precision == AUTO:
-        # Mixed precision on CUDA and on CPUs with native bf16 (see NATIVE_BF16_FLAG); Apple's
-        # MPS gains little from it. Pre-Ampere GPUs only emulate bf16, so they get fp16.
-        if cuda:
-            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-            precision = "bf16-mixed" if native_bf16 else "16-mixed"
-        else:
-            precision = "bf16-mixed" if accelerator == "cpu" and cpu_has_native_bf16() else "32-true"
-    elif precision == "16-mixed" and accelerator == "cpu":
-        # Lightning would silently switch to bf16-mixed, the slow path on most CPUs.
-        raise ConfigError("precision='16-mixed' needs a GPU; on this CPU use 32-true (or "
-                          "bf16-mixed on a CPU with native bf16)")
     if config.num_workers is not None:
         workers = config.num_workers
     elif cuda:
@@ -109,8 +107,135 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     else:
         workers = 0 if cores <= SMALL_CPU_CORES else max(1, cores // 8)
     threads = max(1, cores - workers)  # loader workers and torch threads on separate cores
+    precision, speedup = config.precision, None
+    if precision == AUTO:
+        # Mixed precision on CUDA; on a CPU, what measurement says (see BF16_MARGIN); Apple's
+        # MPS gains little from it. Pre-Ampere GPUs only emulate bf16, so they get fp16.
+        if cuda:
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            precision = "bf16-mixed" if native_bf16 else "16-mixed"
+        elif accelerator == "cpu":
+            precision, speedup = cpu_precision(config, threads)
+        else:
+            precision = "32-true"
+    elif precision == "16-mixed" and accelerator == "cpu":
+        # Lightning would silently switch to bf16-mixed, the slow path on most CPUs.
+        raise ConfigError("precision='16-mixed' needs a GPU; on this CPU use 32-true (or "
+                          "bf16-mixed where it is faster: precision=auto measures it)")
     return Runtime(accelerator, precision, workers, threads, pin_memory=cuda,
-                   channels_last=accelerator in ("cpu", "cuda"))
+                   channels_last=accelerator in ("cpu", "cuda"), bf16_speedup=speedup)
+
+
+# --- precision by evidence, on a CPU -------------------------------------------------------------
+
+
+def cpu_precision(config: TrainConfig, threads: int) -> tuple[str, float]:
+    """('bf16-mixed' or '32-true', measured bf16 speedup) for this CPU at the run's size:
+    read from the cache, else measured (a few seconds) and cached."""
+    key = precision_key(config, threads)
+    path = precision_cache_file()
+    cache = _read_cache(path)
+    if key not in cache:
+        speedup = measure_bf16_speedup(config, threads)
+        cache = {**_read_cache(path), key: {
+            "precision": "bf16-mixed" if speedup >= BF16_MARGIN else "32-true",
+            "bf16_speedup": round(speedup, 3)}}
+        _write_cache(path, cache)
+        log.info("precision=auto: bf16 autocast trains %.2fx as fast as fp32 here (%s); cached in %s",
+                 speedup, key, path)
+    entry = cache[key]
+    return entry["precision"], float(entry["bf16_speedup"])
+
+
+def precision_key(config: TrainConfig, threads: int) -> str:
+    """What the measured ratio depends on: the CPU, torch, threads, network and input size."""
+    block = getattr(config, "block", "basic")
+    blocks = ",".join(map(str, config.blocks))
+    return (f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {block} {blocks} | "
+            f"{config.image_size}px | batch {min(config.batch_size, MEASURE_BATCH)}")
+
+
+def cpu_model() -> str:
+    """/proc/cpuinfo's 'model name' (Linux), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def precision_cache_file() -> Path:
+    """$RESNET_EXP_CACHE_DIR, else $XDG_CACHE_HOME/resnet-exp, else ~/.cache/resnet-exp."""
+    folder = os.environ.get("RESNET_EXP_CACHE_DIR")
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = Path(base) / "resnet-exp"
+    return Path(folder) / PRECISION_CACHE
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+        return cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: measure again
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(cache, indent=2, sort_keys=True))
+        os.replace(partial, path)  # concurrent runs each write a whole file
+    except OSError as err:
+        log.warning("cannot cache the precision decision in %s (%s): it will be measured again", path, err)
+
+
+def measure_bf16_speedup(config: TrainConfig, threads: int) -> float:
+    """fp32 step time / bf16-autocast step time of training the run's network (its block type
+    and counts, 10 classes) at its image size, on MEASURE_BATCH images, channels_last as
+    training runs. One warm-up step each (enough when bf16 is clearly emulated), then up to
+    MEASURE_ROUNDS interleaved timed steps within MEASURE_BUDGET_S; the fastest of each counts
+    (another busy process only ever slows a step down)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    block = Bottleneck if getattr(config, "block", "basic") == "bottleneck" else BasicBlock
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        model = ResNet(block, list(config.blocks), num_classes=10).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        batch = min(config.batch_size, MEASURE_BATCH)
+        x = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,), generator=generator)
+
+        def step(bf16: bool) -> float:
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        start = time.perf_counter()
+        warm32, warm16 = step(False), step(True)  # warm-up: allocations, kernel selection
+        if warm16 > EMULATED_BF16 * warm32:
+            return warm32 / warm16
+        times = {False: [], True: []}
+        for _ in range(MEASURE_ROUNDS):
+            for bf16 in (False, True):
+                times[bf16].append(step(bf16))
+            if time.perf_counter() - start > MEASURE_BUDGET_S:
+                break
+        return min(times[False]) / min(times[True])
+    finally:
+        torch.set_num_threads(previous)
 
 
 def autocast(runtime: Runtime) -> torch.autocast:

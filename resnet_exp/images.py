@@ -25,6 +25,16 @@ from resnet_exp.netspec import IMAGENET_MEAN, IMAGENET_STD
 # decompression bomb and is refused before its pixels are decoded.
 MAX_IMAGE_BYTES = 20 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
+# Limit on one request: the pixels of all its images together, as their headers state them.
+# Memory no longer grows with it (each image is decoded and shrunk before the next, so at most
+# one full-size image, <= 120 MB of RGB, is held at a time), but decoding time does: a 40 MP PNG
+# takes about a second on one core, so an unbounded request ties a worker up for minutes. 400 MP
+# passes 32 photos of a 12 MP phone camera (384 MP) and refuses 32 images of 40 MP (1.28 GP).
+MAX_REQUEST_PIXELS = 400_000_000
+# Decoding shrinks an image to no less than this many times the model's size (JPEG draft mode
+# scales by 1/2, 1/4 or 1/8 while decoding; other formats are box-reduced right after loading);
+# the final bilinear resize then gives what resizing the full image gives, within rounding.
+REDUCING_GAP = 2
 
 
 BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
@@ -77,30 +87,88 @@ def image_to_tensor(image: Image.Image, image_size: int, mean: tuple[float, ...]
     return normalise(pixels.permute(2, 0, 1), mean, std)
 
 
-def image_from_upload(value: object) -> Image.Image:
+def image_from_upload(value: object, fit: int | None = None) -> Image.Image:
     """One uploaded image -> RGB. `value` is the file's bytes, or its base64 text (a `data:`
-    URL prefix is accepted). Raises ImageInputError saying what is wrong with it."""
+    URL prefix is accepted). With `fit`, the image is decoded straight to no less than
+    REDUCING_GAP x fit pixels a side (see decode_file), never held at full size as RGB.
+    Raises ImageInputError saying what is wrong with it."""
+    return decode_file(upload_bytes(value), fit)
+
+
+def upload_bytes(value: object) -> bytes:
+    """The image file in an upload (bytes, or base64 text), size-checked; not decoded."""
     data = _file_bytes(value)
     if not data:
         raise ImageInputError("empty image: expected the bytes of an image file (JPEG, PNG, ...)")
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageInputError(f"image file of {len(data):,} bytes is over the limit of "
                               f"{MAX_IMAGE_BYTES:,} bytes")
+    return data
+
+
+def header_pixels(data: bytes) -> int:
+    """width x height as the file's header states it (nothing decoded); ImageInputError if the
+    bytes are no image or claim more than MAX_IMAGE_PIXELS."""
+    width, height = _open(data).size
+    _check_pixels(width, height)
+    return width * height
+
+
+def check_request_pixels(pixels: int) -> None:
+    """Refuse a request whose images hold more than MAX_REQUEST_PIXELS pixels in all."""
+    if pixels > MAX_REQUEST_PIXELS:
+        raise ImageInputError(f"the request's images hold {pixels:,} pixels in all, over this model's "
+                              f"limit of {MAX_REQUEST_PIXELS:,} pixels per request: send fewer or "
+                              "smaller images per request")
+
+
+def decode_file(data: bytes, fit: int | None = None) -> Image.Image:
+    """An image file's bytes -> RGB. With `fit`, decoded straight to a size near `fit`: JPEG in
+    draft mode (scaled while decoding: a 6300 px JPEG for a 224 px model decodes at 1/8 size),
+    any other format box-reduced right after loading, before the RGB conversion."""
+    image = _open(data)
+    _check_pixels(*image.size)
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size  # read from the header; no pixel is decoded yet
-        if width * height <= MAX_IMAGE_PIXELS:
-            image.load()
-            return to_rgb(image)
+        if fit:
+            image.draft(image.mode, (REDUCING_GAP * fit, REDUCING_GAP * fit))  # no-op but JPEG
+        image.load()
+        if fit:
+            image = _reduce(image, fit)
+        return to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # e.g. "image file is truncated"
+        raise ImageInputError(f"damaged image file ({len(data):,} bytes): {err}") from None
+
+
+def _reduce(image: Image.Image, fit: int) -> Image.Image:
+    """Box-average a loaded image down to no less than REDUCING_GAP x fit pixels a side."""
+    factors = tuple(max(1, side // (REDUCING_GAP * fit)) for side in image.size)
+    if factors == (1, 1):
+        return image
+    if image.mode in ("P", "1") or image.mode.startswith("I;16"):
+        image = to_rgb(image)  # reduce() cannot average palette indices or 16-bit grey
+    return image.reduce(factors)
+
+
+def _open(data: bytes) -> Image.Image:
+    """Image.open on bytes (reads the header, decodes no pixel), with every way of not being an
+    image reported as ImageInputError."""
+    try:
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # PIL's own, far higher limit
         raise ImageInputError(f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
     except UnidentifiedImageError:
         raise ImageInputError(f"not an image file ({len(data):,} bytes starting {data[:8]!r}): "
                               "expected JPEG, PNG, GIF, BMP, TIFF, WebP or another format PIL reads") from None
-    except (OSError, ValueError, SyntaxError) as err:  # e.g. "image file is truncated"
+    except (OSError, ValueError, SyntaxError) as err:
         raise ImageInputError(f"damaged image file ({len(data):,} bytes): {err}") from None
-    raise ImageInputError(f"image of {width} x {height} pixels is over the limit of "
-                          f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
+
+
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageInputError(f"image of {width} x {height} pixels is over the limit of "
+                              f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
 
 
 def _file_bytes(value: object) -> bytes:

@@ -22,7 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from resnet_exp import schema
-from resnet_exp.images import ImageInputError, image_from_upload, image_to_tensor
+from resnet_exp.images import (ImageInputError, check_request_pixels, decode_file, header_pixels, image_to_tensor,
+                               upload_bytes)
 from resnet_exp.model import StagedResNet, build_resnet
 from resnet_exp.netspec import NetSpec
 
@@ -86,10 +87,16 @@ class ImageClassifier:
 
     def predict_uploads(self, values: Sequence[object]) -> pd.DataFrame:
         """Image files given as bytes or base64 text -> one prediction row per image, in batches.
-        Raises ImageInputError naming the first bad image by its position."""
+        Raises ImageInputError naming the first bad image by its position, or saying that the
+        images hold more than MAX_REQUEST_PIXELS in all (checked from their headers, before any
+        is decoded). Each image is decoded straight to near the model's size before the next is
+        touched, so memory stays bounded whatever the images' sizes."""
+        files = [_checked_upload(v, i) for i, v in enumerate(values)]
+        check_request_pixels(sum(pixels for _, pixels in files))
         rows = []
-        for start in range(0, len(values), BATCH_SIZE):
-            batch = [_decode_upload(v, start + i) for i, v in enumerate(values[start:start + BATCH_SIZE])]
+        for start in range(0, len(files), BATCH_SIZE):
+            batch = [_decode_upload(data, start + i, self.spec.image_size)
+                     for i, (data, _) in enumerate(files[start:start + BATCH_SIZE])]
             rows.extend(self._rows(self.probabilities(batch)))
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
@@ -115,8 +122,17 @@ def _network(spec: NetSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
     return network
 
 
-def _decode_upload(value: object, index: int) -> Image.Image:
+def _checked_upload(value: object, index: int) -> tuple[bytes, int]:
+    """(file bytes, pixels its header claims), or ImageInputError naming the image."""
     try:
-        return image_from_upload(value)
+        data = upload_bytes(value)
+        return data, header_pixels(data)
+    except ImageInputError as err:
+        raise ImageInputError(f"{IMAGE_COLUMN} {index}: {err}") from None
+
+
+def _decode_upload(data: bytes, index: int, fit: int) -> Image.Image:
+    try:
+        return decode_file(data, fit)
     except ImageInputError as err:
         raise ImageInputError(f"{IMAGE_COLUMN} {index}: {err}") from None

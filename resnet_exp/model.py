@@ -158,15 +158,21 @@ def load_initial_weights(weights: str, block: str, blocks: tuple[int, ...]) -> I
         socket.setdefaulttimeout(previous)
 
 
+EXPECTED_WEIGHTS = ("expected a PyTorch state_dict saved with torch.save (a dict of tensors) "
+                    "or a Lightning checkpoint")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except Exception as err:  # torch raises many types for a bad file
-        raise WeightsError(f"weights={str(path)!r} is not a readable state_dict file: {err}") from None
+        # e.g. "pop from empty list" for a text file: say what the file should have been
+        raise WeightsError(f"weights={str(path)!r} is not a readable state_dict file ({err}): "
+                           f"{EXPECTED_WEIGHTS}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"weights={str(path)!r} does not hold a state_dict (a dict of tensors)")
+        raise WeightsError(f"weights={str(path)!r} does not hold a state_dict: {EXPECTED_WEIGHTS}")
     return {k.removeprefix("model."): v for k, v in state.items()}
 
 

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from resnet_exp.errors import DataError, UserError
-from resnet_exp.images import ImageInputError, image_from_upload
+from resnet_exp.images import MAX_REQUEST_PIXELS, ImageInputError, header_pixels, image_from_upload
 from resnet_exp.inference import IMAGE_COLUMN
 
 FILE_COLUMN = "file"
@@ -45,7 +45,9 @@ def predict_files(model_uri: str, files: list[Path]) -> pd.DataFrame:
     except MlflowException as err:
         raise UserError(f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: "
                         f"{err.message}") from None
-    table = model.predict(pd.DataFrame({IMAGE_COLUMN: contents}))
+    # One call per group of files under the model's per-request pixel limit.
+    tables = [model.predict(pd.DataFrame({IMAGE_COLUMN: group})) for group in _requests(contents)]
+    table = pd.concat(tables, ignore_index=True)
     table.insert(0, FILE_COLUMN, [str(path) for path in files])
     return table
 
@@ -60,6 +62,20 @@ def as_text(table: pd.DataFrame) -> str:
 
 def as_json(table: pd.DataFrame) -> str:
     return json.dumps(table.to_dict(orient="records"), indent=2)
+
+
+def _requests(contents: list[bytes]) -> list[list[bytes]]:
+    """Consecutive groups of files whose pixels stay within MAX_REQUEST_PIXELS each."""
+    groups: list[list[bytes]] = [[]]
+    total = 0
+    for data in contents:
+        pixels = header_pixels(data)
+        if groups[-1] and total + pixels > MAX_REQUEST_PIXELS:
+            groups.append([])
+            total = 0
+        groups[-1].append(data)
+        total += pixels
+    return groups
 
 
 def _checked_bytes(path: Path) -> bytes:

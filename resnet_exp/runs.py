@@ -172,14 +172,14 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
             mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         yield scope
     except SystemExit as err:
-        error = err
+        error = _mark_killed(err, run_id)
         if err.code is None:
             # Lightning's SIGTERMException: a SystemExit without a code, i.e. exit status 0;
             # exit as a process ended by SIGTERM does, so that callers see the failure.
-            raise Terminated() from err
+            raise _mark_killed(Terminated(), run_id) from err
         raise
     except BaseException as err:
-        error = err
+        error = _mark_killed(err, run_id)
         raise
     finally:
         _close(scope, error, active)
@@ -187,7 +187,39 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
             signal.signal(signal.SIGTERM, previous)
 
 
+def _mark_killed(error: BaseException, run_id: str) -> BaseException:
+    """Note on an interrupt (Ctrl-C, SIGTERM) which run it marked KILLED, for the CLI's one
+    line; the innermost scope (a sweep's child) names it."""
+    if _status(error) == RunStatus.to_string(RunStatus.KILLED) and not hasattr(error, "killed_run_id"):
+        error.killed_run_id = run_id
+    return error
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, so that a write to the tracking store is never cut
+    in half: a SQLite write interrupted midway lost the epoch's metrics (whose log line was
+    already printed) and left a broken connection that printed sqlite3/sqlalchemy errors.
+    Main thread only (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+
+
 def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
+    with interrupts_deferred():
+        _end(scope, error, active)
+
+
+def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
     status = _status(error)
     reason = f"{type(error).__name__}: {error}" if error is not None else scope.failure
     if error is None and scope.failure:

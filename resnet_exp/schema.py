@@ -36,6 +36,21 @@ EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the
 SETUP, SWEEP, ANALYSIS = "setup/", "sweep/", "analysis/"
 IMAGE_STORE_TIME = f"{SETUP}image_store_s"  # seconds to build (first run) or open the image store
 FEATURE_CACHE_TIME = f"{SETUP}feature_cache_s"  # seconds to compute frozen-stage outputs (0: none)
+# Where a training run's wall time goes, in seconds (logged at step 0). Setup happens before
+# the run opens (data, image store, feature cache); the rest inside it. fit_s excludes the
+# checkpoint writes made during the fit, which checkpoint_s counts, so the phases add up to no
+# more than run_s, the wall time of the whole training call.
+PHASE = "time/"
+PRECISION_TIME = f"{PHASE}precision_s"  # resolving precision=auto: measured on first use, then cached
+DATA_TIME = f"{PHASE}data_s"  # loading and checking the data (demo generation included)
+FIT_TIME = f"{PHASE}fit_s"  # trainer.fit, checkpoint writes excluded
+TEST_TIME = f"{PHASE}test_s"  # trainer.test with the best checkpoint
+CHECKPOINT_TIME = f"{PHASE}checkpoint_s"  # writing checkpoint files (during fit)
+MODEL_LOG_TIME = f"{PHASE}model_log_s"  # logging the best checkpoint as an MLflow Model
+REGISTER_TIME = f"{PHASE}register_s"  # registering it and moving the aliases (0: not registered)
+RUN_TIME = f"{PHASE}run_s"  # the whole training call, from config to registered model
+PHASE_TIMES = (PRECISION_TIME, DATA_TIME, IMAGE_STORE_TIME, FEATURE_CACHE_TIME, FIT_TIME, TEST_TIME, CHECKPOINT_TIME,
+               MODEL_LOG_TIME, REGISTER_TIME)
 # A sweep's parent run, per shard (step = shard index)
 SWEEP_TRAINED = f"{SWEEP}children_trained"
 SWEEP_SKIPPED = f"{SWEEP}children_skipped"  # already FINISHED
@@ -62,6 +77,10 @@ TOTAL_PARAMS = "total_params"
 SPLIT_SIZE = "{split}_size"  # rows of a data split, e.g. test_size
 RESOLVED = "resolved/"  # execution choices made at run time, e.g. resolved/precision
 RESOLVED_FEATURE_CACHE = f"{RESOLVED}feature_cache"
+RESOLVED_PRECISION = f"{RESOLVED}precision"
+# measured training speed of bf16 autocast over fp32 on this CPU at the run's size (precision=auto
+# on a CPU; absent where nothing was measured)
+RESOLVED_BF16_SPEEDUP = f"{RESOLVED}bf16_speedup"
 
 # --- block types (values of the `block` param) --------------------------------------------------
 BASIC, BOTTLENECK = "basic", "bottleneck"

@@ -24,6 +24,7 @@ from resnet_exp import schema as S
 from resnet_exp import registry, tracking
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import load_splits
+from resnet_exp.disk import check_writable
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
@@ -63,9 +64,10 @@ class SweepResult:
 
 def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     """Train this shard's part of the grid under one parent run; returns what became of each."""
-    configs = grid.expand(base)
-    _preflight(configs)
-    sid = sweep_id(configs)
+    # The sweep's identity is its grid as given, before this machine resolves precision=auto:
+    # shards on other machines share its parent even where they resolve another precision.
+    sid = sweep_id(grid.expand(base))
+    configs = _preflight(grid.expand(base))
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
@@ -79,13 +81,18 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     return result
 
 
-def _preflight(configs: list[TrainConfig]) -> None:
-    """Fail on a bad precision, unusable data or unavailable weights before any run exists,
-    instead of once per child. Loads each distinct input once; the children reuse the caches."""
-    resolve_runtime(configs[0])
+def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
+    """Fail on a bad precision, unwritable folders, unusable data or unavailable weights before
+    any run exists, instead of once per child. Loads each distinct input once; the children
+    reuse the caches. Returns the configs with precision resolved once for all cells: runs that
+    are compared must agree on it, and a measured `auto` could tip either way per child."""
+    check_writable(configs[0].output_dir, S.OUTPUT_DIR)
+    check_writable(configs[0].data_dir, S.DATA_DIR)
+    precision = resolve_runtime(configs[0]).precision
     load_splits(configs[0])
     for blocks in dict.fromkeys(c.blocks for c in configs):
         load_initial_weights(configs[0].weights, configs[0].block, blocks)
+    return [c.replace(precision=precision) for c in configs]
 
 
 def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:

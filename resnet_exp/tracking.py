@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits
-from resnet_exp.runs import RunScope, project_run_id, run_scope, tracking_uri
+from resnet_exp.runs import RunScope, interrupts_deferred, project_run_id, run_scope, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,10 @@ class EpochMLFlowLogger(EpochStepMixin, MLFlowLogger):
 
     def log_hyperparams(self, params: Any) -> None:
         pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        with interrupts_deferred():  # an epoch's metrics are stored whole or not at all
+            super().log_metrics(metrics, step)
 
     def finalize(self, status: str = "success") -> None:
         pass

@@ -26,12 +26,15 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from resnet_exp import schema as S
 from resnet_exp import registry, tracking
 from resnet_exp.callbacks import EpochTimer
+from resnet_exp.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
+from resnet_exp.disk import check_writable
 from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
+from resnet_exp.phases import Phases
 from resnet_exp.runs import RunScope
 from resnet_exp.store import ImageStore, open_image_store
 
@@ -51,9 +54,14 @@ class TrainResult:
 def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> TrainResult:
     """Train, test with the best checkpoint, and record everything in one MLflow run (a child
     of `parent` when a sweep runs it)."""
-    runtime = resolve_runtime(config)
+    phases = Phases()
+    check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
+    check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
+    with phases.timed(S.PRECISION_TIME):
+        runtime = resolve_runtime(config)
     apply_runtime(runtime)
-    splits = load_splits(config)
+    with phases.timed(S.DATA_TIME):
+        splits = load_splits(config)
     store = open_image_store(splits, config)
     initial = load_initial_weights(config.weights, config.block, config.blocks)
     pl.seed_everything(config.seed, workers=True, verbose=False)
@@ -68,22 +76,28 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
         scope.describe(tracking.describe_training(config, facts))
         _log_input_path(scope, store, plan)
         trainer = _build_trainer(config, runtime, run_id, len(splits.train))
+        checkpoint_io = trainer.strategy.checkpoint_io
         with _known_warnings_silenced():
-            trainer.fit(classifier, datamodule=datamodule)
+            with phases.timed(S.FIT_TIME):
+                trainer.fit(classifier, datamodule=datamodule)
+            phases.add(S.FIT_TIME, -checkpoint_io.seconds)  # counted apart, as checkpoint_s
+            phases.add(S.CHECKPOINT_TIME, checkpoint_io.seconds)
             # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
             # only if val_loss never became a finite number).
             best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
             best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
             for logger in trainer.loggers:
                 logger.test_epoch = best_epoch  # test_* describe the best epoch's network
-            trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
+            with phases.timed(S.TEST_TIME):
+                trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
         mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve()),
                         S.TAG_CHECKPOINT_DIR: str(Path(best).resolve().parent)})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
-        model_uri, version = _publish_model(config, run_id, best, best_epoch, splits, metrics)
+        model_uri, version = _publish_model(config, run_id, best, best_epoch, splits, metrics, phases)
+        mlflow.log_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, step=0)
         scope.describe(tracking.describe_training(config, facts, tracking.Outcome(
             best_epoch, trainer.current_epoch, metrics.get(S.VAL_ACC), metrics.get(S.TEST_ACC),
             version.uri if version else model_uri)))
@@ -91,18 +105,22 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
 
 
 def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, best_epoch: int,
-                   splits: DataSplits, metrics: dict[str, float]) -> tuple[str, registry.RegisteredVersion | None]:
+                   splits: DataSplits, metrics: dict[str, float],
+                   phases: Phases) -> tuple[str, registry.RegisteredVersion | None]:
     """Log the best checkpoint as an MLflow Model of this run and register it (unless 'none')."""
-    first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
-    model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size),
-                                   best_epoch)
+    with phases.timed(S.MODEL_LOG_TIME):
+        first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
+        model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size),
+                                       best_epoch)
+    phases.add(S.REGISTER_TIME, 0.0)
     if config.model_name is None:
         return model_uri, None
     tags = registry.version_tags(config, run_id, metrics)
     accuracy = ", ".join(f"{name} {metrics[name]:.4f}" for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics)
     description = (f"{config.run_name}: the best checkpoint (epoch {best_epoch}) of training run "
                    f"{run_id}; {accuracy}. Trained on {config.data} from {describe_weights(config.weights)}.")
-    return model_uri, registry.register(model_uri, config, tags, description)
+    with phases.timed(S.REGISTER_TIME):
+        return model_uri, registry.register(model_uri, config, tags, description)
 
 
 def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: ImageStore,
@@ -182,6 +200,7 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id),
         callbacks=[checkpoints, early_stopping, EpochTimer()],
+        plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,
         limit_test_batches=limit,

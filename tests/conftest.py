@@ -29,6 +29,7 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_CACHE": str(_SANDBOX / "hf-datasets"),
     "TORCH_HOME": str(_SANDBOX / "torch"),
+    "RESNET_EXP_CACHE_DIR": str(_SANDBOX / "resnet-exp-cache"),  # the precision measurements
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'stray-runs.db'}",  # never the cwd's mlflow.db
 })
 os.environ.pop("MLFLOW_RUN_ID", None)

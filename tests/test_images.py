@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from conftest import save_image
+from conftest import REPO as REPO_ROOT, save_image
 from resnet_exp.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageInputError, image_from_upload
 
 
@@ -85,3 +85,84 @@ def test_an_image_at_the_pixel_limit_is_still_read_from_its_header():
     # 40 MP exactly passes the header check (and then fails only because the data is 20 px)
     with pytest.raises(ImageInputError, match="damaged image file"):
         image_from_upload(png_claiming(8000, 5000))
+
+
+# --- decoding straight to the model's size -----------------------------------------------------
+
+
+def big_image(width: int, height: int) -> Image.Image:
+    """A compressible but not flat RGB image (gradients and a checkerboard): large in pixels,
+    small as a file (6300 x 6300 is about 150 kB of PNG). Built from uint8 rows and columns, so
+    40 MP cost no more than the image itself."""
+    import numpy as np
+
+    x, y = np.arange(width), np.arange(height)[:, None]
+    red = np.broadcast_to((x * 255 // width).astype(np.uint8), (height, width))
+    green = np.broadcast_to((y * 255 // height).astype(np.uint8), (height, width))
+    blue = ((x // 37 % 2).astype(np.uint8) ^ (y // 53 % 2).astype(np.uint8)) * np.uint8(200)
+    return Image.fromarray(np.dstack([red, green, blue]), "RGB")
+
+
+def test_a_large_jpeg_is_decoded_in_draft_mode(monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from resnet_exp.images import REDUCING_GAP, decode_file
+
+    buffer = io.BytesIO()
+    big_image(3000, 2000).save(buffer, format="JPEG", quality=85)
+    requests = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        requests.append(size)
+        return original(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    image = decode_file(buffer.getvalue(), fit=224)
+    assert requests == [(REDUCING_GAP * 224, REDUCING_GAP * 224)]
+    # 2000 // 448 = 4: the DCT decodes at 1/4 scale; never below REDUCING_GAP x the model's size
+    assert image.mode == "RGB" and image.size == (750, 500)
+
+
+def test_a_large_png_is_reduced_right_after_loading():
+    from resnet_exp.images import REDUCING_GAP, decode_file, image_to_tensor
+
+    buffer = io.BytesIO()
+    source = big_image(4000, 3000)
+    source.save(buffer, format="PNG")
+    image = decode_file(buffer.getvalue(), fit=64)
+    assert image.mode == "RGB" and min(image.size) >= REDUCING_GAP * 64 and max(image.size) < 4 * REDUCING_GAP * 64
+    # what the network sees is what resizing the full image gives, within rounding
+    fitted, full = image_to_tensor(image, 64), image_to_tensor(source, 64)
+    assert (fitted - full).abs().mean() < 0.02 and (fitted - full).abs().max() < 0.5
+
+
+def test_decoding_holds_at_most_one_full_size_image(tmp_path):
+    """Resident memory of decoding four 16 MP PNGs one after another grows by about one image's
+    RGB (48 MB), not four: each is shrunk before the next is touched."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    big_image(4000, 4000).save(path)
+    script = (
+        "import resource, sys\n"
+        "from resnet_exp.images import decode_file\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "kept = [decode_file(data, 64) for _ in range(4)]\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                            timeout=120, cwd=str(REPO_ROOT))
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth = int(result.stdout.split()[-1])
+    one_image = 4000 * 4000 * 3
+    assert growth < 2 * one_image, f"peak grew {growth / 1e6:.0f} MB for four {one_image / 1e6:.0f} MB images"
+
+
+def test_a_request_over_the_pixel_limit_is_refused_before_decoding():
+    from resnet_exp.images import MAX_REQUEST_PIXELS, check_request_pixels
+
+    check_request_pixels(MAX_REQUEST_PIXELS)
+    with pytest.raises(ImageInputError, match=f"limit of {MAX_REQUEST_PIXELS:,} pixels per request"):
+        check_request_pixels(MAX_REQUEST_PIXELS + 1)

@@ -307,12 +307,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(port: int, payload: object) -> tuple[int, dict]:
+def post(port: int, payload: object, timeout: float = 60) -> tuple[int, dict]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
@@ -387,3 +387,63 @@ def test_the_server_refuses_a_decompression_bomb(server, images):
                                      {"image": base64.b64encode(png_claiming(30000, 30000)).decode()}]}
     status, body = post(port, payload)
     assert status == 400 and "image 1:" in body["message"] and "limit" in body["message"]
+
+
+def resident_memory(process: subprocess.Popen) -> int:
+    """Resident bytes of the server process and all its children (the scoring workers)."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    total = 0
+    for member in [root, *root.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+@pytest.mark.slow
+def test_the_servers_memory_stays_bounded_by_huge_images(server):
+    """32 valid 6300 x 6300 PNGs (146 kB each; 119 MB each once decoded) are refused from their
+    headers with a 400 naming the limit; the most that the limit lets through (10 of them) is
+    served with resident memory growing far less than decoding them all at once would take
+    (1.2 GB), and memory is back near its idle level afterwards."""
+    import io
+    import threading
+
+    from resnet_exp.images import MAX_REQUEST_PIXELS
+    from test_images import big_image
+
+    port, process = server
+    buffer = io.BytesIO()
+    big_image(6300, 6300).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    post(port, {"dataframe_records": [{"image": image}]}, timeout=120)  # warm: first-call costs
+    idle = resident_memory(process)
+    peak, done = [idle], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak.append(resident_memory(process))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        status, body = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * 32}})
+        assert status == 400 and f"limit of {MAX_REQUEST_PIXELS:,} pixels per request" in body["message"], body
+        allowed = MAX_REQUEST_PIXELS // (6300 * 6300)
+        status, body = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * allowed}},
+                            timeout=300)
+        assert status == 200 and len(body["predictions"]) == allowed == 10, body
+    finally:
+        done.set()
+        sampler.join()
+    growth = max(peak) - idle
+    assert growth < 2**30 / 2, f"resident memory grew {growth / 2**20:.0f} MiB over {idle / 2**20:.0f} MiB idle"
+    deadline = time.monotonic() + 30
+    while resident_memory(process) - idle > 200 * 2**20 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = resident_memory(process) - idle
+    assert after < 200 * 2**20, f"resident memory stayed {after / 2**20:.0f} MiB above idle"

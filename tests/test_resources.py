@@ -1,0 +1,347 @@
+"""Resources and their errors: group-readable shared folders, empty class folders, bad weights
+files, disk errors before the run, atomic checkpoints, phase times and precision by evidence."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from conftest import make_image_folder
+from resnet_exp.config import TrainConfig
+from resnet_exp.errors import DataError, WeightsError
+
+
+# --- the small things ------------------------------------------------------------------------
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    make_image_folder(tmp_path, {"a": 4, "b": 4})
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=f"class folder {tmp_path / 'c'} holds no image files"):
+        from resnet_exp.data import load_splits
+        load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
+
+
+def test_an_empty_class_folder_inside_a_split_is_named(tmp_path):
+    make_image_folder(tmp_path / "train", {"a": 4, "b": 4})
+    (tmp_path / "train" / "c").mkdir()
+    with pytest.raises(DataError, match="train/c holds no image files"):
+        from resnet_exp.data import load_splits
+        load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
+
+
+def test_a_text_file_as_weights_says_what_was_expected(tmp_path):
+    from resnet_exp.model import load_initial_weights
+
+    garbage = tmp_path / "weights.pt"
+    garbage.write_text("random text, not a tensor in sight\n" * 10)
+    with pytest.raises(WeightsError, match="expected a PyTorch state_dict saved with torch.save"):
+        load_initial_weights(TrainConfig(data="demo", weights=str(garbage)))
+
+
+def test_atomic_folders_follow_the_umask(tmp_path):
+    from resnet_exp.atomic import build_atomically
+
+    def write(folder):
+        (folder / "sub").mkdir()
+        (folder / "sub" / "file.bin").write_bytes(b"x")
+
+    previous = os.umask(0o022)
+    try:
+        assert build_atomically(tmp_path / "shared", write)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in
+             (tmp_path / "shared", tmp_path / "shared" / "sub", tmp_path / "shared" / "sub" / "file.bin")}
+    assert modes == {"shared": 0o755, "sub": 0o755, "file.bin": 0o644}
+
+
+# --- disk errors before the run, and checkpoints that are complete or absent --------------------
+
+
+def unwritable_folder(tmp_path):
+    """A folder nobody can create: its parent is a regular file (chmod does not stop root)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker / "sub"
+
+
+@pytest.mark.parametrize("option", ["output_dir", "data_dir"])
+def test_an_unwritable_folder_is_refused_before_any_run_opens(tmp_path, data_dir, tracking_uri, option):
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from resnet_exp.errors import DiskError
+    from resnet_exp.train import train
+
+    bad = unwritable_folder(tmp_path)
+    config = tiny_config(data_dir, tmp_path / "results").replace(**{option: str(bad)})
+    with pytest.raises(DiskError) as err:
+        train(config)
+    message = str(err.value)
+    assert f"{option}={str(bad)!r} is not a writable folder" in message and "\n" not in message
+    client = MlflowClient(tracking_uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder")
+def test_a_read_only_folder_is_refused(tmp_path):
+    from resnet_exp.disk import check_writable
+    from resnet_exp.errors import DiskError
+
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    with pytest.raises(DiskError, match="output_dir=.*ro' is not a writable folder"):
+        check_writable(folder, "output_dir")
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(tmp_path, monkeypatch):
+    """A disk that fills while the checkpoint is written (simulated at the flush)."""
+    import errno
+
+    import torch
+
+    from resnet_exp import checkpoints
+    from resnet_exp.errors import DiskError
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", full)
+    target = tmp_path / "ckpt" / "epoch01.ckpt"
+    io = checkpoints.AtomicCheckpointIO()
+    with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
+        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
+    assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
+    monkeypatch.undo()
+    io.save_checkpoint({"w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["w"].tolist() == [1, 1, 1] and io.seconds > 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs; needs root, skipped where mounting is refused)."""
+    import subprocess
+
+    folder = tmp_path / "tiny-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
+    import torch
+
+    from resnet_exp.checkpoints import AtomicCheckpointIO
+    from resnet_exp.errors import DiskError
+
+    target = tiny_disk / "checkpoints" / "last.ckpt"
+    with pytest.raises(DiskError) as err:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
+    message = str(err.value)
+    assert message.startswith("No space left on device: ") and str(target) in message
+    assert "needs 8.0 MB" in message and "MB free there" in message and "\n" not in message
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_cli_reports_a_full_disk_in_one_line(tiny_disk, data_dir, tmp_path, tracking_uri):
+    """A real training whose output_dir fills up: one line naming the checkpoint and its size,
+    no traceback, a FAILED run, and no file that looks finished."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import subprocess_env
+
+    command = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+               "--output-dir", str(tiny_disk), "--weights", "none", "--image-size", "32",
+               "--max-epochs", "1", "--limit-batches", "2", "--freeze-blocks", "4",
+               "--registered-model-name", "none"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=subprocess_env())
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: No space left on device: ") and ".ckpt" in last and "needs" in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not list(tiny_disk.rglob("*.ckpt")) and not list(tiny_disk.rglob("*.tmp"))
+    client = MlflowClient(tracking_uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(tmp_path, data_dir, tracking_uri):
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import tiny_config
+    from resnet_exp import schema as S
+    from resnet_exp.train import train
+
+    start = time.perf_counter()
+    result = train(tiny_config(data_dir, tmp_path / "results"))
+    wall = time.perf_counter() - start
+    metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    missing = [name for name in (*S.PHASE_TIMES, S.RUN_TIME) if name not in metrics]
+    assert not missing
+    assert all(metrics[name] >= 0 for name in S.PHASE_TIMES)
+    assert metrics[S.FIT_TIME] > 0 and metrics[S.CHECKPOINT_TIME] > 0 and metrics[S.REGISTER_TIME] > 0
+    assert sum(metrics[name] for name in S.PHASE_TIMES) <= metrics[S.RUN_TIME] <= wall
+    folder = __import__("pathlib").Path(result.best_checkpoint).parent
+    assert list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))
+
+
+# --- precision by evidence ---------------------------------------------------------------------
+
+
+def cpu_only():
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("precision is measured on CPUs only")
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(data="demo", blocks=(1, 1, 1, 1), image_size=32, batch_size=4)
+    return TrainConfig(**{**values, **changes})
+
+
+def test_auto_precision_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import json
+    import time
+
+    from resnet_exp import hardware
+
+    cpu_only()
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path / "cache"))
+    measured = []
+    real = hardware.measure_bf16_speedup
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: measured.append(a) or real(*a))
+    first = hardware.resolve_runtime(small_config())
+    start = time.perf_counter()
+    second = hardware.resolve_runtime(small_config())
+    assert time.perf_counter() - start < 0.5 and len(measured) == 1
+    assert first == second and first.precision in ("bf16-mixed", "32-true") and first.bf16_speedup > 0
+    assert (first.precision == "bf16-mixed") == (first.bf16_speedup >= hardware.BF16_MARGIN)
+    cache = json.loads((tmp_path / "cache" / "precision.json").read_text())
+    key = hardware.precision_key(small_config(), first.torch_threads)
+    assert cache[key] == {"precision": first.precision, "bf16_speedup": first.bf16_speedup}
+    assert hardware.cpu_model() in key and "32px" in key and "1,1,1,1" in key
+    params = first.to_params()
+    assert params["resolved/precision"] == first.precision
+    assert params["resolved/bf16_speedup"] == str(first.bf16_speedup)
+    hardware.resolve_runtime(small_config(image_size=64))  # another size is measured anew
+    assert len(measured) == 2
+
+
+@pytest.mark.parametrize("precision, speedup", [("bf16-mixed", 1.56), ("32-true", 0.04)])
+def test_a_cached_decision_is_honoured_without_measuring(tmp_path, monkeypatch, precision, speedup):
+    import json
+
+    from resnet_exp import hardware
+
+    cpu_only()
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: pytest.fail("measured"))
+    threads = hardware.resolve_runtime(small_config(precision="32-true")).torch_threads
+    key = hardware.precision_key(small_config(), threads)
+    (tmp_path / "precision.json").write_text(json.dumps({key: {"precision": precision, "bf16_speedup": speedup}}))
+    runtime = hardware.resolve_runtime(small_config())
+    assert (runtime.precision, runtime.bf16_speedup) == (precision, speedup)
+
+
+def test_an_explicit_precision_is_not_measured(tmp_path, monkeypatch):
+    from resnet_exp import hardware
+
+    monkeypatch.setenv("RESNET_EXP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: pytest.fail("measured"))
+    for precision in ("32-true", "bf16-mixed"):
+        runtime = hardware.resolve_runtime(small_config(precision=precision))
+        assert runtime.precision == precision and runtime.bf16_speedup is None
+        assert "resolved/bf16_speedup" not in runtime.to_params()
+    assert not (tmp_path / "precision.json").exists()
+
+
+def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, tmp_path):
+    from resnet_exp import hardware, sweep
+    from resnet_exp.grid import SweepGrid
+
+    calls = []
+    monkeypatch.setattr(sweep, "resolve_runtime", lambda c: calls.append(c) or
+                        hardware.Runtime("cpu", "bf16-mixed", 0, 1, False, True, 1.5))
+    monkeypatch.setattr(sweep, "load_initial_weights", lambda c: None)
+    grid = SweepGrid(freeze_blocks="1,2", blocks="1,1,1,1", seeds="2")
+    base = TrainConfig(data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32)
+    configs = sweep._preflight(grid.expand(base))
+    assert len(calls) == 1 and len(configs) == 4
+    assert {c.precision for c in configs} == {"bf16-mixed"}
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_a_ctrl_c_waits_for_the_store_write_to_finish():
+    import signal
+
+    from resnet_exp.runs import interrupts_deferred
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("the write finished")
+    assert done == ["the write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_keeps_the_epochs_it_showed(data_dir, tmp_path, tracking_uri):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import subprocess_env
+
+    command = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+               "--output-dir", str(tmp_path / "results"), "--weights", "none", "--image-size", "32",
+               "--max-epochs", "200", "--early-stopping-patience", "200", "--limit-batches", "2",
+               "--freeze-blocks", "2", "--registered-model-name", "none", "--precision", "32-true"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env=subprocess_env())
+        deadline = time.monotonic() + 400
+        while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    text = log.read_text()
+    assert process.returncode == 130, text[-3000:]
+    after = text[text.index("epoch 1:"):].strip().splitlines()
+    # What a run prints as it ends anyway (MLflow's system-metrics monitor stopping) is not noise
+    lines = [line for line in after[1:] if " INFO " not in f" {line}"]
+    assert len(lines) == 1 and re.fullmatch(r"interrupted: run [0-9a-f]{32} marked KILLED", lines[0]), text[-3000:]
+    assert "Traceback" not in text and "ProgrammingError" not in text
+    run_id = lines[0].split()[2]
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    shown = {int(m) for m in re.findall(r"epoch (\d+): train_loss", text)}
+    stored = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    assert shown <= stored  # every epoch whose line was printed has its train metrics stored
