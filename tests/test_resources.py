@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from conftest import make_image_folder
+from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import DataError, WeightsError
 
@@ -39,7 +40,7 @@ def test_a_text_file_as_weights_says_what_was_expected(tmp_path):
     garbage = tmp_path / "weights.pt"
     garbage.write_text("random text, not a tensor in sight\n" * 10)
     with pytest.raises(WeightsError, match="expected a PyTorch state_dict saved with torch.save"):
-        load_initial_weights(TrainConfig(data="demo", weights=str(garbage)))
+        load_initial_weights(str(garbage), S.BASIC, (2, 2, 2, 2))
 
 
 def test_atomic_folders_follow_the_umask(tmp_path):
