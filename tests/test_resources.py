@@ -282,7 +282,7 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     calls = []
     monkeypatch.setattr(sweep, "resolve_runtime", lambda c: calls.append(c) or
                         hardware.Runtime("cpu", "bf16-mixed", 0, 1, False, True, 1.5))
-    monkeypatch.setattr(sweep, "load_initial_weights", lambda c: None)
+    monkeypatch.setattr(sweep, "load_initial_weights", lambda *args: None)
     grid = SweepGrid(freeze_blocks="1,2", blocks="1,1,1,1", seeds="2")
     base = TrainConfig(data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32)
     configs = sweep._preflight(grid.expand(base))
