@@ -219,6 +219,7 @@ def small_config(**changes) -> TrainConfig:
     return TrainConfig(**{**values, **changes})
 
 
+@pytest.mark.slow  # a real measurement of fp32 and bf16 training steps
 def test_auto_precision_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     import json
     import time
