@@ -82,8 +82,12 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
 
     logs = list((tmp_path / "results" / "demo" / "logs").rglob("events.out.tfevents.*"))
     assert logs, "TensorBoard event files missing"
-    best = Path(run.data.tags["best_checkpoint"])
+    best = Path(run.data.tags[S.TAG_BEST_CHECKPOINT])
     assert best.is_file() and (best.parent / "last.ckpt").is_file()
+    # Two checkpoints per run: the best as weights only, and a resumable last.ckpt
+    assert sorted(p.name for p in best.parent.iterdir()) == sorted([best.name, "last.ckpt"])
+    assert "optimizer_states" not in torch.load(best, map_location="cpu", weights_only=True)
+    assert torch.load(best.parent / "last.ckpt", map_location="cpu", weights_only=True)["optimizer_states"]
     assert_frozen_batchnorm_untouched(best)
 
 
