@@ -99,7 +99,7 @@ def _sweep_selection(config: AnalysisConfig) -> Selection:
     experiment = client.get_experiment(parent.info.experiment_id)
     dataset = parent.data.tags.get(S.TAG_DATASET) or grid["dataset"]
     _warn_if_overridden(config, experiment.name, dataset)
-    members = frozenset((e["config_hash"], int(e["seed"])) for e in grid["grid"])
+    members = frozenset((e[S.TAG_CONFIG_HASH], int(e[S.SEED])) for e in grid["grid"])
     return Selection(experiment.experiment_id, experiment.name, dataset, run_id,
                      parent.data.tags.get(S.TAG_SWEEP_ID, ""), members)
 

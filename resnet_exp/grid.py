@@ -16,7 +16,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import NUM_STAGES, TrainConfig, format_value, parse_blocks
 from resnet_exp.errors import ConfigError
 
-GRID_FIELDS = ("freeze_blocks", "blocks", "seed")  # TrainConfig fields the grid decides
+GRID_FIELDS = (S.FREEZE_BLOCKS, S.BLOCKS, S.SEED)  # TrainConfig fields the grid decides
 
 
 def _parse_freeze_list(text: str) -> tuple[int, ...]:
@@ -95,7 +95,7 @@ class SweepGrid:
         return [base.replace(blocks=blocks, freeze_blocks=freeze, seed=seed)
                 for seed in self.parsed("seeds")
                 for blocks in self.parsed("blocks")
-                for freeze in self.parsed("freeze_blocks")]
+                for freeze in self.parsed(S.FREEZE_BLOCKS)]
 
     def shard_of(self, configs: list[TrainConfig]) -> list[TrainConfig]:
         """This shard's share: round-robin, so every shard gets a mix of cheap and costly runs."""
@@ -111,7 +111,7 @@ def sweep_id(configs: list[TrainConfig]) -> str:
 
 def grid_entries(configs: list[TrainConfig]) -> list[dict[str, Any]]:
     """The grid as the parent run's sweep.json lists it; analysis selects the sweep's runs by it."""
-    return [{"config_hash": c.config_hash, "seed": c.seed, "run_name": c.run_name,
+    return [{S.TAG_CONFIG_HASH: c.config_hash, S.SEED: c.seed, "run_name": c.run_name,
              S.BLOCK: c.block, S.BLOCKS: format_value(c.blocks), S.FREEZE_BLOCKS: c.freeze_blocks,
              S.TAG_DEPTH: c.depth_label} for c in configs]
 

@@ -48,8 +48,8 @@ def checkpoint_spec(hparams: dict[str, Any]) -> NetSpec:
     written before NetSpec (then: blocks, freeze_blocks, class_names and config.image_size)."""
     if schema.CKPT_NETSPEC in hparams:
         return NetSpec.from_dict(hparams[schema.CKPT_NETSPEC])
-    return NetSpec.from_dict({"blocks": hparams["blocks"], "class_names": hparams["class_names"],
-                              "freeze_blocks": int(hparams["freeze_blocks"]),
+    return NetSpec.from_dict({schema.BLOCKS: hparams[schema.BLOCKS], "class_names": hparams["class_names"],
+                              schema.FREEZE_BLOCKS: int(hparams[schema.FREEZE_BLOCKS]),
                               "image_size": int(hparams["config"][schema.IMAGE_SIZE])})
 
 

@@ -27,7 +27,7 @@ LAYERS_PER_BLOCK = {schema.BASIC: 2, schema.BOTTLENECK: 3}
 LABEL_PREFIX = {schema.BASIC: "b", schema.BOTTLENECK: "bn"}
 # What a spec written before a field existed meant: every network was a BasicBlock ResNet,
 # and the old classifier.json had no freeze_blocks (inference does not need it).
-LEGACY_DEFAULTS = {"block": schema.BASIC, "freeze_blocks": 0}
+LEGACY_DEFAULTS = {schema.BLOCK: schema.BASIC, schema.FREEZE_BLOCKS: 0}
 
 
 def check_block(block: str) -> str:

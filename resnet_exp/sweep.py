@@ -180,7 +180,7 @@ def _parents(client: MlflowClient, experiment_id: str, sid: str) -> list[Run]:
 def parent_run_name(grid: SweepGrid) -> str:
     """e.g. 'sweep-b2222-f01234-3seeds': reads as the grid in the run list."""
     blocks = "+".join("b" + "".join(map(str, b)) for b in grid.parsed("blocks"))
-    freeze = "".join(map(str, grid.parsed("freeze_blocks")))
+    freeze = "".join(map(str, grid.parsed(S.FREEZE_BLOCKS)))
     return f"sweep-{blocks}-f{freeze}-{len(grid.parsed('seeds'))}seeds"
 
 
