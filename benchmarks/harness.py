@@ -122,6 +122,54 @@ def compute_only(config: TrainConfig, steps: int, num_classes: int = len(CLASSES
     return _timed(step, steps, config.batch_size, device)
 
 
+def compute_bound(config: TrainConfig, epochs: int, sizes: dict[str, int], steps: int,
+                  num_classes: int = len(CLASSES)) -> float:
+    """Seconds of compute a training of `config` cannot avoid, measured on random tensors with
+    the project's model, precision and memory format: its trainable stages trained on every
+    training image for `epochs`, and evaluated on the validation images each epoch and on the
+    test images once, plus one forward pass of its frozen prefix per image (what the feature
+    cache does). `sizes` counts the images of 'train', 'validation' and 'test'."""
+    runtime = resolve_runtime(config)
+    apply_runtime(runtime)
+    torch.manual_seed(0)
+    device = torch.device(runtime.accelerator)
+    model = build_resnet(config.net_spec([f"class{i}" for i in range(num_classes)])).to(device).train()
+    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, device=device)
+    x = x.contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+    frozen = config.freeze_blocks > 0
+    with torch.inference_mode(), autocast(runtime):
+        features = model.prefix(x).float().clone() if frozen else x
+    trainable = model.forward_after_prefix if frozen else model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(runtime):
+            loss = F.cross_entropy(trainable(features), y)
+        loss.backward()
+        optimizer.step()
+
+    @torch.inference_mode()
+    def eval_step() -> None:
+        with autocast(runtime):
+            trainable(features)
+
+    @torch.inference_mode()
+    def prefix_step() -> None:
+        with autocast(runtime):
+            model.prefix(x)
+
+    seconds = epochs * sizes["train"] / _timed(train_step, steps, config.batch_size, device)
+    model.eval()
+    seconds += (epochs * sizes["validation"] + sizes["test"]) / _timed(eval_step, steps, config.batch_size, device)
+    if frozen:
+        seconds += sum(sizes.values()) / _timed(prefix_step, steps, config.batch_size, device)
+    return seconds
+
+
 def _timed(step, steps: int, batch: int, device: torch.device) -> float:
     for _ in range(WARMUP_STEPS):
         step()
