@@ -42,8 +42,8 @@ def draw_all(ranking: pd.DataFrame, curves: pd.DataFrame, folder: Path,
     for name, draw in drawers.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         draw(ax)
-        paths.append(_save(fig, folder / S.PLOTS_FOLDER / name))
-    paths.append(_save(cost_plot(ranking, chance), folder / S.PLOTS_FOLDER / COST))
+        paths.append(save(fig, folder / S.PLOTS_FOLDER / name))
+    paths.append(save(cost_plot(ranking, chance), folder / S.PLOTS_FOLDER / COST))
     return paths
 
 
@@ -53,7 +53,7 @@ def chance_line(ax: plt.Axes, chance: float | None) -> None:
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1.2, label="chance")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

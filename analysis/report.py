@@ -292,8 +292,10 @@ def limits(ranking: pd.DataFrame, study: Study) -> str:
 
 
 def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id: str, n_runs: int,
-           excluded: dict[str, int], notes: list[str]) -> str:
-    """report.md: what was read and compared, the verdict, the answer, the table, the plots."""
+           excluded: dict[str, int], notes: list[str], class_section: str = "",
+           extra_plots: tuple[str, ...] = ()) -> str:
+    """report.md: what was read and compared, the verdict, the answer, the table, the classes
+    that freezing moves most, the plots (the four, then `extra_plots` under plots/)."""
     scope = f"the runs of sweep run `{sweep_run_id}`" if sweep_run_id else "every training run"
     left_out = ", ".join(f"{n} {reason}" for reason, n in excluded.items()) or "none"
     question = QUESTION.format(frozen=study.frozen_stages_clause())
@@ -306,9 +308,10 @@ def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id
         f"## The answer\n\n*{question}*\n\n{answer(ranking, study.dataset)}",
         "## Ranking\n\n" + markdown_table(shown_table(ranking)) + "\n\nAll columns: `ranking.csv`.",
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
+        *(["## Classes that freezing moves most\n\n" + class_section] if class_section else []),
         "## What these numbers can and cannot conclude\n\n" + limits(ranking, study),
         "## Definitions\n\n" + DEFINITIONS,
         "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
-                                     for name in (CURVES, FREEZE, DEPTH, COST)),
+                                     for name in (CURVES, FREEZE, DEPTH, COST, *extra_plots)),
     ]
     return "\n\n".join(sections) + "\n"

@@ -319,6 +319,21 @@ def test_the_report_says_when_welch_replaced_the_paired_test(study, tmp_path):
     assert {C.DIFF, C.DIFF_LO, C.DIFF_HI, C.P_VALUE, C.P_HOLM} <= set(csv.columns)
 
 
+def test_classes_that_freezing_moves_most():
+    from analysis.classes import class_changes
+
+    runs_ = pd.DataFrame({C.RUN_ID: ["f2s0", "f2s1", "f4s0"], C.NETWORK: "basic 2,2,2,2",
+                          C.WEIGHTS: IMAGENET, C.FREEZE_BLOCKS: [2, 2, 4]})
+    per_class = pd.DataFrame({C.RUN_ID: ["f2s0"] * 3 + ["f2s1"] * 3 + ["f4s0"] * 3,
+                              "class": ["cat", "dog", "owl"] * 3,
+                              "correct": [4, 2, 3, 4, 4, 3, 1, 3, 3], "total": [4] * 9})
+    changes = class_changes(per_class, runs_, top=2)
+    # pooled over seeds at f2: cat 8/8, dog 6/8, owl 6/8; at f4: cat 1/4, dog 3/4, owl 3/4
+    assert changes["class"].tolist() == ["cat", "dog"]  # dog and owl tie at 0: the first listed
+    assert changes["change"].tolist() == pytest.approx([-0.75, 0.0])
+    assert (changes["freeze_from"].tolist(), changes["freeze_to"].tolist()) == ([2, 2], [4, 4])
+
+
 def test_pareto_front():
     acc = pd.Series([0.9, 0.8, 0.8, 0.5, 0.95])
     cost = pd.Series([10.0, 5.0, 6.0, 1.0, math.nan])
