@@ -9,11 +9,14 @@ level to the next; with a plot.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from unittest import mock
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 
 from analysis import columns as C
@@ -33,7 +36,9 @@ def load_per_class(run_ids: list[str]) -> pd.DataFrame:
     """run_id, class, correct, total for every run that logged its per-class accuracy (runs from
     before the diagnostics have none and are left out)."""
     client, frames = MlflowClient(), []
-    with tempfile.TemporaryDirectory() as tmp:
+    # one small file per run: MLflow's per-download progress bar would flood the terminal
+    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
         for run_id in run_ids:
             try:
                 path = client.download_artifacts(run_id, f"{S.DIAGNOSTICS_FOLDER}/{S.PER_CLASS_FILE}", tmp)

@@ -194,9 +194,13 @@ def _caveat(ranking: pd.DataFrame) -> str:
     fewest = int(ranking[C.N_RUNS].min())
     if fewest >= FEW_SEEDS:
         return ""
-    runs = "a single run" if fewest == 1 else f"only {fewest} seeds"
-    return (f"With {runs} for the least-sampled configuration, the intervals are wide (or missing), "
-            "so small differences here are not evidence; more seeds would sharpen the ranking.")
+    if fewest == 1:
+        return ("With a single run for the least-sampled configuration, its interval covers only its "
+                "test set, not seed-to-seed variation, so small differences here are not evidence; "
+                "more seeds (resnet-exp sweep --seeds auto) would sharpen the ranking.")
+    return (f"With only {fewest} seeds for the least-sampled configuration, the intervals are wide, "
+            "so small differences here are not evidence; more seeds (resnet-exp sweep --seeds auto) "
+            "would sharpen the ranking.")
 
 
 def answer(ranking: pd.DataFrame, dataset: str) -> str:
@@ -279,7 +283,7 @@ def limits(ranking: pd.DataFrame, study: Study) -> str:
                   f"{math.sqrt(0.25 / images.iloc[0]):.3f} at 50% accuracy from the test set alone."
                   if images.nunique() == 1 else "")
     return "\n".join(f"- {line}" for line in [
-        f"Data and initialisation: {study.description()}",
+        study.description(),
         f"Evidence: {per_run}, {seeds_per_configuration(ranking)}.{resolution}",
         "Can conclude: which configurations are significantly below the best one on this dataset, "
         "at these settings (image size, epochs, learning rate), with a 5% chance of any false "
