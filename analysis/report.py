@@ -239,8 +239,8 @@ DEFINITIONS = f"""\
   per-seed differences over the seeds both have (every configuration of a seed sees the same
   split and the same data order, so the runs are paired), with its paired Student-t 95% interval
   and two-sided p-value. With fewer than two common seeds it is Welch's unequal-variance t over
-  all runs of the two (a normal test when one side has a single run), and `{C.COMPARISON}` says
-  so. The variance of a difference is never taken below the binomial variance of the two test
+  all runs of the two (a single run borrows the other side's seed variance; one run on each
+  side gives no test), and `{C.COMPARISON}` says so. The variance of a difference is never taken below the binomial variance of the two test
   sets, p(1-p)/n each, so that identical differences do not claim certainty.
 - **p (Holm)**: the p-values of the comparisons with the leader, adjusted by Holm's step-down
   method (Holm 1979, *Scand. J. Statist.* 6:65-70), which keeps the chance of any false "not

@@ -7,7 +7,8 @@
   Wilson interval alone. Wilson (1927); Brown, Cai & DasGupta (2001), Statist. Sci. 16:101-133.
 - A configuration is compared with the leader by the per-seed difference in test accuracy over
   the seeds both have (paired Student t), or, with fewer than two common seeds, by Welch's
-  unequal-variance t over all their runs (a normal test where a side has one run). The variance
+  unequal-variance t over all their runs (a side with a single run borrows the other side's
+  seed variance; a single run on each side gives no test). The variance
   of a difference is floored at the binomial variance of the test sets (as if the two
   configurations' errors were independent), so that identical differences never claim
   certainty. p-values are corrected across configurations by Holm's step-down method (Holm
@@ -27,7 +28,9 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE  # the family-wise error rate of the Holm-corrected comparisons
-PAIRED, WELCH, NORMAL = "paired t", "Welch t (no common seeds)", "normal (a single run on one side)"
+PAIRED, WELCH = "paired t", "Welch t (no common seeds)"
+SINGLE = "t, no common seeds, a single run on one side (its seed variance from the other side)"
+NO_TEST = "no test: a single run on each side"
 MIN_PAIRS = 2  # a paired t needs at least two differences (one degree of freedom)
 
 
@@ -109,20 +112,25 @@ def paired(leader: dict[int, tuple[float, float]], other: dict[int, tuple[float,
 
 def unpaired(acc_a: Sequence[float], size_a: Sequence[float], acc_b: Sequence[float],
              size_b: Sequence[float], confidence: float = CONFIDENCE) -> Comparison:
-    """Welch's t for mean(b) - mean(a), each side's variance floored by its binomial variance;
-    with a single run on a side, a normal test on the binomial variances."""
-    sides = []
-    for acc, size in ((acc_a, size_a), (acc_b, size_b)):
-        acc = np.asarray(acc, float)
-        floor = float(np.mean([binomial_variance(a, n) for a, n in zip(acc, size)]))
-        sample = float(np.var(acc, ddof=1)) if len(acc) > 1 else 0.0
-        sides.append((float(acc.mean()), max(sample, floor) / len(acc), len(acc)))
-    (mean_a, var_a, n_a), (mean_b, var_b, n_b) = sides
+    """Welch's t for mean(b) - mean(a), each side's variance floored by its binomial variance.
+    A single run measures no seed variation: it borrows the other side's sample variance, and
+    the test its degrees of freedom; with a single run on each side there is nothing to test."""
+    a, b = np.asarray(acc_a, float), np.asarray(acc_b, float)
+    diff = float(b.mean() - a.mean())
+    if len(a) < 2 and len(b) < 2:
+        return Comparison(diff, math.nan, math.nan, math.nan, NO_TEST, 0)
+    several = a if len(a) > 1 else b  # a side with seeds to measure their variation on
+
+    def variance_of_mean(acc: np.ndarray, size: Sequence[float]) -> float:
+        floor = float(np.mean([binomial_variance(x, n) for x, n in zip(acc, size)]))
+        seeds = float(np.var(acc if len(acc) > 1 else several, ddof=1))
+        return max(seeds, floor) / len(acc)
+    var_a, var_b = variance_of_mean(a, size_a), variance_of_mean(b, size_b)
     se2 = var_a + var_b
-    if min(n_a, n_b) < 2:
-        return _t_test(mean_b - mean_a, se2, math.inf, NORMAL, 0, confidence)
-    df = se2 ** 2 / (var_a ** 2 / (n_a - 1) + var_b ** 2 / (n_b - 1)) if se2 > 0 else math.inf
-    return _t_test(mean_b - mean_a, se2, df, WELCH, 0, confidence)
+    if min(len(a), len(b)) < 2:
+        return _t_test(diff, se2, len(several) - 1, SINGLE, 0, confidence)
+    df = se2 ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1)) if se2 > 0 else math.inf
+    return _t_test(diff, se2, df, WELCH, 0, confidence)
 
 
 def _t_test(diff: float, se2: float, df: float, method: str, n_pairs: int, confidence: float) -> Comparison:
