@@ -32,18 +32,23 @@ class PlannedSeed:
     reason: str
 
 
-def standing_of(run_ids: list[str]) -> "pandas.DataFrame | None":
+def standing_of(run_ids: list[str], rows: dict[str, dict | None]) -> "pandas.DataFrame | None":
     """The leader and the ties (analysis.rank.standing) over the finished runs among `run_ids`;
-    None when no run has finished."""
+    None when no run has finished. `rows` caches each run's row (None: not usable), so a round
+    reads only the runs added since the last."""
     import pandas as pd
 
     from analysis.rank import standing
     from analysis.runs import run_row
 
     client, finished = MlflowClient(), RunStatus.to_string(RunStatus.FINISHED)
-    runs = [client.get_run(run_id) for run_id in run_ids]
-    rows = [run_row(r) for r in runs if r.info.status == finished and S.TEST_ACC in r.data.metrics]
-    return standing(pd.DataFrame(rows)) if rows else None
+    for run_id in run_ids:
+        if run_id not in rows:
+            run = client.get_run(run_id)
+            usable = run.info.status == finished and S.TEST_ACC in run.data.metrics
+            rows[run_id] = run_row(run) if usable else None
+    usable_rows = [rows[run_id] for run_id in run_ids if rows[run_id] is not None]
+    return standing(pd.DataFrame(usable_rows)) if usable_rows else None
 
 
 def plan_round(table: "pandas.DataFrame", max_seeds: int, round_: int) -> tuple[list[PlannedSeed], str]:
@@ -80,9 +85,9 @@ def add_seeds(configs: list[TrainConfig], run_ids: list[str], max_seeds: int,
     added and why the rounds stopped. A failed child stops the rounds: its seed would only be
     planned again."""
     by_hash = {c.config_hash: c for c in configs}
-    run_ids, added, round_ = list(run_ids), [], 1
+    run_ids, added, round_, rows = list(run_ids), [], 1, {}
     while True:
-        table = standing_of(run_ids)
+        table = standing_of(run_ids, rows)
         if table is None:
             return added, "no run finished"
         planned, stop = plan_round(table, max_seeds, round_)
