@@ -5,7 +5,9 @@ of one sweep: ranking.csv, report.md, report.html and plots, locally and as an M
     config.py    AnalysisConfig: the parameters and their defaults (light: no MLflow import)
     runs.py      select runs, read them into a per-run table and per-epoch curves, count exclusions
     study.py     what the runs compared besides depth: initialisation, classes, test images
+    stats.py     Wilson and t intervals, paired / Welch comparisons, Holm's correction (pure maths)
     rank.py      per-run measures, per-configuration means and intervals, ties, Pareto fronts
+    classes.py   per-class accuracy from each run's diagnostics: the classes freezing moves most
     plots.py     the four PNGs
     report.py    the verdict, the plain-language answer, report.md, the terminal table
     html_report.py  report.html: report.md with its plots inline, for MLflow's artifact viewer

@@ -42,9 +42,22 @@ TRAINABLE_BLOCKS = "trainable_blocks"  # residual blocks that learn: sum(blocks[
 N_RUNS = "n_runs"
 TEST_ACC_MEAN = f"{TEST_ACC}_mean"
 TEST_ACC_STD = f"{TEST_ACC}_std"
-TEST_ACC_CI = f"{TEST_ACC}_ci95"  # half-width of the Student-t 95% interval; NaN for one run
-TEST_ACC_LO = f"{TEST_ACC_CI}_lo"
-TEST_ACC_HI = f"{TEST_ACC_CI}_hi"
+TEST_ACC_SEED_CI = f"{TEST_ACC}_seed_ci95"  # half-width of the Student-t interval over seeds; NaN for one run
+# The reported 95% interval: the wider of the t interval over seeds and the Wilson interval of
+# the pooled test images (analysis/stats.py), so agreeing seeds never give a zero width
+TEST_ACC_LO = f"{TEST_ACC}_ci95_lo"
+TEST_ACC_HI = f"{TEST_ACC}_ci95_hi"
+TEST_ACC_INTERVAL = f"{TEST_ACC}_ci95_method"  # which one it was: analysis.stats.SEEDS or WILSON
+TEST_IMAGES = "test_images"  # test images per run (NaN if the runs differ or did not record it)
+# The comparison with the leader (analysis.rank.compare_with_leader): this minus the leader
+DIFF = f"{TEST_ACC}_diff"
+DIFF_LO = f"{DIFF}_ci95_lo"
+DIFF_HI = f"{DIFF}_ci95_hi"
+P_VALUE = "p_value"  # two-sided, of a zero difference
+P_HOLM = "p_holm"  # Holm-adjusted across the configurations compared with the leader
+COMPARISON = "comparison"  # 'paired t', 'Welch t (no common seeds)', ... (analysis.stats)
+N_PAIRS = "n_paired_seeds"  # seeds this configuration and the leader both have
+MAX_SEED = "max_seed"  # the highest seed a configuration has (adaptive sweeps add the next)
 BEST_VAL_ACC_MEAN = f"{BEST_VAL_ACC}_mean"
 EPOCHS_TO_95_MEAN = f"{EPOCHS_TO_95}_mean"
 EPOCHS_TO_95_STD = f"{EPOCHS_TO_95}_std"
@@ -56,8 +69,9 @@ PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable param
 
 RANKING_COLUMNS = [
     RANK, TIED, LABEL, DEPTH_LABEL, NETWORK, BLOCK, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, WEIGHTS,
-    CONFIG_HASH, N_RUNS,
-    TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_CI, TEST_ACC_LO, TEST_ACC_HI, BEST_VAL_ACC_MEAN,
+    CONFIG_HASH, N_RUNS, TEST_IMAGES,
+    TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_SEED_CI, TEST_ACC_LO, TEST_ACC_HI, TEST_ACC_INTERVAL,
+    DIFF, DIFF_LO, DIFF_HI, P_VALUE, P_HOLM, COMPARISON, N_PAIRS, BEST_VAL_ACC_MEAN,
     EPOCHS_TO_95_MEAN, EPOCHS_TO_95_STD, VAL_ACC_AUC_MEAN, EPOCH_TIME_MEAN, TRAIN_TIME_MEAN,
     TRAINABLE_PARAMS, PARETO_TIME, PARETO_PARAMS,
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import columns as C
-from analysis import plots, rank, report, runs
+from analysis import classes, plots, rank, report, runs
 from analysis.html_report import to_html
 from analysis.study import study_of
 from analysis.config import AnalysisConfig
@@ -37,15 +37,21 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     selection = runs.select(config)
     table = runs.load_runs(selection)
     ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
+    changes = classes.class_changes(classes.load_per_class(table.runs[C.RUN_ID].tolist()), table.runs)
     text = report.render(ranking, study=study, experiment=selection.experiment_name,
                          sweep_run_id=selection.sweep_run_id, n_runs=len(table.runs),
                          excluded=table.excluded,
-                         notes=report.shared_label_notes(ranking, table.shared_params))
+                         notes=report.shared_label_notes(ranking, table.shared_params),
+                         class_section=classes.changes_markdown(changes),
+                         extra_plots=(classes.CLASS_PLOT,) if len(changes) else ())
 
     def write(folder: Path) -> None:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
+        changes.to_csv(folder / S.CLASS_CHANGES_FILE, index=False)
+        if len(changes):
+            plots.save(classes.changes_plot(changes), folder / S.PLOTS_FOLDER / classes.CLASS_PLOT)
         # after the plots, which it inlines; titled by report.md's first heading
         (folder / S.REPORT_HTML).write_text(to_html(text, folder, text.splitlines()[0].lstrip("# ")),
                                             encoding="utf-8")

@@ -42,8 +42,8 @@ def draw_all(ranking: pd.DataFrame, curves: pd.DataFrame, folder: Path,
     for name, draw in drawers.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         draw(ax)
-        paths.append(_save(fig, folder / S.PLOTS_FOLDER / name))
-    paths.append(_save(cost_plot(ranking, chance), folder / S.PLOTS_FOLDER / COST))
+        paths.append(save(fig, folder / S.PLOTS_FOLDER / name))
+    paths.append(save(cost_plot(ranking, chance), folder / S.PLOTS_FOLDER / COST))
     return paths
 
 
@@ -53,7 +53,7 @@ def chance_line(ax: plt.Axes, chance: float | None) -> None:
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1.2, label="chance")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -82,13 +82,21 @@ def accuracy_by(ax: plt.Axes, ranking: pd.DataFrame, x: str, xlabel: str,
                 chance: float | None = None) -> None:
     """Final test_acc mean against `x`, one series per network (and initialisation), 95% CI bars."""
     for (network, weights), series in ranking.sort_values(x).groupby(SERIES, sort=True):
-        ax.errorbar(series[x], series[C.TEST_ACC_MEAN], yerr=series[C.TEST_ACC_CI].fillna(0),
+        ax.errorbar(series[x], series[C.TEST_ACC_MEAN], yerr=interval_bars(series),
                     marker="o", capsize=4, label=series_name(ranking, network, weights))
-    ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"test_acc against {x} (bars: 95% CI over seeds)")
+    ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"test_acc against {x} (bars: 95% interval)")
     chance_line(ax, chance)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
+
+
+def interval_bars(rows: pd.DataFrame) -> np.ndarray:
+    """(2, n) distances from each mean down to and up to its 95% interval (Wilson intervals are
+    not symmetric); 0 where a row has none."""
+    mean = rows[C.TEST_ACC_MEAN].to_numpy(float)
+    below, above = mean - rows[C.TEST_ACC_LO].to_numpy(float), rows[C.TEST_ACC_HI].to_numpy(float) - mean
+    return np.nan_to_num(np.vstack([below, above]).clip(min=0))
 
 
 def cost_plot(ranking: pd.DataFrame, chance: float | None = None) -> plt.Figure:
@@ -99,7 +107,7 @@ def cost_plot(ranking: pd.DataFrame, chance: float | None = None) -> plt.Figure:
     panels = [(C.TRAIN_TIME_MEAN, C.PARETO_TIME, "total training time (s, mean over seeds)"),
               (C.TRAINABLE_PARAMS, C.PARETO_PARAMS, "trainable parameters")]
     for ax, (cost, flag, xlabel) in zip(axes, panels):
-        ax.errorbar(ranking[cost], ranking[C.TEST_ACC_MEAN], yerr=ranking[C.TEST_ACC_CI].fillna(0),
+        ax.errorbar(ranking[cost], ranking[C.TEST_ACC_MEAN], yerr=interval_bars(ranking),
                     fmt="o", capsize=3, alpha=0.7, label="configuration")
         front = ranking[ranking[flag]].sort_values(cost)
         ax.step(front[cost], front[C.TEST_ACC_MEAN], where="post", color="tab:red", label="Pareto front")
@@ -111,6 +119,6 @@ def cost_plot(ranking: pd.DataFrame, chance: float | None = None) -> plt.Figure:
         chance_line(ax, chance)
         ax.grid(alpha=0.3)
     axes[1].set_xscale("log")
-    axes[0].set_ylabel("test accuracy (mean, bars: 95% CI)")
+    axes[0].set_ylabel("test accuracy (mean, bars: 95% interval)")
     axes[0].legend(fontsize="small")
     return fig

@@ -1,6 +1,7 @@
 """The ranking maths, pure functions on DataFrames: per-run learning measures, per-configuration
-means and Student-t intervals over seeds, the tie rule, and the Pareto fronts of accuracy
-against cost.
+means and intervals (analysis.stats), the comparison of every configuration with the leader by
+paired per-seed differences with Holm's correction (the tie rule), and the Pareto fronts of
+accuracy against cost.
 
     python -c "from analysis.rank import epochs_to_fraction, auc_per_epoch; print(epochs_to_fraction([.2, .5, .8]), auc_per_epoch([.2, .5, .8]))"
 """
@@ -12,12 +13,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis import columns as C
+from analysis import stats as st
 
 CONVERGENCE_FRACTION = 0.95  # a run has converged once val_acc reaches 95% of its own best
-CONFIDENCE = 0.95  # two-sided Student-t intervals over seeds
+CONFIDENCE = st.CONFIDENCE  # two-sided 95% intervals and tests at 5%
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -53,11 +54,8 @@ def run_measures(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def ci_half_width(values: Sequence[float], confidence: float = CONFIDENCE) -> float:
-    """Half-width of the Student-t interval of the mean; NaN for a single value."""
-    n = len(values)
-    if n < 2:
-        return math.nan
-    return float(stats.t.ppf((1 + confidence) / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    """Half-width of the Student-t interval of the mean over seeds; NaN for a single value."""
+    return st.t_half_width(values, confidence)
 
 
 def trainable_blocks(blocks: str, freeze_blocks: int) -> int:
@@ -70,6 +68,7 @@ def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
     frozen stages and weights are part of the hash, so they are equal across its runs."""
     def summary(config_hash: str, g: pd.DataFrame) -> dict:
         acc, half = g[C.TEST_ACC], ci_half_width(g[C.TEST_ACC].tolist())
+        interval = st.accuracy_interval(acc.tolist(), _test_sizes(g))
         first = g.iloc[0]
         return {
             C.CONFIG_HASH: config_hash, C.NETWORK: first[C.NETWORK], C.BLOCK: first[C.BLOCK],
@@ -77,13 +76,25 @@ def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
             C.DEPTH_LABEL: first[C.DEPTH_LABEL], C.WEIGHTS: first[C.WEIGHTS],
             C.TRAINABLE_BLOCKS: trainable_blocks(first[C.BLOCKS], first[C.FREEZE_BLOCKS]),
             C.N_RUNS: len(g), C.TEST_ACC_MEAN: acc.mean(), C.TEST_ACC_STD: acc.std(ddof=1),
-            C.TEST_ACC_CI: half, C.TEST_ACC_LO: acc.mean() - half, C.TEST_ACC_HI: acc.mean() + half,
+            C.TEST_ACC_SEED_CI: half, C.TEST_ACC_LO: interval.lo, C.TEST_ACC_HI: interval.hi,
+            C.TEST_ACC_INTERVAL: interval.method, C.TEST_IMAGES: _test_images(g),
             C.BEST_VAL_ACC_MEAN: g[C.BEST_VAL_ACC].mean(), C.EPOCHS_TO_95_MEAN: g[C.EPOCHS_TO_95].mean(),
             C.EPOCHS_TO_95_STD: g[C.EPOCHS_TO_95].std(ddof=1), C.VAL_ACC_AUC_MEAN: g[C.VAL_ACC_AUC].mean(),
             C.EPOCH_TIME_MEAN: g[C.EPOCH_TIME].mean(), C.TRAIN_TIME_MEAN: g[C.TRAIN_TIME].mean(),
             C.TRAINABLE_PARAMS: g[C.TRAINABLE_PARAMS].max()}
     table = pd.DataFrame([summary(h, g) for h, g in measured.groupby(C.CONFIG_HASH)])
     return table.assign(**{C.LABEL: labels(table)})
+
+
+def _test_sizes(runs: pd.DataFrame) -> list[float]:
+    """Test images of each run; NaN where a run did not record it (or the table lacks it)."""
+    return runs[C.TEST_SIZE].tolist() if C.TEST_SIZE in runs else [math.nan] * len(runs)
+
+
+def _test_images(runs: pd.DataFrame) -> float:
+    """Test images per run, if all runs agree; NaN otherwise."""
+    sizes = set(_test_sizes(runs))
+    return sizes.pop() if len(sizes) == 1 else math.nan
 
 
 def labels(table: pd.DataFrame) -> pd.Series:
@@ -97,21 +108,53 @@ def labels(table: pd.DataFrame) -> pd.Series:
 # --- ranking -------------------------------------------------------------------------------------
 
 
-def tied_with_leader(table: pd.DataFrame) -> pd.Series:
-    """Whether each row's interval overlaps the first row's. A single run has no interval, so it
-    can be ordered neither above nor below the leader: tied (also when the leader is the one)."""
-    leader_lo = table[C.TEST_ACC_LO].iloc[0]
-    unbounded = table[C.TEST_ACC_HI].isna() | math.isnan(leader_lo)
-    return unbounded | (table[C.TEST_ACC_HI] >= leader_lo)
+def leader_first(table: pd.DataFrame) -> pd.DataFrame:
+    """Configurations by test_acc mean, highest first; equal means: fewer trainable parameters,
+    then label. The first row is the leader."""
+    return table.sort_values([C.TEST_ACC_MEAN, C.TRAINABLE_PARAMS, C.LABEL],
+                             ascending=[False, True, True], kind="stable").reset_index(drop=True)
 
 
-def rank_configs(table: pd.DataFrame) -> pd.DataFrame:
-    """Order by test_acc mean (ties broken by fewer trainable parameters, then label), mark the
-    configurations tied with the leader, list them first, and give competition ranks: 1 for the
-    leader and everything tied with it, the row's position for the rest (1, 1, 1, 4, 5)."""
-    ordered = table.sort_values([C.TEST_ACC_MEAN, C.TRAINABLE_PARAMS, C.LABEL],
-                                ascending=[False, True, True], kind="stable").reset_index(drop=True)
-    ordered[C.TIED] = tied_with_leader(ordered)
+def compare_with_leader(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """One row per config hash of `order` (the leader first): mean difference from the leader
+    (this minus leader), its 95% interval, p, Holm-adjusted p across the other configurations,
+    the method, and whether it is tied: the corrected test does not reject a zero difference
+    at 5% (or cannot be made). The leader is tied with itself, with no test."""
+    def by_seed(config_hash: str) -> dict[int, tuple[float, float]]:
+        g = runs[runs[C.CONFIG_HASH] == config_hash]
+        return dict(zip(g[C.SEED].astype(int), zip(g[C.TEST_ACC], _test_sizes(g))))
+    leader = by_seed(order[0])
+    found = [st.paired(leader, by_seed(h)) for h in order[1:]]
+    adjusted = st.holm([c.p for c in found])
+    rows = [{C.CONFIG_HASH: order[0], C.DIFF: 0.0, C.DIFF_LO: math.nan, C.DIFF_HI: math.nan,
+             C.P_VALUE: math.nan, C.P_HOLM: math.nan, C.COMPARISON: "leader", C.N_PAIRS: len(leader),
+             C.TIED: True}]
+    for h, c, p_holm in zip(order[1:], found, adjusted):
+        rows.append({C.CONFIG_HASH: h, C.DIFF: c.diff, C.DIFF_LO: c.lo, C.DIFF_HI: c.hi, C.P_VALUE: c.p,
+                     C.P_HOLM: p_holm, C.COMPARISON: c.method, C.N_PAIRS: c.n_pairs,
+                     C.TIED: bool(math.isnan(p_holm) or p_holm >= st.ALPHA)})
+    return pd.DataFrame(rows)
+
+
+def standing(runs: pd.DataFrame) -> pd.DataFrame:
+    """Who leads and who is still tied with it, from the per-run table alone (config hash, seed,
+    test_acc, test size, trainable params, depth label): what an adaptive sweep needs between
+    rounds, without the curves."""
+    table = runs.groupby(C.CONFIG_HASH).agg(**{
+        C.TEST_ACC_MEAN: (C.TEST_ACC, "mean"), C.N_RUNS: (C.TEST_ACC, "size"),
+        C.TRAINABLE_PARAMS: (C.TRAINABLE_PARAMS, "max"), C.LABEL: (C.DEPTH_LABEL, "first"),
+        C.MAX_SEED: (C.SEED, "max")}).reset_index()
+    ordered = leader_first(table)
+    return ordered.merge(compare_with_leader(runs, ordered[C.CONFIG_HASH].tolist()), on=C.CONFIG_HASH)
+
+
+def rank_configs(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Order by test_acc mean (the leader first), compare every configuration with the leader
+    (compare_with_leader, over the per-run table `runs`), list the tied ones first, and give
+    competition ranks: 1 for the leader and everything tied with it, the row's position for
+    the rest (1, 1, 1, 4, 5)."""
+    ordered = leader_first(table)
+    ordered = ordered.merge(compare_with_leader(runs, ordered[C.CONFIG_HASH].tolist()), on=C.CONFIG_HASH)
     ordered = ordered.sort_values(C.TIED, ascending=False, kind="stable").reset_index(drop=True)
     position = pd.Series(range(1, len(ordered) + 1))
     ordered[C.RANK] = position.where(~ordered[C.TIED], 1)
@@ -134,4 +177,4 @@ def pareto_front(accuracy: pd.Series, cost: pd.Series) -> pd.Series:
 
 def rank(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """ranking.csv's table from the per-run table and the curves."""
-    return rank_configs(aggregate(run_measures(runs, curves)))
+    return rank_configs(aggregate(run_measures(runs, curves)), runs)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis import columns as C
 from analysis.plots import COST, CURVES, DEPTH, FREEZE
+from analysis import stats as st
 from analysis.rank import CONVERGENCE_FRACTION
 from analysis.study import SERIES, Study, series_name, weights_note
 from resnet_exp import schema as S
@@ -22,10 +23,12 @@ from resnet_exp import schema as S
 QUESTION = ("How does the depth of a ResNet (its block type, how many residual blocks it has, and how "
             "many of its stages are frozen{frozen}) change how fast and how well it learns?")
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
+INTERVAL, DIFF_SHOWN = "_interval", "_diff"  # formatted columns of the shown table
 
 # The table shown in the terminal and in report.md: (column, heading, format)
 SHOWN = [(C.RANK, "rank", "{}"), (C.LABEL, "config", "{}"), (C.N_RUNS, "n", "{}"),
-         (C.TEST_ACC_MEAN, "test_acc", "{:.4f}"), (C.TEST_ACC_CI, "± 95% CI", "{:.4f}"),
+         (C.TEST_ACC_MEAN, "test_acc", "{:.4f}"), (INTERVAL, "95% interval", "{}"),
+         (DIFF_SHOWN, "− leader [95%]", "{}"), (C.P_HOLM, "p (Holm)", "{:.3g}"),
          (C.BEST_VAL_ACC_MEAN, "best val_acc", "{:.4f}"), (C.EPOCHS_TO_95_MEAN, "epochs to 95%", "{:.1f}"),
          (C.EPOCHS_TO_95_STD, "± std", "{:.1f}"), (C.VAL_ACC_AUC_MEAN, "val_acc AUC", "{:.4f}"),
          (C.EPOCH_TIME_MEAN, "epoch s", "{:.1f}"), (C.TRAIN_TIME_MEAN, "train s", "{:.0f}"),
@@ -46,6 +49,11 @@ def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
     since the config label alone does not tell an ImageNet row from a random one."""
     shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, C.WEIGHTS, "{}"),
                                                             *SHOWN[2:]]
+    ranking = ranking.assign(**{
+        INTERVAL: [f"{lo:.3f}–{hi:.3f}" if not math.isnan(lo) else math.nan
+                   for lo, hi in zip(ranking[C.TEST_ACC_LO], ranking[C.TEST_ACC_HI])],
+        DIFF_SHOWN: [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else math.nan
+                     for d, lo, hi in zip(ranking[C.DIFF], ranking[C.DIFF_LO], ranking[C.DIFF_HI])]})
     return pd.DataFrame({heading: [_cell(v, fmt) for v in ranking[col].tolist()]
                          for col, heading, fmt in shown})
 
@@ -67,10 +75,12 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def _acc(row: pd.Series) -> str:
-    """'0.861 ± 0.127 (n=2)', or '0.861 (one run, no interval)'."""
-    if math.isnan(row[C.TEST_ACC_CI]):
-        return f"{row[C.TEST_ACC_MEAN]:.3f} (one run, no interval)"
-    return f"{row[C.TEST_ACC_MEAN]:.3f} ± {row[C.TEST_ACC_CI]:.3f} (n={row[C.N_RUNS]})"
+    """'0.861 (95% interval 0.790–0.920, n=2)'; 'no interval' only where the runs recorded
+    neither a second seed nor their test size."""
+    runs = "one run" if row[C.N_RUNS] == 1 else f"n={row[C.N_RUNS]}"
+    if math.isnan(row[C.TEST_ACC_LO]):
+        return f"{row[C.TEST_ACC_MEAN]:.3f} ({runs}, no interval)"
+    return f"{row[C.TEST_ACC_MEAN]:.3f} (95% interval {row[C.TEST_ACC_LO]:.3f}–{row[C.TEST_ACC_HI]:.3f}, {runs})"
 
 
 def _names(labels: list[str]) -> str:
@@ -78,24 +88,26 @@ def _names(labels: list[str]) -> str:
 
 
 def verdict(ranking: pd.DataFrame) -> str:
-    """'Winner: b2222-f2' or 'A tie between b2222-f2 and b1111-f3 ...'."""
-    tied = ranking[ranking[C.TIED]]
+    """'Winner: b2222-f2 (...)' or 'A tie between b2222-f2 and b1111-f3 (...)'."""
+    tied, leader = ranking[ranking[C.TIED]], ranking[C.LABEL].iloc[0]
     if len(tied) == 1:
-        return f"Winner: {tied[C.LABEL].iloc[0]} (no other configuration's 95% interval overlaps its own)"
-    single = tied[C.TEST_ACC_CI].isna()
-    why = [f"95% intervals overlapping the leader's ({tied[C.LABEL].iloc[0]})"]
-    if single.any():
-        why.append(f"a single run, hence no interval: {_names(tied[single][C.LABEL].tolist())}")
-    return f"A tie between {_names(tied[C.LABEL].tolist())} ({'; '.join(why)})"
+        return (f"Winner: {leader} (every other configuration's difference from it is significant: "
+                f"Holm-corrected tests at {st.ALPHA:.0%})")
+    return (f"A tie between {_names(tied[C.LABEL].tolist())} (the Holm-corrected test of each one's "
+            f"difference from the leader, {leader}, does not reject zero at {st.ALPHA:.0%})")
 
 
 def _leader_sentence(ranking: pd.DataFrame) -> str:
     leader, tied = ranking.iloc[0], ranking[ranking[C.TIED]].iloc[1:]
     text = f"{leader[C.LABEL]} has the highest mean test accuracy, {_acc(leader)}"
     if tied.empty:
-        return text + ", and no other configuration's interval reaches it, so it is the single winner."
-    return (text + f"; {_names(tied[C.LABEL].tolist())} cannot be told apart from it (intervals overlap, "
-            "or a single run has none), so these are tied.")
+        return (text + ", and every other configuration is significantly below it (Holm-corrected "
+                "p < 0.05), so it is the single winner.")
+    differences = ", ".join(f"{row[C.LABEL]} {row[C.DIFF]:+.3f} (p_holm {row[C.P_HOLM]:.2g}, {row[C.COMPARISON]})"
+                            for _, row in tied.iterrows())
+    return (text + f"; {_names(tied[C.LABEL].tolist())} cannot be told apart from it (differences "
+            f"from the leader: {differences}), so these are tied. A tie means the data cannot "
+            "order them, not that they are equal.")
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
@@ -149,10 +161,11 @@ def _change(lo: pd.Series, hi: pd.Series) -> str:
 
 
 def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
-    """Whether the two configurations' accuracies can be told apart at all."""
-    if math.isnan(a[C.TEST_ACC_CI]) or math.isnan(b[C.TEST_ACC_CI]):
+    """Whether the two configurations' accuracies can be told apart at all (by their intervals:
+    only the comparisons with the leader are tested)."""
+    if min(a[C.N_RUNS], b[C.N_RUNS]) == 1:
         return " (one of them is a single run, so this is no evidence of a difference)"
-    if a[C.TEST_ACC_HI] < b[C.TEST_ACC_LO] or b[C.TEST_ACC_HI] < a[C.TEST_ACC_LO]:
+    if math.isnan(a[C.TEST_ACC_LO]) or math.isnan(b[C.TEST_ACC_LO]) or a[C.TEST_ACC_HI] < b[C.TEST_ACC_LO] or b[C.TEST_ACC_HI] < a[C.TEST_ACC_LO]:
         return ""
     return " (the intervals overlap, so this is not a clear difference)"
 
@@ -181,9 +194,13 @@ def _caveat(ranking: pd.DataFrame) -> str:
     fewest = int(ranking[C.N_RUNS].min())
     if fewest >= FEW_SEEDS:
         return ""
-    runs = "a single run" if fewest == 1 else f"only {fewest} seeds"
-    return (f"With {runs} for the least-sampled configuration, the intervals are wide (or missing), "
-            "so small differences here are not evidence; more seeds would sharpen the ranking.")
+    if fewest == 1:
+        return ("With a single run for the least-sampled configuration, its interval covers only its "
+                "test set, not seed-to-seed variation, so small differences here are not evidence; "
+                "more seeds (resnet-exp sweep --seeds auto) would sharpen the ranking.")
+    return (f"With only {fewest} seeds for the least-sampled configuration, the intervals are wide, "
+            "so small differences here are not evidence; more seeds (resnet-exp sweep --seeds auto) "
+            "would sharpen the ranking.")
 
 
 def answer(ranking: pd.DataFrame, dataset: str) -> str:
@@ -211,12 +228,27 @@ def shared_label_notes(ranking: pd.DataFrame, params_by_hash: dict[str, dict[str
 
 
 DEFINITIONS = f"""\
-- **test_acc**: mean over seeds; **± 95% CI** is the Student-t half-width t(0.975, n-1) · std / √n
-  (none for a single run).
+- **test_acc**: mean over seeds. **95% interval**: the wider of two intervals, so that it never
+  claims more certainty than either source of noise allows: the Student-t interval over seeds,
+  mean ± t(0.975, n-1) · std / √n (seed-to-seed variation; `{C.TEST_ACC_SEED_CI}` in ranking.csv),
+  and the Wilson score interval of all the configuration's test predictions pooled (the finite
+  test set; Wilson 1927, recommended by Brown, Cai & DasGupta 2001, *Statistical Science*
+  16:101-133). Seeds that agree exactly therefore still get a width; a single run gets the
+  Wilson interval alone. `{C.TEST_ACC_INTERVAL}` says which one was wider.
+- **− leader [95%]**: this configuration's test_acc minus the leader's, as the mean of the
+  per-seed differences over the seeds both have (every configuration of a seed sees the same
+  split and the same data order, so the runs are paired), with its paired Student-t 95% interval
+  and two-sided p-value. With fewer than two common seeds it is Welch's unequal-variance t over
+  all runs of the two (a single run borrows the other side's seed variance; one run on each
+  side gives no test), and `{C.COMPARISON}` says so. The variance of a difference is never taken below the binomial variance of the two test
+  sets, p(1-p)/n each, so that identical differences do not claim certainty.
+- **p (Holm)**: the p-values of the comparisons with the leader, adjusted by Holm's step-down
+  method (Holm 1979, *Scand. J. Statist.* 6:65-70), which keeps the chance of any false "not
+  tied" at most {st.ALPHA:.0%} across all of them.
 - **rank / tied**: the leader has the highest test_acc mean (equal means: fewer trainable
-  parameters first); a configuration whose interval overlaps the leader's (or that has a single
-  run, hence no interval) is tied with it and shares rank 1. Tied rows come first, then the rest
-  by test_acc mean, ranked by their position (1, 1, 1, 4, 5).
+  parameters first). **Tied with the leader** means the Holm-corrected test does not reject a
+  zero difference at {st.ALPHA:.0%} (p (Holm) ≥ {st.ALPHA}), or no test can be made. Tied rows share
+  rank 1 and come first, then the rest by test_acc mean, ranked by their position (1, 1, 1, 4, 5).
 - **epochs to 95%**: epochs trained until val_acc first reached {CONVERGENCE_FRACTION:.0%} of that run's
   best val_acc (convergence speed; lower is faster). A count: 1 means after the first epoch,
   which the plots number 0.
@@ -231,9 +263,43 @@ DEFINITIONS = f"""\
 """
 
 
+def seeds_per_configuration(ranking: pd.DataFrame) -> str:
+    """'3 seeds for every configuration' or 'from 3 to 5 seeds per configuration (b2222-f2: 5, ...)'."""
+    counts = ranking[C.N_RUNS].astype(int)
+    if counts.nunique() == 1:
+        return f"{counts.iloc[0]} seed{'s' if counts.iloc[0] > 1 else ''} for every configuration"
+    each = ", ".join(f"{label}: {n}" for label, n in zip(ranking[C.LABEL], counts))
+    return f"from {counts.min()} to {counts.max()} seeds per configuration ({each})"
+
+
+def limits(ranking: pd.DataFrame, study: Study) -> str:
+    """The data, the initialisation, the test images and the seeds behind the numbers, and what
+    they support."""
+    images = ranking[C.TEST_IMAGES].dropna()
+    per_run = (f"{int(images.iloc[0]):,} test images per run" if images.nunique() == 1 else
+               "test sets of different sizes" if len(images) else "an unrecorded number of test images")
+    # the binomial standard error of one run's accuracy near its mean: the finest difference one run resolves
+    resolution = (f" One run's accuracy on {int(images.iloc[0])} images has a standard error of about "
+                  f"{math.sqrt(0.25 / images.iloc[0]):.3f} at 50% accuracy from the test set alone."
+                  if images.nunique() == 1 else "")
+    return "\n".join(f"- {line}" for line in [
+        study.description(),
+        f"Evidence: {per_run}, {seeds_per_configuration(ranking)}.{resolution}",
+        "Can conclude: which configurations are significantly below the best one on this dataset, "
+        "at these settings (image size, epochs, learning rate), with a 5% chance of any false "
+        "such claim across the comparisons with the leader.",
+        "Cannot conclude: that tied configurations are equal (a tie is a lack of evidence, and more "
+        "seeds may resolve it); the order among configurations that are not the leader (only the "
+        "comparisons with the leader are tested; the trend sentences above compare intervals, a "
+        "weaker check); anything about other datasets, image sizes or training lengths.",
+    ])
+
+
 def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id: str, n_runs: int,
-           excluded: dict[str, int], notes: list[str]) -> str:
-    """report.md: what was read and compared, the verdict, the answer, the table, the plots."""
+           excluded: dict[str, int], notes: list[str], class_section: str = "",
+           extra_plots: tuple[str, ...] = ()) -> str:
+    """report.md: what was read and compared, the verdict, the answer, the table, the classes
+    that freezing moves most, the plots (the four, then `extra_plots` under plots/)."""
     scope = f"the runs of sweep run `{sweep_run_id}`" if sweep_run_id else "every training run"
     left_out = ", ".join(f"{n} {reason}" for reason, n in excluded.items()) or "none"
     question = QUESTION.format(frozen=study.frozen_stages_clause())
@@ -246,8 +312,10 @@ def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id
         f"## The answer\n\n*{question}*\n\n{answer(ranking, study.dataset)}",
         "## Ranking\n\n" + markdown_table(shown_table(ranking)) + "\n\nAll columns: `ranking.csv`.",
         *(["## Notes\n\n" + "\n".join(f"- {n}" for n in notes)] if notes else []),
+        *(["## Classes that freezing moves most\n\n" + class_section] if class_section else []),
+        "## What these numbers can and cannot conclude\n\n" + limits(ranking, study),
         "## Definitions\n\n" + DEFINITIONS,
         "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
-                                     for name in (CURVES, FREEZE, DEPTH, COST)),
+                                     for name in (CURVES, FREEZE, DEPTH, COST, *extra_plots)),
     ]
     return "\n\n".join(sections) + "\n"

@@ -198,7 +198,8 @@ def _blocks_text(text: str) -> str:
         return text
 
 
-def _run_row(run: Run) -> dict:
+def run_row(run: Run) -> dict:
+    """One row of the per-run table (analysis.columns) from a usable training run."""
     params, tags = run.data.params, run.data.tags
     # runs recorded before the `block` param existed all used BasicBlock
     block, blocks = params.get(C.BLOCK, S.BASIC), _blocks_text(params.get(C.BLOCKS, UNKNOWN))
@@ -229,7 +230,7 @@ def load_runs(selection: Selection) -> RunTable:
                         f"{selection.experiment_name!r}{_scope(selection)}: excluded "
                         f"{describe_exclusions(excluded)}. Train some (resnet-exp train / sweep) or "
                         "check --data and --experiment-name")
-    rows = [_run_row(run) for run in usable]
+    rows = [run_row(run) for run in usable]
     curves = [c for row in rows for c in _curve_rows(row)]
     shared = {r.data.tags[S.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}
     return RunTable(pd.DataFrame(rows), pd.DataFrame(curves), excluded, shared)

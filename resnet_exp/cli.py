@@ -160,6 +160,10 @@ def sweep(**values: Any) -> None:
                f"{result.count(SKIPPED)} skipped (already finished), {result.count(FAILED)} failed")
     for failure in result.failed:
         click.echo(f"  FAILED {failure.run_name} (run {failure.run_id}): {failure.error}")
+    if grid.adaptive:
+        for added in result.added:
+            click.echo(f"  added seed {added.run_name} ({added.outcome}): {added.reason}")
+        click.echo(f"  seeds stopped: {result.stop_reason}")
     click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
     if result.failed:
         raise click.ClickException(f"{len(result.failed)} of {len(result.outcomes)} children failed; "

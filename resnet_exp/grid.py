@@ -17,6 +17,8 @@ from resnet_exp.config import NUM_STAGES, TrainConfig, format_value, parse_block
 from resnet_exp.errors import ConfigError
 
 GRID_FIELDS = (S.FREEZE_BLOCKS, S.BLOCKS, S.SEED)  # TrainConfig fields the grid decides
+AUTO_SEEDS = "auto"  # seeds=auto: AUTO_FIRST_SEEDS of everything, then seeds where the ranking is unresolved
+AUTO_FIRST_SEEDS = 3  # the fewest seeds a paired t test with 2 degrees of freedom can use
 
 
 def _parse_freeze_list(text: str) -> tuple[int, ...]:
@@ -36,16 +38,27 @@ def _parse_blocks_list(text: str) -> tuple[tuple[int, ...], ...]:
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
-    """'3' -> seeds 0, 1, 2; '0,1,7' (or '7,' for the one seed 7) -> exactly those."""
+    """'3' -> seeds 0, 1, 2; '0,1,7' (or '7,' for the one seed 7) -> exactly those; 'auto' ->
+    the first round of an adaptive sweep, seeds 0, 1, 2 (resnet_exp/adaptive.py adds more)."""
     text = str(text).strip()
+    if text == AUTO_SEEDS:
+        return tuple(range(AUTO_FIRST_SEEDS))
     parts = [p.strip() for p in text.split(",") if p.strip()]
     is_count = "," not in text
     if not parts or not all(p.isdigit() for p in parts) or (is_count and int(parts[0]) < 1):
         raise ConfigError(f"seeds={text!r} is not valid: expected a count of seeds >= 1 (3 means "
-                          "seeds 0,1,2) or seeds >= 0 separated by commas, e.g. 0,1,7")
+                          "seeds 0,1,2), seeds >= 0 separated by commas, e.g. 0,1,7, or 'auto'")
     if is_count:
         return tuple(range(int(parts[0])))
     return _unique(int(p) for p in parts)
+
+
+def _parse_max_seeds(text: str) -> int:
+    text = str(text).strip()
+    if not text.isdigit() or int(text) < AUTO_FIRST_SEEDS:
+        raise ConfigError(f"max_seeds={text!r} is not valid: expected an integer >= {AUTO_FIRST_SEEDS} "
+                          f"(seeds=auto starts with {AUTO_FIRST_SEEDS} seeds of every configuration)")
+    return int(text)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -76,6 +89,8 @@ class SweepGrid:
                                      "1,1,1,1;2,2,2,2;3,4,6,3.", _parse_blocks_list)
     seeds: str = _option("3", "A count N (seeds 0..N-1) or a comma-separated list of seeds.",
                          _parse_seeds)
+    max_seeds: str = _option("5", "With seeds=auto: the most seeds any configuration gets; ignored "
+                                  "otherwise.", _parse_max_seeds)
     shard: str = _option("0/1", "i/n: run every n-th (configuration, seed) starting at i, so n "
                                 "machines share one sweep (point them at one tracking server).",
                          _parse_shard)
@@ -83,7 +98,14 @@ class SweepGrid:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             f.metadata["parse"](getattr(self, f.name))  # raises ConfigError naming the value
+        if self.adaptive and self.shard.strip() != "0/1":
+            raise ConfigError(f"seeds=auto with shard={self.shard!r}: an adaptive sweep decides each "
+                              "round from all the runs of the one before, so it runs as one shard (0/1)")
 
+    @property
+    def adaptive(self) -> bool:
+        """seeds=auto: seeds are added where the ranking is unresolved (resnet_exp/adaptive.py)."""
+        return str(self.seeds).strip() == AUTO_SEEDS
     def parsed(self, name: str) -> Any:
         return self.__dataclass_fields__[name].metadata["parse"](getattr(self, name))
 
@@ -103,9 +125,11 @@ class SweepGrid:
         return configs[index::count]
 
 
-def sweep_id(configs: list[TrainConfig]) -> str:
-    """Identity of a whole grid (not of a shard): equal for every shard and every re-run."""
-    keys = sorted(f"{c.config_hash}:{c.seed}" for c in configs)
+def sweep_id(configs: list[TrainConfig], adaptive: str = "") -> str:
+    """Identity of a whole grid (not of a shard): equal for every shard and every re-run. An
+    adaptive sweep's grid grows as it runs, so it is named by its first round plus `adaptive`
+    (e.g. 'auto:5'), which keeps it apart from a fixed sweep of the same first seeds."""
+    keys = sorted(f"{c.config_hash}:{c.seed}" for c in configs) + ([adaptive] if adaptive else [])
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
 
 

@@ -68,6 +68,8 @@ class ResNetClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         loss_name, acc_name = S.SPLIT_METRICS[split]
         self.accuracy[acc_name](logits, y)
+        if split == S.TEST:  # kept for the run's diagnostics (resnet_exp/diagnostics.py)
+            self.test_outputs.append((logits.detach().float().cpu(), y.detach().cpu()))
         per_step = split == S.TRAIN  # validation and test report epoch values only
         log = dict(on_step=per_step, on_epoch=True, batch_size=len(y), prog_bar=True)
         self.log(loss_name, loss, **log)
@@ -82,6 +84,10 @@ class ResNetClassifier(pl.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, S.TEST)
+
+    def on_test_epoch_start(self) -> None:
+        # (logits, targets) per test batch, in loader order: one test epoch's worth
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_train_epoch_start(self) -> None:
         # The rate in force during this epoch; the scheduler steps after validation.

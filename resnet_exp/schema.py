@@ -26,6 +26,7 @@ SPLIT_METRICS = {TRAIN: (TRAIN_LOSS, TRAIN_ACC), VAL: (VAL_LOSS, VAL_ACC), TEST:
 LR = "lr"  # the learning rate in force during the epoch
 EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
 TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
+TEST_ECE = f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = best_epoch
 BEST_EPOCH = "best_epoch"  # epoch (0-based) of the checkpoint with the lowest val_loss
 MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule watch
 
@@ -102,6 +103,7 @@ TAG_BEST_CHECKPOINT = "best_checkpoint"
 TAG_CHECKPOINT_DIR = "checkpoint_dir"
 TAG_IMAGE_STORE = "image_store"
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
+TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
@@ -130,6 +132,15 @@ RANKING_FILE = "ranking.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it
 PLOTS_FOLDER = "plots"
+CLASS_CHANGES_FILE = "class_changes.csv"  # analysis: classes whose accuracy moves most with freeze_blocks
+# A training run's test diagnostics (resnet_exp/diagnostics.py), under DIAGNOSTICS_FOLDER
+DIAGNOSTICS_FOLDER = "diagnostics"
+PREDICTIONS_FILE = "predictions.parquet"  # image_index, labels, prob_<class> per test image
+PER_CLASS_FILE = "per_class_accuracy.csv"  # class, label, correct, total, accuracy
+CONFUSION_FILE = "confusion_matrix.csv"  # counts; rows: true class, columns: predicted
+CONFUSION_PNG = "confusion_matrix.png"
+RELIABILITY_FILE = "reliability.csv"  # per confidence bin: images, confidence, accuracy
+RELIABILITY_PNG = "reliability_diagram.png"
 
 # --- registry aliases -----------------------------------------------------------------------------
 CHAMPION = "champion"  # the version with the best val_acc of a registered model

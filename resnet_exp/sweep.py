@@ -4,7 +4,8 @@ complete training as `resnet-exp train` makes it (metrics, checkpoint, registere
 Resumable: a child whose config hash and seed already have a FINISHED run in the experiment is
 skipped; failed ones are trained again. `--shard i/n` trains every n-th child, so machines
 pointed at one tracking server share a sweep; they find (or create) one parent run by the grid's
-`sweep_id`. A failing child is recorded FAILED and the sweep goes on.
+`sweep_id`. A failing child is recorded FAILED and the sweep goes on. With `--seeds auto`,
+seeds are then added where the ranking is unresolved (resnet_exp/adaptive.py).
 
     resnet-exp sweep --data demo --weights none --image-size 64 --max-epochs 3 --freeze-blocks 2,4 --seeds 2
 """
@@ -44,6 +45,7 @@ class ChildOutcome:
     outcome: str  # TRAINED, SKIPPED (an earlier FINISHED run) or FAILED
     run_id: str
     error: str = ""
+    reason: str = ""  # why an adaptive sweep added this seed (the child's seed_reason tag)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class SweepResult:
     sweep_id: str
     grid_size: int  # every (configuration, seed) of the grid, all shards together
     outcomes: tuple[ChildOutcome, ...]  # this shard's children, in training order
+    stop_reason: str = ""  # seeds=auto: why no further seeds were added
+
+    @property
+    def added(self) -> list[ChildOutcome]:
+        """The children an adaptive sweep added after its first round, each with its reason."""
+        return [o for o in self.outcomes if o.reason]
 
     def count(self, outcome: str) -> int:
         return sum(o.outcome == outcome for o in self.outcomes)
@@ -66,7 +74,7 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     """Train this shard's part of the grid under one parent run; returns what became of each."""
     # The sweep's identity is its grid as given, before this machine resolves precision=auto:
     # shards on other machines share its parent even where they resolve another precision.
-    sid = sweep_id(grid.expand(base))
+    sid = sweep_id(grid.expand(base), f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs = _preflight(grid.expand(base))
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
@@ -74,7 +82,12 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
         _describe_parent(scope, grid, base, configs, sid)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
         outcomes = [_run_child(config, parent) for config in grid.shard_of(configs)]
-        result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes))
+        stop = ""
+        if grid.adaptive:
+            added, stop = _add_seeds(grid, configs, outcomes, parent)
+            configs = configs + added
+            _record_grid(scope, base, configs, sid)  # analysis selects the added children too
+        result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
         _close_parent(scope, result, grid, configs)
@@ -95,16 +108,28 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
     return [c.replace(precision=precision) for c in configs]
 
 
-def _run_child(config: TrainConfig, parent: tracking.ParentRun) -> ChildOutcome:
+def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[ChildOutcome],
+               parent: tracking.ParentRun) -> tuple[list[TrainConfig], str]:
+    """seeds=auto: the rounds after the first (resnet_exp/adaptive.py); appends their outcomes."""
+    from resnet_exp.adaptive import add_seeds
+
+    def train_child(config: TrainConfig, reason: str) -> tuple[str, bool]:
+        outcomes.append(_run_child(config, parent, reason))
+        return outcomes[-1].run_id, outcomes[-1].outcome != FAILED
+    return add_seeds(configs, [o.run_id for o in outcomes], grid.parsed("max_seeds"), train_child)
+
+
+def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome:
     from resnet_exp.train import train  # Lightning and torchvision load only when a child trains
 
-    identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash)
+    identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason)
     done = _finished_run(parent.experiment_id, config)
     if done:
         log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
         return ChildOutcome(**identity, outcome=SKIPPED, run_id=done)
+    why = {S.TAG_SEED_REASON: reason} if reason else {}
     attempt = tracking.ParentRun(parent.run_id, parent.experiment_id,
-                                 {**parent.child_tags, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
+                                 {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
     try:
         result = train(config, attempt)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
@@ -181,7 +206,9 @@ def parent_run_name(grid: SweepGrid) -> str:
     """e.g. 'sweep-b2222-f01234-3seeds': reads as the grid in the run list."""
     blocks = "+".join("b" + "".join(map(str, b)) for b in grid.parsed("blocks"))
     freeze = "".join(map(str, grid.parsed(S.FREEZE_BLOCKS)))
-    return f"sweep-{blocks}-f{freeze}-{len(grid.parsed('seeds'))}seeds"
+    seeds = (f"auto{len(grid.parsed('seeds'))}to{grid.parsed('max_seeds')}" if grid.adaptive
+             else len(grid.parsed("seeds")))
+    return f"sweep-{blocks}-f{freeze}-{seeds}seeds"
 
 
 def _describe_parent(scope: RunScope, grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig],
@@ -189,17 +216,24 @@ def _describe_parent(scope: RunScope, grid: SweepGrid, base: TrainConfig, config
     """The description, the grid as params and as sweep.json (which analysis selects runs by).
     Shards may differ in execution-only params (num_workers, output_dir): the first one's stay."""
     scope.describe(_parent_note(grid, base, configs, scope.run_id))
-    grid_params = {name: getattr(grid, name) for name in (S.FREEZE_BLOCKS, S.BLOCKS, "seeds")}
+    names = (S.FREEZE_BLOCKS, S.BLOCKS, "seeds", *(["max_seeds"] if grid.adaptive else []))
+    grid_params = {name: getattr(grid, name) for name in names}
     shared = {k: v for k, v in base.to_params().items() if k not in GRID_FIELDS}
     scope.log_params({**grid_params, **shared})
+    _record_grid(scope, base, configs, sid)
+
+
+def _record_grid(scope: RunScope, base: TrainConfig, configs: list[TrainConfig], sid: str) -> None:
     scope.client.log_dict(scope.run_id, {"sweep_id": sid, "dataset": base.dataset_slug, "data": base.data,
                                          "grid": grid_entries(configs)}, S.SWEEP_GRID_FILE)
 
 
 def _parent_note(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], run_id: str) -> str:
     seeds = len(grid.parsed("seeds"))
+    extra = (f", then one seed at a time to the configurations still tied with the leader, up to "
+             f"{grid.parsed('max_seeds')} seeds" if grid.adaptive else "")
     return (f"Depth sweep: {len(configs) // seeds} configurations (blocks {grid.blocks}; freeze_blocks "
-            f"{grid.freeze_blocks}) x {seeds} seeds on {base.data}, from {describe_weights(base.weights)}. "
+            f"{grid.freeze_blocks}) x {seeds} seeds{extra} on {base.data}, from {describe_weights(base.weights)}. "
             f"Children are the nested runs; rank them with `resnet-exp analyze --sweep-run-id {run_id}`.")
 
 
@@ -221,11 +255,19 @@ def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid, configs
     summary = (f"Shard {index}/{count}: {counts[S.SWEEP_TRAINED]} trained, {counts[S.SWEEP_SKIPPED]} "
                f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed. Grid: "
                f"{len(cells) - waiting} of {len(cells)} cells finished.")
+    if grid.adaptive:
+        summary += " " + adaptive_summary(result)
     scope.describe(f"{scope.note} {summary}")
     if failed:
         scope.fail(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
     elif waiting:
         scope.leave_running()
+
+
+def adaptive_summary(result: SweepResult) -> str:
+    """'Added seeds: r10-b1111-f4-s3 (round 1: tied with ...); ... Stopped: resolved: ...'."""
+    added = "; ".join(f"{o.run_name} ({o.reason})" for o in result.added) or "none"
+    return f"Added seeds: {added}. Stopped: {result.stop_reason}."
 
 
 def cell_statuses(client: MlflowClient, experiment_id: str, configs: list[TrainConfig]) -> dict[str, str]:

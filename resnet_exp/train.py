@@ -24,7 +24,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import schema as S
-from resnet_exp import registry, tracking
+from resnet_exp import diagnostics, registry, tracking
 from resnet_exp.callbacks import EpochTimer
 from resnet_exp.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
@@ -90,6 +90,7 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
                 logger.test_epoch = best_epoch  # test_* describe the best epoch's network
             with phases.timed(S.TEST_TIME):
                 trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
+            diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch)
         mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve()),
                         S.TAG_CHECKPOINT_DIR: str(Path(best).resolve().parent)})

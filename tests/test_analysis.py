@@ -28,6 +28,7 @@ from PIL import Image
 from analysis import AnalysisConfig, analyze, format_ranking
 from analysis import columns as C
 from analysis import plots, rank, runs
+from analysis import stats as st
 from analysis.plots import PLOT_FILES
 from conftest import new_store
 from resnet_exp import schema as S
@@ -53,6 +54,15 @@ STUDY = {
     D: {0: (0.30, [0.3], [50])},  # a single run: no interval
 }
 
+# (blocks, freeze_blocks) -> (test images per run, {seed: test_acc}). P is 0.02 below the leader L
+# in every seed while the seeds spread widely; Q's two seeds agree exactly (34 of 80); W shares
+# no seed with L.
+L, P, Q, W = ("2,2,2,2", 2), ("2,2,2,2", 3), ("1,1,1,1", 2), ("1,1,1,1", 3)
+PAIRED_STUDY = {L: (10_000, {0: 0.60, 1: 0.70, 2: 0.80, 3: 0.90}),
+                P: (10_000, {0: 0.58, 1: 0.68, 2: 0.78, 3: 0.88}),
+                Q: (80, {0: 0.425, 1: 0.425}),
+                W: (10_000, {10: 0.70, 11: 0.74, 12: 0.78})}
+
 
 def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int = 30,
                 block: str = S.BASIC, weights: str = IMAGENET) -> str:
@@ -64,7 +74,7 @@ def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], s
             test_acc: float | None, val_acc: list[float], epoch_time: list[float] | None = None,
             status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
             max_epochs: int = 30, kind: str | None = S.KIND_TRAIN, block: str = S.BASIC,
-            weights: str = IMAGENET, legacy: bool = False) -> str:
+            weights: str = IMAGENET, legacy: bool = False, test_size: int = TEST_IMAGES) -> str:
     """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch.
     `legacy`: as recorded before the block type, class count and split sizes were logged."""
     blocks, freeze = config
@@ -78,7 +88,7 @@ def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], s
               S.FREEZE_BLOCKS: str(freeze), S.SEED: str(seed), S.DATA: dataset, S.WEIGHTS: weights,
               "max_epochs": str(max_epochs), S.TRAINABLE_PARAMS: str(PARAMS.get(config, 1))}
     if not legacy:
-        params.update({S.BLOCK: block, S.NUM_CLASSES: str(NUM_CLASSES), TEST_SIZE: str(TEST_IMAGES)})
+        params.update({S.BLOCK: block, S.NUM_CLASSES: str(NUM_CLASSES), TEST_SIZE: str(test_size)})
     metrics = [Metric(S.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
     metrics += [Metric(S.EPOCH_TIME, s, 1000 + e, e) for e, s in enumerate(epoch_time or [])]
     if test_acc is not None:
@@ -137,6 +147,11 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     for seed in (0, 1):
         for weights, acc in ((IMAGENET, 0.8), (NO_WEIGHTS, 0.5)):
             log_run(client, mixed, B, seed, acc + seed / 100, [acc - 0.1, acc], [3, 3], weights=weights)
+    # Paired seeds (analysis.stats): see PAIRED_STUDY
+    ids["paired"] = paired = client.create_experiment("paired", artifact_location=str(artifacts / "paired"))
+    for config, (test_size, by_seed) in PAIRED_STUDY.items():
+        for seed, acc in by_seed.items():
+            log_run(client, paired, config, seed, acc, [acc], [1], test_size=test_size)
     ids["empty"] = empty = client.create_experiment("empty", artifact_location=str(artifacts / "empty"))
     log_run(client, empty, A, 0, 0.9, [0.9], status="FAILED")
     return ids
@@ -216,18 +231,108 @@ def test_convergence_epoch_auc_and_interval():
     assert rank.trainable_blocks("3,4,6,3", 2) == 9
 
 
+def per_run(accs: dict[str, list[float]], test_size: float = 1000.0) -> pd.DataFrame:
+    """A per-run table: {label: test_acc per seed 0, 1, ...}; the label is the config hash too."""
+    return pd.DataFrame([{C.CONFIG_HASH: label, C.LABEL: label, C.DEPTH_LABEL: label, C.SEED: seed,
+                          C.TEST_ACC: acc, C.TEST_SIZE: test_size, C.TRAINABLE_PARAMS: 1.0}
+                         for label, values in accs.items() for seed, acc in enumerate(values)])
+
+
 def test_tie_rule_and_competition_ranks():
-    table = pd.DataFrame({C.LABEL: list("abcde"), C.TEST_ACC_MEAN: [0.9, 0.5, 0.85, 0.6, 0.3],
-                          C.TEST_ACC_LO: [0.8, 0.45, 0.82, 0.55, math.nan],
-                          C.TEST_ACC_HI: [1.0, 0.55, 0.88, 0.79, math.nan],
-                          C.TRAINABLE_PARAMS: [1, 1, 1, 1, 1], C.TRAIN_TIME_MEAN: [1, 1, 1, 1, 1]})
-    for col in set(C.RANKING_COLUMNS) - set(table):
+    """Tied = the Holm-corrected test against the leader does not reject a zero difference."""
+    runs_ = per_run({"a": [0.90, 0.91, 0.89], "b": [0.50, 0.50, 0.50], "c": [0.86, 0.92, 0.87],
+                     "d": [0.60, 0.61, 0.59], "e": [0.88]})
+    table = runs_.groupby(C.LABEL, as_index=False).agg(**{
+        C.TEST_ACC_MEAN: (C.TEST_ACC, "mean"), C.CONFIG_HASH: (C.CONFIG_HASH, "first"),
+        C.TRAINABLE_PARAMS: (C.TRAINABLE_PARAMS, "first")}).assign(**{C.TRAIN_TIME_MEAN: 1.0})
+    for col in set(C.RANKING_COLUMNS) - set(table) - {C.TIED, C.RANK, C.PARETO_TIME, C.PARETO_PARAMS,
+                                                       C.DIFF, C.DIFF_LO, C.DIFF_HI, C.P_VALUE, C.P_HOLM,
+                                                       C.COMPARISON, C.N_PAIRS}:
         table[col] = 0
-    out = rank.rank_configs(table)
-    # c overlaps a; e has one run (no interval) so it cannot be ranked below a; d (hi 0.79) does not reach 0.8
+    out = rank.rank_configs(table, runs_)
+    # c: paired differences -0.04, +0.01, -0.02 (p ~ 0.37); e: one run, no common seed: t with
+    # a's seed variance (p ~ 0.23); d and b: far below in every seed
     assert out[C.LABEL].tolist() == ["a", "c", "e", "d", "b"]
     assert out[C.RANK].tolist() == [1, 1, 1, 4, 5]
     assert out[C.TIED].tolist() == [True, True, True, False, False]
+    assert out[C.COMPARISON].tolist() == ["leader", st.PAIRED, st.SINGLE, st.PAIRED, st.PAIRED]
+    assert out[C.DIFF].iloc[1] == pytest.approx(-0.05 / 3)
+
+
+def test_holm_adjusted_p_values_by_hand():
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08, raised to 0.09 (monotone); 0.5 x 1
+    assert st.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert st.holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+    assert st.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = st.holm([0.01, math.nan, 0.02])  # NaN (no test) is not counted in m
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_wilson_interval_by_hand():
+    # 34 of 80: centre (p + z^2/2n) / (1 + z^2/n), half z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)
+    z, n, p = 1.959964, 80, 34 / 80
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(
+        p * (1 - p) / n + z * z / (4 * n * n))
+    assert st.wilson_interval(34, 80) == pytest.approx((centre - half, centre + half), rel=1e-6)
+    lo, hi = st.wilson_interval(0, 80)
+    assert lo == 0 and hi > 0.04  # no correct answer is still not certainty
+
+
+def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
+    """P is 0.02 below the leader in every one of 4 seeds: the paired test resolves it, while the
+    plain intervals (the seeds spread from 0.6 to 0.9) overlap widely."""
+    from scipy import stats
+
+    table, _ = ranked(AnalysisConfig(experiment_name="paired", data="demo"))
+    l, p, q, w = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (L, P, Q, W))
+    assert l[C.COMPARISON] == "leader" and table.index[0] == "b2222-f2"
+    assert p[C.TEST_ACC_LO] < l[C.TEST_ACC_HI] and l[C.TEST_ACC_LO] < p[C.TEST_ACC_HI]  # overlap
+    assert p[C.COMPARISON] == st.PAIRED and p[C.N_PAIRS] == 4 and not p[C.TIED]
+    assert p[C.DIFF] == pytest.approx(-0.02) and p[C.DIFF_HI] < 0
+    # the differences agree exactly, so their variance is the binomial floor of the test sets
+    floor = sum(a * (1 - a) / 1e4 + b * (1 - b) / 1e4
+                for a, b in zip(PAIRED_STUDY[L][1].values(), PAIRED_STUDY[P][1].values())) / 4
+    assert p[C.P_VALUE] == pytest.approx(2 * stats.t.sf(0.02 / math.sqrt(floor / 4), 3), rel=1e-3)
+    # Q's seeds agree exactly, and its interval is still the Wilson interval of 68 of 160
+    assert q[C.TEST_ACC_STD] == 0 and q[C.TEST_ACC_HI] - q[C.TEST_ACC_LO] > 0.1
+    assert (q[C.TEST_ACC_LO], q[C.TEST_ACC_HI]) == pytest.approx(st.wilson_interval(68, 160))
+    # W shares no seed with L: Welch's test over all runs, as scipy computes it
+    assert w[C.COMPARISON] == st.WELCH and w[C.N_PAIRS] == 0
+    welch = stats.ttest_ind(list(PAIRED_STUDY[W][1].values()), list(PAIRED_STUDY[L][1].values()),
+                            equal_var=False)
+    assert w[C.P_VALUE] == pytest.approx(welch.pvalue, rel=1e-6) and w[C.TIED]
+    # Holm across the three comparisons, by hand
+    raw = {label: table.loc[label, C.P_VALUE] for label in table.index[1:]}
+    ordered = sorted(raw, key=raw.get)
+    expected, running = {}, 0.0
+    for i, label in enumerate(ordered):
+        running = max(running, min(1.0, (3 - i) * raw[label]))
+        expected[label] = running
+    assert {k: table.loc[k, C.P_HOLM] for k in raw} == pytest.approx(expected)
+    assert table[C.TIED].tolist() == [bool(v >= 0.05) if v == v else True for v in table[C.P_HOLM]]
+
+
+def test_the_report_says_when_welch_replaced_the_paired_test(study, tmp_path):
+    result = analyze(AnalysisConfig(experiment_name="paired", data="demo", output_dir=str(tmp_path / "out")))
+    text = (result.output_folder / S.REPORT_MD).read_text()
+    assert "Welch t (no common seeds)" in text and "paired t" in text
+    csv = pd.read_csv(result.output_folder / S.RANKING_FILE)
+    assert {C.DIFF, C.DIFF_LO, C.DIFF_HI, C.P_VALUE, C.P_HOLM} <= set(csv.columns)
+
+
+def test_classes_that_freezing_moves_most():
+    from analysis.classes import class_changes
+
+    runs_ = pd.DataFrame({C.RUN_ID: ["f2s0", "f2s1", "f4s0"], C.NETWORK: "basic 2,2,2,2",
+                          C.WEIGHTS: IMAGENET, C.FREEZE_BLOCKS: [2, 2, 4]})
+    per_class = pd.DataFrame({C.RUN_ID: ["f2s0"] * 3 + ["f2s1"] * 3 + ["f4s0"] * 3,
+                              "class": ["cat", "dog", "owl"] * 3,
+                              "correct": [4, 2, 3, 4, 4, 3, 1, 3, 3], "total": [4] * 9})
+    changes = class_changes(per_class, runs_, top=2)
+    # pooled over seeds at f2: cat 8/8, dog 6/8, owl 6/8; at f4: cat 1/4, dog 3/4, owl 3/4
+    assert changes["class"].tolist() == ["cat", "dog"]  # dog and owl tie at 0: the first listed
+    assert changes["change"].tolist() == pytest.approx([-0.75, 0.0])
+    assert (changes["freeze_from"].tolist(), changes["freeze_to"].tolist()) == ([2, 2], [4, 4])
 
 
 def test_pareto_front():
@@ -244,22 +349,35 @@ def test_per_configuration_numbers_from_logged_runs(study):
     a, b, c, d = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (A, B, CC, D))
     assert (a[C.N_RUNS], b[C.N_RUNS], c[C.N_RUNS], d[C.N_RUNS]) == (3, 2, 3, 1)
     assert a[C.TEST_ACC_MEAN] == pytest.approx(0.82) and a[C.TEST_ACC_STD] == pytest.approx(0.02)
-    assert a[C.TEST_ACC_CI] == pytest.approx(T_975_2 * 0.02 / math.sqrt(3), rel=1e-4)
+    assert a[C.TEST_ACC_SEED_CI] == pytest.approx(T_975_2 * 0.02 / math.sqrt(3), rel=1e-4)
+    # 40 test images per run: the Wilson interval of the pooled 32+33+34 of 120 is the wider one
+    assert (a[C.TEST_ACC_LO], a[C.TEST_ACC_HI]) == pytest.approx(st.wilson_interval(99, 120))
+    assert a[C.TEST_ACC_INTERVAL] == st.WILSON and a[C.TEST_IMAGES] == TEST_IMAGES
     # the duplicate (0.10) and the RUNNING run (0.99) are left out
     assert b[C.TEST_ACC_MEAN] == pytest.approx(0.86)
-    assert b[C.TEST_ACC_CI] == pytest.approx(T_975_1 * math.sqrt(2e-4) / math.sqrt(2), rel=1e-4)
-    assert math.isnan(d[C.TEST_ACC_CI]) and math.isnan(d[C.TEST_ACC_STD])
+    assert b[C.TEST_ACC_SEED_CI] == pytest.approx(T_975_1 * math.sqrt(2e-4) / math.sqrt(2), rel=1e-4)
+    assert b[C.TEST_ACC_HI] - b[C.TEST_ACC_LO] == pytest.approx(2 * b[C.TEST_ACC_SEED_CI])
+    # a single run: no seed interval, but the Wilson interval of its 12 of 40
+    assert math.isnan(d[C.TEST_ACC_SEED_CI]) and math.isnan(d[C.TEST_ACC_STD])
+    assert (d[C.TEST_ACC_LO], d[C.TEST_ACC_HI]) == pytest.approx(st.wilson_interval(12, 40))
     assert a[C.EPOCHS_TO_95_MEAN] == pytest.approx(3) and a[C.EPOCHS_TO_95_STD] == pytest.approx(1)
     auc = [(0.35 + 0.6 + 0.75) / 3, (0.59 + 0.79 + 0.8) / 3, (0.45 + 0.685 + 0.785) / 3]
     assert a[C.VAL_ACC_AUC_MEAN] == pytest.approx(sum(auc) / 3)
     assert a[C.BEST_VAL_ACC_MEAN] == pytest.approx(0.8) and a[C.BLOCKS] == "1,1,1,1"
     assert a[C.EPOCH_TIME_MEAN] == pytest.approx(11) and a[C.TRAIN_TIME_MEAN] == pytest.approx(44)
     assert a[C.TRAINABLE_PARAMS] == 6000 and a[C.TRAINABLE_BLOCKS] == 1 and d[C.TRAINABLE_BLOCKS] == 8
-    # ranking: b leads; a overlaps it; d has one run; c's interval ends far below b's
-    assert table.index.tolist() == ["b2222-f2", "b1111-f3", "b2222-f0", "b2222-f4"]
-    assert table[C.RANK].tolist() == [1, 1, 1, 4] and not c[C.TIED]
-    assert table[C.PARETO_TIME].tolist() == [True, True, False, True]  # d: slower and worse than a
-    assert table[C.PARETO_PARAMS].tolist() == [True, False, False, True]  # a: more params than b
+    # ranking: b leads. a and c share only seeds 0 and 1 with b: a paired t with 1 degree of
+    # freedom (t quantile 12.7) resolves neither -0.05 nor -0.355, so both stay tied (the old
+    # overlap rule had c below). d's single run measures no seed variation: with b's, and 1
+    # degree of freedom, -0.56 is not resolved either (p ~ 0.09, Holm ~ 0.28): all four tied.
+    assert table.index.tolist() == ["b2222-f2", "b1111-f3", "b2222-f4", "b2222-f0"]
+    assert table[C.RANK].tolist() == [1, 1, 1, 1] and c[C.TIED] and d[C.TIED]
+    assert (a[C.COMPARISON], c[C.COMPARISON], d[C.COMPARISON]) == (st.PAIRED, st.PAIRED, st.SINGLE)
+    assert (a[C.N_PAIRS], c[C.N_PAIRS], d[C.N_PAIRS]) == (2, 2, 0)
+    assert a[C.DIFF] == pytest.approx(-0.05) and c[C.DIFF] == pytest.approx(-0.355)
+    assert table[C.PARETO_TIME].tolist() == [True, True, True, False]  # d: slower and worse than a
+    assert table[C.PARETO_PARAMS].tolist() == [True, False, True, False]  # a: more params than b
+    assert st.unpaired([0.5], [80], [0.3], [80]).method == st.NO_TEST  # one run each: no test
     assert runs_table.excluded == {"failed": 1, "unfinished": 1, "other dataset": 1, "duplicate": 2,
                                    "incomplete": 1}
     assert len(runs_table.runs) == 9
@@ -292,17 +410,21 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert result.output_folder == tmp_path / "out" / "demo" / "analysis"
     csv = pd.read_csv(result.output_folder / "ranking.csv")
     assert csv.columns.tolist() == C.RANKING_COLUMNS and len(csv) == 4
-    assert math.isnan(csv.loc[csv[C.N_RUNS] == 1, C.TEST_ACC_CI].iloc[0])
+    single = csv[csv[C.N_RUNS] == 1].iloc[0]
+    assert math.isnan(single[C.TEST_ACC_SEED_CI]) and single[C.TEST_ACC_INTERVAL] == st.WILSON
     for name in PLOT_FILES:
         with Image.open(result.output_folder / S.PLOTS_FOLDER / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
     text = (result.output_folder / "report.md").read_text()
-    assert "A tie between b2222-f2, b1111-f3 and b2222-f0" in text and result.verdict in text
+    assert "A tie between b2222-f2, b1111-f3, b2222-f4 and b2222-f0" in text and result.verdict in text
+    assert "Holm-corrected test does not reject a" in text  # the rule, in the definitions
+    assert "Wilson" in text and "Brown, Cai & DasGupta" in text and "Holm 1979" in text
+    assert "40 test images per run, from 1 to 3 seeds per configuration" in text
     assert "1 failed, 1 unfinished, 1 other dataset, 2 duplicate, 1 incomplete" in text
     assert all(f"]({S.PLOTS_FOLDER}/{name})" in text for name in PLOT_FILES)
     assert "ImageNet weights (transfer); on demo, 4 classes, 40 test images per run." in text
     assert "frozen when transferred from ImageNet)" in text
-    assert "b2222-f2 has the highest mean test accuracy, 0.860 ± 0.127 (n=2)" in result.answer
+    assert "b2222-f2 has the highest mean test accuracy, 0.860 (95% interval 0.733–0.987, n=2)" in result.answer
     assert "b1111-f3" in format_ranking(result.ranking).splitlines()[2]
     client = MlflowClient(tracking_uri())
     run = client.get_run(result.run_id)

@@ -92,6 +92,8 @@ def test_shards_cover_the_grid_exactly_once_and_share_one_sweep_id():
     ({"seeds": "a,b"}, ["seeds='a,b'", "0,1,7"]),
     ({"shard": "2/2"}, ["shard='2/2'", "0 <= i < n"]),
     ({"shard": "1"}, ["shard='1'", "i/n"]),
+    ({"seeds": "auto", "max_seeds": "2"}, ["max_seeds='2'", ">= 3"]),
+    ({"seeds": "auto", "shard": "1/2"}, ["shard='1/2'", "one shard (0/1)"]),
 ])
 def test_bad_grid_values_are_named_with_what_is_accepted(changes, words):
     with pytest.raises(ConfigError) as err:
@@ -104,6 +106,8 @@ def test_seeds_count_or_list():
     assert SweepGrid(seeds="3").parsed("seeds") == (0, 1, 2)
     assert SweepGrid(seeds="4,1,4").parsed("seeds") == (4, 1)
     assert SweepGrid(seeds="7,").parsed("seeds") == (7,)
+    assert SweepGrid(seeds="auto").parsed("seeds") == (0, 1, 2) and SweepGrid(seeds="auto").adaptive
+    assert not SweepGrid(seeds="3").adaptive
 
 
 def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
@@ -170,20 +174,22 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
     analysis = CliRunner().invoke(main, ["analyze", "--sweep-run-id", parent.info.run_id,
                                          "--output-dir", str(tmp_path / "results")])
     assert analysis.exit_code == 0, analysis.output
-    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f3", "b1111-f4"}, n_runs=2)
+    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f3", "b1111-f4"}, n_runs=2,
+                    class_plot=True)  # real runs log per-class accuracy; f3 and f4 are two freeze levels
     assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
 
 
-def assert_analysis(folder: Path, labels: set[str], n_runs: int) -> None:
-    """ranking.csv has every configuration with its seeds, the plots are real PNGs, and the
-    report names a winner or a tie."""
+def assert_analysis(folder: Path, labels: set[str], n_runs: int, class_plot: bool = False) -> None:
+    """ranking.csv has every configuration with its seeds, the plots are real PNGs (the class
+    changes too where a network was trained at two freeze_blocks levels), and the report names
+    a winner or a tie."""
     import pandas as pd
     from PIL import Image
 
     ranking = pd.read_csv(folder / "ranking.csv")
     assert set(ranking["label"]) == labels and set(ranking["n_runs"]) == {n_runs}
     plots = sorted((folder / "plots").glob("*.png"))
-    assert len(plots) == 4
+    assert len(plots) == 4 + class_plot
     for png in plots:
         with Image.open(png) as image:
             image.verify()
@@ -291,3 +297,103 @@ def test_shards_started_together_converge_on_one_parent(tracking_uri):
     client = MlflowClient(tracking_uri)
     assert len(opened) == 3 and len(set(opened)) == 1
     assert [p.info.run_id for p in sweeps(client)] == opened[:1]
+
+
+# --- seeds=auto -------------------------------------------------------------------------------
+
+
+def prelog_finished_runs(client: MlflowClient, experiment_id: str, config: TrainConfig,
+                         correct: dict[int, int], test_size: int = 80) -> None:
+    """FINISHED training runs as training records them (tags, params, test_acc = correct / 80),
+    so that a sweep skips these seeds and an adaptive sweep's first round has known numbers."""
+    from mlflow.entities import Metric, Param
+
+    from resnet_exp.tracking import config_tags
+
+    for seed, right in correct.items():
+        c = config.replace(seed=seed)
+        run_id = client.create_run(experiment_id, run_name=c.run_name,
+                                   tags={S.TAG_KIND: S.KIND_TRAIN, **config_tags(c)}).info.run_id
+        params = {**c.to_params(), S.SPLIT_SIZE.format(split=S.TEST): str(test_size),
+                  S.TRAINABLE_PARAMS: "1000"}
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                         metrics=[Metric(S.TEST_ACC, right / test_size, 0, 0),
+                                  Metric(S.VAL_ACC, right / test_size, 0, 0)])
+        client.set_terminated(run_id, "FINISHED")
+
+
+@pytest.mark.slow
+def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, data_dir, tracking_uri):
+    """First round known (logged through MLflow, so the sweep skips it): f4 and f3 differ by one
+    test image of 80 per seed (tied), f2 is 0.45 below in every seed (resolved: Holm p ~ 0.01).
+    The added seeds are real trainings near chance, far too alike to resolve f4 against f3 with
+    5 seeds, so both reach max_seeds=5 and f2 never gets a seed."""
+    import pandas as pd
+
+    from resnet_exp.grid import split_sweep_values
+
+    args = sweep_args(data_dir, tmp_path, "--freeze-blocks", "2,3,4", "--blocks", "1,1,1,1",
+                      "--seeds", "auto", "--max-seeds", "5", "--registered-model-name", "none")
+    values = dict(zip([a.lstrip("-").replace("-", "_") for a in args[1::2]], args[2::2]))
+    _, base = split_sweep_values(values)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(base.default_experiment_name)
+    first = {4: {0: 40, 1: 42, 2: 38}, 3: {0: 39, 1: 43, 2: 37}, 2: {0: 4, 1: 4, 2: 4}}
+    for freeze, correct in first.items():
+        prelog_finished_runs(client, experiment_id, base.replace(blocks=(1, 1, 1, 1), freeze_blocks=freeze),
+                             correct)
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "4 trained, 9 skipped" in result.output
+    added = [line for line in result.output.splitlines() if line.startswith("  added seed ")]
+    names = [line.split()[2] for line in added]
+    # round 1: the leader (f4: 40+42+38 of 240 against 39+43+37) first; round 2's leader depends
+    # on the real runs of round 1
+    assert names[:2] == ["r10-b1111-f4-s3", "r10-b1111-f3-s3"], result.output
+    assert sorted(names[2:]) == ["r10-b1111-f3-s4", "r10-b1111-f4-s4"], result.output
+    assert all("round 1: " in line for line in added[:2]) and all("round 2: " in line for line in added[2:])
+    assert all("tied with the leader" in line or "the leader after" in line for line in added)
+    assert "seeds stopped: max_seeds=5 reached by every configuration still tied with the leader" in result.output
+
+    [parent] = sweeps(client)
+    runs = children(client, parent.info.run_id)
+    extra = {r.info.run_name: r.data.tags.get(S.TAG_SEED_REASON) for r in runs if r.data.tags.get(S.TAG_SEED_REASON)}
+    assert sorted(extra) == sorted(line.split()[2] for line in added)
+    assert not any("-f2-" in name for name in extra)
+    note = parent.data.tags[S.MLFLOW_NOTE]
+    assert "Added seeds: r10-b1111-f4-s3 (round 1: " in note and "Stopped: max_seeds=5 reached" in note
+    assert parent.info.run_name == "sweep-b1111-f234-auto3to5seeds" and parent.data.params["max_seeds"] == "5"
+    grid_file = client.download_artifacts(parent.info.run_id, S.SWEEP_GRID_FILE, str(tmp_path))
+    assert len(yaml.safe_load(Path(grid_file).read_text())["grid"]) == 13  # 9 + 4 added
+
+    from analysis import AnalysisConfig, analyze
+    ranking = analyze(AnalysisConfig(sweep_run_id=parent.info.run_id,
+                                     output_dir=str(tmp_path / "results"))).ranking.set_index("label")
+    assert ranking["n_runs"].to_dict() == {"b1111-f4": 5, "b1111-f3": 5, "b1111-f2": 3}
+    assert not ranking.loc["b1111-f2", "tied_with_leader"]
+    # only the real runs (f3, f4) logged per-class accuracy: their classes that move most
+    changes = pd.read_csv(tmp_path / "results" / "demo" / "analysis" / S.CLASS_CHANGES_FILE)
+    assert set(zip(changes["freeze_from"], changes["freeze_to"])) == {(3, 4)} and len(changes) == 5
+
+
+def test_a_round_adds_seeds_to_the_leader_and_its_ties_only():
+    import pandas as pd
+
+    from analysis import columns as C
+    from analysis.rank import standing
+    from resnet_exp.adaptive import plan_round
+
+    def table(accs: dict[str, list[float]]) -> pd.DataFrame:
+        return standing(pd.DataFrame([{C.CONFIG_HASH: k, C.DEPTH_LABEL: k, C.SEED: seed, C.TEST_ACC: a,
+                                       C.TEST_SIZE: 80.0, C.TRAINABLE_PARAMS: 1.0}
+                                      for k, values in accs.items() for seed, a in enumerate(values)]))
+
+    tied = table({"lead": [0.5, 0.525, 0.475], "near": [0.4875, 0.5375, 0.4625], "far": [0.05] * 3})
+    planned, stop = plan_round(tied, max_seeds=5, round_=1)
+    assert [(p.config_hash, p.seed) for p in planned] == [("lead", 3), ("near", 3)] and not stop
+    assert planned[1].reason.startswith("round 1: tied with the leader lead after 3 seeds (difference -0.0042")
+    capped, stop = plan_round(tied, max_seeds=3, round_=1)
+    assert capped == [] and stop == "max_seeds=3 reached by every configuration still tied with the leader lead: near"
+    resolved, stop = plan_round(table({"lead": [0.5, 0.525, 0.475], "far": [0.05] * 3}), 5, 1)
+    assert resolved == [] and stop == "resolved: no configuration is tied with the leader lead"
