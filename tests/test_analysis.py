@@ -196,19 +196,17 @@ def heavy_modules_after(code: str) -> list[str]:
     return eval(done.stdout.strip().splitlines()[-1])
 
 
-def test_analysis_loads_no_torch():
-    """Analysis only reads runs: importing it must not cost torch's and Lightning's seconds."""
-    assert heavy_modules_after(
-        "import analysis, analysis.pipeline, analysis.report, analysis.plots, analysis.runs") == []
-
-
-def test_analyze_command_loads_no_torch(tmp_path):
-    """`resnet-exp analyze --help`, and an analysis that stops at a user error, stay light too."""
+def test_analysis_and_its_command_load_no_torch(tmp_path):
+    """Analysis only reads runs: importing it, `resnet-exp analyze --help` and an analysis that
+    stops at a user error must not cost torch's and Lightning's seconds (one interpreter for all
+    three: starting one costs seconds)."""
+    uri = new_store(tmp_path / "mlflow.db")  # a prepared store: creating one costs seconds too
     assert heavy_modules_after(f"""
         import os
+        import analysis, analysis.pipeline, analysis.report, analysis.plots, analysis.runs
         from click.testing import CliRunner
         from resnet_exp.cli import main
-        os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///{tmp_path / 'mlflow.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = "{uri}"
         helped = CliRunner().invoke(main, ["analyze", "--help"])
         assert helped.exit_code == 0 and "--sweep-run-id" in helped.output, helped.output
         failed = CliRunner().invoke(main, ["analyze", "--data", "nosuch"])
