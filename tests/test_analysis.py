@@ -196,6 +196,7 @@ def heavy_modules_after(code: str) -> list[str]:
     return eval(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a fresh interpreter importing MLflow, pandas, scipy and matplotlib: seconds
 def test_analysis_and_its_command_load_no_torch(tmp_path):
     """Analysis only reads runs: importing it, `resnet-exp analyze --help` and an analysis that
     stops at a user error must not cost torch's and Lightning's seconds (one interpreter for all
@@ -310,6 +311,7 @@ def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
     assert table[C.TIED].tolist() == [bool(v >= 0.05) if v == v else True for v in table[C.P_HOLM]]
 
 
+@pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_the_report_says_when_welch_replaced_the_paired_test(study, tmp_path):
     result = analyze(AnalysisConfig(experiment_name="paired", data="demo", output_dir=str(tmp_path / "out")))
     text = (result.output_folder / S.REPORT_MD).read_text()
@@ -498,6 +500,7 @@ def test_the_answer_follows_every_dial_of_depth():
     assert "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
 
 
+@pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_report_html_is_self_contained(study, tmp_path):
     """report.html carries its plots as data URIs (MLflow's viewer drops relative images), each
     the very PNG file written next to it, and its tables as HTML tables."""
@@ -533,6 +536,7 @@ def test_block_type_is_part_of_the_network(study):
     plt.close(fig)
 
 
+@pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_a_study_from_random_weights_says_so(study, tmp_path):
     result = analyze(AnalysisConfig(experiment_name="blocks", data="demo", output_dir=str(tmp_path / "out")))
     text = (result.output_folder / S.REPORT_MD).read_text()
@@ -547,6 +551,7 @@ def test_a_study_from_random_weights_says_so(study, tmp_path):
     assert set(csv[C.WEIGHTS]) == {NO_WEIGHTS}
 
 
+@pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_mixed_initialisations_are_named_and_kept_apart(study, tmp_path):
     result = analyze(AnalysisConfig(experiment_name="mixed", data="demo", output_dir=str(tmp_path / "out")))
     text = (result.output_folder / S.REPORT_MD).read_text()

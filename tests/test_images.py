@@ -137,6 +137,7 @@ def test_a_large_png_is_reduced_right_after_loading():
     assert (fitted - full).abs().mean() < 0.02 and (fitted - full).abs().max() < 0.5
 
 
+@pytest.mark.slow  # decodes a 40-megapixel PNG: seconds
 def test_decoding_holds_at_most_one_full_size_image(tmp_path):
     """Resident memory of decoding four 16 MP PNGs one after another grows by about one image's
     RGB (48 MB), not four: each is shrunk before the next is touched."""

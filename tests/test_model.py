@@ -17,9 +17,12 @@ from resnet_exp.netspec import NetSpec
 from resnet_exp.schema import BASIC, BOTTLENECK
 
 NUM_CLASSES = 5
-# (block, blocks): basic presets and a custom list; bottleneck kept to two (ResNet50 is slow).
-VARIANTS = [(BASIC, (1, 1, 1, 1)), (BASIC, (2, 2, 2, 2)), (BASIC, (3, 4, 6, 3)), (BASIC, (1, 2, 1, 3)),
-            (BOTTLENECK, (1, 1, 1, 1)), (BOTTLENECK, (3, 4, 6, 3))]
+SLOW = pytest.mark.slow  # whole ImageNet-sized networks or state_dicts: about a second each
+# (block, blocks): basic presets and a custom list; bottleneck kept to two. The deep ones
+# (ResNet18 and up) cost up to a second per step on 2 cores: they run in the slow tier.
+VARIANTS = [(BASIC, (1, 1, 1, 1)), (BASIC, (1, 2, 1, 3)), (BOTTLENECK, (1, 1, 1, 1)),
+            *(pytest.param(v, marks=pytest.mark.slow) for v in [(BASIC, (2, 2, 2, 2)), (BASIC, (3, 4, 6, 3)),
+                                                                 (BOTTLENECK, (3, 4, 6, 3))])]
 
 
 def spec(block: str = BASIC, blocks: tuple[int, ...] = (2, 2, 2, 2), freeze: int = 0,
@@ -68,6 +71,7 @@ def test_a_training_step_moves_only_what_is_not_frozen(variant, freeze):
     assert model.fc.training
 
 
+@SLOW
 def test_parameter_counts_follow_freezing():
     trainable, total = count_parameters(build_resnet(spec(num_classes=10)))
     assert trainable == total == 11_181_642  # torchvision's resnet18 with a 10-class head
@@ -118,8 +122,9 @@ def test_the_source_network_is_the_smallest_of_the_block_type_that_has_every_blo
 
 
 @pytest.mark.parametrize("block, blocks, network", [
-    (BASIC, (2, 2, 2, 2), "resnet18"), (BASIC, (1, 1, 1, 1), "resnet18"), (BASIC, (3, 4, 6, 3), "resnet34"),
-    (BASIC, (3, 2, 2, 2), "resnet34"), (BOTTLENECK, (1, 2, 1, 1), "resnet50")])
+    (BASIC, (1, 1, 1, 1), "resnet18"), pytest.param(BASIC, (2, 2, 2, 2), "resnet18", marks=SLOW),
+    pytest.param(BASIC, (3, 4, 6, 3), "resnet34", marks=SLOW), pytest.param(BASIC, (3, 2, 2, 2), "resnet34", marks=SLOW),
+    pytest.param(BOTTLENECK, (1, 2, 1, 1), "resnet50", marks=SLOW)])
 def test_imagenet_weights_are_truncated_from_the_smallest_network_that_has_every_block(
         torch_home, block, blocks, network):
     state = fake_imagenet_file(network)
@@ -132,6 +137,7 @@ def test_imagenet_weights_are_truncated_from_the_smallest_network_that_has_every
     assert model.fc.weight.shape == (NUM_CLASSES, 512 if block == BASIC else 2048)
 
 
+@SLOW
 def test_blocks_deeper_than_any_pretrained_network_keep_random_init(torch_home):
     state = fake_imagenet_file("resnet34")
     initial = load_initial_weights("imagenet", BASIC, (1, 2, 3, 4))
@@ -154,6 +160,7 @@ def test_a_state_dict_file_initialises_the_backbone(tmp_path, block):
     assert_copied(model, source.state_dict())
 
 
+@SLOW
 def test_weights_that_do_not_fit_are_refused(tmp_path):
     path = tmp_path / "resnet50.pt"
     torch.save(torchvision.models.resnet50().state_dict(), path)

@@ -62,6 +62,7 @@ def test_the_block_type_passes_through_one_sweep_and_is_listed_in_its_grid():
     assert basic[0].config_hash != configs[1].config_hash  # ResNet34 and ResNet50 stay apart
 
 
+@pytest.mark.slow  # loads the demo data and probes ResNet50 weights: seconds
 def test_a_bottleneck_sweep_without_its_imagenet_weights_stops_before_any_run(tmp_path, data_dir, tracking_uri):
     args = sweep_args(data_dir, tmp_path, "--block", "bottleneck", "--weights", "imagenet", "--seeds", "1")
     result = CliRunner().invoke(main, args)
