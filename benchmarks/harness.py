@@ -96,30 +96,47 @@ def steady(rates: list[float]) -> float:
 # --- compute only -----------------------------------------------------------------------------
 
 
-def compute_only(config: TrainConfig, steps: int, num_classes: int = len(CLASSES)) -> float:
-    """Training images/s on random tensors already on the device: the model, precision and
-    memory format the project trains with, no data loading, no caching."""
+@dataclass
+class Bench:
+    """A model of the config on the device, in the project's precision and memory format, with
+    a random batch and the AdamW over its trainable parameters."""
+
+    runtime: Runtime
+    device: torch.device
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+
+def bench_model(config: TrainConfig, num_classes: int = len(CLASSES)) -> Bench:
     runtime = resolve_runtime(config)
     apply_runtime(runtime)
     torch.manual_seed(0)
     device = torch.device(runtime.accelerator)
     classes = [f"class{i}" for i in range(num_classes)]  # only their number matters here
-    model = build_resnet(config.net_spec(classes)).to(device).train()
     fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    model = build_resnet(config.net_spec(classes)).to(device).train().to(memory_format=fmt)
     size = config.image_size
     x = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    return Bench(runtime, device, model, x, y, optimizer)
+
+
+def compute_only(config: TrainConfig, steps: int, num_classes: int = len(CLASSES)) -> float:
+    """Training images/s on random tensors already on the device: the model, precision and
+    memory format the project trains with, no data loading, no caching."""
+    b = bench_model(config, num_classes)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(runtime):
-            loss = F.cross_entropy(model(x), y)
+        b.optimizer.zero_grad(set_to_none=True)
+        with autocast(b.runtime):
+            loss = F.cross_entropy(b.model(b.x), b.y)
         loss.backward()
-        optimizer.step()
+        b.optimizer.step()
 
-    return _timed(step, steps, config.batch_size, device)
+    return _timed(step, steps, config.batch_size, b.device)
 
 
 def compute_bound(config: TrainConfig, epochs: int, sizes: dict[str, int], steps: int,
@@ -129,44 +146,34 @@ def compute_bound(config: TrainConfig, epochs: int, sizes: dict[str, int], steps
     training image for `epochs`, and evaluated on the validation images each epoch and on the
     test images once, plus one forward pass of its frozen prefix per image (what the feature
     cache does). `sizes` counts the images of 'train', 'validation' and 'test'."""
-    runtime = resolve_runtime(config)
-    apply_runtime(runtime)
-    torch.manual_seed(0)
-    device = torch.device(runtime.accelerator)
-    model = build_resnet(config.net_spec([f"class{i}" for i in range(num_classes)])).to(device).train()
-    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    x = torch.randn(config.batch_size, 3, config.image_size, config.image_size, device=device)
-    x = x.contiguous(memory_format=fmt)
-    y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+    b = bench_model(config, num_classes)
     frozen = config.freeze_blocks > 0
-    with torch.inference_mode(), autocast(runtime):
-        features = model.prefix(x).float().clone() if frozen else x
-    trainable = model.forward_after_prefix if frozen else model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    with torch.no_grad(), autocast(b.runtime):  # not inference_mode: these feed autograd
+        features = b.model.prefix(b.x).float() if frozen else b.x
+    trainable = b.model.forward_after_prefix if frozen else b.model
 
     def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(runtime):
-            loss = F.cross_entropy(trainable(features), y)
+        b.optimizer.zero_grad(set_to_none=True)
+        with autocast(b.runtime):
+            loss = F.cross_entropy(trainable(features), b.y)
         loss.backward()
-        optimizer.step()
+        b.optimizer.step()
 
     @torch.inference_mode()
     def eval_step() -> None:
-        with autocast(runtime):
+        with autocast(b.runtime):
             trainable(features)
 
     @torch.inference_mode()
     def prefix_step() -> None:
-        with autocast(runtime):
-            model.prefix(x)
+        with autocast(b.runtime):
+            b.model.prefix(b.x)
 
-    seconds = epochs * sizes["train"] / _timed(train_step, steps, config.batch_size, device)
-    model.eval()
-    seconds += (epochs * sizes["validation"] + sizes["test"]) / _timed(eval_step, steps, config.batch_size, device)
+    seconds = epochs * sizes["train"] / _timed(train_step, steps, config.batch_size, b.device)
+    b.model.eval()
+    seconds += (epochs * sizes["validation"] + sizes["test"]) / _timed(eval_step, steps, config.batch_size, b.device)
     if frozen:
-        seconds += sum(sizes.values()) / _timed(prefix_step, steps, config.batch_size, device)
+        seconds += sum(sizes.values()) / _timed(prefix_step, steps, config.batch_size, b.device)
     return seconds
 
 

@@ -32,8 +32,7 @@ def batches_seen(config, cache: str) -> dict[str, list[list[int]]]:
     runtime = resolve_runtime(config)
     splits = load_splits(config)
     store = open_image_store(splits, config)
-    classifier = ResNetClassifier(config.blocks, config.freeze_blocks, list(splits.class_names),
-                                  config.learning_rate)
+    classifier = ResNetClassifier(config.net_spec(splits.class_names), config.learning_rate)
     images = {name: store.split(splits, name) for name in SPLITS}
     features, plan = cache_features(images, classifier.model, config, runtime)
     assert plan.use == (cache == "auto"), plan.reason

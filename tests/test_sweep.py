@@ -334,7 +334,10 @@ def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, dat
     from resnet_exp.grid import split_sweep_values
 
     args = sweep_args(data_dir, tmp_path, "--freeze-blocks", "2,3,4", "--blocks", "1,1,1,1",
-                      "--seeds", "auto", "--max-seeds", "5", "--registered-model-name", "none")
+                      "--seeds", "auto", "--max-seeds", "5", "--registered-model-name", "none",
+                      # explicit: the pre-logged runs' config hash includes it, and a sweep
+                      # trains its cells with `auto` resolved
+                      "--precision", "32-true")
     values = dict(zip([a.lstrip("-").replace("-", "_") for a in args[1::2]], args[2::2]))
     _, base = split_sweep_values(values)
     client = MlflowClient(tracking_uri)
