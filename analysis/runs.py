@@ -24,7 +24,7 @@ from analysis.study import UNKNOWN
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
-from resnet_exp.runs import project_run_id, tracking_uri
+from resnet_exp.runs import project_run_id, search_all, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ FAILED, UNFINISHED, OTHER_DATASET, DUPLICATE, INCOMPLETE = (
     "failed", "unfinished", "other dataset", "duplicate", "incomplete")
 EXCLUSION_REASONS = (FAILED, UNFINISHED, OTHER_DATASET, DUPLICATE, INCOMPLETE)
 UNFINISHED_STATUSES = {"RUNNING", "SCHEDULED", "KILLED"}
-PAGE_SIZE = 1000  # runs per search_runs page
 
 
 @dataclass(frozen=True)
@@ -117,13 +116,7 @@ def _warn_if_overridden(config: AnalysisConfig, experiment: str, dataset: str) -
 
 def all_runs(experiment_id: str) -> Iterator[Run]:
     """Every active run of the experiment, page by page."""
-    client, token = MlflowClient(), None
-    while True:
-        page = client.search_runs([experiment_id], max_results=PAGE_SIZE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+    return search_all(MlflowClient(), experiment_id)
 
 
 def is_training_run(run: Run) -> bool:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Mapping
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.entities import Param, Run, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
@@ -32,6 +32,7 @@ from resnet_exp.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ERROR_TEXT_LIMIT = 4000  # characters; MLflow tag values are limited to 8,000
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+PAGE_SIZE = 1000  # runs per search_runs page
 
 
 def tracking_uri() -> str:
@@ -246,6 +247,17 @@ def _catch_sigterm():
         signal.signal(signal.SIGTERM, _raise_terminated)
         return previous
     return None  # an enclosing scope (a sweep around its children) already catches it
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> Iterator[Run]:
+    """Every active run of the experiment that matches `filter_string`, page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def use_tracking_store() -> str:

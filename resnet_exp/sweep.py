@@ -30,7 +30,7 @@ from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
 from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
-                             source_tag, use_tracking_store)
+                             search_all, source_tag, use_tracking_store)
 
 log = logging.getLogger(__name__)
 TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
@@ -74,8 +74,9 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     """Train this shard's part of the grid under one parent run; returns what became of each."""
     # The sweep's identity is its grid as given, before this machine resolves precision=auto:
     # shards on other machines share its parent even where they resolve another precision.
-    sid = sweep_id(grid.expand(base), f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
-    configs = _preflight(grid.expand(base))
+    configs = grid.expand(base)
+    sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
+    configs = _preflight(configs)
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
@@ -275,17 +276,10 @@ def cell_statuses(client: MlflowClient, experiment_id: str, configs: list[TrainC
     status of its latest run (FAILED, KILLED, RUNNING), or SCHEDULED if it has none yet."""
     wanted = {(c.config_hash, str(c.seed)): c.run_name for c in configs}
     latest: dict[tuple[str, str], Run] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'",
-                                  max_results=1000, page_token=token)
-        for run in page:
-            key = (run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED))
-            if key in wanted and (key not in latest or _rank(run) > _rank(latest[key])):
-                latest[key] = run
-        token = page.token
-        if not token:
-            break
+    for run in search_all(client, experiment_id, f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'"):
+        key = (run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED))
+        if key in wanted and (key not in latest or _rank(run) > _rank(latest[key])):
+            latest[key] = run
     return {name: latest[key].info.status if key in latest else RunStatus.to_string(RunStatus.SCHEDULED)
             for key, name in wanted.items()}
 
