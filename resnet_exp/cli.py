@@ -82,7 +82,25 @@ class _LightningInterruptLine(logging.Filter):
         return "Detected KeyboardInterrupt" not in record.getMessage()
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command's tracking-server failure (unreachable past MLflow's retry budget, or
+    refusing the credentials) as one line naming the server, not a chain of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            from resnet_exp.tracking_server import tracking_failure
+
+            failure = tracking_failure(err)
+            if failure is None:
+                raise
+            from resnet_exp.runs import tracking_uri
+
+            raise click.ClickException(failure.message(tracking_uri())) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """ResNet depth experiments tracked in MLflow."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -95,6 +113,9 @@ def train(**values: Any) -> None:
     """Train one ResNet configuration and record it as one MLflow run."""
     try:
         config = TrainConfig.from_text(values)
+        from resnet_exp.tracking_server import check_tracking_server
+
+        check_tracking_server()  # a wrong address or password fails now, before the data is prepared
         from resnet_exp import tracking  # heavy imports after validation
         from resnet_exp.train import train as run_training
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -28,6 +28,7 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
+from resnet_exp.tracking_server import TrackingFailure, one_attempt, tracking_failure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ERROR_TEXT_LIMIT = 4000  # characters; MLflow tag values are limited to 8,000
@@ -216,8 +217,31 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
+    failure = tracking_failure(error) if error is not None else None
+    if failure is not None:
+        _close_after_server_failure(scope, error, active, failure)
+        return
     with interrupts_deferred():
         _end(scope, error, active)
+
+
+def _close_after_server_failure(scope: RunScope, error: BaseException, active: bool,
+                                failure: TrackingFailure) -> None:
+    """The tracking server failed past its retry budget, or refused us: one quick try to end the
+    run FAILED, else it stays RUNNING there. Waiting out the budget again for each closing write
+    made a 278-line chain of tracebacks; the CLI prints the failure's one line instead."""
+    innermost = not hasattr(failure.error, "tracking_run_id")  # a sweep's child, not its parent
+    if innermost:
+        failure.error.tracking_run_id = scope.run_id
+    with one_attempt(), interrupts_deferred():
+        try:
+            _end(scope, error, active)
+        except Exception:  # noqa: BLE001 - the server is still gone: the first failure is the news
+            if innermost:
+                failure.error.run_left_running = True
+            if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
+                with suppress(Exception):  # leaves MLflow no active run to end at exit, with retries
+                    mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
 
 
 def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
