@@ -1,0 +1,200 @@
+"""A shared tracking server: a real `mlflow server --app-name basic-auth` on a real PostgreSQL
+(tests/servers.py), used by real trainings over HTTP; and the one line a user reads when the
+server is unreachable or refuses the credentials (docs/tracking-server.md).
+
+One server serves the whole module: it starts in 10-40 s on 2 busy cores, so the tests that
+kill it run last and the next user starts it again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from conftest import subprocess_env
+from resnet_exp import schema as S
+from servers import ADMIN, PROJECT, PostgreSQL, TrackingServer
+
+EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
+TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
+        "--limit-batches", "2", "--freeze-blocks", "0", "--feature-cache", "off",
+        "--precision", "32-true", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgreSQL().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking-server")
+    server = TrackingServer(root, postgres.create_database("mlflow"), postgres.create_database("mlflow_auth"))
+    server.start()
+    server.create_user(*PROJECT)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(tracking_server, monkeypatch):
+    """The module's server, started again if an earlier test killed it; this process and its
+    subprocesses reach it as the project's user."""
+    tracking_server.ensure_up()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PROJECT[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PROJECT[1])
+    return tracking_server
+
+
+def train(tmp_path: Path, data_dir: Path, experiment: str, *args: str, **env: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "resnet_exp", "train", *TINY, "--data-dir", str(data_dir),
+           "--output-dir", str(tmp_path / "results"), "--experiment-name", experiment, *args]
+    return subprocess.Popen(cmd, env=subprocess_env(**env), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def only_run(client: MlflowClient, experiment: str):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def wait_for_epoch(client: MlflowClient, experiment: str, process: subprocess.Popen, epoch: int) -> str:
+    """Poll until the training's val_loss of `epoch` is stored; returns the run id."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        if runs and any(m.step == epoch for m in client.get_metric_history(runs[0].info.run_id, S.VAL_LOSS)):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    pytest.fail(f"no val_loss at epoch {epoch}: {process.communicate()[1][-3000:]}")
+
+
+def assert_one_error_line(stderr: str, uri: str, *words: str) -> str:
+    """No traceback anywhere, and exactly one error line, naming the server and `words`."""
+    assert "Traceback" not in stderr, stderr[-4000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, stderr[-4000:]
+    assert f"tracking server {uri} " in errors[0] and all(w in errors[0] for w in words), errors[0]
+    return errors[0]
+
+
+def test_an_unreachable_server_is_one_line_naming_it(monkeypatch, tmp_path):
+    """Fast tier: the CLI in this process, a closed port, no retries."""
+    from resnet_exp.cli import main
+    from servers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = CliRunner().invoke(main, ["train", "--data", "demo", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result.output, uri, "unreachable after 1 attempt", "could not list experiments",
+                          "MLFLOW_TRACKING_URI", "docs/tracking-server.md")
+
+
+@pytest.mark.slow
+def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_path):
+    answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    assert answer.status_code == 401
+    answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30,
+                          auth=PROJECT)
+    assert answer.status_code == 200
+
+    cmd = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--output-dir", str(tmp_path)]
+    result = subprocess.run(cmd, env=subprocess_env(MLFLOW_TRACKING_PASSWORD="wrong"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    line = assert_one_error_line(result.stderr, server.uri, f"refused user '{PROJECT[0]}'", "HTTP 401",
+                                 "MLFLOW_TRACKING_PASSWORD")
+    assert "wrong" not in line and not (tmp_path / "data").exists()  # refused before any data work
+
+
+@pytest.mark.slow
+def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(server, tmp_path, data_dir):
+    process = train(tmp_path, data_dir, "server-train", "--max-epochs", "2")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-4000:]
+
+    client = MlflowClient()
+    run = only_run(client, "server-train")
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    assert client.search_model_versions(f"run_id='{run.info.run_id}'"), "the model is registered"
+    # artifacts went through the server into its --artifacts-destination
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert list((server.root / "artifacts").rglob(S.CONFIG_FILE))
+    assert run.data.tags[S.MLFLOW_USER] == PROJECT[0]  # the server records who wrote the run
+    texts = [*run.data.params.items(), *run.data.tags.items()]
+    assert not [kv for kv in texts if ADMIN[0] in kv[1] or PROJECT[0] in kv[1] and kv[0] != S.MLFLOW_USER]
+    for password in (PROJECT[1], ADMIN[1]):
+        assert not [kv for kv in texts if password in kv[1]] and password not in stdout + stderr
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
+    """Needs `--executor ray` (branch ray). The workers inherit the credentials from the
+    driver's environment, as on a cluster whose workers start with them set."""
+    cmd = [sys.executable, "-m", "resnet_exp", "sweep", *TINY, "--data-dir", str(data_dir),
+           "--output-dir", str(tmp_path / "results"), "--experiment-name", "server-sweep",
+           "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
+           "--registered-model-name", "none", "--executor", "ray", "--trial-resources", "cpu=1",
+           "--max-concurrent-trials", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=tmp_path)
+    assert result.returncode == 0 and "2 trained" in result.stdout, result.stderr[-4000:]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("server-sweep").experiment_id])
+    parent = [r for r in runs if S.MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    trials = [r for r in runs if S.MLFLOW_PARENT_RUN_ID in r.data.tags]
+    assert len(parent) == 1 and len(trials) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags[S.MLFLOW_USER] for r in runs} == {PROJECT[0]}
+    for run in trials:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, S.VAL_LOSS)] == [0]
+    assert max(r.info.start_time for r in trials) < min(r.info.end_time for r in trials), "concurrent"
+
+
+@pytest.mark.slow
+def test_a_server_killed_and_restarted_during_training_loses_nothing(server, tmp_path, data_dir):
+    epochs = 3  # epoch 0 before the kill, two after it
+    process = train(tmp_path, data_dir, "server-restart", "--max-epochs", str(epochs),
+                    "--registered-model-name", "none")
+    client = MlflowClient()
+    run_id = wait_for_epoch(client, "server-restart", process, epoch=0)
+    stored = [m.step for m in client.get_metric_history(run_id, S.VAL_LOSS)]
+    server.kill()
+    assert process.poll() is None and max(stored) < epochs - 1, "the kill came after the training"
+    time.sleep(2)
+    server.start()  # on the same port, well within MLflow's 4-minute retry budget
+    _, stderr = process.communicate(timeout=400)
+    assert process.returncode == 0, stderr[-4000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(epochs)), key
+
+
+@pytest.mark.slow
+def test_a_server_gone_for_good_ends_the_training_with_one_line(server, postgres, tmp_path, data_dir):
+    process = train(tmp_path, data_dir, "server-gone", "--max-epochs", "8",
+                    MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
+    run_id = wait_for_epoch(MlflowClient(), "server-gone", process, epoch=0)
+    server.kill()  # and not started again: the next test that needs it starts it
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert_one_error_line(stderr, server.uri, "unreachable after 1 retry", "could not", f"of run {run_id}",
+                          "stays RUNNING")
+    # The server could not be told: the run is still RUNNING in its database.
+    assert postgres.query("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("RUNNING",)]
