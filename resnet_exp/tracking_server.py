@@ -72,7 +72,9 @@ class TrackingFailure:
         if self.kind == UNREACHABLE:
             return (f"tracking server {uri} unreachable after {retry_budget()}: {what}. Start the "
                     f"server or point MLFLOW_TRACKING_URI at it (see {DOCS})")
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
+
+        user = MLFLOW_TRACKING_USERNAME.get()  # the user name only: the password is never shown
         if self.kind == UNAUTHENTICATED:
             who = f"user {user!r} and its password" if user else "no credentials"
             return (f"tracking server {uri} refused {who} (HTTP 401): {what}. Set "
