@@ -161,6 +161,26 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
                                   "'system/%' ORDER BY key, step", (run_id,)).fetchall()
 
 
+def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
+    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch`
+    (its train_loss is the epoch's last metric)."""
+    process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            with sqlite3.connect(db) as connection:
+                if connection.execute("SELECT 1 FROM metrics WHERE key = ? AND step = ? AND run_uuid != ?",
+                                      (S.TRAIN_LOSS, epoch, not_run)).fetchone():
+                    break
+            time.sleep(0.05)
+        assert process.poll() is None, "it ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.slow
 def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_uninterrupted_one(
         tracking_uri, data_dir, tmp_path):
@@ -175,19 +195,7 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
 
     command = args + ["--output-dir", str(tmp_path / "results")]
-    killed = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and killed.poll() is None:
-            with sqlite3.connect(db) as connection:  # epoch 1 stored: its train_loss comes last
-                if connection.execute("SELECT 1 FROM metrics WHERE key = ? AND step = 1 AND run_uuid != ?",
-                                      (S.TRAIN_LOSS, reference)).fetchone():
-                    break
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-    finally:
-        killed.kill()
-        killed.wait()
+    kill_after_epoch(command, db, 1, not_run=reference)
     [(run_id, status)] = sqlite3.connect(db).execute("SELECT run_uuid, status FROM runs WHERE run_uuid != ?",
                                                      (reference,)).fetchall()
     assert status == RUNNING  # kill -9: nothing could close it
@@ -213,3 +221,28 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     assert ours == pytest.approx(theirs, abs=1e-6)
     folder = Path(run.data.tags[S.TAG_CHECKPOINT_DIR])
     assert (folder / LAST_CHECKPOINT).is_file() and not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(tracking_uri, data_dir, tmp_path):
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    command = [sys.executable, "-m", "resnet_exp", "sweep", "--freeze-blocks", "3", "--seeds", "1",
+               "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
+               "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
+               "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
+               "--registered-model-name", "none"]
+    kill_after_epoch(command, db, 1)
+    client = MlflowClient(tracking_uri)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    [child] = client.search_runs([experiment.experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+
+    again = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == 2  # the parent and its one child: resumed, not trained again
+    resumed = runs[child.info.run_id]
+    assert resumed.info.status == FINISHED and resumed.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    [parent] = [r for r in runs.values() if r.data.tags[S.TAG_KIND] == S.KIND_SWEEP]
+    assert parent.info.status == FINISHED
+    steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
+    assert steps == [0, 1, 2]
