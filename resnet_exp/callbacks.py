@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from resnet_exp import schema as S
+from resnet_exp.phases import interrupt_point
 
 log = logging.getLogger(__name__)
 SUMMARY = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
@@ -27,6 +28,7 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print_pending_line()
+        interrupt_point("fit")
         self.epoch_start = time.perf_counter()
         self.train_seconds = 0.0
         self.images = 0
@@ -58,3 +60,14 @@ class EpochTimer(pl.Callback):
         if self.pending_line:
             log.info("%s", self.pending_line)
             self.pending_line = ""
+
+
+class StoppedStaysStopped(pl.Callback):
+    """A run resumed after early stopping had ended its fit (it was stopped during test or
+    model logging) trains no further epoch: Lightning restores EarlyStopping's state from
+    last.ckpt, but not the trainer's decision to stop."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stopping = trainer.early_stopping_callback
+        if stopping is not None and stopping.stopped_epoch > 0:
+            trainer.should_stop = True

@@ -117,9 +117,11 @@ def train(**values: Any) -> None:
 
         check_tracking_server()  # a wrong address or password fails now, before the data is prepared
         from resnet_exp import tracking  # heavy imports after validation
+        from resnet_exp.runs import sigterm_raises
         from resnet_exp.train import train as run_training
 
-        result = run_training(config)
+        with sigterm_raises():
+            result = run_training(config)
     except (KeyboardInterrupt, SystemExit) as err:
         raise interrupted(err) from None
     except UserError as err:
@@ -165,9 +167,11 @@ def sweep(**values: Any) -> None:
     """Train every (configuration, seed) of a grid as child runs of one parent run; resumable."""
     try:
         grid, base = split_sweep_values(values)
+        from resnet_exp.runs import sigterm_raises
         from resnet_exp.sweep import run_sweep  # heavy imports after validation
 
-        result = run_sweep(grid, base)
+        with sigterm_raises():
+            result = run_sweep(grid, base)
     except (KeyboardInterrupt, SystemExit) as err:
         raise interrupted(err) from None
     except UserError as err:

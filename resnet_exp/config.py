@@ -34,6 +34,9 @@ NO_REGISTRATION = "none"  # registered_model_name that logs the model but regist
 # Registered-model names end up in `models:/<name>@<alias>` URIs, so no '/', ':' or '@'.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
 MIN_IMAGE_SIZE = 32  # ResNet downsamples by 32; smaller inputs collapse layer4 to nothing useful
+NEVER = "never"
+RESUME_MODES = (AUTO, NEVER)  # or a run id: continue that run
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -96,9 +99,9 @@ def format_value(value: Any) -> str:
 
 
 def _option(default: Any, help: str, parse: Callable[[str, str], Any] | None = None,
-            affects_result: bool = True) -> Any:
+            affects_result: bool = True, logged: bool = True) -> Any:
     return field(default=default, metadata={"help": help, "parse": parse,
-                                            "affects_result": affects_result})
+                                            "affects_result": affects_result, "logged": logged})
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,11 @@ class TrainConfig:
                                     "image store is kept (<data_dir>/store).", affects_result=False)
     output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
                                          "(<output_dir>/<dataset>/...).", affects_result=False)
+    # How this launch starts, not what the run is: never a param (a resumed run keeps its own).
+    resume: str = _option(AUTO, "'auto': continue a stopped run of the same configuration and "
+                                "seed from its last.ckpt, in that run (docs/resume.md); 'never': "
+                                "always a new run; or the id of the run to continue.",
+                          affects_result=False, logged=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -190,7 +198,8 @@ class TrainConfig:
 
     def to_params(self) -> dict[str, str]:
         """Flat MLflow params with the user's names and command-line text."""
-        return {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata["logged"]}
 
     @property
     def dataset_slug(self) -> str:
@@ -324,6 +333,9 @@ def _validate(c: TrainConfig) -> None:
            f"'{NO_REGISTRATION}' or a name of letters, digits, '_', '-' and '.' (no '/', ':' or '@')")
     for name in ("experiment_name", "data_dir", "output_dir"):
         _check(bool(str(getattr(c, name)).strip()), f"{name} must not be empty")
+    _check(c.resume in RESUME_MODES or bool(RUN_ID.match(c.resume)),
+           f"resume={c.resume!r} is not valid: expected '{AUTO}', '{NEVER}' or a run id "
+           "(32 hexadecimal characters, as `mlflow runs list` shows them)")
 
 
 def _validate_data(data: str) -> None:

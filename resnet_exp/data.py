@@ -15,7 +15,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -315,12 +315,21 @@ class ImageDataModule(pl.LightningDataModule):
                  runtime: Runtime):
         super().__init__()
         self.inputs, self.config, self.runtime = inputs, config, runtime
+        # One generator for the sampler and the loader, as DataLoader(shuffle=True, generator=g)
+        # shares it: the same seed gives the same order as a per-sample loader would.
+        self.train_order = torch.Generator().manual_seed(config.seed)
+
+    # Lightning keeps these in every checkpoint: a resumed run draws the epochs' orders it would
+    # have drawn without the stop (no data augmentation draws from any other generator).
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_order": self.train_order.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_order.set_state(state["train_order"])
 
     def _loader(self, name: str, shuffle: bool) -> torch.utils.data.DataLoader:
         dataset = self.inputs[name]
-        # One generator for the sampler and the loader, as DataLoader(shuffle=True, generator=g)
-        # shares it: the same seed gives the same order as a per-sample loader would.
-        generator = torch.Generator().manual_seed(self.config.seed) if shuffle else None
+        generator = self.train_order if shuffle else None
         order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
                  else torch.utils.data.SequentialSampler(dataset))
         # A last batch of one image breaks BatchNorm in train mode (1x1 maps in layer4 at 32 px).

@@ -32,6 +32,7 @@ from resnet_exp.config import TrainConfig
 from resnet_exp.hardware import Runtime, autocast, available_memory
 from resnet_exp.model import StagedResNet
 from resnet_exp.module import network_input
+from resnet_exp.phases import interrupt_point
 from resnet_exp.store import StoredSplit
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def cache_features(images: dict[str, StoredSplit], model: StagedResNet, config: 
     model.to(runtime.accelerator)  # where training will run; Lightning keeps it there
     cached = {}
     for name, split in images.items():
+        interrupt_point("feature_cache")
         features = compute_features(model, split, runtime, config.batch_size)
         if features is None:
             plan = FeaturePlan(False, f"frozen-stage outputs of the {name} split exceed fp16's range")

@@ -31,6 +31,7 @@ import resnet_exp
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.inference import IMAGE_COLUMN, ImageClassifier
+from resnet_exp.phases import interrupt_point
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> 
     with tempfile.TemporaryDirectory(prefix="resnet-exp-model-") as tmp:
         folder = Path(tmp)
         artifacts = classifier.save(folder)
+        interrupt_point("model_log")
         info = mlflow.pyfunc.log_model(
             name=S.MODEL_ARTIFACT,
             step=best_epoch,
@@ -88,6 +90,7 @@ def register(model_uri: str, config: TrainConfig, tags: dict[str, str], descript
     name = config.model_name
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name, tags=tags)
+    interrupt_point("register")  # a version exists, its aliases are not moved yet
     client.update_model_version(name, version.version, description=description)
     if not client.get_registered_model(name).description:
         client.update_registered_model(name, description=model_description(config))

@@ -261,6 +261,19 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
         scope.client.set_terminated(scope.run_id, status)
 
 
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM as an exception (Terminated) for a whole command, not only while a run is open:
+    the work before a run opens (data, image store, feature cache) then removes its temporary
+    folders too, and a sweep's parent is closed KILLED between its children."""
+    previous = _catch_sigterm()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _catch_sigterm():
     """Make SIGTERM an exception while a run is open (main thread only), so the run is closed
     KILLED instead of left RUNNING; returns the handler to restore, or None."""

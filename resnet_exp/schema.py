@@ -105,6 +105,12 @@ TAG_IMAGE_STORE = "image_store"
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
 TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
+# Resume (resnet_exp/resume.py): which process trains a run, when it last showed it was alive,
+# and how often the run was resumed.
+TAG_PROCESS = "process"  # '<host> <pid> <process start time>' of the process training the run
+TAG_HEARTBEAT = "heartbeat"  # unix time of that process's last heartbeat
+TAG_RESUMED = "resumed"  # 'epoch E from <last.ckpt>' of the latest resume, absent if never resumed
+TAG_RESUMED_INTO = "resumed_into"  # on the run `mlflow run` created when it resumed an older run
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
 LEGACY_TAG_DEPTH = "depth_label"

@@ -36,6 +36,7 @@ from resnet_exp.config import TrainConfig
 from resnet_exp.data import DataSplits, decode_image, describe_row
 from resnet_exp.images import resize_pixels
 from resnet_exp.errors import DataError
+from resnet_exp.phases import interrupt_point
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def _write(folder: Path, splits: DataSplits, source: str, image_size: int) -> No
     data = splits.sources[source].select_columns([splits.image_column])
     images = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,
                                        shape=(len(data), image_size, image_size, 3))
+    interrupt_point("image_store")
     index = 0
     for batch in data.iter(batch_size=ROWS_PER_READ):
         for item in batch[splits.image_column]:

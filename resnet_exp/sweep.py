@@ -23,12 +23,15 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp import registry, tracking
-from resnet_exp.config import TrainConfig, describe_weights
+from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
+from resnet_exp.errors import ConfigError
 from resnet_exp.data import load_splits
 from resnet_exp.disk import check_writable
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
+from resnet_exp.phases import interrupt_point
+from resnet_exp.resume import reap_dead_children
 from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
                              search_all, source_tag, use_tracking_store)
 
@@ -81,6 +84,9 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
         _describe_parent(scope, grid, base, configs, sid)
+        # Children left RUNNING by a killed earlier attempt: those with a last.ckpt resume when
+        # their cell comes (resume=auto); the others can't and are marked KILLED now.
+        reap_dead_children(scope.client, scope.experiment_id, scope.run_id)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
         outcomes = [_run_child(config, parent) for config in grid.shard_of(configs)]
         stop = ""
@@ -100,6 +106,10 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
     any run exists, instead of once per child. Loads each distinct input once; the children
     reuse the caches. Returns the configs with precision resolved once for all cells: runs that
     are compared must agree on it, and a measured `auto` could tip either way per child."""
+    if configs[0].resume not in RESUME_MODES:
+        raise ConfigError(f"resume={configs[0].resume!r}: a sweep resumes its children by itself; "
+                          f"expected {' or '.join(RESUME_MODES)} (a run id names one training: "
+                          "use `resnet-exp train --resume RUN_ID`)")
     check_writable(configs[0].output_dir, S.OUTPUT_DIR)
     check_writable(configs[0].data_dir, S.DATA_DIR)
     precision = resolve_runtime(configs[0]).precision
@@ -123,6 +133,7 @@ def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[Child
 def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome:
     from resnet_exp.train import train  # Lightning and torchvision load only when a child trains
 
+    interrupt_point("sweep_gap")
     identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason)
     done = _finished_run(parent.experiment_id, config)
     if done:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import mlflow
+from mlflow import MlflowClient
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits
+from resnet_exp.resume import ResumePoint, heartbeat
 from resnet_exp.runs import RunScope, interrupts_deferred, project_run_id, run_scope, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -57,20 +59,49 @@ class ParentRun:
 
 
 @contextmanager
-def training_run(config: TrainConfig, parent: ParentRun | None = None) -> Iterator[RunScope]:
-    """The training's MLflow run, opened (or, under `mlflow run`, joined) and always closed by
-    the one run scope; the active run, so Lightning's logger and log_model write to it. A
-    sweep's training opens a child of `parent` instead: MLFLOW_RUN_ID is then the sweep's own run."""
-    run_id = None if parent else project_run_id()
-    if run_id:
+def training_run(config: TrainConfig, parent: ParentRun | None = None,
+                 point: ResumePoint | None = None) -> Iterator[RunScope]:
+    """The training's MLflow run, opened (or, under `mlflow run`, joined; or, to resume, the
+    stopped run of `point` reopened) and always closed by the one run scope; the active run,
+    so Lightning's logger and log_model write to it. A sweep's training opens a child of
+    `parent` instead: MLFLOW_RUN_ID is then the sweep's own run. While the run is open, a
+    heartbeat tells other processes that it is alive (resnet_exp/resume.py)."""
+    launcher = None if parent else project_run_id()
+    if launcher:
         warn_if_experiment_name_ignored(config)  # the experiment is the one `mlflow run` chose
+    if launcher and point:
+        _point_launcher_to(launcher, point.run_id)
     with run_scope(S.KIND_TRAIN, config.run_name, experiment_name=config.default_experiment_name,
                    experiment_id=parent.experiment_id if parent else None,
-                   experiment_note=experiment_note(config.dataset_slug), run_id=run_id,
+                   experiment_note=experiment_note(config.dataset_slug),
+                   run_id=point.run_id if point else launcher,
                    parent_run_id=parent.run_id if parent else None,
                    tags={**config_tags(config), **(parent.child_tags if parent else {})},
                    active=True, system_metrics=True) as scope:
-        yield scope
+        with heartbeat(scope.client, scope.run_id):
+            yield scope
+
+
+def resume_experiment_id(config: TrainConfig, parent: ParentRun | None) -> str | None:
+    """Where a stopped run of this training would be: the sweep's, `mlflow run`'s or the
+    config's experiment (None if that does not exist yet)."""
+    if parent:
+        return parent.experiment_id
+    client = MlflowClient(tracking_uri())
+    launcher = project_run_id()
+    if launcher:
+        return client.get_run(launcher).info.experiment_id
+    experiment = client.get_experiment_by_name(config.default_experiment_name)
+    return experiment.experiment_id if experiment else None
+
+
+def _point_launcher_to(launcher: str, resumed: str) -> None:
+    """`mlflow run` created a run for this launch, but the training continues an older one:
+    the launcher says so (and, with no run_kind, stays out of analysis); `mlflow run` ends it."""
+    client = MlflowClient(tracking_uri())
+    client.set_tag(launcher, S.TAG_RESUMED_INTO, resumed)
+    client.set_tag(launcher, S.MLFLOW_NOTE, f"This launch resumed the stopped training run {resumed}; "
+                                            "its metrics, checkpoints and model are there.")
 
 
 def experiment_note(dataset: str) -> str:
@@ -172,6 +203,10 @@ class EpochStepMixin:
     # The epoch that test metrics describe: the best checkpoint's, set before trainer.test
     # (Lightning would log them at the epoch after the last one).
     test_epoch: int | None = None
+    # A resumed run: the latest step of each metric it stored before it stopped. The epoch it
+    # was in when it stopped may have stored some metrics; training that epoch again must not
+    # store them twice (a deterministic resume computes the same values).
+    stored_steps: Mapping[str, int] = {}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = dict(metrics)
@@ -180,10 +215,10 @@ class EpochStepMixin:
             epoch = self.test_epoch
         per_step = {k: v for k, v in metrics.items() if k.endswith(S.STEP_SUFFIX)}
         per_epoch = {k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step}
-        if per_step:
-            super().log_metrics(per_step, step)
-        if per_epoch:
-            super().log_metrics(per_epoch, int(epoch) if epoch is not None else step)
+        for values, at in ((per_step, step), (per_epoch, int(epoch) if epoch is not None else step)):
+            new = {k: v for k, v in values.items() if at is None or at > self.stored_steps.get(k, -1)}
+            if new:
+                super().log_metrics(new, at)
 
 
 class EpochMLFlowLogger(EpochStepMixin, MLFlowLogger):
@@ -206,9 +241,11 @@ class EpochTensorBoardLogger(EpochStepMixin, TensorBoardLogger):
     """TensorBoard with the same metric names and epoch steps as MLflow."""
 
 
-def make_loggers(config: TrainConfig, run_id: str) -> list:
+def make_loggers(config: TrainConfig, run_id: str, stored_steps: Mapping[str, int] | None = None) -> list:
     mlflow_logger = EpochMLFlowLogger(run_id=run_id, tracking_uri=tracking_uri())
     tensorboard = EpochTensorBoardLogger(save_dir=str(logs_dir(config)), name="",
                                          version=run_folder_name(config, run_id),
                                          default_hp_metric=False)
+    for logger in (mlflow_logger, tensorboard):
+        logger.stored_steps = dict(stored_steps or {})
     return [mlflow_logger, tensorboard]

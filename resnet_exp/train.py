@@ -24,8 +24,8 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import schema as S
-from resnet_exp import diagnostics, registry, tracking
-from resnet_exp.callbacks import EpochTimer
+from resnet_exp import diagnostics, registry, resume, tracking
+from resnet_exp.callbacks import EpochTimer, StoppedStaysStopped
 from resnet_exp.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
@@ -34,8 +34,9 @@ from resnet_exp.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
 from resnet_exp.model import InitialWeights, load_initial_weights
 from resnet_exp.module import ResNetClassifier
-from resnet_exp.phases import Phases
-from resnet_exp.runs import RunScope
+from resnet_exp.phases import Phases, interrupt_point
+from resnet_exp.resume import LAST_CHECKPOINT, ResumePoint
+from resnet_exp.runs import RunScope, project_run_id
 from resnet_exp.store import ImageStore, open_image_store
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
     phases = Phases()
     check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
     check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
+    point = resume.plan(config, tracking.resume_experiment_id(config, parent),
+                        parent.run_id if parent else None, None if parent else project_run_id())
     with phases.timed(S.PRECISION_TIME):
         runtime = resolve_runtime(config)
     apply_runtime(runtime)
@@ -68,32 +71,36 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
     classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
-    with tracking.training_run(config, parent) as scope:
+    with tracking.training_run(config, parent, point) as scope:
         run_id = scope.run_id
+        folder = point.folder if point else tracking.checkpoint_dir(config, run_id).resolve()
+        scope.set_tags({S.TAG_CHECKPOINT_DIR: str(folder)})  # where a resume finds last.ckpt
+        if point:
+            scope.set_tags({S.TAG_RESUMED: _resumed_note(point)})
         tracking.log_json(spec.to_dict(), S.NETSPEC_FILE)
         facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
         scope.describe(tracking.describe_training(config, facts))
-        _log_input_path(scope, store, plan)
-        trainer = _build_trainer(config, runtime, run_id, len(splits.train))
+        _log_input_path(scope, store, plan, first_attempt=point is None)
+        trainer = _build_trainer(config, runtime, run_id, len(splits.train), folder, point)
         checkpoint_io = trainer.strategy.checkpoint_io
         with _known_warnings_silenced():
             with phases.timed(S.FIT_TIME):
-                trainer.fit(classifier, datamodule=datamodule)
+                trainer.fit(classifier, datamodule=datamodule, ckpt_path=point and point.checkpoint)
             phases.add(S.FIT_TIME, -checkpoint_io.seconds)  # counted apart, as checkpoint_s
             phases.add(S.CHECKPOINT_TIME, checkpoint_io.seconds)
             # The test split is touched once, with the checkpoint chosen on val_loss (last.ckpt
             # only if val_loss never became a finite number).
             best_cb, last_cb = trainer.checkpoint_callbacks[:2]
-            best = best_cb.best_model_path or last_cb.last_model_path
+            best = best_cb.best_model_path or last_cb.best_model_path
             best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
             for logger in trainer.loggers:
                 logger.test_epoch = best_epoch  # test_* describe the best epoch's network
             with phases.timed(S.TEST_TIME):
+                interrupt_point("test")
                 trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
             diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch)
         mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
-        scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve()),
-                        S.TAG_CHECKPOINT_DIR: str(Path(best).resolve().parent)})
+        scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
@@ -103,6 +110,12 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
             best_epoch, trainer.current_epoch, metrics.get(S.VAL_ACC), metrics.get(S.TEST_ACC),
             version.uri if version else model_uri)))
     return TrainResult(run_id, best, metrics, model_uri, version)
+
+
+def _resumed_note(point: ResumePoint) -> str:
+    """'epoch 2 from .../last.ckpt': where the latest resume went on."""
+    epoch = torch.load(point.checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    return f"epoch {epoch + 1} from {point.checkpoint}"
 
 
 def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, best_epoch: int,
@@ -135,11 +148,13 @@ def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: Ima
     return (images if features is None else features), plan
 
 
-def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan) -> None:
-    """Which input path the run took, so that runs stay comparable (docs/tracking.md)."""
+def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan, first_attempt: bool) -> None:
+    """Which input path the run took, so that runs stay comparable (docs/tracking.md). A
+    resumed run keeps the setup times of its first attempt (one value per step)."""
     scope.log_params({S.RESOLVED_FEATURE_CACHE: plan.state})
     scope.set_tags({S.TAG_IMAGE_STORE: str(store.root), S.TAG_FEATURE_CACHE_REASON: plan.reason})
-    mlflow.log_metrics({S.IMAGE_STORE_TIME: store.seconds, S.FEATURE_CACHE_TIME: plan.seconds})
+    if first_attempt:
+        mlflow.log_metrics({S.IMAGE_STORE_TIME: store.seconds, S.FEATURE_CACHE_TIME: plan.seconds})
 
 
 @contextmanager
@@ -182,15 +197,19 @@ def _log_run_facts(scope: RunScope, config: TrainConfig, runtime: Runtime, split
     return facts
 
 
-def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int) -> pl.Trainer:
-    folder = tracking.checkpoint_dir(config, run_id)  # explicit: loggers must not decide it
+def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int, folder: Path,
+                   point: ResumePoint | None) -> pl.Trainer:
+    # `folder` is explicit: loggers must not decide it; a resumed run keeps its own.
     # Two files per run: the best by val_loss as weights only (what test and the registry
     # read), and one resumable last.ckpt with optimizer, scheduler and callback states. Keeping
     # the top 3 in full took 4 files of 112-135 MB per run, 24 GB for a 45-run study.
     best = ModelCheckpoint(dirpath=folder, filename="epoch{epoch:02d}-val_loss{val_loss:.4f}",
                            auto_insert_metric_name=False, monitor=S.MONITOR, mode="min", save_top_k=1,
                            save_weights_only=True)
-    last = ModelCheckpoint(dirpath=folder, save_top_k=0, save_last=True)
+    # Without a monitor, top-1 is the latest epoch: last.ckpt, overwritten atomically after every
+    # epoch. (save_last=True with save_top_k=0 writes it only when fit ends: nothing to resume.)
+    last = ModelCheckpoint(dirpath=folder, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), save_top_k=1,
+                           enable_version_counter=False)
     early_stopping = EarlyStopping(monitor=S.MONITOR, mode="min",
                                    patience=config.early_stopping_patience)
     batches = max(1, train_rows // config.batch_size)
@@ -203,8 +222,8 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         precision=runtime.precision,
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
-        logger=tracking.make_loggers(config, run_id),
-        callbacks=[best, last, early_stopping, EpochTimer()],
+        logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
+        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped()],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,

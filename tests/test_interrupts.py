@@ -1,0 +1,56 @@
+"""SIGTERM at each point where a training or a sweep can be stopped (image store, feature
+cache, fit, test, model logging, registration, between a sweep's children): every run ends
+KILLED, none stays RUNNING, and no temporary folder is left. The process signals itself at the
+point named by RESNET_EXP_SIGNAL_AT (resnet_exp/phases.py); the CLI runs in this process, so a
+case costs seconds, not a new interpreter.
+
+    pytest tests/test_interrupts.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from resnet_exp.cli import main
+from resnet_exp.demo import demo_root
+from resnet_exp.phases import INTERRUPT_POINTS, SIGNAL_AT_ENV
+
+BEFORE_THE_RUN = ("image_store", "feature_cache")  # a training's run is not open yet
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", INTERRUPT_POINTS)
+def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
+        point, tmp_path, data_dir, tracking_uri, monkeypatch):
+    scratch = tmp_path / "tmp"  # where tempfile puts the model folder during model logging
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    data = tmp_path / "data"  # its own data_dir: the image store is built (and cut) in this test
+    shutil.copytree(demo_root(data_dir), demo_root(data))
+    monkeypatch.setenv(SIGNAL_AT_ENV, point)
+    common = ["--data", "demo", "--data-dir", str(data), "--output-dir", str(tmp_path / "results"),
+              "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "1",
+              "--limit-batches", "2", "--precision", "32-true", "--num-workers", "0"]
+    command = (["sweep", "--freeze-blocks", "2,4", "--seeds", "1"] if point == "sweep_gap"
+               else ["train", "--freeze-blocks", "2"])
+    result = CliRunner().invoke(main, command + common)
+
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored for whatever comes next
+    client = MlflowClient(tracking_uri)
+    runs = [run for experiment in client.search_experiments()
+            for run in client.search_runs([experiment.experiment_id])]
+    expected = 0 if point in BEFORE_THE_RUN else 1
+    assert len(runs) == expected, [(r.info.run_name, r.info.status) for r in runs]
+    assert [r.info.status for r in runs] == ["KILLED"] * expected
+    if runs:
+        assert "interrupted: run" in result.output and "marked KILLED" in result.output
+    # torch keeps a compile cache there by design (torchinductor_<user>); nothing else may stay
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
+    assert not [p for p in data.rglob(".*") if p.is_dir()], "an unfinished (hidden) store folder"

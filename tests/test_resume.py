@@ -1,0 +1,248 @@
+"""Resume into the same run: which stopped run a training continues (resume=auto|never|RUN_ID),
+when a RUNNING run counts as dead, a sweep's dead children, and (slow) a `kill -9` training run
+again that continues its own run and ends with an uninterrupted run's numbers.
+
+    pytest tests/test_resume.py
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, subprocess_env, tiny_config
+from resnet_exp import schema as S
+from resnet_exp.errors import ConfigError
+from resnet_exp.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
+                               reap_dead_children)
+
+RUNNING, FINISHED, KILLED = "RUNNING", "FINISHED", "KILLED"
+
+
+def dead_pid() -> int:
+    """A pid that no process has: a child that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def stopped_run(client: MlflowClient, experiment_id: str, config, tmp_path: Path, *,
+                status: str = RUNNING, process: str | None = None, heartbeat: float | None = None,
+                parent: str | None = None, checkpoint: bool = True) -> str:
+    """A training run as a stopped process leaves it: tags, seed param, a last.ckpt on disk."""
+    tags = {S.TAG_KIND: S.KIND_TRAIN, S.TAG_CONFIG_HASH: config.config_hash,
+            S.TAG_PROCESS: process or f"{socket.gethostname()} {dead_pid()} 1.00"}
+    if heartbeat is not None:
+        tags[S.TAG_HEARTBEAT] = f"{heartbeat:.0f}"
+    if parent:
+        tags[S.MLFLOW_PARENT_RUN_ID] = parent
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    client.log_param(run_id, S.SEED, str(config.seed))
+    folder = tmp_path / "checkpoints" / run_id
+    folder.mkdir(parents=True)
+    if checkpoint:
+        (folder / LAST_CHECKPOINT).write_bytes(b"resumable")
+    client.set_tag(run_id, S.TAG_CHECKPOINT_DIR, str(folder))
+    client.log_metric(run_id, S.VAL_LOSS, 2.0, step=0)
+    client.log_metric(run_id, S.VAL_LOSS, 1.5, step=1)
+    if status != RUNNING:
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+@pytest.fixture
+def store(tracking_uri, tmp_path, data_dir):
+    client = MlflowClient(tracking_uri)
+    config = tiny_config(data_dir, tmp_path / "results", seed=7)
+    return client, client.create_experiment("resume"), config
+
+
+def test_a_running_run_is_alive_while_its_process_is(store, tmp_path):
+    client, experiment_id, config = store
+    mine = client.get_run(stopped_run(client, experiment_id, config, tmp_path, process=process_tag()))
+    gone = client.get_run(stopped_run(client, experiment_id, config, tmp_path))
+    assert is_alive(mine) and not is_alive(gone)
+    # a reused pid: this process's pid with another start time is not the process that trained
+    reused = f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time() - 100:.2f}"
+    assert not is_alive(client.get_run(stopped_run(client, experiment_id, config, tmp_path, process=reused)))
+    # another host: alive while its heartbeat is younger than STALE_S
+    now = time.time()
+    elsewhere = client.get_run(stopped_run(client, experiment_id, config, tmp_path, process="other-host 1 1.00",
+                                           heartbeat=now - 10))
+    assert is_alive(elsewhere, now) and not is_alive(elsewhere, now + STALE_S)
+    finished = client.get_run(stopped_run(client, experiment_id, config, tmp_path, status=FINISHED,
+                                          process=process_tag()))
+    assert not is_alive(finished)
+
+
+def test_auto_takes_the_latest_stopped_run_of_the_same_cell_that_has_a_checkpoint(store, tmp_path):
+    client, experiment_id, config = store
+    stopped_run(client, experiment_id, config, tmp_path, status=KILLED)  # older
+    latest = stopped_run(client, experiment_id, config, tmp_path, status="FAILED")
+    stopped_run(client, experiment_id, config, tmp_path, process=process_tag())  # alive: not it
+    stopped_run(client, experiment_id, config, tmp_path, checkpoint=False)  # nothing to resume from
+    stopped_run(client, experiment_id, config, tmp_path, parent="a" * 32)  # another sweep's child
+    stopped_run(client, experiment_id, config.replace(seed=8), tmp_path)  # another seed
+    stopped_run(client, experiment_id, config.replace(freeze_blocks=4), tmp_path)  # another config
+    point = plan(config, experiment_id)
+    assert point.run_id == latest
+    assert point.checkpoint.read_bytes() == b"resumable"
+    assert point.stored_steps == {S.VAL_LOSS: 1}
+    assert plan(config.replace(resume="never"), experiment_id) is None
+    assert plan(config, None) is None  # no experiment yet: nothing to resume
+
+
+def test_a_sweep_child_resumes_only_under_its_own_parent(store, tmp_path):
+    client, experiment_id, config = store
+    parent = client.create_run(experiment_id).info.run_id
+    child = stopped_run(client, experiment_id, config, tmp_path, parent=parent)
+    assert plan(config, experiment_id, parent).run_id == child
+    assert plan(config, experiment_id) is None  # a standalone training leaves sweep children alone
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing", ["no such run"]),
+    ("finished", ["already FINISHED"]),
+    ("alive", ["still RUNNING", socket.gethostname()]),
+    ("no checkpoint", ["no last.ckpt"]),
+    ("other seed", ["seed 8", "seed 7", "same parameters"]),
+])
+def test_resume_of_a_named_run_says_why_it_cannot(store, tmp_path, case, words):
+    client, experiment_id, config = store
+    run_id = {
+        "missing": lambda: "0" * 32,
+        "finished": lambda: stopped_run(client, experiment_id, config, tmp_path, status=FINISHED),
+        "alive": lambda: stopped_run(client, experiment_id, config, tmp_path, process=process_tag()),
+        "no checkpoint": lambda: stopped_run(client, experiment_id, config, tmp_path, checkpoint=False),
+        "other seed": lambda: stopped_run(client, experiment_id, config.replace(seed=8), tmp_path),
+    }[case]()
+    with pytest.raises(ConfigError) as err:
+        plan(config.replace(resume=run_id), experiment_id)
+    assert f"resume={run_id}" in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_resume_must_be_auto_never_or_a_run_id(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match=r"resume='latest'.*'auto', 'never' or a run id"):
+        tiny_config(data_dir, tmp_path, resume="latest")
+
+
+def test_a_sweep_marks_its_dead_children_killed_unless_it_will_resume_them(store, tmp_path):
+    client, experiment_id, config = store
+    parent = client.create_run(experiment_id).info.run_id
+    resumable = stopped_run(client, experiment_id, config, tmp_path, parent=parent)
+    hopeless = stopped_run(client, experiment_id, config.replace(seed=8), tmp_path, parent=parent, checkpoint=False)
+    alive = stopped_run(client, experiment_id, config.replace(seed=9), tmp_path, parent=parent, process=process_tag())
+    superseded = stopped_run(client, experiment_id, config.replace(seed=10), tmp_path, parent=parent)
+    stopped_run(client, experiment_id, config.replace(seed=10), tmp_path, parent=parent, status=FINISHED)
+    assert sorted(reap_dead_children(client, experiment_id, parent)) == sorted([hopeless, superseded])
+    status = {run_id: client.get_run(run_id).info.status for run_id in (resumable, hopeless, alive, superseded)}
+    assert status == {resumable: RUNNING, hopeless: KILLED, alive: RUNNING, superseded: KILLED}
+    assert "no last.ckpt" in client.get_run(hopeless).data.tags[S.TAG_ERROR]
+
+
+# --- the real thing ----------------------------------------------------------------------------
+
+
+def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT key, step, value FROM metrics WHERE run_uuid = ? AND key NOT LIKE "
+                                  "'system/%' ORDER BY key, step", (run_id,)).fetchall()
+
+
+def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
+    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch`
+    (its train_loss is the epoch's last metric)."""
+    process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            with sqlite3.connect(db) as connection:
+                if connection.execute("SELECT 1 FROM metrics WHERE key = ? AND step = ? AND run_uuid != ?",
+                                      (S.TRAIN_LOSS, epoch, not_run)).fetchone():
+                    break
+            time.sleep(0.05)
+        assert process.poll() is None, "it ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_uninterrupted_one(
+        tracking_uri, data_dir, tmp_path):
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    args = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+            "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
+            "--limit-batches", "3", "--freeze-blocks", "3", "--precision", "32-true", "--num-workers", "0",
+            "--registered-model-name", "none", "--seed", "5"]
+    env = subprocess_env()
+    subprocess.run(args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"], env=env, cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
+
+    command = args + ["--output-dir", str(tmp_path / "results")]
+    kill_after_epoch(command, db, 1, not_run=reference)
+    [(run_id, status)] = sqlite3.connect(db).execute("SELECT run_uuid, status FROM runs WHERE run_uuid != ?",
+                                                     (reference,)).fetchall()
+    assert status == RUNNING  # kill -9: nothing could close it
+    assert {step for key, step, _ in metric_rows(db, run_id) if key == S.VAL_LOSS} == {0, 1}
+
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming run {run_id}" in again.stderr and f"run {run_id} finished" in again.stdout
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == FINISHED and len(client.search_runs([run.info.experiment_id])) == 2
+    assert run.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    rows, expected = metric_rows(db, run_id), metric_rows(db, reference)
+    keys_steps = [(key, step) for key, step, _ in rows]
+    assert len(keys_steps) == len(set(keys_steps)), "a metric stored twice at one step"
+    epoch_metrics = {S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.TEST_ACC, S.TEST_LOSS, S.LR}
+    ours = {(k, s): v for k, s, v in rows if k in epoch_metrics}
+    theirs = {(k, s): v for k, s, v in expected if k in epoch_metrics}
+    assert sorted(ours) == sorted(theirs)  # every epoch 0..2 once, test at the same best epoch
+    # Bit-identical on this CPU (same threads, data order restored from the checkpoint); the
+    # stated tolerance leaves room for other BLAS builds.
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    folder = Path(run.data.tags[S.TAG_CHECKPOINT_DIR])
+    assert (folder / LAST_CHECKPOINT).is_file() and not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(tracking_uri, data_dir, tmp_path):
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    command = [sys.executable, "-m", "resnet_exp", "sweep", "--freeze-blocks", "3", "--seeds", "1",
+               "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
+               "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
+               "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
+               "--registered-model-name", "none"]
+    kill_after_epoch(command, db, 1)
+    client = MlflowClient(tracking_uri)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    [child] = client.search_runs([experiment.experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+
+    again = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == 2  # the parent and its one child: resumed, not trained again
+    resumed = runs[child.info.run_id]
+    assert resumed.info.status == FINISHED and resumed.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    [parent] = [r for r in runs.values() if r.data.tags[S.TAG_KIND] == S.KIND_SWEEP]
+    assert parent.info.status == FINISHED
+    steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
+    assert steps == [0, 1, 2]
