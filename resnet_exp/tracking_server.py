@@ -66,7 +66,8 @@ class TrackingFailure:
         """One line naming the server, what could not be done and what to do about it."""
         what = f"could not {self.action} ({self.endpoint})"
         if self.run_id and getattr(self.error, "run_left_running", False):
-            what += f" of run {self.run_id}, which stays RUNNING there: the server could not be told"
+            what += (f" of run {self.run_id}, which stays RUNNING there (the server could not be "
+                     "told); the same command, run again, resumes it")
         elif self.run_id:
             what += f" of run {self.run_id} (now marked FAILED)"
         if self.kind == UNREACHABLE:
