@@ -105,6 +105,9 @@ TAG_IMAGE_STORE = "image_store"
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
 TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
+# on a child a sweep with executor=ray trained: the Ray node it ran on and its Tune trial's folder
+TAG_RAY_NODE_ID = "ray_node_id"
+TAG_RAY_TRIAL_DIR = "ray_trial_dir"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
 LEGACY_TAG_DEPTH = "depth_label"
