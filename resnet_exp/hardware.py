@@ -63,12 +63,22 @@ class Runtime:
         return {f"resolved/{k}": str(v) for k, v in asdict(self).items() if v is not None}
 
 
+CPUS_VARIABLE = "RESNET_EXP_CPUS"  # a cap on the cores a training uses: a Ray trial's CPUs
+
+
 def usable_cores() -> int:
-    """CPUs this process may use: its affinity mask, capped by a container's CPU quota."""
+    """CPUs this process may use: its affinity mask, capped by a container's CPU quota and by
+    RESNET_EXP_CPUS (set by the Ray executor to the trial's CPUs: Ray reserves CPUs without
+    pinning the process to them)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    cap = os.environ.get(CPUS_VARIABLE, "")
+    if cap.isdigit() and int(cap) >= 1:
+        cores = min(cores, int(cap))
+    if not hasattr(os, "sched_getaffinity"):
+        return cores
     try:  # cgroup v2: "max 100000" or "<quota> <period>" in microseconds
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
