@@ -26,6 +26,7 @@ from resnet_exp import registry, tracking
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import load_splits
 from resnet_exp.disk import check_writable
+from resnet_exp.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
@@ -82,12 +83,13 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
         _describe_parent(scope, grid, base, configs, sid)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
-        outcomes = [_run_child(config, parent) for config in grid.shard_of(configs)]
-        stop = ""
-        if grid.adaptive:
-            added, stop = _add_seeds(grid, configs, outcomes, parent)
-            configs = configs + added
-            _record_grid(scope, base, configs, sid)  # analysis selects the added children too
+        with open_executor(grid, _run_child) as executor:
+            outcomes = executor.run(grid.shard_of(configs), parent)
+            stop = ""
+            if grid.adaptive:
+                added, stop = _add_seeds(grid, configs, outcomes, parent, executor)
+                configs = configs + added
+                _record_grid(scope, base, configs, sid)  # analysis selects the added children too
         result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
@@ -110,12 +112,12 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
 
 
 def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[ChildOutcome],
-               parent: tracking.ParentRun) -> tuple[list[TrainConfig], str]:
+               parent: tracking.ParentRun, executor: LocalExecutor | RayExecutor) -> tuple[list[TrainConfig], str]:
     """seeds=auto: the rounds after the first (resnet_exp/adaptive.py); appends their outcomes."""
     from resnet_exp.adaptive import add_seeds
 
     def train_child(config: TrainConfig, reason: str) -> tuple[str, bool]:
-        outcomes.append(_run_child(config, parent, reason))
+        outcomes.extend(executor.run([config], parent, [reason]))
         return outcomes[-1].run_id, outcomes[-1].outcome != FAILED
     return add_seeds(configs, [o.run_id for o in outcomes], grid.parsed("max_seeds"), train_child)
 
