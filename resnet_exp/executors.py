@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -68,6 +70,15 @@ class RayExecutor:
     """One Ray Tune trial per cell; cells already FINISHED are skipped here, without a trial."""
 
     def __init__(self, grid: SweepGrid, run_child: RunChild) -> None:
+        # Set before Ray is imported and started: Tune hands these to every trial's process.
+        # Trials keep the driver's working directory (relative data_dir and output_dir mean the
+        # same there); Ctrl-C reaches our run scope instead of Tune's graceful-stop handler;
+        # with verbose=0 and the old output engine, Tune prints no tables.
+        os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+                           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_AIR_NEW_OUTPUT": "0"})
+        # Ray's C++ failure-signal handler prints a stack dump on SIGTERM and aborts the driver
+        # (exit 134) after our run scope has marked the runs KILLED.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray
 
         self.run_child = run_child
@@ -75,20 +86,19 @@ class RayExecutor:
         self.resources = grid.parsed("trial_resources")
         self.max_concurrent = grid.parsed("max_concurrent_trials") or None
         self.max_failures = grid.parsed("max_failures")
-        # Set before Ray starts: Tune hands these to every trial's process. Trials keep the
-        # driver's working directory (relative data_dir and output_dir mean the same there),
-        # and Ctrl-C reaches our run scope instead of Tune's own graceful-stop handler.
-        os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-                           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-                           "RAY_AIR_NEW_OUTPUT": "0"})  # with verbose=0: no tables on the console
         self.started = not ray.is_initialized()
         if self.started and not self.address:
             # Ray starts its workers at nice 15; a trial is the user's training, and at nice 15
-            # it loses the CPU to any other busy process (as the local executor would not)
+            # it loses the CPU to any other busy process (the local executor's would not)
             os.environ.setdefault("RAY_worker_niceness", "0")
         if self.started:
+            sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
+            if threading.current_thread() is threading.main_thread() and sigterm is not None:
+                # ray.init makes SIGTERM a sys.exit(15); the run scope's handler ends the
+                # parent KILLED and exits 143, as a local sweep does
+                signal.signal(signal.SIGTERM, sigterm)
 
     def shutdown(self) -> None:
         import ray
