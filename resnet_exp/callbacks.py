@@ -23,7 +23,7 @@ _EXTRA: list[Callable[[], pl.Callback]] = []  # see extra_callbacks
 @contextmanager
 def extra_callbacks(*factories: Callable[[], pl.Callback]) -> Iterator[None]:
     """Add a callback, made fresh by each factory, to every training started inside the block:
-    how a Ray Tune trial (resnet_exp/executors.py) hears each epoch without train.py knowing Ray."""
+    how a Ray Tune trial (resnet_exp/ray_trial.py) hears each epoch without train.py knowing Ray."""
     _EXTRA.extend(factories)
     try:
         yield

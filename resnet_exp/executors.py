@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
+from resnet_exp.errors import ConfigError
 from resnet_exp.grid import SweepGrid
 from resnet_exp.runs import search_all, tracking_uri
 
@@ -84,6 +85,7 @@ class RayExecutor:
         self.run_child = run_child
         self.address = grid.parsed("ray_address")
         self.resources = grid.parsed("trial_resources")
+        self.resources_text = grid.trial_resources.strip()
         self.max_concurrent = grid.parsed("max_concurrent_trials") or None
         self.max_failures = grid.parsed("max_failures")
         self.started = not ray.is_initialized()
@@ -99,6 +101,20 @@ class RayExecutor:
                 # ray.init makes SIGTERM a sys.exit(15); the run scope's handler ends the
                 # parent KILLED and exits 143, as a local sweep does
                 signal.signal(signal.SIGTERM, sigterm)
+        self._check_resources()
+
+    def _check_resources(self) -> None:
+        """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
+        import ray
+
+        wanted = {"CPU": self.trial_resources().get("cpu", 1.0), "GPU": self.trial_resources().get("gpu", 0.0)}
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+            largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
+            self.shutdown()
+            raise ConfigError(f"trial_resources={self.resources_text} asks for cpu={wanted['CPU']:g} "
+                              f"gpu={wanted['GPU']:g} per trial, more than any node of the Ray cluster has "
+                              f"({largest}): ask for less, or add nodes")
 
     def shutdown(self) -> None:
         import ray

@@ -78,18 +78,23 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs = _preflight(configs)
+    with open_executor(grid, _run_child) as executor:  # Ray starts (or is joined) before any run exists
+        return _run_under_parent(grid, base, configs, sid, executor)
+
+
+def _run_under_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], sid: str,
+                      executor: LocalExecutor | RayExecutor) -> SweepResult:
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
         _describe_parent(scope, grid, base, configs, sid)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
-        with open_executor(grid, _run_child) as executor:
-            outcomes = executor.run(grid.shard_of(configs), parent)
-            stop = ""
-            if grid.adaptive:
-                added, stop = _add_seeds(grid, configs, outcomes, parent, executor)
-                configs = configs + added
-                _record_grid(scope, base, configs, sid)  # analysis selects the added children too
+        outcomes = executor.run(grid.shard_of(configs), parent)
+        stop = ""
+        if grid.adaptive:
+            added, stop = _add_seeds(grid, configs, outcomes, parent, executor)
+            configs = configs + added
+            _record_grid(scope, base, configs, sid)  # analysis selects the added children too
         result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)

@@ -95,8 +95,9 @@ def test_only_the_trial_module_imports_ray_at_import_time():
 
 @pytest.mark.slow
 def test_a_ray_sweep_under_mlflow_run_then_a_local_sweep_skips_its_cells(tmp_path, data_dir, tracking_uri):
+    # the same training parameters as TINY, which the local sweep below uses: the same cells
     params = {"executor": "ray", "data": "demo", "weights": "none", "image_size": "32", "batch_size": "16",
-              "max_epochs": "2", "limit_batches": "2", **GRID, "trial_resources": "cpu=1",
+              "max_epochs": "2", "limit_batches": "3", **GRID, "trial_resources": "cpu=1",
               "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
            "--experiment-name", "ray-sweeps"]
@@ -147,6 +148,13 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
         cluster.wait_for_nodes()
         grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
                 "--registered-model-name", "none"]
+        # a trial no node can hold would wait for ever in Tune: refused before any run
+        too_big = subprocess.run(sweep_command(data_dir, tmp_path, *grid, "--executor", "ray", "--ray-address",
+                                               cluster.address, "--trial-resources", "cpu=2"),
+                                 capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
+        assert too_big.returncode != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.stderr[-3000:]
+        assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.stderr
+        assert sweeps(MlflowClient(tracking_uri)) == []
         result = subprocess.run(sweep_command(data_dir, tmp_path, *grid, "--executor", "ray", "--ray-address",
                                               cluster.address, "--trial-resources", "cpu=1"),
                                 capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
