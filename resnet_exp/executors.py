@@ -168,7 +168,9 @@ class RayExecutor:
             {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)})
         tuner = tune.Tuner(
             trainable, param_space={"cell": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=False),
+            # reuse_actors: a later trial runs in an earlier one's process, as the local loop runs every
+            # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=self.max_failures)))
         log.info("ray: %d trials of %s each (%s), results under %s", len(todo), resources,
