@@ -74,18 +74,14 @@ def usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    cap = os.environ.get(CPUS_VARIABLE, "")
-    if cap.isdigit() and int(cap) >= 1:
-        cores = min(cores, int(cap))
-    if not hasattr(os, "sched_getaffinity"):
-        return cores
     try:  # cgroup v2: "max 100000" or "<quota> <period>" in microseconds
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
-    return cores
+    cap = os.environ.get(CPUS_VARIABLE, "")
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) >= 1 else cores
 
 
 def available_memory() -> int | None:

@@ -62,6 +62,15 @@ def test_executor_options_change_neither_the_sweep_nor_its_children():
     assert sweep_id(ray) == sweep_id(local)
 
 
+def test_a_trials_cpus_cap_the_cores_a_training_uses(monkeypatch):
+    from resnet_exp.hardware import CPUS_VARIABLE, resolve_runtime, usable_cores
+
+    monkeypatch.setenv(CPUS_VARIABLE, "1")  # what a trial with cpu=1 sets
+    assert usable_cores() == 1 and resolve_runtime(TrainConfig(precision="32-true")).torch_threads == 1
+    monkeypatch.setenv(CPUS_VARIABLE, "10000")
+    assert usable_cores() < 10000  # a cap, never more than the machine gives
+
+
 def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
     result = CliRunner().invoke(main, ["sweep", *TINY, "--data-dir", str(data_dir), "--executor", "ray",
                                        "--trial-resources", "cpu=1,gpu=-1"])
