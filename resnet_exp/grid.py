@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from resnet_exp import schema as S
-from resnet_exp.config import NUM_STAGES, TrainConfig, format_value, parse_blocks
+from resnet_exp.config import AUTO, NUM_STAGES, TrainConfig, format_value, parse_blocks
 from resnet_exp.errors import ConfigError
 
 GRID_FIELDS = (S.FREEZE_BLOCKS, S.BLOCKS, S.SEED)  # TrainConfig fields the grid decides
 AUTO_SEEDS = "auto"  # seeds=auto: AUTO_FIRST_SEEDS of everything, then seeds where the ranking is unresolved
 AUTO_FIRST_SEEDS = 3  # the fewest seeds a paired t test with 2 degrees of freedom can use
+EXECUTORS = ("local", "ray")  # how a sweep runs its cells: one after another here, or as Ray Tune trials
+TRIAL_RESOURCE_KEYS = ("cpu", "gpu")
 
 
 def _parse_freeze_list(text: str) -> tuple[int, ...]:
@@ -70,6 +72,52 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
+def _parse_executor(text: str) -> str:
+    text = str(text).strip()
+    if text not in EXECUTORS:
+        raise ConfigError(f"executor={text!r} is not valid: expected one of {', '.join(EXECUTORS)}")
+    return text
+
+
+def _parse_ray_address(text: str) -> str:
+    """'' (start Ray on this machine), 'auto' (the cluster this machine belongs to) or an address."""
+    text = str(text).strip()
+    if any(c.isspace() for c in text):
+        raise ConfigError(f"ray_address={text!r} is not valid: expected '' (start Ray here), 'auto' or "
+                          "an address such as 10.0.0.5:6379 or ray://head:10001")
+    return text
+
+
+def _parse_trial_resources(text: str) -> dict[str, float]:
+    """'cpu=2,gpu=0.25' -> {'cpu': 2.0, 'gpu': 0.25}; 'auto' -> {} (the executor decides: one CPU,
+    plus one GPU where the cluster has GPUs)."""
+    text = str(text).strip()
+    if text == AUTO:
+        return {}
+    accepted = "expected 'auto' or key=value pairs with keys cpu, gpu and positive numbers, e.g. cpu=2,gpu=0.25"
+    resources: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if key not in TRIAL_RESOURCE_KEYS or key in resources or not amount > 0 or amount == float("inf"):
+            raise ConfigError(f"trial_resources={text!r} is not valid at {part!r}: {accepted}")
+        resources[key] = amount
+    return resources
+
+
+def _parse_count(name: str, least: int, meaning: str):
+    def parse(text: str) -> int:
+        text = str(text).strip()
+        if not text.isdigit() or int(text) < least:
+            raise ConfigError(f"{name}={text!r} is not valid: expected an integer >= {least}{meaning}")
+        return int(text)
+    return parse
+
+
 def _unique(values) -> tuple:
     """In the given order, each value once (a repeated value would train the same run twice)."""
     return tuple(dict.fromkeys(values))
@@ -94,6 +142,21 @@ class SweepGrid:
     shard: str = _option("0/1", "i/n: run every n-th (configuration, seed) starting at i, so n "
                                 "machines share one sweep (point them at one tracking server).",
                          _parse_shard)
+    # How the cells run (docs/cluster.md). None of these changes sweep_id or a child's
+    # config_hash: a local and a ray sweep of one grid share a parent and skip each other's cells.
+    executor: str = _option("local", "local: train the cells one after another in this process; ray: "
+                                     "one Ray Tune trial per cell (docs/cluster.md).", _parse_executor)
+    ray_address: str = _option("", "executor=ray: '' starts Ray on this machine; 'auto' or an address "
+                                   "(host:port, ray://host:10001) joins that cluster.", _parse_ray_address)
+    trial_resources: str = _option("auto", "executor=ray: what one trial reserves, e.g. cpu=2,gpu=0.25 "
+                                           "(fractional GPUs pack trials); auto: cpu=1, plus gpu=1 where "
+                                           "the cluster has GPUs.", _parse_trial_resources)
+    max_concurrent_trials: str = _option("0", "executor=ray: most trials at once (0: as many as the "
+                                              "resources allow).",
+                                         _parse_count("max_concurrent_trials", 0, " (0: as many as the resources allow)"))
+    max_failures: str = _option("2", "executor=ray: retries of a trial whose worker died (Ray's "
+                                     "FailureConfig); the retry resumes the cell.",
+                                _parse_count("max_failures", 0, " (retries of a trial whose worker died)"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

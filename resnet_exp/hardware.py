@@ -63,19 +63,25 @@ class Runtime:
         return {f"resolved/{k}": str(v) for k, v in asdict(self).items() if v is not None}
 
 
+CPUS_VARIABLE = "RESNET_EXP_CPUS"  # a cap on the cores a training uses: a Ray trial's CPUs
+
+
 def usable_cores() -> int:
-    """CPUs this process may use: its affinity mask, capped by a container's CPU quota."""
+    """CPUs this process may use: its affinity mask, capped by a container's CPU quota and by
+    RESNET_EXP_CPUS (set by the Ray executor to the trial's CPUs: Ray reserves CPUs without
+    pinning the process to them)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
     try:  # cgroup v2: "max 100000" or "<quota> <period>" in microseconds
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
-    return cores
+    cap = os.environ.get(CPUS_VARIABLE, "")
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) >= 1 else cores
 
 
 def available_memory() -> int | None:

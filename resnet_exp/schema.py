@@ -111,6 +111,9 @@ TAG_PROCESS = "process"  # '<host> <pid> <process start time>' of the process tr
 TAG_HEARTBEAT = "heartbeat"  # unix time of that process's last heartbeat
 TAG_RESUMED = "resumed"  # 'epoch E from <last.ckpt>' of the latest resume, absent if never resumed
 TAG_RESUMED_INTO = "resumed_into"  # on the run `mlflow run` created when it resumed an older run
+# on a child a sweep with executor=ray trained: the Ray node it ran on and its Tune trial's folder
+TAG_RAY_NODE_ID = "ray_node_id"
+TAG_RAY_TRIAL_DIR = "ray_trial_dir"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
 LEGACY_TAG_DEPTH = "depth_label"

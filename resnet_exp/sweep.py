@@ -27,11 +27,13 @@ from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
 from resnet_exp.errors import ConfigError
 from resnet_exp.data import load_splits
 from resnet_exp.disk import check_writable
+from resnet_exp.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
 from resnet_exp.phases import interrupt_point
 from resnet_exp.resume import reap_dead_children
+from resnet_exp.tracking_server import tracking_failure
 from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
                              search_all, source_tag, use_tracking_store)
 
@@ -80,6 +82,12 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs = _preflight(configs)
+    with open_executor(grid, _run_child) as executor:  # Ray starts (or is joined) before any run exists
+        return _run_under_parent(grid, base, configs, sid, executor)
+
+
+def _run_under_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], sid: str,
+                      executor: LocalExecutor | RayExecutor) -> SweepResult:
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
@@ -88,10 +96,10 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
         # their cell comes (resume=auto); the others can't and are marked KILLED now.
         reap_dead_children(scope.client, scope.experiment_id, scope.run_id)
         parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
-        outcomes = [_run_child(config, parent) for config in grid.shard_of(configs)]
+        outcomes = executor.run(grid.shard_of(configs), parent)
         stop = ""
         if grid.adaptive:
-            added, stop = _add_seeds(grid, configs, outcomes, parent)
+            added, stop = _add_seeds(grid, configs, outcomes, parent, executor)
             configs = configs + added
             _record_grid(scope, base, configs, sid)  # analysis selects the added children too
         result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop)
@@ -120,12 +128,12 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
 
 
 def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[ChildOutcome],
-               parent: tracking.ParentRun) -> tuple[list[TrainConfig], str]:
+               parent: tracking.ParentRun, executor: LocalExecutor | RayExecutor) -> tuple[list[TrainConfig], str]:
     """seeds=auto: the rounds after the first (resnet_exp/adaptive.py); appends their outcomes."""
     from resnet_exp.adaptive import add_seeds
 
     def train_child(config: TrainConfig, reason: str) -> tuple[str, bool]:
-        outcomes.append(_run_child(config, parent, reason))
+        outcomes.extend(executor.run([config], parent, [reason]))
         return outcomes[-1].run_id, outcomes[-1].outcome != FAILED
     return add_seeds(configs, [o.run_id for o in outcomes], grid.parsed("max_seeds"), train_child)
 
@@ -145,6 +153,8 @@ def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = ""
     try:
         result = train(config, attempt)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
+        if tracking_failure(err):  # the server is gone: recording it would wait out the retries
+            raise  # again, and every next child would fail the same way
         error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
         log.error("%s failed: %s", config.run_name, error)
         return ChildOutcome(**identity, outcome=FAILED, run_id=_record_failure(config, attempt, error),

@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import schema as S
 from resnet_exp import diagnostics, registry, resume, tracking
-from resnet_exp.callbacks import EpochTimer, StoppedStaysStopped
+from resnet_exp.callbacks import EpochTimer, StoppedStaysStopped, make_extra_callbacks
 from resnet_exp.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
@@ -223,7 +223,7 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
-        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped()],
+        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *make_extra_callbacks()],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,

@@ -1,0 +1,129 @@
+"""What does the Ray executor cost? One small grid (2 configurations x 2 seeds by default) swept
+three times, each into a fresh tracking store: executor=local (the serial loop), executor=ray
+with one trial at a time holding every core (what the local loop has), and executor=ray with two
+trials at once of half the cores each. The image store is built once beforehand, so every
+sweep measures training and orchestration only.
+
+Ray's overhead per trial = (ray@1 wall - local wall) / trials, reported as a share of the mean
+trial (local wall / trials). Target: under 5% of a 3-epoch 112 px trial. The ray@2 line shows
+what two concurrent trials buy on this machine (on 2 cores: little, the cores are already busy).
+
+On a CUDA GPU it also packs 1, 2 and 4 trials per GPU (trial_resources gpu=1, 0.5, 0.25) and
+reports the GPU's mean utilisation over each sweep (nvidia-ml-py).
+
+    python benchmarks/sweep_scaling.py --image-size 112 --epochs 3
+
+Prints a table and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+import torch
+
+from harness import bench_config, jpeg_folder, print_table, scratch_space
+from resnet_exp.data import load_splits
+from resnet_exp.grid import SweepGrid
+from resnet_exp.hardware import usable_cores
+from resnet_exp.store import open_image_store
+
+
+@click.command()
+@click.option("--image-size", default=112, show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--freeze", default="3,4", show_default=True, help="freeze_blocks values (configurations)")
+@click.option("--blocks", default="1,1,1,1", show_default=True)
+@click.option("--seeds", default="2", show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--limit-batches", default=0, show_default=True, help="per split and epoch (0: all)")
+@click.option("--images-per-class", default=30, show_default=True, help="JPEGs per class (10 classes)")
+@click.option("--source-size", default=160, show_default=True, help="pixels of the generated JPEGs")
+@click.option("--precision", default="32-true", show_default=True, help="fixed: no measurement in the timing")
+@click.option("--work-dir", default="data/benchmarks", show_default=True, type=click.Path(path_type=Path),
+              help="where the JPEG folder is kept between runs")
+def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, batch_size: int, limit_batches: int,
+         images_per_class: int, source_size: int, precision: str, work_dir: Path) -> None:
+    from resnet_exp.sweep import run_sweep
+
+    folder = jpeg_folder(work_dir, images_per_class, source_size)
+    cores = usable_cores()
+    modes = {"local": {"executor": "local"},
+             "ray@1": {"executor": "ray", "trial_resources": f"cpu={cores}", "max_concurrent_trials": "1"},
+             "ray@2": {"executor": "ray", "trial_resources": f"cpu={max(1, cores // 2)}",
+                       "max_concurrent_trials": "2"}}
+    if torch.cuda.is_available():
+        for pack in (1, 2, 4):
+            modes[f"gpu x{pack}"] = {"executor": "ray", "max_concurrent_trials": str(pack),
+                                     "trial_resources": f"cpu={max(1, cores // pack)},gpu={1 / pack:g}"}
+    grid_text = dict(freeze_blocks=freeze, blocks=blocks, seeds=seeds)
+    rows, walls = [], {}
+    with scratch_space() as shared:
+        data_dir = shared / "data"
+        base = bench_config(folder, shared, image_size=image_size, batch_size=batch_size, max_epochs=epochs,
+                            limit_batches=limit_batches, precision=precision, registered_model_name="none",
+                            early_stopping_patience=epochs, data_dir=str(data_dir))
+        open_image_store(load_splits(base), base)  # built once: no sweep pays for it
+        for mode, options in modes.items():
+            with scratch_space() as scratch:  # a fresh store: nothing is skipped
+                config = base.replace(output_dir=str(scratch / "results"))
+                with gpu_utilisation() as utilisation:
+                    start = time.perf_counter()
+                    result = run_sweep(SweepGrid(**grid_text, **options), config)
+                    walls[mode] = time.perf_counter() - start
+                trained = result.count("trained")
+                assert trained == result.grid_size, f"{mode}: {trained} of {result.grid_size} cells trained"
+                row = {"mode": mode, "trials": trained, "wall_s": round(walls[mode], 1),
+                       "per_trial_s": round(walls[mode] / trained, 1)}
+                if utilisation:
+                    row["gpu_util_pct"] = round(sum(utilisation) / len(utilisation), 1)
+                rows.append(row)
+    trials = rows[0]["trials"]
+    trial_s = walls["local"] / trials
+    overhead = (walls["ray@1"] - walls["local"]) / trials
+    print(f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}")
+    print_table(rows)
+    print(f"Ray's overhead per trial: {overhead:.1f} s = {overhead / trial_s:.1%} of a {trial_s:.1f} s trial "
+          f"(target < 5%); 2 concurrent trials: {walls['local'] / walls['ray@2']:.2f}x the local loop's speed")
+    print(json.dumps({"benchmark": "sweep_scaling", "image_size": image_size, "epochs": epochs, "trials": trials,
+                      "cores": cores, "wall_s": {m: round(w, 1) for m, w in walls.items()},
+                      "trial_s": round(trial_s, 1), "ray_overhead_per_trial_s": round(overhead, 2),
+                      "ray_overhead_share": round(overhead / trial_s, 3),
+                      "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
+
+
+@contextmanager
+def gpu_utilisation(interval_s: float = 0.5) -> Iterator[list[float]]:
+    """Samples of GPU 0's utilisation (%) while the block runs; empty without a CUDA GPU."""
+    samples: list[float] = []
+    if not torch.cuda.is_available():
+        yield samples
+        return
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval_s):
+            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+        pynvml.nvmlShutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""How a sweep runs its cells: `local` trains them one after another in this process; `ray`
+makes each (configuration, seed) one Ray Tune trial, on this machine or on a cluster
+(docs/cluster.md). Either way each cell goes through the same `sweep._run_child`, so skipping
+FINISHED cells, recording failures and resuming a partly trained run hold alike; the driver
+(this process) owns the one parent run. Ray is imported only when executor=ray.
+
+    resnet-exp sweep --executor ray --data demo --weights none --image-size 32 --max-epochs 2 --seeds 2
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from resnet_exp import schema as S
+from resnet_exp.errors import ConfigError
+from resnet_exp.grid import SweepGrid
+from resnet_exp.runs import search_all, tracking_uri
+
+if TYPE_CHECKING:
+    from resnet_exp.config import TrainConfig
+    from resnet_exp.sweep import ChildOutcome
+    from resnet_exp.tracking import ParentRun
+
+log = logging.getLogger(__name__)
+RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
+OUTCOME_KEY = "child_outcome"  # the trial's last result: the ChildOutcome as JSON
+# What a trial's process needs from the driver's environment: where runs are stored, and the
+# tracking server's credentials (passed through Ray's object store, never a command line or param).
+WORKER_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                    "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+
+
+@contextmanager
+def open_executor(grid: SweepGrid, run_child: RunChild) -> Iterator["LocalExecutor | RayExecutor"]:
+    """The grid's executor, ready to run cells; Ray (if this process started it) stops at the end."""
+    if grid.parsed("executor") == "local":
+        yield LocalExecutor(run_child)
+        return
+    executor = RayExecutor(grid, run_child)
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+class LocalExecutor:
+    """The cells one after another, in this process."""
+
+    def __init__(self, run_child: RunChild) -> None:
+        self.run_child = run_child
+
+    def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
+            reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
+        reasons = list(reasons) or [""] * len(cells)
+        return [self.run_child(config, parent, reason) for config, reason in zip(cells, reasons)]
+
+
+class RayExecutor:
+    """One Ray Tune trial per cell; cells already FINISHED are skipped here, without a trial."""
+
+    def __init__(self, grid: SweepGrid, run_child: RunChild) -> None:
+        # Set before Ray is imported and started: Tune hands these to every trial's process.
+        # Trials keep the driver's working directory (relative data_dir and output_dir mean the
+        # same there); Ctrl-C reaches our run scope instead of Tune's graceful-stop handler;
+        # with verbose=0 and the old output engine, Tune prints no tables.
+        os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+                           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_AIR_NEW_OUTPUT": "0"})
+        # Ray's C++ failure-signal handler prints a stack dump on SIGTERM and aborts the driver
+        # (exit 134) after our run scope has marked the runs KILLED.
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        import ray
+
+        self.run_child = run_child
+        self.address = grid.parsed("ray_address")
+        self.resources = grid.parsed("trial_resources")
+        self.resources_text = grid.trial_resources.strip()
+        self.max_concurrent = grid.parsed("max_concurrent_trials") or None
+        self.max_failures = grid.parsed("max_failures")
+        self.started = not ray.is_initialized()
+        if self.started and not self.address:
+            # Ray starts its workers at nice 15; a trial is the user's training, and at nice 15
+            # it loses the CPU to any other busy process (the local executor's would not)
+            os.environ.setdefault("RAY_worker_niceness", "0")
+        if self.started:
+            sigterm = signal.getsignal(signal.SIGTERM)
+            ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+            if threading.current_thread() is threading.main_thread() and sigterm is not None:
+                # ray.init makes SIGTERM a sys.exit(15); the run scope's handler ends the
+                # parent KILLED and exits 143, as a local sweep does
+                signal.signal(signal.SIGTERM, sigterm)
+        self._check_resources()
+
+    def _check_resources(self) -> None:
+        """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
+        import ray
+
+        wanted = {"CPU": self.trial_resources().get("cpu", 1.0), "GPU": self.trial_resources().get("gpu", 0.0)}
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+            largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
+            self.shutdown()
+            raise ConfigError(f"trial_resources={self.resources_text} asks for cpu={wanted['CPU']:g} "
+                              f"gpu={wanted['GPU']:g} per trial, more than any node of the Ray cluster has "
+                              f"({largest}): ask for less, or add nodes")
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+    def trial_resources(self) -> dict[str, float]:
+        """trial_resources, or for `auto` one CPU plus one GPU where the cluster has GPUs."""
+        import ray
+
+        if self.resources:
+            return dict(self.resources)
+        return {"cpu": 1.0, **({"gpu": 1.0} if ray.cluster_resources().get("GPU", 0) >= 1 else {})}
+
+    def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
+            reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
+        from resnet_exp.sweep import SKIPPED, ChildOutcome, _finished_run
+
+        reasons = list(reasons) or [""] * len(cells)
+        outcomes: dict[int, ChildOutcome] = {}
+        for i, config in enumerate(cells):
+            done = _finished_run(parent.experiment_id, config)
+            if done:
+                log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
+                outcomes[i] = ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done,
+                                           reason=reasons[i])
+        todo = [i for i in range(len(cells)) if i not in outcomes]
+        if todo:
+            outcomes.update(self._trials(cells, reasons, todo, parent))
+        return [outcomes[i] for i in range(len(cells))]
+
+    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int],
+                parent: "ParentRun") -> dict[int, "ChildOutcome"]:
+        import ray
+        from ray import tune
+
+        from resnet_exp.ray_trial import run_trial
+        from resnet_exp.sweep import ChildOutcome
+
+        sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
+        storage = Path(cells[0].output_dir).resolve() / "ray" / sid
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # this driver's trials
+        env = {"MLFLOW_TRACKING_URI": tracking_uri(),
+               **{k: os.environ[k] for k in WORKER_VARIABLES if os.environ.get(k)}}
+        resources = self.trial_resources()
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent, env=env,
+                                 cwd=os.getcwd(), experiment_dir=str(storage / name),
+                                 run_child=self.run_child),
+            {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)})
+        tuner = tune.Tuner(
+            trainable, param_space={"cell": tune.grid_search(todo)},
+            # reuse_actors: a later trial runs in an earlier one's process, as the local loop runs every
+            # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
+            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=self.max_failures)))
+        log.info("ray: %d trials of %s each (%s), results under %s", len(todo), resources,
+                 f"at most {self.max_concurrent} at once" if self.max_concurrent else "as many at once as fit",
+                 storage / name)
+        try:
+            results = tuner.fit()
+        except BaseException:
+            # Ctrl-C, SIGTERM or a Tune error: stop the trials, then close the runs they left open.
+            ray.shutdown()
+            self.started = False
+            _close_open_children(parent, storage / name, RunStatus.KILLED, "the sweep's driver was interrupted")
+            raise
+        outcomes: dict[int, ChildOutcome] = {}
+        for result in results:
+            index = result.config["cell"]
+            text = (result.metrics or {}).get(OUTCOME_KEY)
+            if text:
+                outcomes[index] = ChildOutcome(**json.loads(text))
+            else:
+                outcomes[index] = _trial_failure(cells[index], reasons[index], parent, storage / name,
+                                                 f"Ray trial failed: {result.error}")
+        return outcomes
+
+
+def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", experiment: Path,
+                   error: str) -> "ChildOutcome":
+    """A trial that ended without an outcome (its worker died more than max_failures times):
+    its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
+    recorded FAILED so that the UI and the next sweep see it."""
+    from resnet_exp.runs import ERROR_TEXT_LIMIT
+    from resnet_exp.sweep import FAILED, ChildOutcome, _record_failure
+    from resnet_exp.tracking import ParentRun
+
+    error = error[:ERROR_TEXT_LIMIT]
+    log.error("%s failed: %s", config.run_name, error)
+    closed = _close_open_children(parent, experiment, RunStatus.FAILED, error, config)
+    attempt = ParentRun(parent.run_id, parent.experiment_id,
+                        {**parent.child_tags, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex,
+                         **({S.TAG_SEED_REASON: reason} if reason else {})})
+    run_id = closed[-1] if closed else _record_failure(config, attempt, error)
+    return ChildOutcome(config.run_name, config.seed, config.config_hash, FAILED, run_id, error, reason)
+
+
+def _close_open_children(parent: "ParentRun", experiment: Path, status: int, error: str,
+                         config: "TrainConfig | None" = None) -> list[str]:
+    """End the RUNNING children that this driver's trials (under `experiment`) opened, or only
+    those of `config`'s cell: a worker killed by Ray or by a signal cannot close its run."""
+    client = MlflowClient(tracking_uri())
+    found = search_all(client, parent.experiment_id,
+                       f"tags.{S.MLFLOW_PARENT_RUN_ID} = '{parent.run_id}' and attributes.status = 'RUNNING'")
+    closed = []
+    for run in sorted(found, key=lambda r: r.info.start_time):
+        tags = run.data.tags
+        if not tags.get(S.TAG_RAY_TRIAL_DIR, "").startswith(f"{experiment}{os.sep}"):
+            continue
+        if config is not None and (tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED)) != \
+                (config.config_hash, str(config.seed)):
+            continue
+        client.set_tag(run.info.run_id, S.TAG_ERROR, error)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(status))
+        closed.append(run.info.run_id)
+    return closed
