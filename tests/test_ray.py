@@ -176,3 +176,36 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
     used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in runs}
     assert used == nodes and len(used) == 2, "one trial on each node of 1 CPU"
 
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp_path, data_dir, tracking_uri):
+    import os
+    import signal
+    import sqlite3
+    import time
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    command = sweep_command(data_dir, tmp_path, "--freeze-blocks", "3", "--seeds", "1", "--max-epochs", "3",
+                            "--registered-model-name", "none", "--executor", "ray", "--max-failures", "1")
+    sweep = subprocess.Popen(command, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, worker = time.monotonic() + 300, None
+        while worker is None and time.monotonic() < deadline and sweep.poll() is None:
+            with sqlite3.connect(db) as connection:  # the child has stored epoch 1 (train_loss last)
+                row = connection.execute(
+                    "SELECT t.value FROM tags t JOIN metrics m ON m.run_uuid = t.run_uuid "
+                    "WHERE t.key = ? AND m.key = ? AND m.step = 1", (S.TAG_PROCESS, S.TRAIN_LOSS)).fetchone()
+            worker = int(row[0].split()[1]) if row else None
+            time.sleep(0.05)
+        assert worker is not None and worker != sweep.pid, "the child trains in a Ray worker"
+        os.kill(worker, signal.SIGKILL)
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0 and "1 trained" in out, err[-3000:]
+    [child] = children(MlflowClient(tracking_uri))  # the retry resumed it: no second run
+    assert child.info.status == "FINISHED" and child.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    history = MlflowClient(tracking_uri).get_metric_history(child.info.run_id, S.VAL_LOSS)
+    assert sorted(m.step for m in history) == [0, 1, 2]
