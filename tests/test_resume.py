@@ -246,3 +246,33 @@ def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(trackin
     assert parent.info.status == FINISHED
     steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
     assert steps == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_points_to_it(
+        tracking_uri, data_dir, tmp_path, monkeypatch):
+    """A run stopped after its last epoch (say during model logging), resumed by a launch that
+    `mlflow run` made a run for: no epoch is trained again, the stopped run ends FINISHED with its
+    model, and the launch's own run says where the training went."""
+    from resnet_exp.train import train
+
+    config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none", precision="32-true")
+    first = train(config.replace(resume="never"))
+    client = MlflowClient(tracking_uri)
+    client.set_terminated(first.run_id, KILLED)  # as if killed after fit: last.ckpt is the last epoch
+    stored = metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id)
+    experiment_id = client.get_run(first.run_id).info.experiment_id
+    launcher = client.create_run(experiment_id).info.run_id  # what `mlflow run` creates
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+
+    again = train(config)
+
+    assert again.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == FINISHED and run.data.tags[S.TAG_RESUMED] == f"epoch {config.max_epochs} from " \
+        f"{Path(run.data.tags[S.TAG_CHECKPOINT_DIR]) / LAST_CHECKPOINT}"
+    epochs = {S.TRAIN_LOSS, S.VAL_LOSS, S.TEST_ACC}
+    assert [r for r in metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id) if r[0] in epochs] \
+        == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
+    pointer = client.get_run(launcher).data.tags
+    assert pointer[S.TAG_RESUMED_INTO] == first.run_id and S.TAG_KIND not in pointer
