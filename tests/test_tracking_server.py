@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
+import mlflow
 from mlflow import MlflowClient
 
 from conftest import subprocess_env
@@ -53,7 +54,12 @@ def server(tracking_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PROJECT[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PROJECT[1])
-    return tracking_server
+    # MlflowClient() reads MLflow's process-wide URI, which an earlier in-process training of the
+    # session pinned to its own SQLite store (mlflow.set_tracking_uri): point it here.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_server.uri)
+    yield tracking_server
+    mlflow.set_tracking_uri(previous)
 
 
 def train(tmp_path: Path, data_dir: Path, experiment: str, *args: str, **env: str) -> subprocess.Popen:
