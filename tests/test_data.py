@@ -203,3 +203,15 @@ def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
     raw["test"] = hub_like([0, -1], classes)
     with pytest.raises(DataError, match="test split of hub has 1 labels outside 0..1"):
         _drop_unlabelled_splits(raw, "label", "hub")
+
+
+def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
+    from resnet_exp.data import _load_folder
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    first = _load_folder(folder)
+    again = _load_folder(folder)
+    assert again["train"] is first["train"] and again is not first  # cached; callers get their own dict
+    save_image(folder / "dog" / "dog_new.png", seed=99)
+    changed = _load_folder(folder)
+    assert changed["train"] is not first["train"] and len(changed["train"]) == 7
