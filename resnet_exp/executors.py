@@ -132,16 +132,14 @@ class RayExecutor:
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
-        from resnet_exp.sweep import SKIPPED, ChildOutcome, _finished_run
+        from resnet_exp.sweep import ChildOutcome, skip_if_finished
 
         reasons = list(reasons) or [""] * len(cells)
         outcomes: dict[int, ChildOutcome] = {}
         for i, config in enumerate(cells):
-            done = _finished_run(parent.experiment_id, config)
-            if done:
-                log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
-                outcomes[i] = ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done,
-                                           reason=reasons[i])
+            skipped = skip_if_finished(config, parent, reasons[i])
+            if skipped:
+                outcomes[i] = skipped
         todo = [i for i in range(len(cells)) if i not in outcomes]
         if todo:
             outcomes.update(self._trials(cells, reasons, todo, parent))
@@ -202,16 +200,12 @@ def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", expe
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
     from resnet_exp.runs import ERROR_TEXT_LIMIT
-    from resnet_exp.sweep import FAILED, ChildOutcome, _record_failure
-    from resnet_exp.tracking import ParentRun
+    from resnet_exp.sweep import FAILED, ChildOutcome, _record_failure, new_attempt
 
     error = error[:ERROR_TEXT_LIMIT]
     log.error("%s failed: %s", config.run_name, error)
     closed = _close_open_children(parent, experiment, RunStatus.FAILED, error, config)
-    attempt = ParentRun(parent.run_id, parent.experiment_id,
-                        {**parent.child_tags, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex,
-                         **({S.TAG_SEED_REASON: reason} if reason else {})})
-    run_id = closed[-1] if closed else _record_failure(config, attempt, error)
+    run_id = closed[-1] if closed else _record_failure(config, new_attempt(parent, reason), error)
     return ChildOutcome(config.run_name, config.seed, config.config_hash, FAILED, run_id, error, reason)
 
 

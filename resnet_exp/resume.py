@@ -189,7 +189,9 @@ def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: 
     running = search_all(client, experiment_id, f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
                                                 f"and attributes.status = '{RUNNING}'")
     for run in running:
-        if is_alive(run) or (checkpoint_of(run) and not _cell_finished(client, experiment_id, run)):
+        finished = finished_run(client, experiment_id, run.data.tags.get(S.TAG_CONFIG_HASH),
+                                run.data.params.get(S.SEED))
+        if is_alive(run) or (checkpoint_of(run) and not finished):
             continue
         why = "its process is gone" + ("" if checkpoint_of(run) else " and it has no last.ckpt to resume from")
         client.set_tag(run.info.run_id, S.TAG_ERROR, f"marked KILLED by the sweep: {why}")
@@ -199,7 +201,10 @@ def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: 
     return reaped
 
 
-def _cell_finished(client: MlflowClient, experiment_id: str, run: Run) -> bool:
-    return bool(client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.{S.TAG_CONFIG_HASH} = '{run.data.tags.get(S.TAG_CONFIG_HASH)}' and "
-        f"params.{S.SEED} = '{run.data.params.get(S.SEED)}' and attributes.status = '{FINISHED}'")))
+def finished_run(client: MlflowClient, experiment_id: str, config_hash: str | None,
+                 seed: str | int | None) -> str | None:
+    """The id of a FINISHED run of this (configuration, seed) cell, if the experiment has one."""
+    runs = client.search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.{S.TAG_CONFIG_HASH} = '{config_hash}' and params.{S.SEED} = '{seed}' and "
+        f"attributes.status = '{FINISHED}'"))
+    return runs[0].info.run_id if runs else None

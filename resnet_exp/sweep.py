@@ -32,7 +32,7 @@ from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model import load_initial_weights
 from resnet_exp.phases import interrupt_point
-from resnet_exp.resume import reap_dead_children
+from resnet_exp.resume import finished_run, reap_dead_children
 from resnet_exp.tracking_server import tracking_failure
 from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
                              search_all, source_tag, use_tracking_store)
@@ -143,13 +143,10 @@ def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = ""
 
     interrupt_point("sweep_gap")
     identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason)
-    done = _finished_run(parent.experiment_id, config)
-    if done:
-        log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
-        return ChildOutcome(**identity, outcome=SKIPPED, run_id=done)
-    why = {S.TAG_SEED_REASON: reason} if reason else {}
-    attempt = tracking.ParentRun(parent.run_id, parent.experiment_id,
-                                 {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
+    skipped = skip_if_finished(config, parent, reason)
+    if skipped:
+        return skipped
+    attempt = new_attempt(parent, reason)
     try:
         result = train(config, attempt)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
@@ -162,12 +159,22 @@ def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = ""
     return ChildOutcome(**identity, outcome=TRAINED, run_id=result.run_id)
 
 
-def _finished_run(experiment_id: str, config: TrainConfig) -> str | None:
-    runs = MlflowClient().search_runs(
-        [experiment_id], max_results=1,
-        filter_string=(f"tags.{S.TAG_CONFIG_HASH} = '{config.config_hash}' and "
-                       f"params.{S.SEED} = '{config.seed}' and attributes.status = 'FINISHED'"))
-    return runs[0].info.run_id if runs else None
+def skip_if_finished(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome | None:
+    """The SKIPPED outcome of a cell that already has a FINISHED run in the experiment (whichever
+    executor or shard trained it), else None."""
+    done = finished_run(MlflowClient(), parent.experiment_id, config.config_hash, config.seed)
+    if not done:
+        return None
+    log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
+    return ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done, reason=reason)
+
+
+def new_attempt(parent: tracking.ParentRun, reason: str = "") -> tracking.ParentRun:
+    """The parent as one attempt at a cell sees it: its child tags plus a fresh attempt id (which
+    finds the attempt's run again) and, for a seed an adaptive round added, why."""
+    why = {S.TAG_SEED_REASON: reason} if reason else {}
+    return tracking.ParentRun(parent.run_id, parent.experiment_id,
+                              {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
 
 
 def _record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str) -> str:
