@@ -122,8 +122,8 @@ def _load_folder(root: Path) -> "datasets.DatasetDict":
 
 def _tree_signature(root: Path) -> tuple:
     """Every file's path, size and modification time: equal signatures, equal folders."""
-    return tuple(sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                        for p in root.rglob("*") if p.is_file()))
+    stats = ((p, p.stat()) for p in root.rglob("*") if p.is_file())
+    return tuple(sorted((str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p, st in stats))
 
 
 @lru_cache(maxsize=4)
