@@ -208,13 +208,15 @@ def measure_bf16_speedup(config: TrainConfig, threads: int) -> float:
     (another busy process only ever slows a step down)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+    from resnet_exp.module import adamw
+
     block = Bottleneck if getattr(config, "block", "basic") == "bottleneck" else BasicBlock
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
         model = ResNet(block, list(config.blocks), num_classes=10).to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        optimizer = adamw(list(model.parameters()), 1e-5)  # as training steps
         batch = min(config.batch_size, MEASURE_BATCH)
         x = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator)
         x = x.contiguous(memory_format=torch.channels_last)
