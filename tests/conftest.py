@@ -167,3 +167,30 @@ def offline_failure(call, *args) -> str:
     message = str(err.value)
     assert "unreachable" in message and "data=demo" in message and "weights=none" in message
     return message
+
+
+def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[str, str]] | None:
+    """(run id, tags) of a run other than `exclude` that has both stored epoch `epoch` (its
+    train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Checkpoints
+    are written in the background, so the file can land just after the metric: a test that
+    kills a training "after epoch N" waits for both."""
+    import torch
+
+    from resnet_exp import schema as S
+    from resnet_exp.resume import LAST_CHECKPOINT
+
+    with sqlite3.connect(db) as connection:
+        found = connection.execute(
+            "SELECT DISTINCT m.run_uuid FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
+            "WHERE m.key = ? AND m.step = ? AND t.key = ? AND m.run_uuid != ?",
+            (S.TRAIN_LOSS, epoch, S.TAG_CHECKPOINT_DIR, exclude)).fetchall()
+        for (run_id,) in found:
+            tags = dict(connection.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+            try:  # mmap: reads the small pickle, not the tensors
+                saved = torch.load(Path(tags[S.TAG_CHECKPOINT_DIR]) / LAST_CHECKPOINT, map_location="cpu",
+                                   weights_only=True, mmap=True)["epoch"]
+            except (OSError, RuntimeError, EOFError):
+                continue  # not written yet
+            if saved >= epoch:
+                return run_id, tags
+    return None

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, resumable_epoch, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -182,7 +182,6 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
 def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp_path, data_dir, tracking_uri):
     import os
     import signal
-    import sqlite3
     import time
 
     db = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -193,11 +192,8 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp
     try:
         deadline, worker = time.monotonic() + 300, None
         while worker is None and time.monotonic() < deadline and sweep.poll() is None:
-            with sqlite3.connect(db) as connection:  # the child has stored epoch 1 (train_loss last)
-                row = connection.execute(
-                    "SELECT t.value FROM tags t JOIN metrics m ON m.run_uuid = t.run_uuid "
-                    "WHERE t.key = ? AND m.key = ? AND m.step = 1", (S.TAG_PROCESS, S.TRAIN_LOSS)).fetchone()
-            worker = int(row[0].split()[1]) if row else None
+            found = resumable_epoch(db, 1)  # the child has stored epoch 1 and saved it
+            worker = int(found[1][S.TAG_PROCESS].split()[1]) if found else None
             time.sleep(0.05)
         assert worker is not None and worker != sweep.pid, "the child trains in a Ray worker"
         os.kill(worker, signal.SIGKILL)

@@ -114,12 +114,32 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
     monkeypatch.setattr(checkpoints.os, "fsync", full)
     target = tmp_path / "ckpt" / "epoch01.ckpt"
     io = checkpoints.AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)  # written in the background ...
     with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
-        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
+        io.teardown()  # ... and its failure raised in the training thread by the end of fit
     assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
     monkeypatch.undo()
     io.save_checkpoint({"w": torch.ones(3)}, target)
-    assert torch.load(target, weights_only=True)["w"].tolist() == [1, 1, 1] and io.seconds > 0
+    assert io.load_checkpoint(target)["w"].tolist() == [1, 1, 1] and io.seconds > 0  # waits for the write
+    io.teardown()
+
+
+def test_a_checkpoint_written_in_the_background_is_in_order_and_stays_removed(tmp_path):
+    """Saves are queued behind the write in flight; a removal waits for it, so a late rename
+    cannot bring a removed checkpoint back (ModelCheckpoint removes the previous best)."""
+    import torch
+
+    from resnet_exp.checkpoints import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    for epoch in range(3):
+        io.save_checkpoint({"epoch": epoch, "w": torch.full((500_000,), float(epoch))}, last)
+    io.save_checkpoint({"w": torch.zeros(500_000)}, best)
+    io.remove_checkpoint(best)
+    io.teardown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.load(last, weights_only=True)["epoch"] == 2
 
 
 @pytest.fixture
@@ -144,8 +164,10 @@ def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
     from resnet_exp.errors import DiskError
 
     target = tiny_disk / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
     with pytest.raises(DiskError) as err:
-        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
+        io.save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
+        io.teardown()
     message = str(err.value)
     assert message.startswith("No space left on device: ") and str(target) in message
     assert "needs 8.0 MB" in message and "MB free there" in message and "\n" not in message

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
 from resnet_exp.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
@@ -162,17 +162,13 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
-    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch`
-    (its train_loss is the epoch's last metric)."""
+    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch` and
+    saved it in its last.ckpt."""
     process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            with sqlite3.connect(db) as connection:
-                if connection.execute("SELECT 1 FROM metrics WHERE key = ? AND step = ? AND run_uuid != ?",
-                                      (S.TRAIN_LOSS, epoch, not_run)).fetchone():
-                    break
+        while time.monotonic() < deadline and process.poll() is None and not resumable_epoch(db, epoch, not_run):
             time.sleep(0.05)
         assert process.poll() is None, "it ended before it could be killed"
         process.send_signal(signal.SIGKILL)
