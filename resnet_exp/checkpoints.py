@@ -38,20 +38,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.seconds = 0.0
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._buffer = _ReusedBuffer()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         start = time.perf_counter()
         try:
-            self.wait()
-            buffer = io.BytesIO()
+            self.wait()  # the buffer is free again
+            self._buffer.rewind()
             # No CRC32 over every record: the rename after fsync is what says a file is whole,
-            # and torch.load does not check it. 0.26 instead of 0.39 s for a 135 MB checkpoint.
+            # and torch.load does not check it. 0.26 instead of 0.39 s for a 135 MB checkpoint,
+            # and 0.11 s into the warm buffer of the previous save.
             with serialization.patch({"save.compute_crc32": False}):
-                torch.save(checkpoint, buffer)
+                torch.save(checkpoint, self._buffer)
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-            self._pending = self._writer.submit(_write_atomically, buffer, Path(path))
+            self._pending = self._writer.submit(_write_atomically, self._buffer.written(), Path(path))
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -77,6 +79,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
+            self._buffer = _ReusedBuffer()  # memory back
 
     def _timed_wait(self) -> None:
         start = time.perf_counter()
@@ -86,17 +89,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.seconds += time.perf_counter() - start
 
 
-def _write_atomically(buffer: io.BytesIO, target: Path) -> None:
+class _ReusedBuffer(io.RawIOBase):
+    """A file in memory that keeps its pages between saves: serializing into pages already
+    touched takes half the time of a fresh BytesIO, which faults every page in again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data = bytearray()
+        self._position = self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        end = self._position + len(chunk)
+        if end > len(self._data):
+            self._data.extend(bytes(end - len(self._data)))
+        self._data[self._position:end] = chunk
+        self._position, self._size = end, max(self._size, end)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def rewind(self) -> None:
+        self._position = self._size = 0
+
+    def written(self) -> memoryview:
+        return memoryview(self._data)[:self._size]
+
+
+def _write_atomically(data: memoryview, target: Path) -> None:
+    with data:  # released at the end, so that the buffer may grow for the next save
+        _write_file(data, target)
+
+
+def _write_file(data: memoryview, target: Path) -> None:
     partial = target.with_name(target.name + TMP_SUFFIX)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as file:
-            file.write(buffer.getbuffer())
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())  # on disk before the name says it is finished
         os.replace(partial, target)
     except OSError as err:
         partial.unlink(missing_ok=True)
         if is_disk_error(err):
-            raise disk_error(err, need=buffer.getbuffer().nbytes, path=target) from None
+            raise disk_error(err, need=data.nbytes, path=target) from None
         raise
