@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 
 from conftest import REPO, make_image_folder, subprocess_env
 from resnet_exp import schema as S
-from resnet_exp.config import TrainConfig
 from resnet_exp.hardware import BF16_MARGIN
 
 pytestmark = pytest.mark.slow
