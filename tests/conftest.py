@@ -11,7 +11,10 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -167,3 +170,40 @@ def offline_failure(call, *args) -> str:
     message = str(err.value)
     assert "unreachable" in message and "data=demo" in message and "weights=none" in message
     return message
+
+
+class Meanwhile(threading.Thread):
+    """`action(done)` in a thread while the test's thread runs a command in this process (a
+    training, a sweep's driver) and then calls `join`, which sets `done` and raises again what
+    the action raised (pytest.fail included)."""
+
+    def __init__(self, action: Callable[[threading.Event], None]) -> None:
+        super().__init__(daemon=True)
+        self.action, self.done, self.error = action, threading.Event(), None
+
+    def run(self) -> None:
+        try:
+            self.action(self.done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread by join
+            self.error = err
+
+    def join(self, timeout: float | None = 300) -> None:
+        self.done.set()
+        super().join(timeout)
+        assert not self.is_alive(), "the test's background action did not end"
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def ray_driver_here() -> Iterator[None]:
+    """This process as the Ray driver of the sweeps run in the block: what Ray and the Ray executor
+    change process-wide (environment variables such as RAY_AUTH_MODE and the trials' settings,
+    sys.excepthook) is put back afterwards. The executor restores SIGTERM's handler itself."""
+    environment, excepthook = dict(os.environ), sys.excepthook
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        sys.excepthook = excepthook
