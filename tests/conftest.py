@@ -197,13 +197,20 @@ class Meanwhile(threading.Thread):
 
 @contextmanager
 def ray_driver_here() -> Iterator[None]:
-    """This process as the Ray driver of the sweeps run in the block: what Ray and the Ray executor
-    change process-wide (environment variables such as RAY_AUTH_MODE and the trials' settings,
-    sys.excepthook) is put back afterwards. The executor restores SIGTERM's handler itself."""
+    """This process as a Ray driver (or the host of a ray.cluster_utils.Cluster) for the block:
+    what Ray and the Ray executor change process-wide is put back afterwards: environment
+    variables (RAY_AUTH_MODE, the trials' settings), sys.excepthook, and the SIGTERM and SIGINT
+    handlers (a Cluster's head node installs its own SIGTERM handler, which made every later
+    SIGTERM test of the session exit 1)."""
+    import signal
+
     environment, excepthook = dict(os.environ), sys.excepthook
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(environment)
         sys.excepthook = excepthook
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

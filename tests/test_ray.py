@@ -154,24 +154,23 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
     `mlflow run` sweep above."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
-                "--registered-model-name", "none", "--executor", "ray", "--ray-address", cluster.address]
-        # a trial no node can hold would wait for ever in Tune: refused before any run
-        with ray_driver_here():
+    with ray_driver_here():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
+                    "--registered-model-name", "none", "--executor", "ray", "--ray-address", cluster.address]
+            # a trial no node can hold would wait for ever in Tune: refused before any run
             too_big = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--trial-resources", "cpu=2"))
-        assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.output[-3000:]
-        assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
-        assert sweeps(MlflowClient(tracking_uri)) == []
-        with ray_driver_here():
+            assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.output[-3000:]
+            assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
+            assert sweeps(MlflowClient(tracking_uri)) == []
             result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--trial-resources", "cpu=1"))
-        assert result.exit_code == 0 and "2 trained" in result.output, result.output[-3000:]
-        nodes = {node.node_id for node in cluster.list_all_nodes()}
-    finally:
-        cluster.shutdown()
+            assert result.exit_code == 0 and "2 trained" in result.output, result.output[-3000:]
+            nodes = {node.node_id for node in cluster.list_all_nodes()}
+        finally:
+            cluster.shutdown()
     runs = children(MlflowClient(tracking_uri))
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in runs}
