@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, Meanwhile, ray_driver_here, subprocess_env
+from conftest import REPO, ray_driver_here, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -151,7 +151,7 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
     """The sweeps' driver is this process (click's CliRunner): what is checked is where Ray puts
     the trials, in worker processes on the cluster's nodes, and a driver process of its own
     would only add its imports (~15 s of CPU each). A driver in a process of its own is the
-    `mlflow run` sweep above."""
+    `mlflow run` sweep above and the killed worker's sweep below."""
     from ray.cluster_utils import Cluster
 
     with ray_driver_here():
@@ -179,38 +179,36 @@ def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_
 
 @pytest.mark.slow
 def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp_path, data_dir, tracking_uri):
-    """The sweep's driver is this process, as in the test above; the worker killed and the one
-    that retries the trial are Ray's processes."""
+    """The sweep's driver is a process of its own here: with this process as the driver, a later
+    in-process Ray sweep of the session (test_tracking_server's) saw its trials' actors cancelled
+    before they started."""
     import signal
     import sqlite3
     import time
 
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    killed = []
-
-    def kill_the_worker_after_epoch_1(done) -> None:
+    command = [sys.executable, "-m", "resnet_exp", *sweep_args(data_dir, tmp_path, "--freeze-blocks", "3", "--seeds", "1",
+                                                               "--max-epochs", "3", "--registered-model-name", "none",
+                                                               "--executor", "ray", "--max-failures", "1")]
+    sweep = subprocess.Popen(command, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
         deadline, worker = time.monotonic() + 300, None
-        while worker is None and time.monotonic() < deadline and not done.is_set():
+        while worker is None and time.monotonic() < deadline and sweep.poll() is None:
             with sqlite3.connect(db) as connection:  # the child has stored epoch 1 (train_loss last)
                 row = connection.execute(
                     "SELECT t.value FROM tags t JOIN metrics m ON m.run_uuid = t.run_uuid "
                     "WHERE t.key = ? AND m.key = ? AND m.step = 1", (S.TAG_PROCESS, S.TRAIN_LOSS)).fetchone()
             worker = int(row[0].split()[1]) if row else None
             time.sleep(0.1)
-        assert worker is not None and worker != os.getpid(), "the child trains in a Ray worker"
+        assert worker is not None and worker != sweep.pid, "the child trains in a Ray worker"
         os.kill(worker, signal.SIGKILL)
-        killed.append(worker)
-
-    meanwhile = Meanwhile(kill_the_worker_after_epoch_1)
-    meanwhile.start()
-    with ray_driver_here():
-        result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, "--freeze-blocks", "3", "--seeds", "1",
-                                                     "--max-epochs", "3", "--registered-model-name", "none",
-                                                     "--executor", "ray", "--max-failures", "1"))
-    meanwhile.join()
-    assert killed and result.exit_code == 0 and "1 trained" in result.output, result.output[-3000:]
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0 and "1 trained" in out, err[-3000:]
     [child] = children(MlflowClient(tracking_uri))  # the retry resumed it: no second run
     assert child.info.status == "FINISHED" and child.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
-    assert int(child.data.tags[S.TAG_PROCESS].split()[1]) not in (killed[0], os.getpid()), "a new worker"
+    assert int(child.data.tags[S.TAG_PROCESS].split()[1]) not in (worker, sweep.pid), "in a new worker"
     history = MlflowClient(tracking_uri).get_metric_history(child.info.run_id, S.VAL_LOSS)
     assert sorted(m.step for m in history) == [0, 1, 2]
