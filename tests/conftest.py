@@ -11,7 +11,10 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -194,3 +197,47 @@ def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[
             if saved >= epoch:
                 return run_id, tags
     return None
+
+
+class Meanwhile(threading.Thread):
+    """`action(done)` in a thread while the test's thread runs a command in this process (a
+    training, a sweep's driver) and then calls `join`, which sets `done` and raises again what
+    the action raised (pytest.fail included)."""
+
+    def __init__(self, action: Callable[[threading.Event], None]) -> None:
+        super().__init__(daemon=True)
+        self.action, self.done, self.error = action, threading.Event(), None
+
+    def run(self) -> None:
+        try:
+            self.action(self.done)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test's thread by join
+            self.error = err
+
+    def join(self, timeout: float | None = 300) -> None:
+        self.done.set()
+        super().join(timeout)
+        assert not self.is_alive(), "the test's background action did not end"
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def ray_driver_here() -> Iterator[None]:
+    """This process as a Ray driver (or the host of a ray.cluster_utils.Cluster) for the block:
+    what Ray and the Ray executor change process-wide is put back afterwards: environment
+    variables (RAY_AUTH_MODE, the trials' settings), sys.excepthook, and the SIGTERM and SIGINT
+    handlers (a Cluster's head node installs its own SIGTERM handler, which made every later
+    SIGTERM test of the session exit 1)."""
+    import signal
+
+    environment, excepthook = dict(os.environ), sys.excepthook
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        sys.excepthook = excepthook
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

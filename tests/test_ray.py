@@ -5,6 +5,7 @@ a two-node cluster simulated on this machine (ray.cluster_utils.Cluster)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, resumable_epoch, subprocess_env
+from conftest import REPO, ray_driver_here, resumable_epoch, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
 from resnet_exp.grid import SweepGrid, sweep_id
-from test_sweep import TINY, assert_analysis, children, sweeps
+from test_sweep import TINY, assert_analysis, children, sweep_args, sweeps
 
 # 2 configurations x 2 seeds, the smallest grid that ranks two configurations over seeds
 GRID = {"freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "2"}
@@ -81,11 +82,6 @@ def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir,
 # --- real Ray ---------------------------------------------------------------------------------
 
 
-def sweep_command(data_dir: Path, tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "resnet_exp", "sweep", *TINY, "--data-dir", str(data_dir),
-            "--output-dir", str(tmp_path / "results"), *args]
-
-
 def test_only_the_trial_module_imports_ray_at_import_time():
     """`import resnet_exp.sweep` (and everything a local sweep loads) stays Ray-free: Ray is
     imported inside the Ray executor's functions, and at module level only by ray_trial.py,
@@ -134,12 +130,15 @@ def test_a_ray_sweep_under_mlflow_run_then_a_local_sweep_skips_its_cells(tmp_pat
     aliases = client.get_registered_model("resnet-demo").aliases
     assert {"champion", "best-b1111-f4", "best-b1121-f4"} <= set(aliases)
 
-    # The same grid with the local executor: the same parent, every cell already finished.
-    local = subprocess.run(sweep_command(data_dir, tmp_path, *[f"--{k.replace('_', '-')}={v}" for k, v in GRID.items()],
-                                         "--experiment-name", "ray-sweeps"),
-                           capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
-    assert local.returncode == 0 and "0 trained, 4 skipped" in local.stdout, local.stderr[-3000:]
-    assert parent.info.run_id in local.stdout and len(sweeps(client)) == 1
+    # The same grid with the local executor: the same parent, every cell already finished. In
+    # this process: what is checked is which cells a local sweep finds FINISHED in the store, and
+    # a fresh process would only add its imports (~15 s of CPU); the sweep's own process is the
+    # one `mlflow run` started above.
+    local = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *[f"--{k.replace('_', '-')}={v}"
+                                                                      for k, v in GRID.items()],
+                                                "--experiment-name", "ray-sweeps"))
+    assert local.exit_code == 0 and "0 trained, 4 skipped" in local.output, local.output[-3000:]
+    assert parent.info.run_id in local.output and len(sweeps(client)) == 1
 
     analysis = CliRunner().invoke(main, ["analyze", "--sweep-run-id", parent.info.run_id,
                                          "--output-dir", str(tmp_path / "results")])
@@ -149,44 +148,47 @@ def test_a_ray_sweep_under_mlflow_run_then_a_local_sweep_skips_its_cells(tmp_pat
 
 @pytest.mark.slow
 def test_a_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path, data_dir, tracking_uri):
+    """The sweeps' driver is this process (click's CliRunner): what is checked is where Ray puts
+    the trials, in worker processes on the cluster's nodes, and a driver process of its own
+    would only add its imports (~15 s of CPU each). A driver in a process of its own is the
+    `mlflow run` sweep above and the killed worker's sweep below."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
-                "--registered-model-name", "none"]
-        # a trial no node can hold would wait for ever in Tune: refused before any run
-        too_big = subprocess.run(sweep_command(data_dir, tmp_path, *grid, "--executor", "ray", "--ray-address",
-                                               cluster.address, "--trial-resources", "cpu=2"),
-                                 capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
-        assert too_big.returncode != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.stderr[-3000:]
-        assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.stderr
-        assert sweeps(MlflowClient(tracking_uri)) == []
-        result = subprocess.run(sweep_command(data_dir, tmp_path, *grid, "--executor", "ray", "--ray-address",
-                                              cluster.address, "--trial-resources", "cpu=1"),
-                                capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
-        assert result.returncode == 0 and "2 trained" in result.stdout, result.stderr[-3000:]
-        nodes = {node.node_id for node in cluster.list_all_nodes()}
-    finally:
-        cluster.shutdown()
+    with ray_driver_here():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
+                    "--registered-model-name", "none", "--executor", "ray", "--ray-address", cluster.address]
+            # a trial no node can hold would wait for ever in Tune: refused before any run
+            too_big = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--trial-resources", "cpu=2"))
+            assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.output[-3000:]
+            assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
+            assert sweeps(MlflowClient(tracking_uri)) == []
+            result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--trial-resources", "cpu=1"))
+            assert result.exit_code == 0 and "2 trained" in result.output, result.output[-3000:]
+            nodes = {node.node_id for node in cluster.list_all_nodes()}
+        finally:
+            cluster.shutdown()
     runs = children(MlflowClient(tracking_uri))
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in runs}
     assert used == nodes and len(used) == 2, "one trial on each node of 1 CPU"
 
 
-
 @pytest.mark.slow
 def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp_path, data_dir, tracking_uri):
-    import os
+    """The sweep's driver is a process of its own here: with this process as the driver, a later
+    in-process Ray sweep of the session (test_tracking_server's) saw its trials' actors cancelled
+    before they started."""
     import signal
     import time
 
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    command = sweep_command(data_dir, tmp_path, "--freeze-blocks", "3", "--seeds", "1", "--max-epochs", "3",
-                            "--registered-model-name", "none", "--executor", "ray", "--max-failures", "1")
+    command = [sys.executable, "-m", "resnet_exp", *sweep_args(data_dir, tmp_path, "--freeze-blocks", "3", "--seeds", "1",
+                                                               "--max-epochs", "3", "--registered-model-name", "none",
+                                                               "--executor", "ray", "--max-failures", "1")]
     sweep = subprocess.Popen(command, env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -194,7 +196,7 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp
         while worker is None and time.monotonic() < deadline and sweep.poll() is None:
             found = resumable_epoch(db, 1)  # the child has stored epoch 1 and saved it
             worker = int(found[1][S.TAG_PROCESS].split()[1]) if found else None
-            time.sleep(0.05)
+            time.sleep(0.1)
         assert worker is not None and worker != sweep.pid, "the child trains in a Ray worker"
         os.kill(worker, signal.SIGKILL)
         out, err = sweep.communicate(timeout=300)
@@ -203,5 +205,6 @@ def test_a_trial_whose_worker_is_killed_is_retried_and_resumes_its_child_run(tmp
     assert sweep.returncode == 0 and "1 trained" in out, err[-3000:]
     [child] = children(MlflowClient(tracking_uri))  # the retry resumed it: no second run
     assert child.info.status == "FINISHED" and child.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    assert int(child.data.tags[S.TAG_PROCESS].split()[1]) not in (worker, sweep.pid), "in a new worker"
     history = MlflowClient(tracking_uri).get_metric_history(child.info.run_id, S.VAL_LOSS)
     assert sorted(m.step for m in history) == [0, 1, 2]

@@ -7,6 +7,7 @@ again that continues its own run and ends with an uninterrupted run's numbers.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, resumable_epoch, subprocess_env, tiny_config
+from conftest import resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
+from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
 from resnet_exp.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
                                reap_dead_children)
@@ -164,7 +167,9 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
     """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch` and
     saved it in its last.ckpt."""
-    process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+    # from this test's folder: the experiment this process creates puts its artifacts under
+    # ./mlruns, which must never be the checkout
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -179,27 +184,34 @@ def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = ""
 
 @pytest.mark.slow
 def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_uninterrupted_one(
-        tracking_uri, data_dir, tmp_path):
+        tracking_uri, data_dir, tmp_path, caplog):
+    """Only the killed training needs a process of its own (kill -9 takes it whole). The
+    uninterrupted reference and the run again go through the same CLI in this process: each
+    starts from what is on disk and in the store (the checkpoint, the run's tags and metrics),
+    which no process keeps for it, and a training sets its own torch threads
+    (hardware.apply_runtime), so its numbers are a fresh process's; the equality below checks
+    exactly that, across the processes. A resume in a fresh process is proven by
+    test_ray's killed worker, whose retry resumes the child run in a new Ray worker."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    args = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
+    args = ["train", "--data", "demo", "--data-dir", str(data_dir),
             "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
             "--limit-batches", "3", "--freeze-blocks", "3", "--precision", "32-true", "--num-workers", "0",
             "--registered-model-name", "none", "--seed", "5"]
-    env = subprocess_env()
-    subprocess.run(args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"], env=env, cwd=REPO, check=True,
-                   capture_output=True, timeout=300)
+    reference_run = CliRunner().invoke(main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"])
+    assert reference_run.exit_code == 0, reference_run.output[-3000:]
     [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
 
     command = args + ["--output-dir", str(tmp_path / "results")]
-    kill_after_epoch(command, db, 1, not_run=reference)
+    kill_after_epoch([sys.executable, "-m", "resnet_exp", *command], db, 1, not_run=reference)
     [(run_id, status)] = sqlite3.connect(db).execute("SELECT run_uuid, status FROM runs WHERE run_uuid != ?",
                                                      (reference,)).fetchall()
     assert status == RUNNING  # kill -9: nothing could close it
     assert {step for key, step, _ in metric_rows(db, run_id) if key == S.VAL_LOSS} == {0, 1}
 
-    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming run {run_id}" in again.stderr and f"run {run_id} finished" in again.stdout
+    caplog.set_level(logging.INFO, logger="resnet_exp")
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output[-3000:]
+    assert f"resuming run {run_id}" in caplog.text and f"run {run_id} finished" in again.output
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
@@ -221,19 +233,21 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
 
 @pytest.mark.slow
 def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(tracking_uri, data_dir, tmp_path):
+    """The killed sweep is a process of its own; the sweep run again is the same CLI in this
+    process, which starts from the store and the checkpoint alone (see the test above)."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    command = [sys.executable, "-m", "resnet_exp", "sweep", "--freeze-blocks", "3", "--seeds", "1",
-               "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
-               "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
-               "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
-               "--registered-model-name", "none"]
-    kill_after_epoch(command, db, 1)
+    args = ["sweep", "--freeze-blocks", "3", "--seeds", "1",
+            "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
+            "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
+            "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
+            "--registered-model-name", "none"]
+    kill_after_epoch([sys.executable, "-m", "resnet_exp", *args], db, 1)
     client = MlflowClient(tracking_uri)
     [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
     [child] = client.search_runs([experiment.experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
 
-    again = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output[-3000:]
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     assert len(runs) == 2  # the parent and its one child: resumed, not trained again
     resumed = runs[child.info.run_id]

@@ -8,8 +8,8 @@ kill it run last and the next user starts it again.
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import logging
+import threading
 import time
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from click.testing import CliRunner
 import mlflow
 from mlflow import MlflowClient
 
-from conftest import subprocess_env
+from conftest import Meanwhile, ray_driver_here
 from resnet_exp import schema as S
+from resnet_exp.cli import main
 from servers import ADMIN, PROJECT, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
@@ -62,11 +63,13 @@ def server(tracking_server, monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
-def train(tmp_path: Path, data_dir: Path, experiment: str, *args: str, **env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "resnet_exp", "train", *TINY, "--data-dir", str(data_dir),
-           "--output-dir", str(tmp_path / "results"), "--experiment-name", experiment, *args]
-    return subprocess.Popen(cmd, env=subprocess_env(**env), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def train(tmp_path: Path, data_dir: Path, experiment: str, *args: str):
+    """`resnet-exp train` in this process (click's CliRunner, which returns its exit status and
+    its stderr): what these tests check travels over HTTP between the training and the server,
+    and a process of its own would add its imports (~15 s of CPU each) and what Python does at
+    exit, checked in the server-gone test."""
+    return CliRunner().invoke(main, ["train", *TINY, "--data-dir", str(data_dir), "--output-dir",
+                                     str(tmp_path / "results"), "--experiment-name", experiment, *args])
 
 
 def only_run(client: MlflowClient, experiment: str):
@@ -75,16 +78,18 @@ def only_run(client: MlflowClient, experiment: str):
     return runs[0]
 
 
-def wait_for_epoch(client: MlflowClient, experiment: str, process: subprocess.Popen, epoch: int) -> str:
-    """Poll until the training's val_loss of `epoch` is stored; returns the run id."""
+def wait_for_epoch(postgres: PostgreSQL, experiment: str, done: threading.Event, epoch: int) -> str:
+    """Poll until the training's val_loss of `epoch` is stored; returns the run id. Straight from
+    the server's database: three REST calls every 0.2 s kept the server busier than the training."""
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        found = client.get_experiment_by_name(experiment)
-        runs = client.search_runs([found.experiment_id]) if found else []
-        if runs and any(m.step == epoch for m in client.get_metric_history(runs[0].info.run_id, S.VAL_LOSS)):
-            return runs[0].info.run_id
+    while time.monotonic() < deadline and not done.is_set():
+        found = postgres.query("mlflow", "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+                                         "r.experiment_id JOIN metrics m ON m.run_uuid = r.run_uuid WHERE e.name = %s "
+                                         "AND m.key = %s AND m.step = %s", experiment, S.VAL_LOSS, epoch)
+        if found:
+            return found[0][0]
         time.sleep(0.2)
-    pytest.fail(f"no val_loss at epoch {epoch}: {process.communicate()[1][-3000:]}")
+    pytest.fail(f"no val_loss at epoch {epoch} before the training ended or 240 s passed")
 
 
 def assert_one_error_line(stderr: str, uri: str, *words: str) -> str:
@@ -111,27 +116,26 @@ def test_an_unreachable_server_is_one_line_naming_it(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_path):
+def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_path, monkeypatch):
     answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
     assert answer.status_code == 401
     answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30,
                           auth=PROJECT)
     assert answer.status_code == 200
 
-    cmd = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--output-dir", str(tmp_path)]
-    result = subprocess.run(cmd, env=subprocess_env(MLFLOW_TRACKING_PASSWORD="wrong"), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")  # MLflow reads it at each request
+    result = CliRunner().invoke(main, ["train", "--data", "demo", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
     line = assert_one_error_line(result.stderr, server.uri, f"refused user '{PROJECT[0]}'", "HTTP 401",
                                  "MLFLOW_TRACKING_PASSWORD")
     assert "wrong" not in line and not (tmp_path / "data").exists()  # refused before any data work
 
 
 @pytest.mark.slow
-def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(server, tmp_path, data_dir):
-    process = train(tmp_path, data_dir, "server-train", "--max-epochs", "2")
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-4000:]
+def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(server, tmp_path, data_dir, caplog):
+    caplog.set_level(logging.INFO)  # the training's log lines, which a process would print to stderr
+    result = train(tmp_path, data_dir, "server-train", "--max-epochs", "2")
+    assert result.exit_code == 0, result.output[-4000:]
 
     client = MlflowClient()
     run = only_run(client, "server-train")
@@ -146,20 +150,21 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(serve
     texts = [*run.data.params.items(), *run.data.tags.items()]
     assert not [kv for kv in texts if ADMIN[0] in kv[1] or PROJECT[0] in kv[1] and kv[0] != S.MLFLOW_USER]
     for password in (PROJECT[1], ADMIN[1]):
-        assert not [kv for kv in texts if password in kv[1]] and password not in stdout + stderr
+        assert not [kv for kv in texts if password in kv[1]] and password not in result.output + caplog.text
 
 
 @pytest.mark.slow
 def test_a_ray_sweep_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
-    """Needs `--executor ray` (branch ray). The workers inherit the credentials from the
-    driver's environment, as on a cluster whose workers start with them set."""
-    cmd = [sys.executable, "-m", "resnet_exp", "sweep", *TINY, "--data-dir", str(data_dir),
-           "--output-dir", str(tmp_path / "results"), "--experiment-name", "server-sweep",
-           "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2", "--max-epochs", "1",
-           "--registered-model-name", "none", "--executor", "ray", "--trial-resources", "cpu=1",
-           "--max-concurrent-trials", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=tmp_path)
-    assert result.returncode == 0 and "2 trained" in result.stdout, result.stderr[-4000:]
+    """Needs `--executor ray` (branch ray). The sweep's driver is this process (as in
+    test_ray's two-node sweep); its trials run in two Ray worker processes, which get the
+    credentials from the driver's environment, as on a cluster whose workers start with them set."""
+    args = ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
+            "--experiment-name", "server-sweep", "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2",
+            "--max-epochs", "1", "--registered-model-name", "none", "--executor", "ray", "--trial-resources",
+            "cpu=1", "--max-concurrent-trials", "2"]
+    with ray_driver_here():
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "2 trained" in result.output, result.output[-4000:]
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("server-sweep").experiment_id])
     parent = [r for r in runs if S.MLFLOW_PARENT_RUN_ID not in r.data.tags]
@@ -173,19 +178,31 @@ def test_a_ray_sweep_with_two_concurrent_trials_writes_to_the_server(server, tmp
 
 
 @pytest.mark.slow
-def test_a_server_killed_and_restarted_during_training_loses_nothing(server, tmp_path, data_dir):
+def test_a_server_killed_and_restarted_during_training_loses_nothing(server, postgres, tmp_path, data_dir,
+                                                                     monkeypatch):
+    # Retries 1, 2, 4, 8 ... s apart (backoff factor 1; MLflow's default 2 waits 4, 8, 16 ...) and
+    # MLflow's most retries, 10: about 6 minutes in all, more than the default 4, and the server,
+    # back after 10-40 s, is found again at most about as long after that.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10")
     epochs = 3  # epoch 0 before the kill, two after it
-    process = train(tmp_path, data_dir, "server-restart", "--max-epochs", str(epochs),
-                    "--registered-model-name", "none")
-    client = MlflowClient()
-    run_id = wait_for_epoch(client, "server-restart", process, epoch=0)
-    stored = [m.step for m in client.get_metric_history(run_id, S.VAL_LOSS)]
-    server.kill()
-    assert process.poll() is None and max(stored) < epochs - 1, "the kill came after the training"
-    time.sleep(2)
-    server.start()  # on the same port, well within MLflow's 4-minute retry budget
-    _, stderr = process.communicate(timeout=400)
-    assert process.returncode == 0, stderr[-4000:]
+    client, seen = MlflowClient(), {}
+
+    def kill_and_restart(done: threading.Event) -> None:
+        seen["run_id"] = run_id = wait_for_epoch(postgres, "server-restart", done, epoch=0)
+        seen["stored"] = [m.step for m in client.get_metric_history(run_id, S.VAL_LOSS)]
+        server.kill()
+        seen["training"] = not done.is_set()
+        time.sleep(2)
+        server.start()  # on the same port, well within the retry budget
+
+    meanwhile = Meanwhile(kill_and_restart)
+    meanwhile.start()
+    result = train(tmp_path, data_dir, "server-restart", "--max-epochs", str(epochs), "--registered-model-name", "none")
+    meanwhile.join()
+    assert seen["training"] and max(seen["stored"]) < epochs - 1, "the kill came during the training"
+    assert result.exit_code == 0, result.output[-4000:]
+    run_id = seen["run_id"]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     for key in EPOCH_METRICS:
@@ -193,14 +210,25 @@ def test_a_server_killed_and_restarted_during_training_loses_nothing(server, tmp
 
 
 @pytest.mark.slow
-def test_a_server_gone_for_good_ends_the_training_with_one_line(server, postgres, tmp_path, data_dir):
-    process = train(tmp_path, data_dir, "server-gone", "--max-epochs", "8",
-                    MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
-    run_id = wait_for_epoch(MlflowClient(), "server-gone", process, epoch=0)
-    server.kill()  # and not started again: the next test that needs it starts it
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 1
-    assert_one_error_line(stderr, server.uri, "unreachable after 1 retry", "could not", f"of run {run_id}",
+def test_a_server_gone_for_good_ends_the_training_with_one_line(server, postgres, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    seen = {}
+
+    def kill(done: threading.Event) -> None:
+        seen["run_id"] = wait_for_epoch(postgres, "server-gone", done, epoch=0)
+        server.kill()  # and not started again: the next test that needs it starts it
+
+    meanwhile = Meanwhile(kill)
+    meanwhile.start()
+    result = train(tmp_path, data_dir, "server-gone", "--max-epochs", "8")
+    meanwhile.join()
+    run_id = seen["run_id"]
+    assert result.exit_code == 1, result.output[-4000:]
+    assert_one_error_line(result.stderr, server.uri, "unreachable after 1 retry", "could not", f"of run {run_id}",
                           "stays RUNNING")
     # The server could not be told: the run is still RUNNING in its database.
     assert postgres.query("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("RUNNING",)]
+    # What a process of its own would add: MLflow ends the active run when Python exits, with the
+    # full retry budget against the dead server; the run scope left it none to end.
+    assert mlflow.active_run() is None
