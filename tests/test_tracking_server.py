@@ -154,16 +154,33 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(serve
 
 
 @pytest.mark.slow
-def test_a_ray_sweep_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
-    """Needs `--executor ray` (branch ray). The sweep's driver is this process (as in
-    test_ray's two-node sweep); its trials run in two Ray worker processes, which get the
-    credentials from the driver's environment, as on a cluster whose workers start with them set."""
-    args = ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
+def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
+    """Issue 13's two Ray sweeps in one: two concurrent trials writing to the shared server, on
+    a two-node cluster simulated on this machine (ray.cluster_utils.Cluster, one CPU per node),
+    so one trial runs on each node. The sweep's driver is this process; its trials run in Ray
+    worker processes, which get the credentials from the driver's environment, as on a cluster
+    whose workers start with them set."""
+    from ray.cluster_utils import Cluster
+
+    grid = ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
             "--experiment-name", "server-sweep", "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2",
-            "--max-epochs", "1", "--registered-model-name", "none", "--executor", "ray", "--trial-resources",
-            "cpu=1", "--max-concurrent-trials", "2"]
+            "--max-epochs", "1", "--registered-model-name", "none", "--executor", "ray"]
     with ray_driver_here():
-        result = CliRunner().invoke(main, args)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        try:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            grid += ["--ray-address", cluster.address]
+            # a trial no node can hold would wait for ever in Tune: refused before any run
+            too_big = CliRunner().invoke(main, [*grid, "--trial-resources", "cpu=2"])
+            assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.output[-3000:]
+            assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
+            experiment = MlflowClient().get_experiment_by_name("server-sweep")
+            assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id]), "no run yet"
+            result = CliRunner().invoke(main, [*grid, "--trial-resources", "cpu=1", "--max-concurrent-trials", "2"])
+            nodes = {node.node_id for node in cluster.list_all_nodes()}
+        finally:
+            cluster.shutdown()
     assert result.exit_code == 0 and "2 trained" in result.output, result.output[-4000:]
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("server-sweep").experiment_id])
@@ -175,6 +192,8 @@ def test_a_ray_sweep_with_two_concurrent_trials_writes_to_the_server(server, tmp
     for run in trials:
         assert [m.step for m in client.get_metric_history(run.info.run_id, S.VAL_LOSS)] == [0]
     assert max(r.info.start_time for r in trials) < min(r.info.end_time for r in trials), "concurrent"
+    used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in trials}
+    assert used == nodes and len(used) == 2, "one trial on each node of 1 CPU"
 
 
 @pytest.mark.slow
