@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,38 @@ def offline_failure(call, *args) -> str:
     message = str(err.value)
     assert "unreachable" in message and "data=demo" in message and "weights=none" in message
     return message
+
+
+@dataclass(frozen=True)
+class Trainings:
+    """Two real trainings (tiny_config, seeds 1 and 2) registered into one store."""
+    uri: str
+    work: Path  # their working folder: the store, ./mlruns and results/
+    configs: list
+    results: list  # resnet_exp.train.TrainResult, in seed order
+    wall_s: list[float]  # each train() call's wall time
+
+
+@pytest.fixture(scope="session")
+def two_trainings(tmp_path_factory, data_dir) -> Trainings:
+    """Train twice (seeds 1 and 2) into one store, once per session: tests/test_registry.py
+    checks the two versions, aliases, model and serving; tests that only read one finished run
+    (its phases, its diagnostics) read the first instead of training again (~9 s of CPU each).
+    Nothing may write to this store."""
+    import time
+
+    from resnet_exp.train import train
+
+    work = tmp_path_factory.mktemp("two-trainings")
+    uri = new_store(work / "mlflow.db")
+    configs = [tiny_config(data_dir, work / "results", seed=seed) for seed in (1, 2)]
+    results, wall = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10
+        patch.chdir(work)
+        for config in configs:
+            start = time.perf_counter()
+            results.append(train(config))
+            wall.append(time.perf_counter() - start)
+    return Trainings(uri, work, configs, results, wall)
