@@ -13,6 +13,9 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
+
+
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -111,11 +114,14 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def tiny_config(data_dir: Path, output_dir: Path, **changes):
-    """The shrunk configuration the training tests share: 32 px, random init, few batches."""
+    """The shrunk configuration the training tests share: 32 px, random init, few batches, fp32
+    (precision=auto would measure bf16 against fp32 for each new network and size, 8-30 s of CPU
+    each under load: tests/test_resources.py and the `mlflow run` test cover auto)."""
     from resnet_exp.config import TrainConfig
 
     values = dict(data="demo", data_dir=str(data_dir), output_dir=str(output_dir), weights="none",
-                  image_size=32, batch_size=16, max_epochs=2, limit_batches=4, freeze_blocks=2)
+                  image_size=32, batch_size=16, max_epochs=2, limit_batches=4, freeze_blocks=2,
+                  precision="32-true")
     return TrainConfig(**{**values, **changes})
 
 
@@ -241,3 +247,38 @@ def ray_driver_here() -> Iterator[None]:
         sys.excepthook = excepthook
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+@dataclass(frozen=True)
+class Trainings:
+    """Two real trainings (tiny_config, seeds 1 and 2) registered into one store."""
+    uri: str
+    work: Path  # their working folder: the store, ./mlruns and results/
+    configs: list
+    results: list  # resnet_exp.train.TrainResult, in seed order
+    wall_s: list[float]  # each train() call's wall time
+
+
+@pytest.fixture(scope="session")
+def two_trainings(tmp_path_factory, data_dir) -> Trainings:
+    """Train twice (seeds 1 and 2) into one store, once per session: tests/test_registry.py
+    checks the two versions, aliases, model and serving; tests that only read one finished run
+    (its phases, its diagnostics) read the first instead of training again (~9 s of CPU each).
+    Nothing may write to this store."""
+    import time
+
+    from resnet_exp.train import train
+
+    work = tmp_path_factory.mktemp("two-trainings")
+    uri = new_store(work / "mlflow.db")
+    configs = [tiny_config(data_dir, work / "results", seed=seed) for seed in (1, 2)]
+    results, wall = [], []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10
+        patch.chdir(work)
+        for config in configs:
+            start = time.perf_counter()
+            results.append(train(config))
+            wall.append(time.perf_counter() - start)
+    return Trainings(uri, work, configs, results, wall)

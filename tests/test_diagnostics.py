@@ -60,13 +60,11 @@ def test_one_seed_gives_every_configuration_the_same_splits_and_batches(tmp_path
 
 
 @pytest.mark.slow
-def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, data_dir, tracking_uri):
-    from resnet_exp.train import train
-
-    config = tiny_config(data_dir, tmp_path / "results", blocks=(1, 1, 1, 1), freeze_blocks=3,
-                         limit_batches=3, registered_model_name="none")
-    result = train(config)
-    client = MlflowClient(tracking_uri)
+def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_trainings):
+    """Read from the session's first tiny training (conftest.two_trainings), not a training of
+    its own: every tiny training logs its diagnostics the same way."""
+    config, result = two_trainings.configs[0], two_trainings.results[0]
+    client = MlflowClient(two_trainings.uri)
     run = client.get_run(result.run_id)
     folder = Path(client.download_artifacts(result.run_id, S.DIAGNOSTICS_FOLDER, str(tmp_path)))
     assert {p.name for p in folder.iterdir()} == {
@@ -76,7 +74,7 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, data_dir,
     confusion = pd.read_csv(folder / S.CONFUSION_FILE, index_col=0).to_numpy()
     test_acc = run.data.metrics[S.TEST_ACC]
     assert np.trace(confusion) / confusion.sum() == test_acc  # exactly: both are exact fractions
-    assert confusion.sum() == 3 * config.batch_size  # limit_batches=3 test batches
+    assert confusion.sum() == config.limit_batches * config.batch_size  # limit_batches test batches
 
     predictions = pd.read_parquet(folder / S.PREDICTIONS_FILE)
     classes = json.loads(Path(client.download_artifacts(result.run_id, S.CLASS_NAMES_FILE, str(tmp_path))).read_text())

@@ -101,22 +101,50 @@ def assert_frozen_batchnorm_untouched(checkpoint: Path) -> None:
         assert bool(untouched) == frozen, prefix
 
 
+def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(tmp_path, data_dir, tracking_uri):
+    """One bad value under `mlflow run`: every bad value takes the same path from there (the
+    MLproject command passes it as text to `resnet-exp train`, whose config check refuses it
+    before any run of ours opens), so the others are checked through the CLI below, and every
+    value's message in tests/test_config.py; a case here costs two interpreters."""
+    start = time.monotonic()
+    result = mlflow_run(tmp_path, data_dir, "data=demo", "freeze_blocks=7")
+    assert result.returncode != 0
+    assert time.monotonic() - start < 60
+    for word in ["freeze_blocks=7", "0..4"]:
+        assert word in result.stderr
+    assert "Traceback" not in result.stderr
+    _, runs = all_runs(tracking_uri)
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
 @pytest.mark.parametrize("param, words", [
     ("freeze_blocks=7", ["freeze_blocks=7", "0..4"]),
     ("blocks=2,2,2", ["blocks='2,2,2'", "4 positive integers"]),
     ("weights=nonsense", ["weights='nonsense'", "'imagenet', 'none'"]),
 ])
-def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(tmp_path, data_dir, tracking_uri,
-                                                                         param, words):
-    start = time.monotonic()
-    result = mlflow_run(tmp_path, data_dir, "data=demo", param)
-    assert result.returncode != 0
-    assert time.monotonic() - start < 60
+def test_bad_input_as_mlflow_run_passes_it_fails_with_one_line_and_no_run(tmp_path, data_dir, tracking_uri,
+                                                                          param, words):
+    """What `mlflow run -P <param>` runs, minus the two interpreters: MLproject's command line
+    for the entry point, each parameter as the text given, through the CLI in this process."""
+    import shlex
+
+    import yaml
+    from click.testing import CliRunner
+
+    from resnet_exp.cli import main
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
+    values = {name: spec["default"] for name, spec in entry["parameters"].items()}
+    values.update(data="demo", data_dir=str(data_dir), output_dir=str(tmp_path / "results"))
+    name, value = param.split("=", 1)
+    values[name] = value
+    argv = shlex.split(entry["command"].format(**{k: shlex.quote(v) for k, v in values.items()}))
+    assert argv[:4] == ["python", "-m", "resnet_exp", "train"]
+    result = CliRunner().invoke(main, argv[3:])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)  # no traceback
     for word in words:
         assert word in result.stderr
-    assert "Traceback" not in result.stderr
-    _, runs = all_runs(tracking_uri)
-    assert runs and all(r.info.status == "FAILED" for r in runs)
+    assert all_runs(tracking_uri)[1] == []  # refused before any run opens: nothing left RUNNING
 
 
 def test_bad_input_to_the_cli_creates_no_run_at_all(tmp_path, tracking_uri):
@@ -139,16 +167,26 @@ def test_an_offline_hub_id_fails_fast_with_the_options_and_no_run(tmp_path, trac
     assert all_runs(tracking_uri)[1] == []
 
 
-def test_a_file_that_does_not_decode_is_named_before_any_run_opens(tmp_path, tracking_uri):
+def test_a_file_that_does_not_decode_is_named_before_any_run_opens(tmp_path, tracking_uri, capfd):
+    """Through the CLI in this process (a fresh interpreter adds only the imports; `python -m
+    resnet_exp` itself is run by the tests around this one). capfd also sees what the image
+    store's worker processes write to the real stderr."""
+    from click.testing import CliRunner
+
+    from resnet_exp.cli import main
+
     folder = make_image_folder(tmp_path / "pets", {"cat": 12, "dog": 12}, suffix=".jpg")
     victim = folder / "dog" / "dog_005.jpg"
     data = victim.read_bytes()
     victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
-    result = cli(tmp_path, "--data", str(folder), "--weights", "none", "--image-size", "32",
-                 "--batch-size", "4", "--max-epochs", "1", "--val-fraction", "0.2", "--test-fraction", "0.2")
+    result = CliRunner().invoke(main, [
+        "train", "--output-dir", str(tmp_path / "results"), "--data", str(folder), "--weights", "none",
+        "--image-size", "32", "--batch-size", "4", "--max-epochs", "1", "--val-fraction", "0.2",
+        "--test-fraction", "0.2"])
     # Decoded once, into the image store, before the run opens: named, and no run left behind.
-    assert result.returncode != 0 and "dog_005.jpg" in result.stderr
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.exit_code != 0 and "dog_005.jpg" in result.stderr
+    assert isinstance(result.exception, SystemExit), result.exception  # one line, no traceback
+    assert "Traceback" not in result.stderr + capfd.readouterr().err, result.stderr[-2000:]
     _, runs = all_runs(tracking_uri)
     assert runs == []
 

@@ -85,18 +85,11 @@ def test_a_bad_registered_model_name_is_refused(name):
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, data_dir):
-    """Train twice (seeds 1 and 2) into one store; returns (uri, client, results, work folder)."""
-    from resnet_exp.train import train
-
-    work = tmp_path_factory.mktemp("registry")
-    uri = new_store(work / "mlflow.db")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10
-        patch.chdir(work)
-        results = [train(tiny_config(data_dir, work / "results", seed=seed)) for seed in (1, 2)]
-    return uri, MlflowClient(uri), results, work
+def registry(two_trainings):
+    """Two trainings (seeds 1 and 2) in one store (conftest.two_trainings, shared by the session);
+    returns (uri, client, results, work folder)."""
+    t = two_trainings
+    return t.uri, MlflowClient(t.uri), t.results, t.work
 
 
 @pytest.fixture
@@ -244,16 +237,35 @@ def test_the_champion_loads_in_a_fresh_process_and_predicts_like_the_checkpoint(
     assert all(len(row["top5"]) == 5 for row in loaded)
 
 
+@pytest.fixture
+def predict(registry, monkeypatch):
+    """`resnet-exp predict ...` run in this process against the registry's store; returns click's
+    result (exit_code, stdout, stderr). A fresh interpreter would add only the imports: loading
+    the champion in a new process is proven by
+    test_the_champion_loads_in_a_fresh_process_and_predicts_like_the_checkpoint, and
+    `python -m resnet_exp` as an entry point by tests/test_end_to_end.py."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from resnet_exp.cli import main
+
+    uri = registry[0]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # the fluent API's process-wide URI, which an earlier in-process training pinned elsewhere
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    yield lambda *args: CliRunner().invoke(main, ["predict", *args])
+    mlflow.set_tracking_uri(previous)
+
+
 @pytest.mark.slow
-def test_resnet_exp_predict_labels_a_folder(registry, data_dir):
+def test_resnet_exp_predict_labels_a_folder(registry, data_dir, predict):
     uri, client, _, work = registry
     folder = data_dir / "demo-v1" / "ring"
-    base = [sys.executable, "-m", "resnet_exp", "predict", "--model", f"models:/{MODEL}@{CHAMPION}"]
-    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
-    table = subprocess.run([*base, str(folder)], capture_output=True, text=True, timeout=120, cwd=work, env=env)
-    as_json = subprocess.run([*base, "--json", str(folder)], capture_output=True, text=True, timeout=120,
-                             cwd=work, env=env)
-    assert table.returncode == 0 and as_json.returncode == 0, table.stderr[-2000:] + as_json.stderr[-2000:]
+    model = ["--model", f"models:/{MODEL}@{CHAMPION}"]
+    table = predict(*model, str(folder))
+    as_json = predict(*model, "--json", str(folder))
+    assert table.exit_code == 0 and as_json.exit_code == 0, table.output[-2000:] + as_json.output[-2000:]
     files = sorted(folder.iterdir())
     rows = json.loads(as_json.stdout)
     assert [row["file"] for row in rows] == [str(f) for f in files]
@@ -265,21 +277,16 @@ def test_resnet_exp_predict_labels_a_folder(registry, data_dir):
 
 
 @pytest.mark.slow
-def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data_dir, tmp_path):
-    uri, _, _, work = registry
+def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data_dir, tmp_path, predict):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
-    base = [sys.executable, "-m", "resnet_exp", "predict", "--model"]
-    result = subprocess.run([*base, f"models:/{MODEL}@{CHAMPION}", str(bad)], capture_output=True,
-                            text=True, timeout=120, cwd=work, env=env)
-    assert result.returncode != 0 and f"{bad}: not an image file" in result.stderr
+    result = predict("--model", f"models:/{MODEL}@{CHAMPION}", str(bad))
+    assert result.exit_code != 0 and f"{bad}: not an image file" in result.stderr
     good = tmp_path / "good" / "circle.png"
     good.parent.mkdir()
     good.write_bytes(next((data_dir / "demo-v1" / "circle").glob("*.png")).read_bytes())
-    result = subprocess.run([*base, "models:/no-such-model@champion", str(good.parent)], capture_output=True,
-                            text=True, timeout=120, cwd=work, env=env)
-    assert result.returncode != 0 and "cannot load model 'models:/no-such-model@champion'" in result.stderr
+    result = predict("--model", "models:/no-such-model@champion", str(good.parent))
+    assert result.exit_code != 0 and "cannot load model 'models:/no-such-model@champion'" in result.stderr
 
 
 @pytest.mark.slow

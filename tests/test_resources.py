@@ -204,19 +204,15 @@ def test_the_cli_reports_a_full_disk_in_one_line(tiny_disk, data_dir, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(tmp_path, data_dir, tracking_uri):
-    import time
-
+def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_trainings):
+    """Read from the session's first tiny training (conftest.two_trainings: train() as here,
+    its wall time taken around the call), not a training of its own."""
     from mlflow import MlflowClient
 
-    from conftest import tiny_config
     from resnet_exp import schema as S
-    from resnet_exp.train import train
 
-    start = time.perf_counter()
-    result = train(tiny_config(data_dir, tmp_path / "results"))
-    wall = time.perf_counter() - start
-    metrics = MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    result, wall = two_trainings.results[0], two_trainings.wall_s[0]
+    metrics = MlflowClient(two_trainings.uri).get_run(result.run_id).data.metrics
     missing = [name for name in (*S.PHASE_TIMES, S.RUN_TIME) if name not in metrics]
     assert not missing
     assert all(metrics[name] >= 0 for name in S.PHASE_TIMES)
