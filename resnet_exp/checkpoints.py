@@ -38,22 +38,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.seconds = 0.0
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
-        self._buffer = _ReusedBuffer()
+        # Rewound, not replaced, for each save: serializing into pages already touched takes half
+        # the time of a fresh BytesIO, which faults every page in again (0.11 against 0.25 s for
+        # 135 MB). A BytesIO writes in C, so a signal cannot land inside one of torch.save's writes.
+        self._buffer = io.BytesIO()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         start = time.perf_counter()
         try:
             self.wait()  # the buffer is free again
-            self._buffer.rewind()
+            self._buffer.seek(0)
             # No CRC32 over every record: the rename after fsync is what says a file is whole,
-            # and torch.load does not check it. 0.26 instead of 0.39 s for a 135 MB checkpoint,
-            # and 0.11 s into the warm buffer of the previous save.
+            # and torch.load does not check it (0.26 instead of 0.39 s for 135 MB).
             with serialization.patch({"save.compute_crc32": False}):
                 torch.save(checkpoint, self._buffer)
+            size = self._buffer.tell()  # what is left beyond it belongs to an earlier, larger save
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-            self._pending = self._writer.submit(_write_atomically, self._buffer.written(), Path(path))
+            self._pending = self._writer.submit(_write_atomically, self._buffer.getbuffer()[:size], Path(path))
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -79,7 +82,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
-            self._buffer = _ReusedBuffer()  # memory back
+            self._buffer = io.BytesIO()  # memory back
 
     def _timed_wait(self) -> None:
         start = time.perf_counter()
@@ -89,38 +92,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.seconds += time.perf_counter() - start
 
 
-class _ReusedBuffer(io.RawIOBase):
-    """A file in memory that keeps its pages between saves: serializing into pages already
-    touched takes half the time of a fresh BytesIO, which faults every page in again."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._data = bytearray()
-        self._position = self._size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, chunk) -> int:
-        end = self._position + len(chunk)
-        if end > len(self._data):
-            self._data.extend(bytes(end - len(self._data)))
-        self._data[self._position:end] = chunk
-        self._position, self._size = end, max(self._size, end)
-        return len(chunk)
-
-    def tell(self) -> int:
-        return self._position
-
-    def rewind(self) -> None:
-        self._position = self._size = 0
-
-    def written(self) -> memoryview:
-        return memoryview(self._data)[:self._size]
-
-
 def _write_atomically(data: memoryview, target: Path) -> None:
-    with data:  # released at the end, so that the buffer may grow for the next save
+    with data:  # released at the end: a BytesIO with a view on it cannot grow for the next save
         _write_file(data, target)
 
 
