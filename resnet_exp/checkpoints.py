@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self) -> None:
         super().__init__()
         self.seconds = 0.0
-        self._writer: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
+        self._pending: _BackgroundWrite | None = None
         # Rewound, not replaced, for each save: serializing into pages already touched takes half
         # the time of a fresh BytesIO, which faults every page in again (0.11 against 0.25 s for
         # 135 MB). A BytesIO writes in C, so a signal cannot land inside one of torch.save's writes.
@@ -54,9 +53,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with serialization.patch({"save.compute_crc32": False}):
                 torch.save(checkpoint, self._buffer)
             size = self._buffer.tell()  # what is left beyond it belongs to an earlier, larger save
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-            self._pending = self._writer.submit(_write_atomically, self._buffer.getbuffer()[:size], Path(path))
+            self._pending = _BackgroundWrite(self._buffer.getbuffer()[:size], Path(path))
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -79,9 +76,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             self._timed_wait()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
             self._buffer = io.BytesIO()  # memory back
 
     def _timed_wait(self) -> None:
@@ -90,6 +84,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.wait()
         finally:
             self.seconds += time.perf_counter() - start
+
+
+class _BackgroundWrite:
+    """One checkpoint write in a daemon thread of its own. Daemon: a process that a signal ends
+    never waits at exit for a writer (a pooled, non-daemon writer thread hung Ctrl-C's exit in
+    the full test suite); the write then leaves at most a .tmp file, never a finished name."""
+
+    def __init__(self, data: memoryview, target: Path) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(data, target), name="checkpoint-writer",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, data: memoryview, target: Path) -> None:
+        try:
+            _write_atomically(data, target)
+        except BaseException as err:  # noqa: BLE001 - raised again in the training thread by result()
+            self.error = err
+
+    def result(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _write_atomically(data: memoryview, target: Path) -> None:
