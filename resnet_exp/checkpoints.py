@@ -1,12 +1,11 @@
-"""Checkpoint files that are complete or absent, written while training goes on.
+"""Checkpoint files that are complete or absent.
 
-Each checkpoint is serialized in the training thread (a snapshot: the next step would change
-the tensors), then one writer thread writes it to `<name>.tmp` in its own folder, flushes it to
-disk and renames it into place. Lightning's own save writes through a temporary file elsewhere
-and copies it across filesystems, which on a full disk leaves a truncated file under the
-finished name. At most one write is in flight: the next save, a load, a removal and the end of
-fit or test wait for it, and a write that failed raises there. `seconds` is the time the
-training thread spent on checkpoints (serializing and waiting), kept for the run's phases.
+Each checkpoint is serialized into a rewound in-memory buffer, then written to `<name>.tmp` in
+its own folder, flushed to disk and renamed into place. Lightning's own save writes through a
+temporary file elsewhere and copies it across filesystems, which on a full disk leaves a
+truncated file under the finished name. `wait` and `teardown` keep the interface of a write in
+the background (tried at stop 16, withdrawn: see docs/resources.md). `seconds` is the time spent
+on checkpoints, kept for the run's phases.
 
     python -c "from resnet_exp.checkpoints import AtomicCheckpointIO as A; a = A(); a.save_checkpoint({'a': 1}, '/tmp/x.ckpt'); a.teardown()"
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with serialization.patch({"save.compute_crc32": False}):
                 torch.save(checkpoint, self._buffer)
             size = self._buffer.tell()  # what is left beyond it belongs to an earlier, larger save
-            self._pending = _BackgroundWrite(self._buffer.getbuffer()[:size], Path(path))
+            # Written here, not in a background thread: with one (pooled or daemon), a training
+            # stopped with Ctrl-C hung at exit in full test-suite runs, though never alone (stop 16).
+            _write_atomically(self._buffer.getbuffer()[:size], Path(path))
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -84,29 +84,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.wait()
         finally:
             self.seconds += time.perf_counter() - start
-
-
-class _BackgroundWrite:
-    """One checkpoint write in a daemon thread of its own. Daemon: a process that a signal ends
-    never waits at exit for a writer (a pooled, non-daemon writer thread hung Ctrl-C's exit in
-    the full test suite); the write then leaves at most a .tmp file, never a finished name."""
-
-    def __init__(self, data: memoryview, target: Path) -> None:
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(data, target), name="checkpoint-writer",
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, data: memoryview, target: Path) -> None:
-        try:
-            _write_atomically(data, target)
-        except BaseException as err:  # noqa: BLE001 - raised again in the training thread by result()
-            self.error = err
-
-    def result(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _write_atomically(data: memoryview, target: Path) -> None:

@@ -114,9 +114,9 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
     monkeypatch.setattr(checkpoints.os, "fsync", full)
     target = tmp_path / "ckpt" / "epoch01.ckpt"
     io = checkpoints.AtomicCheckpointIO()
-    io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)  # written in the background ...
     with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
-        io.teardown()  # ... and its failure raised in the training thread by the end of fit
+        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
+        io.teardown()  # a write in the background would raise here at the latest
     assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
     monkeypatch.undo()
     io.save_checkpoint({"w": torch.ones(3)}, target)
