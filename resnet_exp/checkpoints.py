@@ -34,7 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self) -> None:
         super().__init__()
         self.seconds = 0.0
-        self._pending: _BackgroundWrite | None = None
+        self._pending = None  # a write in flight: none while writes are synchronous
         # Rewound, not replaced, for each save: serializing into pages already touched takes half
         # the time of a fresh BytesIO, which faults every page in again (0.11 against 0.25 s for
         # 135 MB). A BytesIO writes in C, so a signal cannot land inside one of torch.save's writes.
