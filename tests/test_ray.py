@@ -1,6 +1,7 @@
 """The Ray Tune executor of sweeps (resnet_exp/executors.py): its options, then real Ray: a sweep
-under `mlflow run` with executor=ray, one of whose trials has its worker killed, and that a local
-sweep of the same grid then skips. The sweep on a two-node cluster simulated on this machine
+under `mlflow run` with executor=ray (its children nested under one parent in the launch's
+experiment), one of whose trials has its worker killed, that a local sweep of the same grid then
+skips, and that `mlflow run -e analyze` ranks. The sweep on a two-node cluster simulated on this machine
 (ray.cluster_utils.Cluster) is tests/test_tracking_server.py's: it also writes to the server."""
 
 from __future__ import annotations
@@ -137,9 +138,15 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
 
     client = MlflowClient(tracking_uri)
     [parent] = sweeps(client)
-    runs = children(client, parent.info.run_id)
+    runs = children(client)
+    # both block lists arrived (MLflow quoted the ';' away from the shell), each cell once
     assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f4-s0", "r10-b1111-f4-s1",
                                                      "r12-b1121-f4-s0", "r12-b1121-f4-s1"], "resumed, not redone"
+    # nested under the one parent, in the experiment `mlflow run` was given, one sweep id
+    assert {r.data.tags[S.MLFLOW_PARENT_RUN_ID] for r in runs} == {parent.info.run_id}
+    assert client.get_experiment(parent.info.experiment_id).name == "ray-sweeps"
+    assert {r.info.experiment_id for r in runs} == {parent.info.experiment_id}
+    assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
     assert {r.info.status for r in runs} == {"FINISHED"} and parent.info.status == "FINISHED"
     [resumed] = [r for r in runs if S.TAG_RESUMED in r.data.tags]
     # after epoch 0, or 1 if the poll came late: either way from the checkpoint the run had saved
@@ -170,7 +177,13 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     assert local.exit_code == 0 and "0 trained, 4 skipped" in local.output, local.output[-3000:]
     assert parent.info.run_id in local.output and len(sweeps(client)) == 1
 
-    analysis = CliRunner().invoke(main, ["analyze", "--sweep-run-id", parent.info.run_id,
-                                         "--output-dir", str(tmp_path / "results")])
-    assert analysis.exit_code == 0, analysis.output
+    # The analyze entry point: the run `mlflow run` creates for it holds the analysis.
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
+           "--experiment-name", "ray-sweeps", "-P", f"sweep_run_id={parent.info.run_id}",
+           "-P", f"output_dir={tmp_path / 'results'}"]
+    analysis = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
     assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=2)
+    [run] = client.search_runs([parent.info.experiment_id], f"tags.{S.TAG_KIND} = 'analysis'")
+    assert run.info.status == "FINISHED"
+    assert {"ranking.csv", "report.md", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

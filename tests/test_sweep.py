@@ -1,11 +1,10 @@
 """The depth sweep: grid parsing and shards, then real sweeps on the demo data against a temporary
-SQLite store (in-process through the CLI, and under `mlflow run -e sweep`): nesting, resume,
-shards, failed children, aliases."""
+SQLite store, in-process through the CLI: resume, shards, failed children, aliases. A sweep under
+`mlflow run -e sweep`, its nesting and the `analyze` entry point are tests/test_ray.py's (that
+sweep runs on Ray: one `mlflow run` sweep covers both)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, subprocess_env
+from conftest import REPO
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -240,43 +239,6 @@ def test_a_child_that_fails_before_its_run_opens_is_still_recorded(tmp_path, dat
     assert child.info.status == "FAILED" and child.info.run_name == "r10-b1111-f4-s0"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.params["freeze_blocks"] == "4" and child.data.tags["error"]
-
-
-@pytest.mark.slow
-def test_mlflow_run_sweep_nests_children_under_its_own_run(tmp_path, data_dir, tracking_uri):
-    params = {"data": "demo", "weights": "none", "image_size": "32", "batch_size": "16", "max_epochs": "1",
-              "limit_batches": "2", "freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "0,",
-              "registered_model_name": "none",  # registration is covered above; this test is about nesting
-              "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
-           "--experiment-name", "sweeps"]
-    for k, v in params.items():
-        cmd += ["-P", f"{k}={v}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
-                            cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    client = MlflowClient(tracking_uri)
-    [parent] = sweeps(client)
-    runs = children(client)
-    # both block lists arrived: MLflow quoted the ';' away from the shell
-    assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f4-s0", "r12-b1121-f4-s0"]
-    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
-    assert client.get_experiment(parent.info.experiment_id).name == "sweeps"
-    assert {r.info.experiment_id for r in runs} == {parent.info.experiment_id}
-    assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
-
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
-           "--experiment-name", "sweeps", "-P", f"sweep_run_id={parent.info.run_id}",
-           "-P", f"output_dir={tmp_path / 'results'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(),
-                            cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=1)
-    [analysis] = client.search_runs([parent.info.experiment_id], f"tags.{S.TAG_KIND} = 'analysis'")
-    assert analysis.info.status == "FINISHED", "the run `mlflow run` created holds the analysis"
-    artifacts = {a.path for a in client.list_artifacts(analysis.info.run_id)}
-    assert {"ranking.csv", "report.md", "plots"} <= artifacts
 
 
 def test_shards_started_together_converge_on_one_parent(tracking_uri):
