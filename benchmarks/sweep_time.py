@@ -76,8 +76,8 @@ def main(image_size: int, blocks: str, freeze: str, batch_size: int, epochs: int
     print(f"against the seed-style baseline: {total_baseline:.1f} s, {total_baseline / total_project:.2f}x faster")
     print(json.dumps({"benchmark": "sweep_time", "image_size": image_size, "blocks": blocks, "epochs": epochs,
                       "precision": runtime.precision, "baseline_precision": baseline_precision,
-                      "project_s": round(total_project, 1), "bound_s": round(total_bound, 1),
-                      "over_bound": round(total_project / total_bound, 2), "baseline_s": round(total_baseline, 1),
+                      "project_s": round(total_project, 2), "bound_s": round(total_bound, 2),
+                      "over_bound": round(total_project / total_bound, 2), "baseline_s": round(total_baseline, 2),
                       "speedup": round(total_baseline / total_project, 2),
                       "per_freeze": {r["freeze_blocks"]: {k: v for k, v in r.items() if k != "freeze_blocks"}
                                      for r in rows}}))
@@ -92,13 +92,13 @@ def _image_counts(config) -> dict[str, int]:
 
 
 def _row(k: int, project, bound: float, baseline, uncached) -> dict[str, object]:
-    row = {"freeze_blocks": k, "feature_cache": project.feature_cache, "project_s": round(project.wall_s, 1),
-           "bound_s": round(bound, 1), "over_bound": round(project.wall_s / bound, 2),
-           "baseline_s": round(baseline.wall_s, 1), "speedup": round(baseline.wall_s / project.wall_s, 2),
+    row = {"freeze_blocks": k, "feature_cache": project.feature_cache, "project_s": round(project.wall_s, 2),
+           "bound_s": round(bound, 2), "over_bound": round(project.wall_s / bound, 2),
+           "baseline_s": round(baseline.wall_s, 2), "speedup": round(baseline.wall_s / project.wall_s, 2),
            "epoch_speedup": round(steady(project.images_per_s) / steady(baseline.images_per_s), 1),
            "val_acc": round(project.val_acc[-1], 3), "baseline_val_acc": round(baseline.val_acc[-1], 3)}
     if uncached:
-        row.update({"uncached_s": round(uncached.wall_s, 1), "uncached_val_acc": round(uncached.val_acc[-1], 3)})
+        row.update({"uncached_s": round(uncached.wall_s, 2), "uncached_val_acc": round(uncached.val_acc[-1], 3)})
     return row
 
 

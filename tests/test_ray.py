@@ -111,9 +111,11 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     import signal
     import time
 
-    # the same training parameters as TINY, which the local sweep below uses: the same cells
+    # the same training parameters as TINY, which the local sweep below uses: the same cells. fp32:
+    # `auto` would measure bf16 in the driver first (seconds; the `mlflow run` main test covers it)
     params = {"executor": "ray", "data": "demo", "weights": "none", "image_size": "32", "batch_size": "16",
-              "max_epochs": "3", "limit_batches": "3", **GRID, "trial_resources": "cpu=1", "max_failures": "1",
+              "max_epochs": "3", "limit_batches": "3", "precision": "32-true", **GRID, "trial_resources": "cpu=1",
+              "max_failures": "1",
               "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
            "--experiment-name", "ray-sweeps"]
@@ -173,7 +175,8 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     # one `mlflow run` started above.
     local = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *[f"--{k.replace('_', '-')}={v}"
                                                                       for k, v in GRID.items()],
-                                                "--max-epochs", "3", "--experiment-name", "ray-sweeps"))
+                                                "--max-epochs", "3", "--precision", "32-true",
+                                                "--experiment-name", "ray-sweeps"))
     assert local.exit_code == 0 and "0 trained, 4 skipped" in local.output, local.output[-3000:]
     assert parent.info.run_id in local.output and len(sweeps(client)) == 1
 

@@ -164,7 +164,7 @@ def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_serve
 
     grid = ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
             "--experiment-name", "server-sweep", "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2",
-            "--max-epochs", "1", "--registered-model-name", "none", "--executor", "ray"]
+            "--max-epochs", "1", "--registered-model-name", "none", "--precision", "32-true", "--executor", "ray"]
     with ray_driver_here():
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
         try:
