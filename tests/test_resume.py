@@ -195,8 +195,8 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     args = ["train", "--data", "demo", "--data-dir", str(data_dir),
             "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
-            "--limit-batches", "3", "--freeze-blocks", "3", "--precision", "32-true", "--num-workers", "0",
-            "--registered-model-name", "none", "--seed", "5"]
+            "--limit-batches", "3", "--freeze-blocks", "3", "--blocks", "1,1,1,1", "--precision", "32-true",
+            "--num-workers", "0", "--registered-model-name", "none", "--seed", "5"]
     reference_run = CliRunner().invoke(main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"])
     assert reference_run.exit_code == 0, reference_run.output[-3000:]
     [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
@@ -236,7 +236,7 @@ def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(trackin
     """The killed sweep is a process of its own; the sweep run again is the same CLI in this
     process, which starts from the store and the checkpoint alone (see the test above)."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    args = ["sweep", "--freeze-blocks", "3", "--seeds", "1",
+    args = ["sweep", "--freeze-blocks", "3", "--blocks", "1,1,1,1", "--seeds", "1",
             "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
             "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
             "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
