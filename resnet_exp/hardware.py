@@ -142,15 +142,18 @@ def cpu_precision(config: TrainConfig, threads: int) -> tuple[str, float]:
     path = precision_cache_file()
     cache = _read_cache(path)
     if key not in cache:
-        speedup = measure_bf16_speedup(config, threads)
-        cache = {**_read_cache(path), key: {
-            "precision": "bf16-mixed" if speedup >= BF16_MARGIN else "32-true",
-            "bf16_speedup": round(speedup, 3)}}
+        speedup = round(measure_bf16_speedup(config, threads), 3)  # decided on what is recorded
+        cache = {**_read_cache(path), key: {"precision": precision_for_speedup(speedup), "bf16_speedup": speedup}}
         _write_cache(path, cache)
         log.info("precision=auto: bf16 autocast trains %.2fx as fast as fp32 here (%s); cached in %s",
                  speedup, key, path)
     entry = cache[key]
     return entry["precision"], float(entry["bf16_speedup"])
+
+
+def precision_for_speedup(bf16_speedup: float) -> str:
+    """A CPU's precision from bf16's measured speedup over fp32 (see BF16_MARGIN)."""
+    return "bf16-mixed" if bf16_speedup >= BF16_MARGIN else "32-true"
 
 
 def precision_key(config: TrainConfig, threads: int) -> str:

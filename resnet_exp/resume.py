@@ -189,10 +189,13 @@ def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: 
     running = search_all(client, experiment_id, f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
                                                 f"and attributes.status = '{RUNNING}'")
     for run in running:
-        if is_alive(run) or (checkpoint_of(run) and not finished_run(
-                client, experiment_id, run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED))):
+        if is_alive(run):
             continue
-        why = "its process is gone" + ("" if checkpoint_of(run) else " and it has no last.ckpt to resume from")
+        checkpoint = checkpoint_of(run)
+        if checkpoint and not finished_run(client, experiment_id, run.data.tags.get(S.TAG_CONFIG_HASH),
+                                           run.data.params.get(S.SEED)):
+            continue  # the sweep resumes it
+        why = "its process is gone" + ("" if checkpoint else " and it has no last.ckpt to resume from")
         client.set_tag(run.info.run_id, S.TAG_ERROR, f"marked KILLED by the sweep: {why}")
         client.set_terminated(run.info.run_id, KILLED)
         log.warning("run %s (%s): %s; marked KILLED", run.info.run_id, run.info.run_name, why)

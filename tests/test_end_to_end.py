@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from conftest import REPO, make_image_folder, subprocess_env
 from resnet_exp import schema as S
-from resnet_exp.hardware import BF16_MARGIN
+from resnet_exp.hardware import precision_for_speedup
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     assert params["learning_rate"] == "3e-5" and params["weights"] == "none"
     # precision=auto: the run's own measurement decides (a loaded machine can tip it either way)
     speedup = float(params["resolved/bf16_speedup"])
-    assert params["resolved/precision"] == ("bf16-mixed" if speedup >= BF16_MARGIN else "32-true")
+    assert params["resolved/precision"] == precision_for_speedup(speedup)
     assert int(params["trainable_params"]) < int(params["total_params"])
     assert run.data.tags["depth_config"] == "b1111-f2" and len(run.data.tags["config_hash"]) == 12
 

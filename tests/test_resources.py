@@ -253,7 +253,7 @@ def test_auto_precision_is_measured_once_then_read_from_the_cache(tmp_path, monk
     second = hardware.resolve_runtime(small_config())
     assert time.perf_counter() - start < 0.5 and len(measured) == 1
     assert first == second and first.precision in ("bf16-mixed", "32-true") and first.bf16_speedup > 0
-    assert (first.precision == "bf16-mixed") == (first.bf16_speedup >= hardware.BF16_MARGIN)
+    assert first.precision == hardware.precision_for_speedup(first.bf16_speedup)
     cache = json.loads((tmp_path / "cache" / "precision.json").read_text())
     key = hardware.precision_key(small_config(), first.torch_threads)
     assert cache[key] == {"precision": first.precision, "bf16_speedup": first.bf16_speedup}
