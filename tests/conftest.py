@@ -13,8 +13,6 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
-
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -180,9 +178,9 @@ def offline_failure(call, *args) -> str:
 
 def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[str, str]] | None:
     """(run id, tags) of a run other than `exclude` that has both stored epoch `epoch` (its
-    train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Checkpoints
-    are written in the background, so the file can land just after the metric: a test that
-    kills a training "after epoch N" waits for both."""
+    train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Lightning
+    writes the checkpoint after the epoch's metrics are stored (ModelCheckpoint runs after the
+    other callbacks), so a test that kills a training "after epoch N" waits for both."""
     import torch
 
     from resnet_exp import schema as S

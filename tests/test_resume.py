@@ -164,6 +164,14 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
                                   "'system/%' ORDER BY key, step", (run_id,)).fetchall()
 
 
+def killable(data_dir: Path) -> list[str]:
+    """Options of the trainings these tests kill: three short epochs of ResNet10 on the demo,
+    no registration, fp32 and no loader workers (nothing measured or forked first)."""
+    return ["--data", "demo", "--data-dir", str(data_dir), "--weights", "none", "--image-size", "32",
+            "--batch-size", "16", "--max-epochs", "3", "--limit-batches", "3", "--freeze-blocks", "3",
+            "--blocks", "1,1,1,1", "--precision", "32-true", "--num-workers", "0", "--registered-model-name", "none"]
+
+
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
     """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch` and
     saved it in its last.ckpt."""
@@ -193,10 +201,7 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     exactly that, across the processes. A resume in a fresh process is proven by
     test_ray's killed worker, whose retry resumes the child run in a new Ray worker."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    args = ["train", "--data", "demo", "--data-dir", str(data_dir),
-            "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
-            "--limit-batches", "3", "--freeze-blocks", "3", "--blocks", "1,1,1,1", "--precision", "32-true",
-            "--num-workers", "0", "--registered-model-name", "none", "--seed", "5"]
+    args = ["train", *killable(data_dir), "--seed", "5"]
     reference_run = CliRunner().invoke(main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"])
     assert reference_run.exit_code == 0, reference_run.output[-3000:]
     [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
@@ -236,11 +241,7 @@ def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(trackin
     """The killed sweep is a process of its own; the sweep run again is the same CLI in this
     process, which starts from the store and the checkpoint alone (see the test above)."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    args = ["sweep", "--freeze-blocks", "3", "--blocks", "1,1,1,1", "--seeds", "1",
-            "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
-            "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "3",
-            "--limit-batches", "3", "--precision", "32-true", "--num-workers", "0",
-            "--registered-model-name", "none"]
+    args = ["sweep", *killable(data_dir), "--seeds", "1", "--output-dir", str(tmp_path / "results")]
     kill_after_epoch([sys.executable, "-m", "resnet_exp", *args], db, 1)
     client = MlflowClient(tracking_uri)
     [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
@@ -266,7 +267,7 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     model, and the launch's own run says where the training went."""
     from resnet_exp.train import train
 
-    config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none", precision="32-true")
+    config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
     first = train(config.replace(resume="never"))
     client = MlflowClient(tracking_uri)
     client.set_terminated(first.run_id, KILLED)  # as if killed after fit: last.ckpt is the last epoch

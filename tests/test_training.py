@@ -56,11 +56,11 @@ def test_a_direct_run_names_its_experiment_and_run_from_the_config(tmp_path, dat
 def test_the_demo_is_learnable_but_not_trivial(tmp_path, data_dir, tracking_uri):
     """ResNet10 (one block per stage) from scratch at 64 px with the default learning rate:
     clearly above chance (10 classes: 0.10) within 3 epochs, far from perfect after 1. Measured on
-    a 2-core EPYC: val_acc 0.125, 0.35, 0.40 in 24 s (ResNet18: 0.20, 0.26, 0.40 in 45 s). fp32,
-    as `auto` picks on most CPUs: `auto` would first measure bf16 at 64 px (~15 s of CPU), which
-    is not what this tests."""
+    a 2-core EPYC: val_acc 0.125, 0.35, 0.40 in 24 s (ResNet18: 0.20, 0.26, 0.40 in 45 s). In
+    tiny_config's fp32, as `auto` picks on most CPUs: `auto` would first measure bf16 at 64 px
+    (~15 s of CPU), which is not what this tests."""
     config = tiny_config(data_dir, tmp_path / "results", image_size=64, batch_size=32, max_epochs=3,
-                         limit_batches=0, freeze_blocks=0, blocks=(1, 1, 1, 1), precision="32-true")
+                         limit_batches=0, freeze_blocks=0, blocks=(1, 1, 1, 1))
     result = train(config)
     val_acc = history(MlflowClient(tracking_uri), result.run_id, S.VAL_ACC)
     assert len(val_acc) == 3
@@ -82,9 +82,8 @@ def test_a_stale_run_id_pointing_at_other_params_is_refused(tmp_path, data_dir, 
 
 
 def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_network(tmp_path, data_dir, tracking_uri):
-    # fp32: `auto` would first measure bf16 for this network (~20-30 s of CPU on 2 busy cores)
     config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(3, 4, 6, 3),
-                         freeze_blocks=3, max_epochs=1, limit_batches=2, seed=0, precision="32-true")
+                         freeze_blocks=3, max_epochs=1, limit_batches=2, seed=0)
     result = train(config)
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
@@ -120,8 +119,7 @@ def test_a_bottleneck_network_starts_from_truncated_resnet50_weights(tmp_path, d
     imagenet = torchvision.models.resnet50().state_dict()  # the shapes of the real file
     torch.save(imagenet, cached)
     config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(2, 2, 2, 2), weights="imagenet",
-                         freeze_blocks=3, max_epochs=1, limit_batches=2, registered_model_name="none",
-                         precision="32-true")  # fp32: no bf16 measurement for this network first
+                         freeze_blocks=3, max_epochs=1, limit_batches=2, registered_model_name="none")
     result = train(config)
     run = MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.data.params[S.INITIAL_WEIGHTS] == "resnet50"
