@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import click
 import torch
@@ -70,7 +70,7 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
             modes[f"gpu x{pack}"] = {"executor": "ray", "max_concurrent_trials": str(pack),
                                      "trial_resources": f"cpu={max(1, cores // pack)},gpu={1 / pack:g}"}
     grid_text = dict(freeze_blocks=freeze, blocks=blocks, seeds=seeds)
-    rows, walls, edges, inside, gaps = [], {}, {}, {}, {}
+    rows, walls, timelines = [], {}, {}
     with scratch_space() as shared:
         data_dir = shared / "data"
         base = bench_config(folder, shared, image_size=image_size, batch_size=batch_size, max_epochs=epochs,
@@ -85,19 +85,20 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                     result = run_sweep(SweepGrid(**grid_text, **options), config)
                     end = time.time()
                     walls[mode] = end - start
-                    edges[mode], inside[mode], gaps[mode] = _timeline(result, start, end)
+                    timelines[mode] = _timeline(result, start, end)
                 trained = result.count("trained")
                 assert trained == result.grid_size, f"{mode}: {trained} of {result.grid_size} cells trained"
                 row = {"mode": mode, "trials": trained, "wall_s": round(walls[mode], 1),
-                       "per_trial_s": round(walls[mode] / trained, 1), "in_run_s": round(inside[mode], 2),
-                       "between_runs_s": round(gaps[mode], 2)}
+                       "per_trial_s": round(walls[mode] / trained, 1), "in_run_s": round(timelines[mode].in_run, 2),
+                       "between_runs_s": round(timelines[mode].gap, 2)}
                 if utilisation:
                     row["gpu_util_pct"] = round(sum(utilisation) / len(utilisation), 1)
                 rows.append(row)
     trials = rows[0]["trials"]
     trial_s = walls["local"] / trials
     overhead = (walls["ray@1"] - walls["local"]) / trials
-    fixed = edges["ray@1"] - edges["local"]  # per sweep
+    ray, local = timelines["ray@1"], timelines["local"]
+    fixed = ray.outside - local.outside  # per sweep
     marginal = overhead - fixed / trials  # per trial
     print(f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}")
     print_table(rows)
@@ -106,31 +107,33 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
     print(f"  of which fixed per sweep: {fixed:.1f} s (start, first worker's imports, stop), and marginal per "
           f"trial: {marginal:.2f} s = {marginal / trial_s:.1%} of a trial; in a {STUDY_TRIALS}-trial study: "
           f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial")
-    print(f"  the marginal part: {inside['ray@1'] - inside['local']:+.2f} s inside each child run, "
-          f"{gaps['ray@1'] - gaps['local']:+.2f} s in each gap between two")
+    print(f"  the marginal part: {ray.in_run - local.in_run:+.2f} s inside each child run, "
+          f"{ray.gap - local.gap:+.2f} s in each gap between two")
     print(json.dumps({"benchmark": "sweep_scaling", "image_size": image_size, "epochs": epochs, "trials": trials,
                       "cores": cores, "wall_s": {m: round(w, 1) for m, w in walls.items()},
                       "trial_s": round(trial_s, 1), "ray_overhead_per_trial_s": round(overhead, 2),
                       "ray_overhead_share": round(overhead / trial_s, 3),
                       "ray_fixed_per_sweep_s": round(fixed, 1), "ray_marginal_per_trial_s": round(marginal, 2),
                       "ray_marginal_share": round(marginal / trial_s, 3),
-                      "ray_in_run_s": round(inside["ray@1"] - inside["local"], 2),
-                      "ray_gap_s": round(gaps["ray@1"] - gaps["local"], 2),
+                      "ray_in_run_s": round(ray.in_run - local.in_run, 2), "ray_gap_s": round(ray.gap - local.gap, 2),
                       "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
 
 
-def _timeline(result, start: float, end: float) -> tuple[float, float, float]:
-    """From the child runs' own start and end times (as MLflow stored them): the sweep's seconds
-    outside its child runs (before the first opened and after the last ended), the mean seconds
-    a child run was open, and the mean gap from one child's end to the next child's start (for
-    runs one at a time; with concurrent trials a gap can be negative)."""
+class Timeline(NamedTuple):
+    outside: float  # the sweep's seconds before its first child run opened and after its last ended
+    in_run: float  # mean seconds a child run was open
+    gap: float  # mean seconds from one child's end to the next one's start (negative when concurrent)
+
+
+def _timeline(result, start: float, end: float) -> Timeline:
+    """The sweep's timeline from its child runs' own start and end times, as MLflow stored them."""
     client = MlflowClient()
     runs = sorted((client.get_run(o.run_id).info for o in result.outcomes), key=lambda r: r.start_time)
     first = runs[0].start_time / 1000
     last = max(r.end_time for r in runs) / 1000
     inside = sum(r.end_time - r.start_time for r in runs) / 1000 / len(runs)
     gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(runs, runs[1:])]
-    return (first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps))
+    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)))
 
 
 @contextmanager
