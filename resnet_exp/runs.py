@@ -199,21 +199,33 @@ def _mark_killed(error: BaseException, run_id: str) -> BaseException:
 
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends, so that a write to the tracking store is never cut
-    in half: a SQLite write interrupted midway lost the epoch's metrics (whose log line was
-    already printed) and left a broken connection that printed sqlite3/sqlalchemy errors.
-    Main thread only (where Python runs signal handlers)."""
+    """Hold Ctrl-C and SIGTERM until the block ends, then handle them as they would have been.
+
+    What the block does is never cut in half: a SQLite write interrupted midway lost the epoch's
+    metrics (whose log line was already printed) and left a broken connection that printed
+    sqlite3/sqlalchemy errors; a wait for the checkpoint writer (Thread.join) interrupted midway
+    is, on Python 3.11, marked finished while the writer still runs. Main thread only (where
+    Python runs signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    # A handler not set from Python (getsignal gives None) could not be put back: left alone.
+    previous = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
+                if (handler := signal.getsignal(signum)) is not None}
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and callable(previous):
-        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(caught):  # each once, in the order they came
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)  # Python's default raises KeyboardInterrupt, ours Terminated
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)  # the process ends as the signal would have ended it
 
 
 def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:

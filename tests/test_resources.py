@@ -100,7 +100,8 @@ def test_a_read_only_folder_is_refused(tmp_path):
 
 
 def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(tmp_path, monkeypatch):
-    """A disk that fills while the checkpoint is written (simulated at the flush)."""
+    """A disk that fills while the checkpoint is written (simulated at the flush). The write runs
+    in the background: its error is raised where training next waits for it."""
     import errno
 
     import torch
@@ -114,8 +115,9 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
     monkeypatch.setattr(checkpoints.os, "fsync", full)
     target = tmp_path / "ckpt" / "epoch01.ckpt"
     io = checkpoints.AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
     with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
-        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
+        io.teardown()
     assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
     monkeypatch.undo()
     io.save_checkpoint({"w": torch.ones(3)}, target)
@@ -164,8 +166,9 @@ def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
 
     target = tiny_disk / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
     with pytest.raises(DiskError) as err:
-        io.save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
+        io.save_checkpoint({"w": torch.zeros(3)}, target)  # the next save waits for the first
     message = str(err.value)
     assert message.startswith("No space left on device: ") and str(target) in message
     assert "needs 8.0 MB" in message and "MB free there" in message and "\n" not in message
@@ -321,6 +324,44 @@ def test_a_ctrl_c_waits_for_the_store_write_to_finish():
             signal.raise_signal(signal.SIGINT)  # to this thread: its handler runs before the next line
             done.append("the write finished")
     assert done == ["the write finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_training_waits_for_a_checkpoint_is_handled_after_the_write(tmp_path):
+    """Python 3.11 marks a thread finished when a KeyboardInterrupt cuts a join to it, although
+    it still runs: the wait for the checkpoint writer must not be cut. The writer is held where
+    it opens its file (a FIFO, until this test reads it) while Ctrl-C comes."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import torch
+
+    from resnet_exp.checkpoints import TMP_SUFFIX, AtomicCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    os.mkfifo(target.with_name(target.name + TMP_SUFFIX))
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.zeros(1000)}, target)
+    pending = io._pending
+
+    def ctrl_c_then_read():
+        time.sleep(0.3)  # the training thread waits by now
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal's Ctrl-C may
+        time.sleep(0.3)
+        with open(target.with_name(target.name + TMP_SUFFIX), "rb") as fifo:
+            fifo.read()
+
+    helper = threading.Thread(target=ctrl_c_then_read)
+    helper.start()
+    with pytest.raises(KeyboardInterrupt):
+        io.wait()
+    error_when_interrupted = pending.error
+    helper.join()
+    # The write had ended when the KeyboardInterrupt was raised: fsync, which refuses a FIFO,
+    # is as far as it gets.
+    assert isinstance(error_when_interrupted, OSError), error_when_interrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
