@@ -100,6 +100,14 @@ class _Commands(click.Group):
             raise click.ClickException(failure.message(tracking_uri())) from None
 
 
+def _check_data_early(config: TrainConfig) -> None:
+    """A Hub dataset that cannot be had offline fails in seconds, before the heavy imports."""
+    if config.data_source == "hub":
+        from resnet_exp.offline import check_hub_dataset
+
+        check_hub_dataset(config.data)
+
+
 @click.group(cls=_Commands)
 def main() -> None:
     """ResNet depth experiments tracked in MLflow."""
@@ -116,6 +124,7 @@ def train(**values: Any) -> None:
         from resnet_exp.tracking_server import check_tracking_server
 
         check_tracking_server()  # a wrong address or password fails now, before the data is prepared
+        _check_data_early(config)
         from resnet_exp import tracking  # heavy imports after validation
         from resnet_exp.runs import sigterm_raises
         from resnet_exp.train import train as run_training
@@ -167,6 +176,7 @@ def sweep(**values: Any) -> None:
     """Train every (configuration, seed) of a grid as child runs of one parent run; resumable."""
     try:
         grid, base = split_sweep_values(values)
+        _check_data_early(base)
         from resnet_exp.runs import sigterm_raises
         from resnet_exp.sweep import run_sweep  # heavy imports after validation
 

@@ -206,6 +206,13 @@ class TrainConfig:
         return dataset_slug(self.data)
 
     @property
+    def data_source(self) -> str:
+        """'demo', 'folder' (a local image folder) or 'hub' (a Hugging Face dataset id)."""
+        if self.data == DEMO_DATA:
+            return "demo"
+        return "folder" if Path(self.data).expanduser().is_dir() else "hub"
+
+    @property
     def arch_name(self) -> str:
         """'r18' for basic 2,2,2,2; 'r50' for bottleneck 3,4,6,3 (see netspec.arch_name)."""
         return arch_name(self.block, self.blocks)

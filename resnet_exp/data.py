@@ -23,19 +23,18 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet_exp.config import DEMO_DATA, TrainConfig
+from resnet_exp.config import TrainConfig
 from resnet_exp.demo import ensure_demo_dataset
 from resnet_exp.hardware import Runtime
 from resnet_exp.images import image_to_tensor, to_rgb
-from resnet_exp.errors import DataError, OfflineError
-from resnet_exp.offline import offline_options, reachable
+from resnet_exp.errors import DataError
+from resnet_exp.offline import hub_offline_if_unreachable, hub_unavailable
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation",
                  "training": "train", "testing": "test"}
-HUB_URL = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -75,14 +74,15 @@ def load_splits(config: TrainConfig) -> DataSplits:
     """Load the configured data and return its three splits; raises DataError / OfflineError."""
     import datasets
 
-    if config.data == DEMO_DATA:
-        source, location = "demo", ensure_demo_dataset(config.data_dir).resolve()
+    source = config.data_source
+    if source == "demo":
+        location = ensure_demo_dataset(config.data_dir).resolve()
         raw = _load_folder(location)
-    elif Path(config.data).expanduser().is_dir():
-        source, location = "folder", Path(config.data).expanduser().resolve()
+    elif source == "folder":
+        location = Path(config.data).expanduser().resolve()
         raw = _load_folder(location)
     else:
-        source, location = "hub", config.data
+        location = config.data
         raw = _load_hub(config.data)
     raw = datasets.DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
     if "train" not in raw:
@@ -162,19 +162,12 @@ def _check_no_empty_class_folder(root: Path, top: list[Path]) -> None:
 
 def _load_hub(hub_id: str) -> "datasets.DatasetDict":
     import datasets
-    import huggingface_hub.constants
 
-    if not reachable(HUB_URL):
-        # Offline mode answers at once from the local cache instead of retrying for ~23 s.
-        # (Process-wide, like HF_HUB_OFFLINE=1: the Hub was unreachable a moment ago.)
-        datasets.config.HF_HUB_OFFLINE = True
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    hub_offline_if_unreachable()
     try:
         return datasets.load_dataset(hub_id)
     except ConnectionError:
-        raise OfflineError(f"cannot load dataset {hub_id!r}: the network (Hugging Face Hub, "
-                           f"{HUB_URL}) is unreachable and the dataset is not in the local "
-                           f"Hugging Face cache.\n{offline_options()}") from None
+        raise hub_unavailable(hub_id) from None
     except FileNotFoundError as err:  # DatasetNotFoundError is one
         raise DataError(f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
                         f"({err}). Expected a Hub dataset id, an image-folder path, or "

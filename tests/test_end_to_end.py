@@ -163,12 +163,14 @@ def test_bad_input_to_the_cli_creates_no_run_at_all(tmp_path, tracking_uri):
 
 
 def test_an_offline_hub_id_fails_fast_with_the_options_and_no_run(tmp_path, tracking_uri):
-    # Without HF_HUB_OFFLINE: our own probe must switch `datasets` to offline mode in time.
+    # Without HF_HUB_OFFLINE: our own probe must switch `datasets` to offline mode in time. The
+    # check comes before Lightning and torchvision are imported (about 15 s of a training
+    # process here; 4 s for the whole command with it first).
     env = subprocess_env()
     env.pop("HF_HUB_OFFLINE")
     start = time.monotonic()
     result = cli(tmp_path, "--data", "lucabaggi/animal-wildlife", "--weights", "none", env=env)
-    assert result.returncode != 0 and time.monotonic() - start < 30
+    assert result.returncode != 0 and time.monotonic() - start < 12
     assert "unreachable" in result.stderr and "data=demo" in result.stderr
     assert "Traceback" not in result.stderr
     assert all_runs(tracking_uri)[1] == []
