@@ -9,8 +9,12 @@ trial (local wall / trials). Target: under 5% of a 3-epoch 112 px trial. It is s
 child runs' own start and end times, into a fixed part per sweep (starting Ray, the first
 worker's imports, stopping: before the first child run opens and after the last one ends) and a
 marginal part per trial (everything between), which is what grows with a study's size: a 45-run
-study pays the fixed part once. The ray@2 line shows what two concurrent trials buy on this
-machine (on 2 cores: little, the cores are already busy).
+study pays the fixed part once. Two sweeps of a few short trials differ by as much as that
+marginal part, so it also reports, with far less noise, the CPU that the trainings had to
+share while they ran: the CPU time of every process but those that trained (Ray's own
+processes, and the driver running Tune's controller), as a share of the machine's cores. The
+ray@2 line shows what two concurrent trials buy on this machine (on 2 cores: little, the cores
+are already busy).
 
 On a CUDA GPU it also packs 1, 2 and 4 trials per GPU (trial_resources gpu=1, 0.5, 0.25) and
 reports the GPU's mean utilisation over each sweep (nvidia-ml-py).
@@ -30,12 +34,14 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import click
+import psutil
 import torch
 from mlflow import MlflowClient
 
 from harness import bench_config, jpeg_folder, print_table, scratch_space
 from resnet_exp.data import load_splits
 from resnet_exp.grid import SweepGrid
+from resnet_exp import schema as S
 from resnet_exp.hardware import usable_cores
 from resnet_exp.store import open_image_store
 
@@ -80,7 +86,7 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
         for mode, options in modes.items():
             with scratch_space() as scratch:  # a fresh store: nothing is skipped
                 config = base.replace(output_dir=str(scratch / "results"))
-                with gpu_utilisation() as utilisation:
+                with gpu_utilisation() as utilisation, sweep_processes_cpu() as cpu_samples:
                     start = time.time()
                     result = run_sweep(SweepGrid(**grid_text, **options), config)
                     end = time.time()
@@ -91,6 +97,12 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                 row = {"mode": mode, "trials": trained, "wall_s": round(walls[mode], 1),
                        "per_trial_s": round(walls[mode] / trained, 1), "in_run_s": round(timelines[mode].in_run, 2),
                        "between_runs_s": round(timelines[mode].gap, 2)}
+                # While the trials ran, every process but those that trained: Ray's own, and
+                # the driver under Ray (Tune's controller)
+                line = timelines[mode]
+                others = sum(cpu_between(series, line.first, line.last) for pid, series in cpu_samples.items()
+                             if pid not in line.trainers)
+                row["others_cpu_pct"] = round(100 * others / cores / (line.last - line.first), 1)
                 if utilisation:
                     row["gpu_util_pct"] = round(sum(utilisation) / len(utilisation), 1)
                 rows.append(row)
@@ -109,6 +121,12 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
           f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial")
     print(f"  the marginal part: {ray.in_run - local.in_run:+.2f} s inside each child run, "
           f"{ray.gap - local.gap:+.2f} s in each gap between two")
+    print("  inside the runs, per phase: " + ", ".join(
+        f"{name} {ray.phases[name] - local.phases[name]:+.2f} s" for name in (*S.PHASE_TIMES, S.RUN_TIME)
+        if abs(ray.phases[name] - local.phases[name]) >= 0.01))
+    others = {r["mode"]: r["others_cpu_pct"] for r in rows}
+    print(f"  Ray's own processes and the driver used {others['ray@1']:.1f}% of the {cores} cores while one trial "
+          f"at a time ran (the local sweep's other processes: {others['local']:.1f}%)")
     print(json.dumps({"benchmark": "sweep_scaling", "image_size": image_size, "epochs": epochs, "trials": trials,
                       "cores": cores, "wall_s": {m: round(w, 1) for m, w in walls.items()},
                       "trial_s": round(trial_s, 1), "ray_overhead_per_trial_s": round(overhead, 2),
@@ -116,6 +134,8 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                       "ray_fixed_per_sweep_s": round(fixed, 1), "ray_marginal_per_trial_s": round(marginal, 2),
                       "ray_marginal_share": round(marginal / trial_s, 3),
                       "ray_in_run_s": round(ray.in_run - local.in_run, 2), "ray_gap_s": round(ray.gap - local.gap, 2),
+                      "ray_phase_s": {name: round(ray.phases[name] - local.phases[name], 2) for name in (*S.PHASE_TIMES, S.RUN_TIME)},
+                      "others_cpu_pct": others,
                       "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
 
 
@@ -123,17 +143,60 @@ class Timeline(NamedTuple):
     outside: float  # the sweep's seconds before its first child run opened and after its last ended
     in_run: float  # mean seconds a child run was open
     gap: float  # mean seconds from one child's end to the next one's start (negative when concurrent)
+    first: float  # when the first child run started (Unix time)
+    last: float  # when the last child run ended
+    trainers: set[int]  # pids of the processes that trained the child runs
+    phases: dict[str, float]  # mean seconds per phase metric (time/*, setup/*) of the child runs
 
 
 def _timeline(result, start: float, end: float) -> Timeline:
     """The sweep's timeline from its child runs' own start and end times, as MLflow stored them."""
     client = MlflowClient()
-    runs = sorted((client.get_run(o.run_id).info for o in result.outcomes), key=lambda r: r.start_time)
-    first = runs[0].start_time / 1000
-    last = max(r.end_time for r in runs) / 1000
-    inside = sum(r.end_time - r.start_time for r in runs) / 1000 / len(runs)
-    gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(runs, runs[1:])]
-    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)))
+    runs = sorted((client.get_run(o.run_id) for o in result.outcomes), key=lambda r: r.info.start_time)
+    infos = [r.info for r in runs]
+    first = infos[0].start_time / 1000
+    last = max(r.end_time for r in infos) / 1000
+    inside = sum(r.end_time - r.start_time for r in infos) / 1000 / len(infos)
+    gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(infos, infos[1:])]
+    trainers = {int(r.data.tags[S.TAG_PROCESS].split()[1]) for r in runs}
+    phases = {name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in (*S.PHASE_TIMES, S.RUN_TIME)}
+    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)), first, last, trainers,
+                    phases)
+
+
+@contextmanager
+def sweep_processes_cpu(interval_s: float = 0.5) -> Iterator[dict[int, list[tuple[float, float]]]]:
+    """CPU seconds (user + system) of this process and every process it started, directly or
+    not, sampled while the block runs: pid -> [(time, CPU seconds so far)]."""
+    samples: dict[int, list[tuple[float, float]]] = {}
+    me, done = psutil.Process(), threading.Event()
+
+    def sample() -> None:
+        while True:
+            now = time.time()
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:  # ended since it was listed
+                    continue
+                samples.setdefault(process.pid, []).append((now, times.user + times.system))
+            if done.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+
+
+def cpu_between(series: list[tuple[float, float]], start: float, end: float) -> float:
+    """CPU seconds a process used from `start` to `end`, from its samples (0 before its first)."""
+    def at(moment: float) -> float:
+        return max((cpu for t, cpu in series if t <= moment), default=0.0)
+    return at(end) - at(start)
 
 
 @contextmanager
