@@ -31,7 +31,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import click
 import psutil
@@ -169,27 +169,19 @@ def sweep_processes_cpu(interval_s: float = 0.5) -> Iterator[dict[int, list[tupl
     """CPU seconds (user + system) of this process and every process it started, directly or
     not, sampled while the block runs: pid -> [(time, CPU seconds so far)]."""
     samples: dict[int, list[tuple[float, float]]] = {}
-    me, done = psutil.Process(), threading.Event()
+    me = psutil.Process()
 
-    def sample() -> None:
-        while True:
-            now = time.time()
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    times = process.cpu_times()
-                except psutil.Error:  # ended since it was listed
-                    continue
-                samples.setdefault(process.pid, []).append((now, times.user + times.system))
-            if done.wait(interval_s):
-                return
+    def record() -> None:
+        now = time.time()
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # ended since it was listed
+                continue
+            samples.setdefault(process.pid, []).append((now, times.user + times.system))
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
+    with sampling(record, interval_s):
         yield samples
-    finally:
-        done.set()
-        thread.join()
 
 
 def cpu_between(series: list[tuple[float, float]], start: float, end: float) -> float:
@@ -210,20 +202,30 @@ def gpu_utilisation(interval_s: float = 0.5) -> Iterator[list[float]]:
 
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    try:
+        with sampling(lambda: samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)), interval_s):
+            yield samples
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@contextmanager
+def sampling(record: Callable[[], None], interval_s: float) -> Iterator[None]:
+    """Call `record` at once and then every `interval_s` seconds, in a thread, while the block runs."""
     done = threading.Event()
 
-    def sample() -> None:
+    def loop() -> None:
+        record()
         while not done.wait(interval_s):
-            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+            record()
 
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
-        yield samples
+        yield
     finally:
         done.set()
         thread.join()
-        pynvml.nvmlShutdown()
 
 
 if __name__ == "__main__":
