@@ -5,16 +5,17 @@ trials at once of half the cores each. The image store is built once beforehand,
 sweep measures training and orchestration only.
 
 Ray's overhead per trial = (ray@1 wall - local wall) / trials, reported as a share of the mean
-trial (local wall / trials). Target: under 5% of a 3-epoch 112 px trial. It is split, from the
-child runs' own start and end times, into a fixed part per sweep (starting Ray, the first
-worker's imports, stopping: before the first child run opens and after the last one ends) and a
-marginal part per trial (everything between), which is what grows with a study's size: a 45-run
-study pays the fixed part once. Two sweeps of a few short trials differ by as much as that
-marginal part, so it also reports, with far less noise, the CPU that the trainings had to
-share while they ran: the CPU time of every process but those that trained (Ray's own
-processes, and the driver running Tune's controller), as a share of the machine's cores. The
-ray@2 line shows what two concurrent trials buy on this machine (on 2 cores: little, the cores
-are already busy).
+trial (local wall / trials). Target: under 5% of a 3-epoch 112 px trial. It is split into a
+marginal part per trial, which is what grows with a study's size, and a fixed part per sweep,
+which a 45-run study pays once. Marginal: from the child runs' own start and end times, each
+cell's time in its run under Ray minus the same cell's under the local loop, over the cells that
+were not the first in their process under either (a worker's first trial loads the splits, which
+the local loop had from its preflight), plus the difference in the gaps between runs. Fixed:
+the rest (starting Ray, each worker's imports and first trial, stopping). It also reports the
+CPU that the trainings had to share while they ran: the CPU time of every process but those that
+trained (Ray's own processes, and the driver running Tune's controller), as a share of the
+machine's cores. The ray@2 line shows what two concurrent trials buy on this machine (on 2
+cores: little, the cores are already busy).
 
 On a CUDA GPU it also packs 1, 2 and 4 trials per GPU (trial_resources gpu=1, 0.5, 0.25) and
 reports the GPU's mean utilisation over each sweep (nvidia-ml-py).
@@ -110,17 +111,23 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
     trial_s = walls["local"] / trials
     overhead = (walls["ray@1"] - walls["local"]) / trials
     ray, local = timelines["ray@1"], timelines["local"]
-    fixed = ray.outside - local.outside  # per sweep
-    marginal = overhead - fixed / trials  # per trial
+    # Marginal: what each further trial adds, from the cells that were not the first in their
+    # process under either executor, each paired with itself (a worker's first trial pays once
+    # for loading the splits, which the local loop had from its preflight), plus the gaps.
+    # Fixed: the rest, once per sweep (starting Ray, each worker's first trial, stopping).
+    later = [name for name in ray.durations if name not in ray.firsts | local.firsts]
+    in_run = sum(ray.durations[name] - local.durations[name] for name in later) / len(later)
+    marginal = in_run + ray.gap - local.gap  # per trial
+    fixed = (overhead - marginal) * trials  # per sweep
     print(f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}")
     print_table(rows)
     print(f"Ray's overhead per trial: {overhead:.1f} s = {overhead / trial_s:.1%} of a {trial_s:.1f} s trial "
           f"(target < 5%); 2 concurrent trials: {walls['local'] / walls['ray@2']:.2f}x the local loop's speed")
-    print(f"  of which fixed per sweep: {fixed:.1f} s (start, first worker's imports, stop), and marginal per "
+    print(f"  of which fixed per sweep: {fixed:.1f} s (start, each worker's imports and first trial, stop), and marginal per "
           f"trial: {marginal:.2f} s = {marginal / trial_s:.1%} of a trial; in a {STUDY_TRIALS}-trial study: "
           f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial")
-    print(f"  the marginal part: {ray.in_run - local.in_run:+.2f} s inside each child run, "
-          f"{ray.gap - local.gap:+.2f} s in each gap between two")
+    print(f"  the marginal part: {in_run:+.2f} s inside each child run ({len(later)} cells paired, each "
+          f"worker's first trial left out), {ray.gap - local.gap:+.2f} s in each gap between two")
     print("  inside the runs, per phase: " + ", ".join(
         f"{name} {ray.phases[name] - local.phases[name]:+.2f} s" for name in (*S.PHASE_TIMES, S.RUN_TIME)
         if abs(ray.phases[name] - local.phases[name]) >= 0.01))
@@ -133,7 +140,7 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                       "ray_overhead_share": round(overhead / trial_s, 3),
                       "ray_fixed_per_sweep_s": round(fixed, 1), "ray_marginal_per_trial_s": round(marginal, 2),
                       "ray_marginal_share": round(marginal / trial_s, 3),
-                      "ray_in_run_s": round(ray.in_run - local.in_run, 2), "ray_gap_s": round(ray.gap - local.gap, 2),
+                      "ray_in_run_s": round(in_run, 2), "ray_gap_s": round(ray.gap - local.gap, 2),
                       "ray_phase_s": {name: round(ray.phases[name] - local.phases[name], 2) for name in (*S.PHASE_TIMES, S.RUN_TIME)},
                       "others_cpu_pct": others,
                       "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
@@ -147,6 +154,8 @@ class Timeline(NamedTuple):
     last: float  # when the last child run ended
     trainers: set[int]  # pids of the processes that trained the child runs
     phases: dict[str, float]  # mean seconds per phase metric (time/*, setup/*) of the child runs
+    durations: dict[str, float]  # seconds each child run (by run name: its cell) was open
+    firsts: set[str]  # the cells that were the first trained in their process
 
 
 def _timeline(result, start: float, end: float) -> Timeline:
@@ -158,10 +167,12 @@ def _timeline(result, start: float, end: float) -> Timeline:
     last = max(r.end_time for r in infos) / 1000
     inside = sum(r.end_time - r.start_time for r in infos) / 1000 / len(infos)
     gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(infos, infos[1:])]
-    trainers = {int(r.data.tags[S.TAG_PROCESS].split()[1]) for r in runs}
+    trainer_of = {r.info.run_name: int(r.data.tags[S.TAG_PROCESS].split()[1]) for r in runs}
     phases = {name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in (*S.PHASE_TIMES, S.RUN_TIME)}
-    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)), first, last, trainers,
-                    phases)
+    durations = {r.run_name: (r.end_time - r.start_time) / 1000 for r in infos}
+    firsts = {next(name for name, pid in trainer_of.items() if pid == trainer) for trainer in set(trainer_of.values())}
+    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)), first, last,
+                    set(trainer_of.values()), phases, durations, firsts)
 
 
 @contextmanager
