@@ -347,7 +347,7 @@ def test_a_ctrl_c_while_training_waits_for_a_checkpoint_is_handled_after_the_wri
     pending = io._pending
 
     def ctrl_c_then_read():
-        time.sleep(0.1)  # the training thread waits by now
+        time.sleep(0.3)  # the training thread waits by now
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal's Ctrl-C may
         time.sleep(0.1)
         with open(target.with_name(target.name + TMP_SUFFIX), "rb") as fifo:
