@@ -47,6 +47,7 @@ from resnet_exp.hardware import usable_cores
 from resnet_exp.store import open_image_store
 
 STUDY_TRIALS = 45  # 5 freeze_blocks x 3 block lists x 3 seeds: the study the README describes
+PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared Ray against local
 
 
 @click.command()
@@ -90,20 +91,14 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                 with gpu_utilisation() as utilisation, sweep_processes_cpu() as cpu_samples:
                     start = time.time()
                     result = run_sweep(SweepGrid(**grid_text, **options), config)
-                    end = time.time()
-                    walls[mode] = end - start
-                    timelines[mode] = _timeline(result, start, end)
+                    walls[mode] = time.time() - start
+                    timelines[mode] = _timeline(result)
                 trained = result.count("trained")
                 assert trained == result.grid_size, f"{mode}: {trained} of {result.grid_size} cells trained"
                 row = {"mode": mode, "trials": trained, "wall_s": round(walls[mode], 1),
                        "per_trial_s": round(walls[mode] / trained, 1), "in_run_s": round(timelines[mode].in_run, 2),
                        "between_runs_s": round(timelines[mode].gap, 2)}
-                # While the trials ran, every process but those that trained: Ray's own, and
-                # the driver under Ray (Tune's controller)
-                line = timelines[mode]
-                others = sum(cpu_between(series, line.first, line.last) for pid, series in cpu_samples.items()
-                             if pid not in line.trainers)
-                row["others_cpu_pct"] = round(100 * others / cores / (line.last - line.first), 1)
+                row["others_cpu_pct"] = round(100 * others_cpu_share(timelines[mode], cpu_samples, cores), 1)
                 if utilisation:
                     row["gpu_util_pct"] = round(sum(utilisation) / len(utilisation), 1)
                 rows.append(row)
@@ -117,7 +112,9 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
     # Fixed: the rest, once per sweep (starting Ray, each worker's first trial, stopping).
     later = [name for name in ray.durations if name not in ray.firsts | local.firsts]
     in_run = sum(ray.durations[name] - local.durations[name] for name in later) / len(later)
-    marginal = in_run + ray.gap - local.gap  # per trial
+    gap = ray.gap - local.gap
+    phases = {name: ray.phases[name] - local.phases[name] for name in PHASES}
+    marginal = in_run + gap  # per trial
     fixed = (overhead - marginal) * trials  # per sweep
     print(f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}")
     print_table(rows)
@@ -127,10 +124,9 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
           f"trial: {marginal:.2f} s = {marginal / trial_s:.1%} of a trial; in a {STUDY_TRIALS}-trial study: "
           f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial")
     print(f"  the marginal part: {in_run:+.2f} s inside each child run ({len(later)} cells paired, each "
-          f"worker's first trial left out), {ray.gap - local.gap:+.2f} s in each gap between two")
+          f"worker's first trial left out), {gap:+.2f} s in each gap between two")
     print("  inside the runs, per phase: " + ", ".join(
-        f"{name} {ray.phases[name] - local.phases[name]:+.2f} s" for name in (*S.PHASE_TIMES, S.RUN_TIME)
-        if abs(ray.phases[name] - local.phases[name]) >= 0.01))
+        f"{name} {seconds:+.2f} s" for name, seconds in phases.items() if abs(seconds) >= 0.01))
     others = {r["mode"]: r["others_cpu_pct"] for r in rows}
     print(f"  Ray's own processes and the driver used {others['ray@1']:.1f}% of the {cores} cores while one trial "
           f"at a time ran (the local sweep's other processes: {others['local']:.1f}%)")
@@ -140,39 +136,41 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                       "ray_overhead_share": round(overhead / trial_s, 3),
                       "ray_fixed_per_sweep_s": round(fixed, 1), "ray_marginal_per_trial_s": round(marginal, 2),
                       "ray_marginal_share": round(marginal / trial_s, 3),
-                      "ray_in_run_s": round(in_run, 2), "ray_gap_s": round(ray.gap - local.gap, 2),
-                      "ray_phase_s": {name: round(ray.phases[name] - local.phases[name], 2) for name in (*S.PHASE_TIMES, S.RUN_TIME)},
+                      "ray_in_run_s": round(in_run, 2), "ray_gap_s": round(gap, 2),
+                      "ray_phase_s": {name: round(seconds, 2) for name, seconds in phases.items()},
                       "others_cpu_pct": others,
                       "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
 
 
 class Timeline(NamedTuple):
-    outside: float  # the sweep's seconds before its first child run opened and after its last ended
-    in_run: float  # mean seconds a child run was open
+    durations: dict[str, float]  # seconds each child run (by run name: its cell) was open
+    firsts: set[str]  # the cells that were the first trained in their process
     gap: float  # mean seconds from one child's end to the next one's start (negative when concurrent)
     first: float  # when the first child run started (Unix time)
     last: float  # when the last child run ended
     trainers: set[int]  # pids of the processes that trained the child runs
-    phases: dict[str, float]  # mean seconds per phase metric (time/*, setup/*) of the child runs
-    durations: dict[str, float]  # seconds each child run (by run name: its cell) was open
-    firsts: set[str]  # the cells that were the first trained in their process
+    phases: dict[str, float]  # mean seconds per phase metric (PHASES) of the child runs
+
+    @property
+    def in_run(self) -> float:
+        """Mean seconds a child run was open."""
+        return sum(self.durations.values()) / len(self.durations)
 
 
-def _timeline(result, start: float, end: float) -> Timeline:
+def _timeline(result) -> Timeline:
     """The sweep's timeline from its child runs' own start and end times, as MLflow stored them."""
     client = MlflowClient()
     runs = sorted((client.get_run(o.run_id) for o in result.outcomes), key=lambda r: r.info.start_time)
     infos = [r.info for r in runs]
-    first = infos[0].start_time / 1000
-    last = max(r.end_time for r in infos) / 1000
-    inside = sum(r.end_time - r.start_time for r in infos) / 1000 / len(infos)
     gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(infos, infos[1:])]
-    trainer_of = {r.info.run_name: int(r.data.tags[S.TAG_PROCESS].split()[1]) for r in runs}
-    phases = {name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in (*S.PHASE_TIMES, S.RUN_TIME)}
-    durations = {r.run_name: (r.end_time - r.start_time) / 1000 for r in infos}
-    firsts = {next(name for name, pid in trainer_of.items() if pid == trainer) for trainer in set(trainer_of.values())}
-    return Timeline((first - start) + (end - last), inside, sum(gaps) / max(1, len(gaps)), first, last,
-                    set(trainer_of.values()), phases, durations, firsts)
+    first_cell_of: dict[int, str] = {}  # trainer pid -> its first cell (runs are in start order)
+    for run in runs:
+        first_cell_of.setdefault(int(run.data.tags[S.TAG_PROCESS].split()[1]), run.info.run_name)
+    return Timeline(durations={r.run_name: (r.end_time - r.start_time) / 1000 for r in infos},
+                    firsts=set(first_cell_of.values()), gap=sum(gaps) / max(1, len(gaps)),
+                    first=infos[0].start_time / 1000, last=max(r.end_time for r in infos) / 1000,
+                    trainers=set(first_cell_of),
+                    phases={name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in PHASES})
 
 
 @contextmanager
@@ -193,6 +191,14 @@ def sweep_processes_cpu(interval_s: float = 0.5) -> Iterator[dict[int, list[tupl
 
     with sampling(record, interval_s):
         yield samples
+
+
+def others_cpu_share(timeline: Timeline, samples: dict[int, list[tuple[float, float]]], cores: int) -> float:
+    """The share of the cores that every process but those that trained (Ray's own, and the
+    driver under Ray: Tune's controller) used while the trials ran."""
+    used = sum(cpu_between(series, timeline.first, timeline.last) for pid, series in samples.items()
+               if pid not in timeline.trainers)
+    return used / cores / (timeline.last - timeline.first)
 
 
 def cpu_between(series: list[tuple[float, float]], start: float, end: float) -> float:
