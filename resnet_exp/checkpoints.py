@@ -18,8 +18,9 @@ import io
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -46,8 +47,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
-        start = time.perf_counter()
-        try:
+        with self._timed():
             self.wait()  # the buffer is free again
             self._buffer.seek(0)
             # No CRC32 over every record: the rename after fsync is what says a file is whole,
@@ -56,8 +56,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, self._buffer)
             size = self._buffer.tell()  # what is left beyond it belongs to an earlier, larger save
             self._pending = _BackgroundWrite(self._buffer.getbuffer()[:size], Path(path))
-        finally:
-            self.seconds += time.perf_counter() - start
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
@@ -66,24 +64,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             pending.result()
 
     def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        self._timed_wait()
+        with self._timed():
+            self.wait()
         return super().load_checkpoint(path, *args, **kwargs)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
-        self._timed_wait()
+        with self._timed():
+            self.wait()
         super().remove_checkpoint(path)
 
     def teardown(self) -> None:
         """End of fit or test: every checkpoint is on disk (or its error raised) when it returns."""
         try:
-            self._timed_wait()
+            with self._timed():
+                self.wait()
         finally:
             self._buffer = io.BytesIO()  # memory back
 
-    def _timed_wait(self) -> None:
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Add the block's seconds to `seconds`, whether it returns or raises."""
         start = time.perf_counter()
         try:
-            self.wait()
+            yield
         finally:
             self.seconds += time.perf_counter() - start
 
