@@ -51,7 +51,9 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 def hub_offline_if_unreachable() -> None:
     """Put `datasets` and the Hub client in offline mode when the Hub is unreachable: they then
     answer at once from the local cache instead of retrying for ~23 s. Process-wide, like
-    HF_HUB_OFFLINE=1 (the Hub was unreachable a moment ago); probed once per process."""
+    HF_HUB_OFFLINE=1 (the Hub was unreachable a moment ago): once offline, no further probe. A
+    reachable Hub is probed again on the next call (one TCP connect), so a network that drops
+    during a sweep is noticed at the next child."""
     import datasets
     import huggingface_hub.constants
 
