@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -148,6 +148,16 @@ def make_image_folder(root: Path, classes: dict[str, int], suffix: str = ".png")
     return root
 
 
+def mlflow_run_command(experiment: str, params: Mapping[str, object], entry: str = "main") -> list[str]:
+    """`mlflow run` of this project's `entry` point in this environment, into `experiment`,
+    with each param as `-P name=value` (run it with subprocess_env())."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
+           "--experiment-name", experiment]
+    for name, value in params.items():
+        cmd += ["-P", f"{name}={value}"]
+    return cmd
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """This process's environment, with this interpreter's bin folder first on PATH so that
     `mlflow run` starts the project with the same Python."""
@@ -179,8 +189,9 @@ def offline_failure(call, *args) -> str:
 def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[str, str]] | None:
     """(run id, tags) of a run other than `exclude` that has both stored epoch `epoch` (its
     train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Lightning
-    writes the checkpoint after the epoch's metrics are stored (ModelCheckpoint runs after the
-    other callbacks), so a test that kills a training "after epoch N" waits for both."""
+    saves the checkpoint after the epoch's metrics are stored (ModelCheckpoint runs after the
+    other callbacks) and the file lands later still (written in the background), so a test that
+    kills a training "after epoch N" waits for both."""
     import torch
 
     from resnet_exp import schema as S

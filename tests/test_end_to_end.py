@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import REPO, make_image_folder, subprocess_env
+from conftest import REPO, make_image_folder, mlflow_run_command, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.hardware import precision_for_speedup
 
@@ -27,11 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def mlflow_run(tmp_path: Path, data_dir: Path, *params: str, timeout: int = 300):
-    base = [f"data_dir={data_dir}", f"output_dir={tmp_path / 'results'}"]
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
-           "--experiment-name", "e2e"]
-    for p in [*base, *params]:
-        cmd += ["-P", p]
+    """`mlflow run` of the main entry point; `params` as 'name=value'."""
+    given = dict(p.split("=", 1) for p in params)
+    cmd = mlflow_run_command("e2e", {"data_dir": data_dir, "output_dir": tmp_path / "results", **given})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(),
                           cwd=tmp_path)
 

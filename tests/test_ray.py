@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, resumable_epoch, subprocess_env
+from conftest import REPO, mlflow_run_command, resumable_epoch, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -117,10 +116,7 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
               "max_epochs": "3", "limit_batches": "3", "precision": "32-true", **GRID, "trial_resources": "cpu=1",
               "max_failures": "1",
               "data_dir": str(data_dir), "output_dir": str(tmp_path / "results")}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
-           "--experiment-name", "ray-sweeps"]
-    for k, v in params.items():
-        cmd += ["-P", f"{k}={v}"]
+    cmd = mlflow_run_command("ray-sweeps", params, entry="sweep")
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     log = tmp_path / "mlflow-run.log"  # a file, not a pipe nobody reads while the test polls
     sweep = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -181,9 +177,8 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     assert parent.info.run_id in local.output and len(sweeps(client)) == 1
 
     # The analyze entry point: the run `mlflow run` creates for it holds the analysis.
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "analyze", "--env-manager", "local",
-           "--experiment-name", "ray-sweeps", "-P", f"sweep_run_id={parent.info.run_id}",
-           "-P", f"output_dir={tmp_path / 'results'}"]
+    cmd = mlflow_run_command("ray-sweeps", {"sweep_run_id": parent.info.run_id, "output_dir": tmp_path / "results"},
+                             entry="analyze")
     analysis = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
     assert analysis.returncode == 0, analysis.stderr[-3000:]
     assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=2)
