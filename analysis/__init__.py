@@ -1,4 +1,4 @@
-"""Analysis of finished runs: reads only what `resnet_exp.tracking` wrote to MLflow (params,
+"""Analysis of finished runs: reads only what `resnet_exp.tracking.training_run` wrote to MLflow (params,
 tags, metric histories with step = epoch) and ranks the depth configurations of an experiment or
 of one sweep: ranking.csv, report.md, report.html and plots, locally and as an MLflow run.
 

@@ -1,5 +1,5 @@
 """Where freezing helps or hurts, class by class: each training run's per-class test accuracy
-(its `diagnostics/per_class_accuracy.csv`, resnet_exp/diagnostics.py), pooled over seeds per
+(its `diagnostics/per_class_accuracy.csv`, resnet_exp/tracking/diagnostics.py), pooled over seeds per
 configuration, and per network the classes whose accuracy changes most from one freeze_blocks
 level to the next; with a plot.
 

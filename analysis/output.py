@@ -13,7 +13,8 @@ from pathlib import Path
 from mlflow.entities import Metric
 
 from resnet_exp import schema as S
-from resnet_exp.runs import project_run_id, run_scope
+from resnet_exp.tracking.runs import run_scope
+from resnet_exp.tracking.store import project_run_id
 
 
 def record_run(experiment_id: str, run_name: str, description: str, tags: dict[str, str],

@@ -24,7 +24,7 @@ from analysis.study import UNKNOWN
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
-from resnet_exp.runs import project_run_id, search_all, tracking_uri
+from resnet_exp.tracking.store import project_run_id, search_all, tracking_uri
 
 log = logging.getLogger(__name__)
 

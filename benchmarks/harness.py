@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: a folder of realistic JPEGs, the compute-only rate on random
-tensors, a real project training (`resnet_exp.train.train`, MLflow and all) and the seed-style
+tensors, a real project training (`resnet_exp.training.train.train`, MLflow and all) and the seed-style
 baseline, all measured in the calling process with the same threads.
 
 The seed-style baseline is what a first training script does: a per-sample DataLoader that
@@ -31,11 +31,11 @@ from mlflow import MlflowClient
 from resnet_exp import schema as S
 from resnet_exp.atomic import build_atomically
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import ImageSplit, load_splits
-from resnet_exp.demo import CLASSES, render_shape
+from resnet_exp.data.splits import ImageSplit, load_splits
+from resnet_exp.data.demo import CLASSES, render_shape
 from resnet_exp.hardware import Runtime, apply_runtime, autocast, resolve_runtime
-from resnet_exp.model import build_resnet
-from resnet_exp.module import adamw
+from resnet_exp.model.network import build_resnet
+from resnet_exp.model.classifier import adamw
 
 JPEG_QUALITY = 90
 # Lightning's per-run banners (model summary, "fit stopped") would bury the tables.
@@ -208,8 +208,8 @@ class ProjectRun:
 
 
 def project_run(config: TrainConfig) -> ProjectRun:
-    """One real training (resnet_exp.train.train) and what it recorded in MLflow."""
-    from resnet_exp.train import train
+    """One real training (resnet_exp.training.train.train) and what it recorded in MLflow."""
+    from resnet_exp.training.train import train
 
     start = time.perf_counter()
     result = train(config)

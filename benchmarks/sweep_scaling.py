@@ -40,11 +40,11 @@ import torch
 from mlflow import MlflowClient
 
 from harness import bench_config, jpeg_folder, print_table, scratch_space
-from resnet_exp.data import load_splits
-from resnet_exp.grid import SweepGrid
+from resnet_exp.data.splits import load_splits
+from resnet_exp.sweep.grid import SweepGrid
 from resnet_exp import schema as S
 from resnet_exp.hardware import usable_cores
-from resnet_exp.store import open_image_store
+from resnet_exp.data.store import open_image_store
 
 STUDY_TRIALS = 45  # 5 freeze_blocks x 3 block lists x 3 seeds: the study the README describes
 PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared Ray against local
@@ -65,7 +65,7 @@ PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared
               help="where the JPEG folder is kept between runs")
 def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, batch_size: int, limit_batches: int,
          images_per_class: int, source_size: int, precision: str, work_dir: Path) -> None:
-    from resnet_exp.sweep import run_sweep
+    from resnet_exp.sweep.run import run_sweep
 
     folder = jpeg_folder(work_dir, images_per_class, source_size)
     cores = usable_cores()

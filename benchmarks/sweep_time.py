@@ -1,7 +1,7 @@
 """How long does a freeze_blocks sweep take, against its compute bound and against a seed-style
 pipeline? One seed, a few epochs, each configuration trained with validation every epoch and
 tested at the end, on a folder of realistic JPEGs, in one process (same threads). The project
-runs the real `resnet_exp.train.train` (MLflow, checkpoints, model logging and all), so its wall
+runs the real `resnet_exp.training.train.train` (MLflow, checkpoints, model logging and all), so its wall
 time includes building the image store (once, in the first configuration) and computing cached
 features (in each frozen one).
 
@@ -27,7 +27,7 @@ import click
 from harness import (bench_config, compute_bound, jpeg_folder, print_table, project_run, scratch_space,
                      seed_style_run, steady)
 from resnet_exp.config import parse_blocks
-from resnet_exp.data import load_splits
+from resnet_exp.data.splits import load_splits
 from resnet_exp.hardware import resolve_runtime
 
 

@@ -3,7 +3,7 @@ it than a seed-style pipeline? All measured in one process, same threads, same m
 
 - compute only: training steps on random tensors already in memory (the project's model,
   precision and memory format; no data loading, no feature cache);
-- project: `resnet_exp.train.train` on a folder of JPEGs (image store, and with frozen stages
+- project: `resnet_exp.training.train.train` on a folder of JPEGs (image store, and with frozen stages
   once with `feature_cache=off` and once with `auto`); its own `train_images_per_s`;
 - seed-style baseline: see harness.py.
 Images/s are the mean of the epochs after the first. This CPU's speed drifts by about 10% over

@@ -20,7 +20,7 @@ from analysis.config import defaults_as_text as analysis_defaults
 from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
-from resnet_exp.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
+from resnet_exp.sweep.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
 from resnet_exp.schema import REPORT_HTML, REPORT_MD, TEST_ACC
 
 
@@ -90,12 +90,12 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as err:
-            from resnet_exp.tracking_server import tracking_failure
+            from resnet_exp.tracking.server import tracking_failure
 
             failure = tracking_failure(err)
             if failure is None:
                 raise
-            from resnet_exp.runs import tracking_uri
+            from resnet_exp.tracking.store import tracking_uri
 
             raise click.ClickException(failure.message(tracking_uri())) from None
 
@@ -121,13 +121,13 @@ def train(**values: Any) -> None:
     """Train one ResNet configuration and record it as one MLflow run."""
     try:
         config = TrainConfig.from_text(values)
-        from resnet_exp.tracking_server import check_tracking_server
+        from resnet_exp.tracking.server import check_tracking_server
 
         check_tracking_server()  # a wrong address or password fails now, before the data is prepared
         _check_data_early(config)
-        from resnet_exp import tracking  # heavy imports after validation
-        from resnet_exp.runs import sigterm_raises
-        from resnet_exp.train import train as run_training
+        from resnet_exp.tracking import training_run as tracking  # heavy imports after validation
+        from resnet_exp.signals import sigterm_raises
+        from resnet_exp.training.train import train as run_training
 
         with sigterm_raises():
             result = run_training(config)
@@ -159,7 +159,7 @@ def train(**values: Any) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
     """Label image files (or every image in given folders) with a logged or registered model."""
-    from resnet_exp import predict as prediction  # heavy imports after the arguments are checked
+    from resnet_exp.model import predict as prediction  # heavy imports after the arguments are checked
 
     try:
         files = prediction.image_files(images)
@@ -177,8 +177,8 @@ def sweep(**values: Any) -> None:
     try:
         grid, base = split_sweep_values(values)
         _check_data_early(base)
-        from resnet_exp.runs import sigterm_raises
-        from resnet_exp.sweep import run_sweep  # heavy imports after validation
+        from resnet_exp.signals import sigterm_raises
+        from resnet_exp.sweep.run import run_sweep  # heavy imports after validation
 
         with sigterm_raises():
             result = run_sweep(grid, base)
@@ -188,7 +188,7 @@ def sweep(**values: Any) -> None:
         raise click.ClickException(user_message(err)) from None
     except OSError as err:
         raise disk_failure(err) from None
-    from resnet_exp.sweep import FAILED, SKIPPED, TRAINED
+    from resnet_exp.sweep.run import FAILED, SKIPPED, TRAINED
 
     click.echo(f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "
                f"{result.grid_size}-run grid: {result.count(TRAINED)} trained, "

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from resnet_exp import schema
 from resnet_exp.errors import ConfigError
-from resnet_exp.netspec import NUM_STAGES, NetSpec, arch_name, check_block, depth_label
+from resnet_exp.model.netspec import NUM_STAGES, NetSpec, arch_name, check_block, depth_label
 
 # The 90-class Animals data on the Hugging Face Hub: parquet with an `image` column and a
 # ClassLabel `label`, train/test splits (5,400 images), so it loads without custom code.

@@ -211,7 +211,7 @@ def measure_bf16_speedup(config: TrainConfig, threads: int) -> float:
     (another busy process only ever slows a step down)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    from resnet_exp.module import adamw
+    from resnet_exp.model.classifier import adamw
 
     block = Bottleneck if getattr(config, "block", "basic") == "bottleneck" else BasicBlock
     previous = torch.get_num_threads()

@@ -8,24 +8,9 @@ exec('with p.timed(\"time/fit_s\"): pass'); print(p.seconds)"
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from contextlib import contextmanager
 from typing import Iterator
-
-# Fault injection: RESNET_EXP_SIGNAL_AT=<point> makes the process send itself SIGTERM when it
-# reaches that point, so tests can check that an interrupt anywhere leaves no RUNNING run and
-# no temporary folder (tests/test_interrupts.py). The points, in the order a sweep meets them:
-SIGNAL_AT_ENV = "RESNET_EXP_SIGNAL_AT"
-INTERRUPT_POINTS = ("image_store", "feature_cache", "fit", "test", "model_log", "register", "sweep_gap")
-
-
-def interrupt_point(name: str) -> None:
-    """Mark a point where an interrupt must be handled cleanly (see SIGNAL_AT_ENV)."""
-    if os.environ.get(SIGNAL_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGTERM)
-
 
 class Phases:
     """Seconds per phase name; a phase timed twice adds up."""

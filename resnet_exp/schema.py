@@ -105,7 +105,7 @@ TAG_IMAGE_STORE = "image_store"
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
 TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
-# Resume (resnet_exp/resume.py): which process trains a run, when it last showed it was alive,
+# Resume (resnet_exp/tracking/resume.py): which process trains a run, when it last showed it was alive,
 # and how often the run was resumed.
 TAG_PROCESS = "process"  # '<host> <pid> <process start time>' of the process training the run
 TAG_HEARTBEAT = "heartbeat"  # unix time of that process's last heartbeat
@@ -142,7 +142,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it
 PLOTS_FOLDER = "plots"
 CLASS_CHANGES_FILE = "class_changes.csv"  # analysis: classes whose accuracy moves most with freeze_blocks
-# A training run's test diagnostics (resnet_exp/diagnostics.py), under DIAGNOSTICS_FOLDER
+# A training run's test diagnostics (resnet_exp/tracking/diagnostics.py), under DIAGNOSTICS_FOLDER
 DIAGNOSTICS_FOLDER = "diagnostics"
 PREDICTIONS_FILE = "predictions.parquet"  # image_index, labels, prob_<class> per test image
 PER_CLASS_FILE = "per_class_accuracy.csv"  # class, label, correct, total, accuracy

@@ -71,7 +71,7 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """A data_dir holding the generated demo dataset, shared by every test."""
-    from resnet_exp.demo import ensure_demo_dataset
+    from resnet_exp.data.demo import ensure_demo_dataset
 
     folder = _SANDBOX / "data"
     ensure_demo_dataset(folder)
@@ -195,7 +195,7 @@ def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[
     import torch
 
     from resnet_exp import schema as S
-    from resnet_exp.resume import LAST_CHECKPOINT
+    from resnet_exp.tracking.resume import LAST_CHECKPOINT
 
     with sqlite3.connect(db) as connection:
         found = connection.execute(
@@ -264,7 +264,7 @@ class Trainings:
     uri: str
     work: Path  # their working folder: the store, ./mlruns and results/
     configs: list
-    results: list  # resnet_exp.train.TrainResult, in seed order
+    results: list  # resnet_exp.training.train.TrainResult, in seed order
     wall_s: list[float]  # each train() call's wall time
 
 
@@ -276,7 +276,7 @@ def two_trainings(tmp_path_factory, data_dir) -> Trainings:
     Nothing may write to this store."""
     import time
 
-    from resnet_exp.train import train
+    from resnet_exp.training.train import train
 
     work = tmp_path_factory.mktemp("two-trainings")
     uri = new_store(work / "mlflow.db")

@@ -32,7 +32,7 @@ from analysis import stats as st
 from analysis.plots import PLOT_FILES
 from conftest import new_store
 from resnet_exp import schema as S
-from resnet_exp.runs import tracking_uri
+from resnet_exp.tracking.store import tracking_uri
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import ConfigError, DataError
 from conftest import REPO, subprocess_env
@@ -75,7 +75,7 @@ def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], s
             status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
             max_epochs: int = 30, kind: str | None = S.KIND_TRAIN, block: str = S.BASIC,
             weights: str = IMAGENET, legacy: bool = False, test_size: int = TEST_IMAGES) -> str:
-    """A training run as resnet_exp.tracking records it: tags, params, epoch metrics at step = epoch.
+    """A training run as resnet_exp.tracking.training_run records it: tags, params, epoch metrics at step = epoch.
     `legacy`: as recorded before the block type, class count and split sizes were logged."""
     blocks, freeze = config
     label = f"{'bn' if block == S.BOTTLENECK else 'b'}{blocks.replace(',', '')}-f{freeze}"

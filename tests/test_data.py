@@ -10,13 +10,13 @@ from PIL import Image
 
 from conftest import make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import (
+from resnet_exp.data.splits import (
     ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
     stratified_split,
 )
-from resnet_exp.demo import CLASSES, IMAGES_PER_CLASS
+from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
 from resnet_exp.errors import DataError
-from resnet_exp.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
+from resnet_exp.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
 
 
 def folder_config(path, **changes) -> TrainConfig:
@@ -33,7 +33,7 @@ def test_demo_dataset_is_real_files_in_an_image_folder(data_dir):
 
 
 def test_demo_generation_is_deterministic(tmp_path, data_dir):
-    from resnet_exp.demo import ensure_demo_dataset
+    from resnet_exp.data.demo import ensure_demo_dataset
 
     again = ensure_demo_dataset(tmp_path)
     for name in ("circle/circle_000.png", "star/star_001.jpg", "ring/ring_079.jpg"):
@@ -206,7 +206,7 @@ def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
 
 
 def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
-    from resnet_exp.data import _load_folder
+    from resnet_exp.data.splits import _load_folder
 
     folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
     first = _load_folder(folder)

@@ -18,11 +18,11 @@ from PIL import Image
 
 from conftest import tiny_config
 from resnet_exp import schema as S
-from resnet_exp.data import SPLITS, ImageDataModule, load_splits
-from resnet_exp.features import cache_features
+from resnet_exp.data.splits import SPLITS, ImageDataModule, load_splits
+from resnet_exp.training.features import cache_features
 from resnet_exp.hardware import resolve_runtime
-from resnet_exp.module import ResNetClassifier
-from resnet_exp.store import open_image_store
+from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.data.store import open_image_store
 
 
 def batches_seen(config, cache: str) -> dict[str, list[list[int]]]:

@@ -16,11 +16,11 @@ from mlflow import MlflowClient
 from conftest import tiny_config
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import ImageSplit, load_splits
-from resnet_exp.features import plan_features
-from resnet_exp.model import build_resnet
-from resnet_exp.module import ResNetClassifier
-from resnet_exp.netspec import NetSpec
+from resnet_exp.data.splits import ImageSplit, load_splits
+from resnet_exp.training.features import plan_features
+from resnet_exp.model.network import build_resnet
+from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.model.netspec import NetSpec
 from resnet_exp.schema import BASIC, BOTTLENECK
 
 VAL_ACC_TOLERANCE = 1 / 64 + 1e-9
@@ -75,7 +75,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 @pytest.mark.slow
 def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(tmp_path, data_dir, tracking_uri):
-    from resnet_exp.train import train
+    from resnet_exp.training.train import train
 
     config = tiny_config(data_dir, tmp_path / "results", freeze_blocks=2)
     cached, uncached = train(config), train(config.replace(feature_cache="off"))

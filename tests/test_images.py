@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO as REPO_ROOT, save_image
-from resnet_exp.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageInputError, image_from_upload
+from resnet_exp.data.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageInputError, image_from_upload
 
 
 def encoded(mode: str = "RGB", fmt: str = "PNG", size: int = 20) -> bytes:
@@ -106,7 +106,7 @@ def big_image(width: int, height: int) -> Image.Image:
 def test_a_large_jpeg_is_decoded_in_draft_mode(monkeypatch):
     from PIL import JpegImagePlugin
 
-    from resnet_exp.images import REDUCING_GAP, decode_file
+    from resnet_exp.data.images import REDUCING_GAP, decode_file
 
     buffer = io.BytesIO()
     big_image(3000, 2000).save(buffer, format="JPEG", quality=85)
@@ -125,7 +125,7 @@ def test_a_large_jpeg_is_decoded_in_draft_mode(monkeypatch):
 
 
 def test_a_large_png_is_reduced_right_after_loading():
-    from resnet_exp.images import REDUCING_GAP, decode_file, image_to_tensor
+    from resnet_exp.data.images import REDUCING_GAP, decode_file, image_to_tensor
 
     buffer = io.BytesIO()
     source = big_image(4000, 3000)
@@ -148,7 +148,7 @@ def test_decoding_holds_at_most_one_full_size_image(tmp_path):
     big_image(4000, 4000).save(path)
     script = (
         "import resource, sys\n"
-        "from resnet_exp.images import decode_file\n"
+        "from resnet_exp.data.images import decode_file\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "kept = [decode_file(data, 64) for _ in range(4)]\n"
@@ -162,7 +162,7 @@ def test_decoding_holds_at_most_one_full_size_image(tmp_path):
 
 
 def test_a_request_over_the_pixel_limit_is_refused_before_decoding():
-    from resnet_exp.images import MAX_REQUEST_PIXELS, check_request_pixels
+    from resnet_exp.data.images import MAX_REQUEST_PIXELS, check_request_pixels
 
     check_request_pixels(MAX_REQUEST_PIXELS)
     with pytest.raises(ImageInputError, match=f"limit of {MAX_REQUEST_PIXELS:,} pixels per request"):

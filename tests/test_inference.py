@@ -10,10 +10,10 @@ import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from resnet_exp import schema
-from resnet_exp.inference import WEIGHTS_FILE, ImageClassifier
-from resnet_exp.model import build_resnet
-from resnet_exp.module import ResNetClassifier
-from resnet_exp.netspec import NetSpec
+from resnet_exp.model.inference import WEIGHTS_FILE, ImageClassifier
+from resnet_exp.model.network import build_resnet
+from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.model.netspec import NetSpec
 
 CLASSES = ("cat", "dog", "eel")
 

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from resnet_exp.cli import main
-from resnet_exp.demo import demo_root
-from resnet_exp.phases import INTERRUPT_POINTS, SIGNAL_AT_ENV
+from resnet_exp.data.demo import demo_root
+from resnet_exp.signals import INTERRUPT_POINTS, SIGNAL_AT_ENV
 
 BEFORE_THE_RUN = ("image_store", "feature_cache")  # a training's run is not open yet
 

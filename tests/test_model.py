@@ -9,11 +9,11 @@ import torchvision
 
 from conftest import offline_failure
 from resnet_exp.errors import WeightsError
-from resnet_exp.model import (
+from resnet_exp.model.network import (
     PRETRAINED, build_resnet, count_parameters, load_initial_weights, pretrained_network,
     torchvision_cache_file,
 )
-from resnet_exp.netspec import NetSpec
+from resnet_exp.model.netspec import NetSpec
 from resnet_exp.schema import BASIC, BOTTLENECK
 
 NUM_CLASSES = 5

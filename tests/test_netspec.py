@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from resnet_exp.errors import ConfigError
-from resnet_exp.netspec import IMAGENET_MEAN, NetSpec, arch_name, depth_label
+from resnet_exp.model.netspec import IMAGENET_MEAN, NetSpec, arch_name, depth_label
 from resnet_exp.schema import BASIC, BOTTLENECK
 
 
@@ -81,6 +81,6 @@ def test_a_spec_that_cannot_rebuild_the_network_is_refused_by_name():
 
 
 def test_netspec_imports_no_torch():
-    code = "import sys, resnet_exp.netspec; print('torch' in sys.modules)"
+    code = "import sys, resnet_exp.model.netspec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""The Ray Tune executor of sweeps (resnet_exp/executors.py): its options, then real Ray: a sweep
+"""The Ray Tune executor of sweeps (resnet_exp/sweep/executors.py): its options, then real Ray: a sweep
 under `mlflow run` with executor=ray (its children nested under one parent in the launch's
 experiment), one of whose trials has its worker killed, that a local sweep of the same grid then
 skips, and that `mlflow run -e analyze` ranks. The sweep on a two-node cluster simulated on this machine
@@ -20,7 +20,7 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.grid import SweepGrid, sweep_id
+from resnet_exp.sweep.grid import SweepGrid, sweep_id
 from test_sweep import TINY, assert_analysis, children, sweep_args, sweeps
 
 # 2 configurations x 2 seeds, the smallest grid that ranks two configurations over seeds
@@ -84,13 +84,13 @@ def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir,
 
 
 def test_only_the_trial_module_imports_ray_at_import_time():
-    """`import resnet_exp.sweep` (and everything a local sweep loads) stays Ray-free: Ray is
+    """`import resnet_exp.sweep.run` (and everything a local sweep loads) stays Ray-free: Ray is
     imported inside the Ray executor's functions, and at module level only by ray_trial.py,
     which runs in Ray's workers."""
     import ast
 
     eager = []
-    for path in sorted((REPO / "resnet_exp").glob("*.py")):
+    for path in sorted((REPO / "resnet_exp").rglob("*.py")):
         for node in ast.parse(path.read_text()).body:  # module level only, not inside functions
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []

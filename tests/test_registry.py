@@ -23,8 +23,8 @@ from conftest import new_store, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.inference import ImageClassifier
-from resnet_exp.registry import move_alias
+from resnet_exp.model.inference import ImageClassifier
+from resnet_exp.tracking.registry import move_alias
 from resnet_exp.schema import CHAMPION
 
 MODEL = "resnet-demo"
@@ -91,7 +91,7 @@ def test_requirements_are_checked_by_name_without_scanning_every_installed_file(
     import importlib_metadata
     from mlflow.utils import requirements_utils
 
-    from resnet_exp.registry import _requirements_checked_by_name, pip_requirements
+    from resnet_exp.tracking.registry import _requirements_checked_by_name, pip_requirements
 
     scans = []
     real_scan = importlib_metadata.packages_distributions
@@ -312,7 +312,7 @@ def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data
 
 @pytest.mark.slow
 def test_registered_model_name_none_logs_the_model_but_registers_nothing(tmp_path, data_dir, tracking_uri):
-    from resnet_exp.train import train
+    from resnet_exp.training.train import train
 
     result = train(tiny_config(data_dir, tmp_path / "results", registered_model_name="none"))
     client = MlflowClient(tracking_uri)
@@ -440,7 +440,7 @@ def test_the_servers_memory_stays_bounded_by_huge_images(server):
     import io
     import threading
 
-    from resnet_exp.images import MAX_REQUEST_PIXELS
+    from resnet_exp.data.images import MAX_REQUEST_PIXELS
     from test_images import big_image
 
     port, process = server

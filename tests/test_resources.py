@@ -22,7 +22,7 @@ def test_an_empty_class_folder_is_named(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match=f"class folder {tmp_path / 'c'} holds no image files"):
-        from resnet_exp.data import load_splits
+        from resnet_exp.data.splits import load_splits
         load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
 
 
@@ -30,12 +30,12 @@ def test_an_empty_class_folder_inside_a_split_is_named(tmp_path):
     make_image_folder(tmp_path / "train", {"a": 4, "b": 4})
     (tmp_path / "train" / "c").mkdir()
     with pytest.raises(DataError, match="train/c holds no image files"):
-        from resnet_exp.data import load_splits
+        from resnet_exp.data.splits import load_splits
         load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
 
 
 def test_a_text_file_as_weights_says_what_was_expected(tmp_path):
-    from resnet_exp.model import load_initial_weights
+    from resnet_exp.model.network import load_initial_weights
 
     garbage = tmp_path / "weights.pt"
     garbage.write_text("random text, not a tensor in sight\n" * 10)
@@ -76,7 +76,7 @@ def test_an_unwritable_folder_is_refused_before_any_run_opens(tmp_path, data_dir
 
     from conftest import tiny_config
     from resnet_exp.errors import DiskError
-    from resnet_exp.train import train
+    from resnet_exp.training.train import train
 
     bad = unwritable_folder(tmp_path)
     config = tiny_config(data_dir, tmp_path / "results").replace(**{option: str(bad)})
@@ -106,7 +106,7 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
 
     import torch
 
-    from resnet_exp import checkpoints
+    from resnet_exp.training import checkpoints
     from resnet_exp.errors import DiskError
 
     def full(fd):
@@ -130,7 +130,7 @@ def test_checkpoints_land_in_order_and_a_removed_one_stays_removed(tmp_path):
     removes the previous best) is final: no late rename brings the file back."""
     import torch
 
-    from resnet_exp.checkpoints import AtomicCheckpointIO
+    from resnet_exp.training.checkpoints import AtomicCheckpointIO
 
     io = AtomicCheckpointIO()
     best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
@@ -161,7 +161,7 @@ def tiny_disk(tmp_path):
 def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
     import torch
 
-    from resnet_exp.checkpoints import AtomicCheckpointIO
+    from resnet_exp.training.checkpoints import AtomicCheckpointIO
     from resnet_exp.errors import DiskError
 
     target = tiny_disk / "checkpoints" / "last.ckpt"
@@ -295,8 +295,9 @@ def test_an_explicit_precision_is_not_measured(tmp_path, monkeypatch):
 
 
 def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, tmp_path):
-    from resnet_exp import hardware, sweep
-    from resnet_exp.grid import SweepGrid
+    from resnet_exp import hardware
+    from resnet_exp.sweep import run as sweep
+    from resnet_exp.sweep.grid import SweepGrid
 
     calls = []
     monkeypatch.setattr(sweep, "resolve_runtime", lambda c: calls.append(c) or
@@ -315,7 +316,7 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
 def test_a_ctrl_c_waits_for_the_store_write_to_finish():
     import signal
 
-    from resnet_exp.runs import interrupts_deferred
+    from resnet_exp.signals import interrupts_deferred
 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "an earlier test left SIGINT changed"
     done = []
@@ -338,7 +339,7 @@ def test_a_ctrl_c_while_training_waits_for_a_checkpoint_is_handled_after_the_wri
 
     import torch
 
-    from resnet_exp.checkpoints import TMP_SUFFIX, AtomicCheckpointIO
+    from resnet_exp.training.checkpoints import TMP_SUFFIX, AtomicCheckpointIO
 
     target = tmp_path / "last.ckpt"
     os.mkfifo(target.with_name(target.name + TMP_SUFFIX))

@@ -26,7 +26,7 @@ from conftest import resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
-from resnet_exp.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
+from resnet_exp.tracking.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
                                reap_dead_children)
 
 RUNNING, FINISHED, KILLED = "RUNNING", "FINISHED", "KILLED"
@@ -265,7 +265,7 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     """A run stopped after its last epoch (say during model logging), resumed by a launch that
     `mlflow run` made a run for: no epoch is trained again, the stopped run ends FINISHED with its
     model, and the launch's own run says where the training went."""
-    from resnet_exp.train import train
+    from resnet_exp.training.train import train
 
     config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
     first = train(config.replace(resume="never"))

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.runs import Terminated, run_scope
+from resnet_exp.signals import Terminated
+from resnet_exp.tracking.runs import run_scope
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import torch
 
 from conftest import make_image_folder, save_image
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import SPLITS, ImageDataModule, ImageSplit, load_splits
-from resnet_exp.images import normalise
+from resnet_exp.data.splits import SPLITS, ImageDataModule, ImageSplit, load_splits
+from resnet_exp.data.images import normalise
 from resnet_exp.errors import DataError
 from resnet_exp.hardware import resolve_runtime
-from resnet_exp.store import IMAGES, open_image_store
+from resnet_exp.data.store import IMAGES, open_image_store
 
 
 def folder_config(root, tmp_path, **changes) -> TrainConfig:

@@ -18,7 +18,7 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, grid_entries, sweep_id
+from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, grid_entries, sweep_id
 
 TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
         "--max-epochs", "2", "--limit-batches", "3"]
@@ -244,7 +244,7 @@ def test_a_child_that_fails_before_its_run_opens_is_still_recorded(tmp_path, dat
 def test_shards_started_together_converge_on_one_parent(tracking_uri):
     """Search-then-create is not atomic: shards that start at the same instant may each create
     a parent; they must end with one, the same for all."""
-    from resnet_exp.sweep import _open_parent
+    from resnet_exp.sweep.run import _open_parent
 
     base, barrier, opened = TrainConfig(data="demo"), threading.Barrier(3), []
 
@@ -271,7 +271,7 @@ def prelog_finished_runs(client: MlflowClient, experiment_id: str, config: Train
     so that a sweep skips these seeds and an adaptive sweep's first round has known numbers."""
     from mlflow.entities import Metric, Param
 
-    from resnet_exp.tracking import config_tags
+    from resnet_exp.tracking.training_run import config_tags
 
     for seed, right in correct.items():
         c = config.replace(seed=seed)
@@ -295,7 +295,7 @@ def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, dat
     Both reach max_seeds=5; f2 never gets a seed. Two real trainings in all (each ~10 s)."""
     import pandas as pd
 
-    from resnet_exp.grid import split_sweep_values
+    from resnet_exp.sweep.grid import split_sweep_values
 
     args = sweep_args(data_dir, tmp_path, "--freeze-blocks", "2,3,4", "--blocks", "1,1,1,1",
                       "--seeds", "auto", "--max-seeds", "5", "--registered-model-name", "none",
@@ -354,7 +354,7 @@ def test_a_round_adds_seeds_to_the_leader_and_its_ties_only():
 
     from analysis import columns as C
     from analysis.rank import standing
-    from resnet_exp.adaptive import plan_round
+    from resnet_exp.sweep.adaptive import plan_round
 
     def table(accs: dict[str, list[float]]) -> pd.DataFrame:
         return standing(pd.DataFrame([{C.CONFIG_HASH: k, C.DEPTH_LABEL: k, C.SEED: seed, C.TEST_ACC: a,

@@ -15,13 +15,13 @@ from torchvision.models.resnet import Bottleneck
 
 from conftest import REPO, tiny_config
 from resnet_exp import schema as S
-from resnet_exp.data import ImageSplit, load_splits
-from resnet_exp.demo import CLASSES
+from resnet_exp.data.splits import ImageSplit, load_splits
+from resnet_exp.data.demo import CLASSES
 from resnet_exp.errors import ConfigError
-from resnet_exp.inference import ImageClassifier, read_spec
-from resnet_exp.model import torchvision_cache_file
-from resnet_exp.module import ResNetClassifier
-from resnet_exp.train import train
+from resnet_exp.model.inference import ImageClassifier, read_spec
+from resnet_exp.model.network import torchvision_cache_file
+from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.training.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ Real PNG and JPEG files in an image-folder layout (`<root>/<class>/<file>`), loa
 same `imagefolder` path as any local folder. Deterministic: the same files on every machine,
 whatever the run's seed (the seed only decides the split).
 
-    python -c "from resnet_exp.demo import ensure_demo_dataset; print(ensure_demo_dataset('data'))"
+    python -c "from resnet_exp.data.demo import ensure_demo_dataset; print(ensure_demo_dataset('data'))"
 """
 
 from __future__ import annotations

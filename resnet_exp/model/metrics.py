@@ -1,6 +1,6 @@
 """Metric computations for training. (Metric *names* live in schema.py.)
 
-    python -c "import torch; from resnet_exp.metrics import ExactAccuracy; m = ExactAccuracy(); \
+    python -c "import torch; from resnet_exp.model.metrics import ExactAccuracy; m = ExactAccuracy(); \
 m.update(torch.eye(3)[[0, 1, 1]], torch.tensor([0, 1, 2])); print(m.compute().item())"
 """
 

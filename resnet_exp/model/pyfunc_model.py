@@ -15,8 +15,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from resnet_exp.images import ImageInputError
-from resnet_exp.inference import IMAGE_COLUMN, PREDICTION_COLUMNS, ImageClassifier
+from resnet_exp.data.images import ImageInputError
+from resnet_exp.model.inference import IMAGE_COLUMN, PREDICTION_COLUMNS, ImageClassifier
 
 
 class ResNetImageModel(PythonModel):

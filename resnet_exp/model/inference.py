@@ -6,7 +6,7 @@ model carries: `model.safetensors` (tensors only, nothing to unpickle) and `nets
 (`classifier.json` in models registered before NetSpec; it still reads).
 No MLflow, `datasets` or Lightning here.
 
-    python -c "from resnet_exp.inference import ImageClassifier; \
+    python -c "from resnet_exp.model.inference import ImageClassifier; \
 c = ImageClassifier.from_checkpoint('best.ckpt'); print(c.predict_uploads([open('cat.jpg','rb').read()]))"
 """
 
@@ -22,10 +22,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from resnet_exp import schema
-from resnet_exp.images import (ImageInputError, check_request_pixels, decode_file, header_pixels, image_to_tensor,
+from resnet_exp.data.images import (ImageInputError, check_request_pixels, decode_file, header_pixels, image_to_tensor,
                                upload_bytes)
-from resnet_exp.model import StagedResNet, build_resnet
-from resnet_exp.netspec import NetSpec
+from resnet_exp.model.network import StagedResNet, build_resnet
+from resnet_exp.model.netspec import NetSpec
 
 IMAGE_COLUMN = "image"  # the input column of the registered model
 TOP_K = 5

@@ -24,20 +24,23 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import schema as S
-from resnet_exp import diagnostics, registry, resume, tracking
-from resnet_exp.callbacks import EpochTimer, StoppedStaysStopped, make_extra_callbacks
-from resnet_exp.checkpoints import AtomicCheckpointIO
+from resnet_exp.tracking import diagnostics, registry, resume
+from resnet_exp.tracking import training_run as tracking
+from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped, make_extra_callbacks
+from resnet_exp.training.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
-from resnet_exp.data import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
+from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.disk import check_writable
-from resnet_exp.features import FeaturePlan, cache_features
+from resnet_exp.training.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
-from resnet_exp.model import InitialWeights, load_initial_weights
-from resnet_exp.module import ResNetClassifier
-from resnet_exp.phases import Phases, interrupt_point
-from resnet_exp.resume import LAST_CHECKPOINT, ResumePoint
-from resnet_exp.runs import RunScope, project_run_id
-from resnet_exp.store import ImageStore, open_image_store
+from resnet_exp.model.network import InitialWeights, load_initial_weights
+from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.phases import Phases
+from resnet_exp.signals import interrupt_point
+from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
+from resnet_exp.tracking.runs import RunScope
+from resnet_exp.tracking.store import project_run_id
+from resnet_exp.data.store import ImageStore, open_image_store
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 before anything runs, expanded into one TrainConfig per (configuration, seed), and split into
 shards. The only home of the sweep's defaults.
 
-    python -c "from resnet_exp.grid import SweepGrid; print([c.run_name for c in SweepGrid().expand()])"
+    python -c "from resnet_exp.sweep.grid import SweepGrid; print([c.run_name for c in SweepGrid().expand()])"
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _parse_blocks_list(text: str) -> tuple[tuple[int, ...], ...]:
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
     """'3' -> seeds 0, 1, 2; '0,1,7' (or '7,' for the one seed 7) -> exactly those; 'auto' ->
-    the first round of an adaptive sweep, seeds 0, 1, 2 (resnet_exp/adaptive.py adds more)."""
+    the first round of an adaptive sweep, seeds 0, 1, 2 (resnet_exp/sweep/adaptive.py adds more)."""
     text = str(text).strip()
     if text == AUTO_SEEDS:
         return tuple(range(AUTO_FIRST_SEEDS))
@@ -167,7 +167,7 @@ class SweepGrid:
 
     @property
     def adaptive(self) -> bool:
-        """seeds=auto: seeds are added where the ranking is unresolved (resnet_exp/adaptive.py)."""
+        """seeds=auto: seeds are added where the ranking is unresolved (resnet_exp/sweep/adaptive.py)."""
         return str(self.seeds).strip() == AUTO_SEEDS
     def parsed(self, name: str) -> Any:
         return self.__dataclass_fields__[name].metadata["parse"](getattr(self, name))

@@ -2,7 +2,7 @@
 the trainable parameters only, and ReduceLROnPlateau on val_loss. Batches arrive as uint8
 pixels (normalised here, after the copy to the device) or as cached frozen-stage features.
 
-    python -c "from resnet_exp.module import ResNetClassifier; from resnet_exp.netspec import NetSpec; \
+    python -c "from resnet_exp.model.classifier import ResNetClassifier; from resnet_exp.model.netspec import NetSpec; \
 print(ResNetClassifier(NetSpec('basic', (2, 2, 2, 2), ('a', 'b'), 64, 3), 3e-5))"
 """
 
@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from resnet_exp import schema as S
-from resnet_exp.images import normalise
-from resnet_exp.metrics import ExactAccuracy
-from resnet_exp.model import InitialWeights, build_resnet, count_parameters
-from resnet_exp.netspec import NetSpec
+from resnet_exp.data.images import normalise
+from resnet_exp.model.metrics import ExactAccuracy
+from resnet_exp.model.network import InitialWeights, build_resnet, count_parameters
+from resnet_exp.model.netspec import NetSpec
 
 LR_FACTOR = 0.5  # halve the learning rate ...
 LR_PATIENCE = 3  # ... after 3 epochs without a val_loss improvement
@@ -78,7 +78,7 @@ class ResNetClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         loss_name, acc_name = S.SPLIT_METRICS[split]
         self.accuracy[acc_name](logits, y)
-        if split == S.TEST:  # kept for the run's diagnostics (resnet_exp/diagnostics.py)
+        if split == S.TEST:  # kept for the run's diagnostics (resnet_exp/tracking/diagnostics.py)
             self.test_outputs.append((logits.detach().float().cpu(), y.detach().cpu()))
         per_step = split == S.TRAIN  # validation and test report epoch values only
         log = dict(on_step=per_step, on_epoch=True, batch_size=len(y), prog_bar=True)

@@ -22,9 +22,11 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, TrainConfig, describe_weights
-from resnet_exp.data import SPLITS, DataSplits
-from resnet_exp.resume import ResumePoint, heartbeat
-from resnet_exp.runs import RunScope, interrupts_deferred, project_run_id, run_scope, tracking_uri
+from resnet_exp.data.splits import SPLITS, DataSplits
+from resnet_exp.tracking.resume import ResumePoint, heartbeat
+from resnet_exp.signals import interrupts_deferred
+from resnet_exp.tracking.runs import RunScope, run_scope
+from resnet_exp.tracking.store import project_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def training_run(config: TrainConfig, parent: ParentRun | None = None,
     stopped run of `point` reopened) and always closed by the one run scope; the active run,
     so Lightning's logger and log_model write to it. A sweep's training opens a child of
     `parent` instead: MLFLOW_RUN_ID is then the sweep's own run. While the run is open, a
-    heartbeat tells other processes that it is alive (resnet_exp/resume.py)."""
+    heartbeat tells other processes that it is alive (resnet_exp/tracking/resume.py)."""
     launcher = None if parent else project_run_id()
     if launcher:
         warn_if_experiment_name_ignored(config)  # the experiment is the one `mlflow run` chose

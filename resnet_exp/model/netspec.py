@@ -4,7 +4,7 @@ model's weights, and the network is rebuilt from it alone (model.build_resnet).
 
 Standard library only: config, analysis and the served model read it without torch.
 
-    python -c "from resnet_exp.netspec import NetSpec; \
+    python -c "from resnet_exp.model.netspec import NetSpec; \
 print(NetSpec('bottleneck', (3, 4, 6, 3), ('cat', 'dog'), 224, 2).depth_label)"
 """
 

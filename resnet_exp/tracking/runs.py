@@ -1,21 +1,14 @@
-"""MLflow runs of every kind (training, sweep parent, analysis): where they are stored and how
-one is opened, described and closed. MLflow only, no torch or Lightning, so that analysis stays
-light.
+"""MLflow runs of every kind (training, sweep parent, analysis): how one is opened, described
+and closed. MLflow only, no torch or Lightning, so that analysis stays light. Where runs are
+stored is resnet_exp/tracking/store.py.
 
-The MLflow variables are read here and nowhere else: MLFLOW_TRACKING_URI (else MLflow's
-default, sqlite:///mlflow.db in the working directory) and MLFLOW_RUN_ID, which `mlflow run`
-sets for the run it created.
-
-    python -c "from resnet_exp.runs import tracking_uri; print(tracking_uri())"
+    python -c "from resnet_exp.tracking.runs import git_tags; print(git_tags())"
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,37 +16,18 @@ from typing import Callable, Iterator, Mapping
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run, RunStatus, RunTag
+from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.tracking_server import TrackingFailure, one_attempt, tracking_failure
+from resnet_exp.signals import Terminated, interrupts_deferred, sigterm_raises
+from resnet_exp.tracking.server import TrackingFailure, one_attempt, tracking_failure
+from resnet_exp.tracking.store import ensure_experiment, use_tracking_store
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ERROR_TEXT_LIMIT = 4000  # characters; MLflow tag values are limited to 8,000
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
-PAGE_SIZE = 1000  # runs per search_runs page
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's embedded default: mlflow.db in the working directory.
-
-    Read from the environment each time, not from mlflow.get_tracking_uri(): Lightning's
-    MLFlowLogger pins MLflow's process-wide URI, which would send a later run in the same
-    process to an earlier run's store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def project_run_id() -> str | None:
-    """The run `mlflow run` created for this process, if any."""
-    return os.environ.get("MLFLOW_RUN_ID") or None
-
-
-def claim_project_run_id() -> str | None:
-    """The run `mlflow run` created, taken out of the environment: mlflow.start_run() without a
-    run id joins MLFLOW_RUN_ID, which must not happen to a sweep's children."""
-    return os.environ.pop("MLFLOW_RUN_ID", None) or None
 
 
 def git_tags() -> dict[str, str]:
@@ -69,17 +43,6 @@ def git_tags() -> dict[str, str]:
 
 
 # --- one scope for every kind of run ----------------------------------------------------------
-
-
-class Terminated(SystemExit):
-    """SIGTERM, raised where the process was: exits as a process ended by SIGTERM does (143)."""
-
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 def _status(error: BaseException | None) -> str:
@@ -167,26 +130,24 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
         source = source_tag()
     scope = RunScope(run_id, experiment_id, client)
     scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **source, **(tags or {})})
-    previous = _catch_sigterm()
-    error: BaseException | None = None
-    try:
-        if active:
-            mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
-        yield scope
-    except SystemExit as err:
-        error = _mark_killed(err, run_id)
-        if err.code is None:
-            # Lightning's SIGTERMException: a SystemExit without a code, i.e. exit status 0;
-            # exit as a process ended by SIGTERM does, so that callers see the failure.
-            raise _mark_killed(Terminated(), run_id) from err
-        raise
-    except BaseException as err:
-        error = _mark_killed(err, run_id)
-        raise
-    finally:
-        _close(scope, error, active)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises():  # SIGTERM closes the run KILLED instead of leaving it RUNNING
+        error: BaseException | None = None
+        try:
+            if active:
+                mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+            yield scope
+        except SystemExit as err:
+            error = _mark_killed(err, run_id)
+            if err.code is None:
+                # Lightning's SIGTERMException: a SystemExit without a code, i.e. exit status 0;
+                # exit as a process ended by SIGTERM does, so that callers see the failure.
+                raise _mark_killed(Terminated(), run_id) from err
+            raise
+        except BaseException as err:
+            error = _mark_killed(err, run_id)
+            raise
+        finally:
+            _close(scope, error, active)
 
 
 def _mark_killed(error: BaseException, run_id: str) -> BaseException:
@@ -195,37 +156,6 @@ def _mark_killed(error: BaseException, run_id: str) -> BaseException:
     if _status(error) == RunStatus.to_string(RunStatus.KILLED) and not hasattr(error, "killed_run_id"):
         error.killed_run_id = run_id
     return error
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then handle them as they would have been.
-
-    What the block does is never cut in half: a SQLite write interrupted midway lost the epoch's
-    metrics (whose log line was already printed) and left a broken connection that printed
-    sqlite3/sqlalchemy errors; a wait for the checkpoint writer (Thread.join) interrupted midway
-    is, on Python 3.11, marked finished while the writer still runs. Main thread only (where
-    Python runs signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    # A handler not set from Python (getsignal gives None) could not be put back: left alone.
-    previous = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
-                if (handler := signal.getsignal(signum)) is not None}
-    for signum in previous:
-        signal.signal(signum, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    for signum in dict.fromkeys(caught):  # each once, in the order they came
-        handler = previous[signum]
-        if callable(handler):
-            handler(signum, None)  # Python's default raises KeyboardInterrupt, ours Terminated
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(signum)  # the process ends as the signal would have ended it
 
 
 def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
@@ -271,59 +201,6 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
         mlflow.end_run(status)
     else:
         scope.client.set_terminated(scope.run_id, status)
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM as an exception (Terminated) for a whole command, not only while a run is open:
-    the work before a run opens (data, image store, feature cache) then removes its temporary
-    folders too, and a sweep's parent is closed KILLED between its children."""
-    previous = _catch_sigterm()
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _catch_sigterm():
-    """Make SIGTERM an exception while a run is open (main thread only), so the run is closed
-    KILLED instead of left RUNNING; returns the handler to restore, or None."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_terminated)
-        return previous
-    return None  # an enclosing scope (a sweep around its children) already catches it
-
-
-def search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> Iterator[Run]:
-    """Every active run of the experiment that matches `filter_string`, page by page."""
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def use_tracking_store() -> str:
-    """Point MLflow's fluent API at the tracking URI (see tracking_uri) and return it."""
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def ensure_experiment(client: MlflowClient, name: str, note: str = "") -> str:
-    """The id of experiment `name`, created if missing; gives it `note` as description if it
-    has none (the UI shows it at the top of the experiment)."""
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    if note and not (experiment and experiment.tags.get(S.MLFLOW_NOTE)):
-        client.set_experiment_tag(experiment_id, S.MLFLOW_NOTE, note)
-    return experiment_id
 
 
 def source_tag() -> dict[str, str]:

@@ -3,7 +3,7 @@
 
 Only PIL, numpy and torch are imported here: a served model must not need `datasets` or Lightning.
 
-    python -c "from PIL import Image; from resnet_exp.images import image_to_tensor; \
+    python -c "from PIL import Image; from resnet_exp.data.images import image_to_tensor; \
 print(image_to_tensor(Image.new('RGB', (50, 30)), 32).shape)"
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from resnet_exp.netspec import IMAGENET_MEAN, IMAGENET_STD
+from resnet_exp.model.netspec import IMAGENET_MEAN, IMAGENET_STD
 
 # Limits on one image sent to a served or loaded model. 20 MiB holds any camera JPEG; 40
 # megapixels (e.g. 8000 x 5000) decodes to 120 MB of RGB, so a small file claiming more is a

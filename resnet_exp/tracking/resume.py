@@ -29,7 +29,7 @@ from mlflow.entities import Run, RunStatus
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, NEVER, TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.runs import search_all, tracking_uri
+from resnet_exp.tracking.store import search_all, tracking_uri
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30.0  # how often a training writes its heartbeat tag (one small write)

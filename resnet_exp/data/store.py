@@ -14,8 +14,8 @@ Reading a batch is one gather from the page cache (32 images of 224 px in well u
 millisecond here, against about 3 ms to decode and resize one JPEG), and normalisation to
 float happens in the training step, on the GPU where there is one.
 
-    python -c "from resnet_exp.config import TrainConfig as C; from resnet_exp.data import load_splits; \
-from resnet_exp.store import open_image_store as o; c = C(data='demo', image_size=64); print(o(load_splits(c), c))"
+    python -c "from resnet_exp.config import TrainConfig as C; from resnet_exp.data.splits import load_splits; \
+from resnet_exp.data.store import open_image_store as o; c = C(data='demo', image_size=64); print(o(load_splits(c), c))"
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ import torch
 
 from resnet_exp.atomic import build_atomically
 from resnet_exp.config import TrainConfig
-from resnet_exp.data import DataSplits, decode_image, describe_row
-from resnet_exp.images import resize_pixels
+from resnet_exp.data.splits import DataSplits, decode_image, describe_row
+from resnet_exp.data.images import resize_pixels
 from resnet_exp.errors import DataError
-from resnet_exp.phases import interrupt_point
+from resnet_exp.signals import interrupt_point
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ a removal and the end of fit or test wait for it, and a write that failed raises
 `seconds` is the time the training thread spent on checkpoints (serializing and waiting), kept
 for the run's phases.
 
-    python -c "from resnet_exp.checkpoints import AtomicCheckpointIO as A; a = A(); a.save_checkpoint({'a': 1}, '/tmp/x.ckpt'); a.teardown()"
+    python -c "from resnet_exp.training.checkpoints import AtomicCheckpointIO as A; a = A(); a.save_checkpoint({'a': 1}, '/tmp/x.ckpt'); a.teardown()"
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.serialization import config as serialization
 
 from resnet_exp.disk import disk_error, is_disk_error
-from resnet_exp.runs import interrupts_deferred
+from resnet_exp.signals import interrupts_deferred
 
 TMP_SUFFIX = ".tmp"
 

@@ -5,7 +5,7 @@ Resumable: a child whose config hash and seed already have a FINISHED run in the
 skipped; failed ones are trained again. `--shard i/n` trains every n-th child, so machines
 pointed at one tracking server share a sweep; they find (or create) one parent run by the grid's
 `sweep_id`. A failing child is recorded FAILED and the sweep goes on. With `--seeds auto`,
-seeds are then added where the ranking is unresolved (resnet_exp/adaptive.py).
+seeds are then added where the ranking is unresolved (resnet_exp/sweep/adaptive.py).
 
     resnet-exp sweep --data demo --weights none --image-size 64 --max-epochs 3 --freeze-blocks 2,4 --seeds 2
 """
@@ -14,43 +14,30 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, Run, RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
-from resnet_exp import registry, tracking
+from resnet_exp.tracking import registry
+from resnet_exp.tracking import training_run as tracking
 from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
 from resnet_exp.errors import ConfigError
-from resnet_exp.data import load_splits
+from resnet_exp.data.splits import load_splits
 from resnet_exp.disk import check_writable
-from resnet_exp.executors import LocalExecutor, RayExecutor, open_executor
-from resnet_exp.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
+from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome, run_child
+from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
+from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
-from resnet_exp.model import load_initial_weights
-from resnet_exp.phases import interrupt_point
-from resnet_exp.resume import finished_run, reap_dead_children
-from resnet_exp.tracking_server import tracking_failure
-from resnet_exp.runs import (ERROR_TEXT_LIMIT, RunScope, claim_project_run_id, ensure_experiment, run_scope,
-                             search_all, source_tag, use_tracking_store)
+from resnet_exp.model.network import load_initial_weights
+from resnet_exp.tracking.resume import reap_dead_children
+from resnet_exp.tracking.runs import RunScope, run_scope, source_tag
+from resnet_exp.tracking.store import claim_project_run_id, ensure_experiment, search_all, use_tracking_store
 
 log = logging.getLogger(__name__)
-TRAINED, SKIPPED, FAILED = "trained", "skipped", "failed"
 CONVERGE_S = 1.0  # seconds a new parent waits for shards that started at the same instant
-
-
-@dataclass(frozen=True)
-class ChildOutcome:
-    run_name: str
-    seed: int
-    config_hash: str
-    outcome: str  # TRAINED, SKIPPED (an earlier FINISHED run) or FAILED
-    run_id: str
-    error: str = ""
-    reason: str = ""  # why an adaptive sweep added this seed (the child's seed_reason tag)
 
 
 @dataclass(frozen=True)
@@ -82,7 +69,7 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs = _preflight(configs)
-    with open_executor(grid, _run_child) as executor:  # Ray starts (or is joined) before any run exists
+    with open_executor(grid, run_child) as executor:  # Ray starts (or is joined) before any run exists
         return _run_under_parent(grid, base, configs, sid, executor)
 
 
@@ -129,70 +116,13 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
 
 def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[ChildOutcome],
                parent: tracking.ParentRun, executor: LocalExecutor | RayExecutor) -> tuple[list[TrainConfig], str]:
-    """seeds=auto: the rounds after the first (resnet_exp/adaptive.py); appends their outcomes."""
-    from resnet_exp.adaptive import add_seeds
+    """seeds=auto: the rounds after the first (resnet_exp/sweep/adaptive.py); appends their outcomes."""
+    from resnet_exp.sweep.adaptive import add_seeds
 
     def train_child(config: TrainConfig, reason: str) -> tuple[str, bool]:
         outcomes.extend(executor.run([config], parent, [reason]))
         return outcomes[-1].run_id, outcomes[-1].outcome != FAILED
     return add_seeds(configs, [o.run_id for o in outcomes], grid.parsed("max_seeds"), train_child)
-
-
-def _run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome:
-    from resnet_exp.train import train  # Lightning and torchvision load only when a child trains
-
-    interrupt_point("sweep_gap")
-    identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason)
-    skipped = skip_if_finished(config, parent, reason)
-    if skipped:
-        return skipped
-    attempt = new_attempt(parent, reason)
-    try:
-        result = train(config, attempt)
-    except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
-        if tracking_failure(err):  # the server is gone: recording it would wait out the retries
-            raise  # again, and every next child would fail the same way
-        error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
-        log.error("%s failed: %s", config.run_name, error)
-        return ChildOutcome(**identity, outcome=FAILED, run_id=_record_failure(config, attempt, error),
-                            error=error)
-    return ChildOutcome(**identity, outcome=TRAINED, run_id=result.run_id)
-
-
-def skip_if_finished(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome | None:
-    """The SKIPPED outcome of a cell that already has a FINISHED run in the experiment (whichever
-    executor or shard trained it), else None."""
-    done = finished_run(MlflowClient(), parent.experiment_id, config.config_hash, config.seed)
-    if not done:
-        return None
-    log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
-    return ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done, reason=reason)
-
-
-def new_attempt(parent: tracking.ParentRun, reason: str = "") -> tracking.ParentRun:
-    """The parent as one attempt at a cell sees it: its child tags plus a fresh attempt id (which
-    finds the attempt's run again) and, for a seed an adaptive round added, why."""
-    why = {S.TAG_SEED_REASON: reason} if reason else {}
-    return tracking.ParentRun(parent.run_id, parent.experiment_id,
-                              {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
-
-
-def _record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str) -> str:
-    """Tag the attempt's FAILED run with the error; if the training failed before opening a
-    run, create the FAILED child here, so the UI and the next resume see it."""
-    client = MlflowClient()
-    found = client.search_runs([attempt.experiment_id], max_results=1,
-                               filter_string=f"tags.{S.TAG_SWEEP_ATTEMPT} = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'")
-    if found:
-        run_id = found[0].info.run_id
-    else:
-        tags = {S.TAG_KIND: S.KIND_TRAIN, **tracking.config_tags(config), **attempt.child_tags,
-                S.MLFLOW_PARENT_RUN_ID: attempt.run_id}
-        run_id = client.create_run(attempt.experiment_id, run_name=config.run_name, tags=tags).info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_params().items()])
-    client.set_tag(run_id, S.TAG_ERROR, error)
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-    return run_id
 
 
 # --- the parent run ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ data) with the `imagefolder` builder. Missing validation/test splits are carved 
 stratified split seeded by `seed`; the test split is never used for model selection. Images are
 decoded by us (not by `datasets`) so that any PIL mode becomes RGB and a bad file is named.
 
-    python -c "from resnet_exp.config import TrainConfig; from resnet_exp.data import load_splits; \
+    python -c "from resnet_exp.config import TrainConfig; from resnet_exp.data.splits import load_splits; \
 print(load_splits(TrainConfig(data='demo')).summary())"
 """
 
@@ -24,9 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from resnet_exp.config import TrainConfig
-from resnet_exp.demo import ensure_demo_dataset
+from resnet_exp.data.demo import ensure_demo_dataset
 from resnet_exp.hardware import Runtime
-from resnet_exp.images import image_to_tensor, to_rgb
+from resnet_exp.data.images import image_to_tensor, to_rgb
 from resnet_exp.errors import DataError
 from resnet_exp.offline import hub_offline_if_unreachable, hub_unavailable
 

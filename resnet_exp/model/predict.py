@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from resnet_exp.errors import DataError, UserError
-from resnet_exp.images import MAX_REQUEST_PIXELS, ImageInputError, header_pixels, image_from_upload
-from resnet_exp.inference import IMAGE_COLUMN
+from resnet_exp.data.images import MAX_REQUEST_PIXELS, ImageInputError, header_pixels, image_from_upload
+from resnet_exp.model.inference import IMAGE_COLUMN
 
 FILE_COLUMN = "file"
 

@@ -1,7 +1,7 @@
 """What runs inside one Ray Tune trial of a sweep (executor=ray): the driver's tracking store and
 working directory, torch threads that follow the trial's CPUs, then the same `_run_child` the
 local executor calls, with each epoch's val_loss and val_acc also reported to Tune. Imported
-only in Ray's worker processes (resnet_exp/executors.py starts the trials).
+only in Ray's worker processes (resnet_exp/sweep/executors.py starts the trials).
 
     pytest tests/test_ray.py -k two_nodes
 """
@@ -20,11 +20,11 @@ import ray
 from ray import tune
 
 from resnet_exp import schema as S
-from resnet_exp.callbacks import extra_callbacks
-from resnet_exp.executors import OUTCOME_KEY
+from resnet_exp.training.callbacks import extra_callbacks
+from resnet_exp.sweep.cells import OUTCOME_KEY
 from resnet_exp.hardware import CPUS_VARIABLE
-from resnet_exp.runs import claim_project_run_id
-from resnet_exp.tracking import ParentRun
+from resnet_exp.tracking.store import claim_project_run_id
+from resnet_exp.tracking.training_run import ParentRun
 
 
 class TuneReport(pl.Callback):

@@ -25,17 +25,16 @@ from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.grid import SweepGrid
-from resnet_exp.runs import search_all, tracking_uri
+from resnet_exp.sweep.grid import SweepGrid
+from resnet_exp.tracking.store import search_all, tracking_uri
 
 if TYPE_CHECKING:
     from resnet_exp.config import TrainConfig
-    from resnet_exp.sweep import ChildOutcome
-    from resnet_exp.tracking import ParentRun
+    from resnet_exp.sweep.cells import ChildOutcome
+    from resnet_exp.tracking.training_run import ParentRun
 
 log = logging.getLogger(__name__)
 RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
-OUTCOME_KEY = "child_outcome"  # the trial's last result: the ChildOutcome as JSON
 # What a trial's process needs from the driver's environment: where runs are stored, and the
 # tracking server's credentials (passed through Ray's object store, never a command line or param).
 WORKER_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
@@ -132,7 +131,7 @@ class RayExecutor:
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
-        from resnet_exp.sweep import ChildOutcome, skip_if_finished
+        from resnet_exp.sweep.cells import skip_if_finished
 
         reasons = list(reasons) or [""] * len(cells)
         outcomes: dict[int, ChildOutcome] = {}
@@ -150,8 +149,8 @@ class RayExecutor:
         import ray
         from ray import tune
 
-        from resnet_exp.ray_trial import run_trial
-        from resnet_exp.sweep import ChildOutcome
+        from resnet_exp.sweep.cells import OUTCOME_KEY, ChildOutcome
+        from resnet_exp.sweep.ray_trial import run_trial
 
         sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
         storage = Path(cells[0].output_dir).resolve() / "ray" / sid
@@ -199,13 +198,13 @@ def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", expe
     """A trial that ended without an outcome (its worker died more than max_failures times):
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
-    from resnet_exp.runs import ERROR_TEXT_LIMIT
-    from resnet_exp.sweep import FAILED, ChildOutcome, _record_failure, new_attempt
+    from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
+    from resnet_exp.sweep.cells import FAILED, ChildOutcome, new_attempt, record_failure
 
     error = error[:ERROR_TEXT_LIMIT]
     log.error("%s failed: %s", config.run_name, error)
     closed = _close_open_children(parent, experiment, RunStatus.FAILED, error, config)
-    run_id = closed[-1] if closed else _record_failure(config, new_attempt(parent, reason), error)
+    run_id = closed[-1] if closed else record_failure(config, new_attempt(parent, reason), error)
     return ChildOutcome(config.run_name, config.seed, config.config_hash, FAILED, run_id, error, reason)
 
 

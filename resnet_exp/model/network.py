@@ -2,7 +2,7 @@
 from a NetSpec, partly pretrained, with its first stages frozen. Plain `nn.Module` work; no
 Lightning here.
 
-    python -c "from resnet_exp.model import build_resnet; from resnet_exp.netspec import NetSpec; \
+    python -c "from resnet_exp.model.network import build_resnet; from resnet_exp.model.netspec import NetSpec; \
 print(build_resnet(NetSpec('bottleneck', (1, 1, 1, 1), ('a', 'b'), 64, 2)))"
 """
 
@@ -22,7 +22,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import OfflineError, WeightsError
-from resnet_exp.netspec import NUM_STAGES, NetSpec, check_block
+from resnet_exp.model.netspec import NUM_STAGES, NetSpec, check_block
 from resnet_exp.offline import offline_options, reachable
 from resnet_exp.schema import BASIC, BOTTLENECK
 

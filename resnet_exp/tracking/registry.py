@@ -32,13 +32,13 @@ from PIL import Image
 import resnet_exp
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
-from resnet_exp.inference import IMAGE_COLUMN, ImageClassifier
-from resnet_exp.phases import interrupt_point
+from resnet_exp.model.inference import IMAGE_COLUMN, ImageClassifier
+from resnet_exp.signals import interrupt_point
 
 log = logging.getLogger(__name__)
 
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
-# What the pyfunc imports (directly or through resnet_exp.inference/images/model). MLflow's
+PYFUNC_FILE = Path(__file__).parents[1] / "model" / "pyfunc_model.py"
+# What the pyfunc imports (directly or through resnet_exp.model.inference/images/model). MLflow's
 # requirement inference misses torch and pillow for models from code, so the list is explicit.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
 

@@ -30,10 +30,10 @@ import torch
 
 from resnet_exp.config import TrainConfig
 from resnet_exp.hardware import Runtime, autocast, available_memory
-from resnet_exp.model import StagedResNet
-from resnet_exp.module import network_input
-from resnet_exp.phases import interrupt_point
-from resnet_exp.store import StoredSplit
+from resnet_exp.model.network import StagedResNet
+from resnet_exp.model.classifier import network_input
+from resnet_exp.signals import interrupt_point
+from resnet_exp.data.store import StoredSplit
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from resnet_exp import schema as S
-from resnet_exp.phases import interrupt_point
+from resnet_exp.signals import interrupt_point
 
 log = logging.getLogger(__name__)
 SUMMARY = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
@@ -24,7 +24,7 @@ _EXTRA: list[Callable[[], pl.Callback]] = []  # see extra_callbacks
 @contextmanager
 def extra_callbacks(*factories: Callable[[], pl.Callback]) -> Iterator[None]:
     """Add a callback, made fresh by each factory, to every training started inside the block:
-    how a Ray Tune trial (resnet_exp/ray_trial.py) hears each epoch without train.py knowing Ray."""
+    how a Ray Tune trial (resnet_exp/sweep/ray_trial.py) hears each epoch without train.py knowing Ray."""
     _EXTRA.extend(factories)
     try:
         yield

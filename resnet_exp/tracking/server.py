@@ -155,7 +155,7 @@ def check_tracking_server() -> None:
     password or a wrong address fails in seconds, not after the data is prepared."""
     from mlflow import MlflowClient
 
-    from resnet_exp.runs import tracking_uri
+    from resnet_exp.tracking.store import tracking_uri
 
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):

@@ -21,7 +21,7 @@ import torch
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from resnet_exp import schema as S
-from resnet_exp.data import DataSplits
+from resnet_exp.data.splits import DataSplits
 
 CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice since Guo et al. (2017)
 

@@ -1,0 +1,98 @@
+"""The process's answer to Ctrl-C and SIGTERM, in one place (standard library only).
+
+Ctrl-C is Python's KeyboardInterrupt; SIGTERM becomes `Terminated` (a SystemExit with status 143)
+while a command runs, so that work under way closes its run KILLED and removes its temporary
+folders instead of dying mid-write. `interrupts_deferred` holds both signals over a block that
+must not be cut in half. `RunInterrupted` tells the CLI which run an interrupt marked KILLED.
+
+    python -c "from resnet_exp.signals import sigterm_raises; import os, signal; \
+exec('with sigterm_raises():\\n  os.kill(os.getpid(), signal.SIGTERM)')"; echo $?
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the process was: exits as a process ended by SIGTERM does (143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+# Fault injection: RESNET_EXP_SIGNAL_AT=<point> makes the process send itself SIGTERM when it
+# reaches that point, so tests can check that an interrupt anywhere leaves no RUNNING run and
+# no temporary folder (tests/test_interrupts.py). The points, in the order a sweep meets them:
+SIGNAL_AT_ENV = "RESNET_EXP_SIGNAL_AT"
+INTERRUPT_POINTS = ("image_store", "feature_cache", "fit", "test", "model_log", "register", "sweep_gap")
+
+
+def interrupt_point(name: str) -> None:
+    """Mark a point where an interrupt must be handled cleanly (see SIGNAL_AT_ENV)."""
+    if os.environ.get(SIGNAL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then handle them as they would have been.
+
+    What the block does is never cut in half: a SQLite write interrupted midway lost the epoch's
+    metrics (whose log line was already printed) and left a broken connection that printed
+    sqlite3/sqlalchemy errors; a wait for the checkpoint writer (Thread.join) interrupted midway
+    is, on Python 3.11, marked finished while the writer still runs. Main thread only (where
+    Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    # A handler not set from Python (getsignal gives None) could not be put back: left alone.
+    previous = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
+                if (handler := signal.getsignal(signum)) is not None}
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    for signum in dict.fromkeys(caught):  # each once, in the order they came
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)  # Python's default raises KeyboardInterrupt, ours Terminated
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)  # the process ends as the signal would have ended it
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM as an exception (Terminated) for a whole command, not only while a run is open:
+    the work before a run opens (data, image store, feature cache) then removes its temporary
+    folders too, and a sweep's parent is closed KILLED between its children."""
+    previous = catch_sigterm()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def catch_sigterm():
+    """Make SIGTERM an exception while a run is open (main thread only), so the run is closed
+    KILLED instead of left RUNNING; returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        return previous
+    return None  # an enclosing scope (a sweep around its children) already catches it
