@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus
@@ -38,7 +39,10 @@ class ChildOutcome:
     reason: str = ""  # why an adaptive sweep added this seed (the child's seed_reason tag)
 
 
-def run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome:
+def run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "",
+              callbacks: Sequence[Any] = ()) -> ChildOutcome:
+    """Train one cell as a child of `parent` (or skip it, already FINISHED); a failure is recorded
+    and returned, not raised, so that the sweep goes on. `callbacks` go to the Trainer."""
     from resnet_exp.training.train import train  # Lightning and torchvision load only when a child trains
 
     interrupt_point("sweep_gap")
@@ -48,7 +52,7 @@ def run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "")
         return skipped
     attempt = new_attempt(parent, reason)
     try:
-        result = train(config, attempt)
+        result = train(config, attempt, callbacks)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
         if tracking_failure(err):  # the server is gone: recording it would wait out the retries
             raise  # again, and every next child would fail the same way

@@ -20,7 +20,6 @@ import ray
 from ray import tune
 
 from resnet_exp import schema as S
-from resnet_exp.training.callbacks import extra_callbacks
 from resnet_exp.sweep.cells import OUTCOME_KEY
 from resnet_exp.hardware import CPUS_VARIABLE
 from resnet_exp.tracking.store import claim_project_run_id
@@ -51,6 +50,6 @@ def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent:
     tags = {**parent.child_tags, S.TAG_RAY_NODE_ID: ray.get_runtime_context().get_node_id(),
             # the trial's folder under the sweep's storage path (get_trial_dir() is Ray's local staging copy)
             S.TAG_RAY_TRIAL_DIR: str(Path(experiment_dir) / Path(context.get_trial_dir()).name)}
-    with extra_callbacks(TuneReport):
-        outcome = run_child(cells[index], ParentRun(parent.run_id, parent.experiment_id, tags), reasons[index])
+    outcome = run_child(cells[index], ParentRun(parent.run_id, parent.experiment_id, tags), reasons[index],
+                        callbacks=[TuneReport()])
     tune.report({OUTCOME_KEY: json.dumps(asdict(outcome))})

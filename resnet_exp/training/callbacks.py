@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -18,23 +17,6 @@ from resnet_exp.signals import interrupt_point
 
 log = logging.getLogger(__name__)
 SUMMARY = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
-_EXTRA: list[Callable[[], pl.Callback]] = []  # see extra_callbacks
-
-
-@contextmanager
-def extra_callbacks(*factories: Callable[[], pl.Callback]) -> Iterator[None]:
-    """Add a callback, made fresh by each factory, to every training started inside the block:
-    how a Ray Tune trial (resnet_exp/sweep/ray_trial.py) hears each epoch without train.py knowing Ray."""
-    _EXTRA.extend(factories)
-    try:
-        yield
-    finally:
-        for factory in factories:
-            _EXTRA.remove(factory)
-
-
-def make_extra_callbacks() -> list[pl.Callback]:
-    return [factory() for factory in _EXTRA]
 
 
 class EpochTimer(pl.Callback):

@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import mlflow
 import pytorch_lightning as pl
@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from resnet_exp import schema as S
 from resnet_exp.tracking import diagnostics, registry, resume
 from resnet_exp.tracking import training_run as tracking
-from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped, make_extra_callbacks
+from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped
 from resnet_exp.training.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
@@ -54,9 +54,11 @@ class TrainResult:
     registered: registry.RegisteredVersion | None  # None when registered_model_name is 'none'
 
 
-def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> TrainResult:
+def train(config: TrainConfig, parent: tracking.ParentRun | None = None,
+          callbacks: Sequence[pl.Callback] = ()) -> TrainResult:
     """Train, test with the best checkpoint, and record everything in one MLflow run (a child
-    of `parent` when a sweep runs it)."""
+    of `parent` when a sweep runs it). `callbacks` join the Trainer's own (a Ray trial's report
+    of each epoch to Tune)."""
     phases = Phases()
     check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
     check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
@@ -84,7 +86,7 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None) -> Trai
         facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
         scope.describe(tracking.describe_training(config, facts))
         _log_input_path(scope, store, plan, first_attempt=point is None)
-        trainer = _build_trainer(config, runtime, run_id, len(splits.train), folder, point)
+        trainer = _build_trainer(config, runtime, run_id, len(splits.train), folder, point, callbacks)
         checkpoint_io = trainer.strategy.checkpoint_io
         with _known_warnings_silenced():
             with phases.timed(S.FIT_TIME):
@@ -201,7 +203,7 @@ def _log_run_facts(scope: RunScope, config: TrainConfig, runtime: Runtime, split
 
 
 def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int, folder: Path,
-                   point: ResumePoint | None) -> pl.Trainer:
+                   point: ResumePoint | None, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
     # `folder` is explicit: loggers must not decide it; a resumed run keeps its own.
     # Two files per run: the best by val_loss as weights only (what test and the registry
     # read), and one resumable last.ckpt with optimizer, scheduler and callback states. Keeping
@@ -226,7 +228,7 @@ def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_row
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
-        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *make_extra_callbacks()],
+        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *extra],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,
