@@ -102,7 +102,7 @@ def test_only_the_trial_module_imports_ray_at_import_time():
 @pytest.mark.slow
 def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_sweep_skips_its_cells(
         tmp_path, data_dir, tracking_uri):
-    """Issue 13's Ray sweep under `mlflow run` and its killed worker in one sweep: once the first
+    """A Ray sweep under `mlflow run` and a killed worker, checked in one sweep: once the first
     trial has stored epoch 0 and saved it, its worker gets `kill -9`; Ray retries the trial
     (max_failures=1) and the retry resumes the child run in a new worker. Three epochs, so that
     the trial is still training when the kill comes (an epoch of the cached head is quick)."""

@@ -155,7 +155,7 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(serve
 
 @pytest.mark.slow
 def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
-    """Issue 13's two Ray sweeps in one: two concurrent trials writing to the shared server, on
+    """Two Ray scenarios in one sweep: two concurrent trials writing to the shared server, on
     a two-node cluster simulated on this machine (ray.cluster_utils.Cluster, one CPU per node),
     so one trial runs on each node. The sweep's driver is this process; its trials run in Ray
     worker processes, which get the credentials from the driver's environment, as on a cluster
