@@ -64,17 +64,6 @@ def disk_failure(err: OSError) -> Exception:
     return click.ClickException(str(disk_error(err))) if is_disk_error(err) else err
 
 
-def interrupted(err: BaseException) -> BaseException:
-    """Ctrl-C or SIGTERM during a run: one line saying which run it marked KILLED, then the exit
-    status of a process ended by that signal (130 or 143)."""
-    run_id = getattr(err, "killed_run_id", None)
-    if run_id is None:
-        return err  # not inside a run: nothing was recorded
-    click.echo(f"interrupted: run {run_id} marked KILLED", err=True)
-    code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
-    return SystemExit(code)
-
-
 class _LightningInterruptLine(logging.Filter):
     """Lightning announces a Ctrl-C with a line of its own; ours names the run instead."""
 
@@ -83,21 +72,36 @@ class _LightningInterruptLine(logging.Filter):
 
 
 class _Commands(click.Group):
-    """Every command's tracking-server failure (unreachable past MLflow's retry budget, or
-    refusing the credentials) as one line naming the server, not a chain of tracebacks."""
+    """What every command answers alike, in one line each:
+    - Ctrl-C or SIGTERM: which run it marked KILLED (or that none was open yet), then the exit
+      status of a process ended by that signal (130 or 143); SIGTERM is an exception from the
+      command's start (signals.sigterm_raises), so that work under way cleans up;
+    - a tracking server that is unreachable past MLflow's retry budget, or that refuses the
+      credentials: the server, and what could not be done."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from resnet_exp.signals import RunInterrupted, Terminated, sigterm_raises
+
         try:
-            return super().invoke(ctx)
+            with sigterm_raises():
+                return super().invoke(ctx)
+        except RunInterrupted as err:
+            click.echo(f"interrupted: run {err.run_id} marked KILLED", err=True)
+            raise SystemExit(err.exit_code) from None
+        except (KeyboardInterrupt, Terminated) as err:
+            click.echo("interrupted before any run was opened: nothing recorded", err=True)
+            raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else err.code) from None
         except Exception as err:
-            from resnet_exp.tracking.server import tracking_failure
+            from resnet_exp.tracking.server import TrackingLost, tracking_failure
 
             failure = tracking_failure(err)
             if failure is None:
                 raise
             from resnet_exp.tracking.store import tracking_uri
 
-            raise click.ClickException(failure.message(tracking_uri())) from None
+            lost = err if isinstance(err, TrackingLost) else None
+            text = lost.message(tracking_uri()) if lost else failure.message(tracking_uri())
+            raise click.ClickException(text) from None
 
 
 def _check_data_early(config: TrainConfig) -> None:
@@ -126,13 +130,9 @@ def train(**values: Any) -> None:
         check_tracking_server()  # a wrong address or password fails now, before the data is prepared
         _check_data_early(config)
         from resnet_exp.tracking import training_run as tracking  # heavy imports after validation
-        from resnet_exp.signals import sigterm_raises
         from resnet_exp.training.train import train as run_training
 
-        with sigterm_raises():
-            result = run_training(config)
-    except (KeyboardInterrupt, SystemExit) as err:
-        raise interrupted(err) from None
+        result = run_training(config)
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
     except OSError as err:
@@ -177,13 +177,9 @@ def sweep(**values: Any) -> None:
     try:
         grid, base = split_sweep_values(values)
         _check_data_early(base)
-        from resnet_exp.signals import sigterm_raises
         from resnet_exp.sweep.run import run_sweep  # heavy imports after validation
 
-        with sigterm_raises():
-            result = run_sweep(grid, base)
-    except (KeyboardInterrupt, SystemExit) as err:
-        raise interrupted(err) from None
+        result = run_sweep(grid, base)
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
     except OSError as err:

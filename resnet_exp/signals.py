@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -29,17 +30,52 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+class RunInterrupted(BaseException):
+    """Ctrl-C or SIGTERM stopped the work of run `run_id`, which is now marked KILLED. A
+    BaseException, as KeyboardInterrupt is, so that no `except Exception` takes it for a failure;
+    the CLI prints one line naming the run and exits as the signal would have (130 or 143)."""
+
+    def __init__(self, run_id: str, signum: int) -> None:
+        super().__init__(f"run {run_id} interrupted by {signal.Signals(signum).name}")
+        self.run_id = run_id
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def interrupt_signal(error: BaseException) -> int | None:
+    """The signal that `error` stands for, or None if it is no interrupt: SIGINT for Ctrl-C
+    (KeyboardInterrupt, or the SystemExit(1) Lightning turns it into), SIGTERM for Terminated
+    and for the code-less SystemExit Lightning raises on SIGTERM."""
+    if isinstance(error, RunInterrupted):
+        return error.signum
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(error, SystemExit):
+        if isinstance(error.code, int) and error.code > 128:
+            return error.code - 128
+        return signal.SIGINT if isinstance(error.__context__, KeyboardInterrupt) else signal.SIGTERM
+    return None
+
+
 # Fault injection: RESNET_EXP_SIGNAL_AT=<point> makes the process send itself SIGTERM when it
-# reaches that point, so tests can check that an interrupt anywhere leaves no RUNNING run and
-# no temporary folder (tests/test_interrupts.py). The points, in the order a sweep meets them:
+# reaches that point (<point>:SIGINT sends Ctrl-C's signal instead), so tests can check that an
+# interrupt anywhere leaves no RUNNING run and no temporary folder, and is answered at once
+# (tests/test_interrupts.py). The points, in the order a sweep meets them:
 SIGNAL_AT_ENV = "RESNET_EXP_SIGNAL_AT"
 INTERRUPT_POINTS = ("image_store", "feature_cache", "fit", "test", "model_log", "register", "sweep_gap")
+injected_at: float | None = None  # time.monotonic() of the last injected signal
 
 
 def interrupt_point(name: str) -> None:
     """Mark a point where an interrupt must be handled cleanly (see SIGNAL_AT_ENV)."""
-    if os.environ.get(SIGNAL_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGTERM)
+    point, _, signame = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
+    if point == name:
+        global injected_at
+        injected_at = time.monotonic()
+        os.kill(os.getpid(), signal.Signals[signame or "SIGTERM"])
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """SIGTERM at each point where a training or a sweep can be stopped (image store, feature
 cache, fit, test, model logging, registration, between a sweep's children): every run ends
-KILLED, none stays RUNNING, and no temporary folder is left. The process signals itself at the
-point named by RESNET_EXP_SIGNAL_AT (resnet_exp/phases.py); the CLI runs in this process, so a
+KILLED, none stays RUNNING, no temporary folder is left, and the command has ended within 2 s. The process signals itself at the
+point named by RESNET_EXP_SIGNAL_AT (resnet_exp/signals.py); the CLI runs in this process, so a
 case costs seconds, not a new interpreter.
 
     pytest tests/test_interrupts.py
@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from mlflow import MlflowClient
 
 from resnet_exp.cli import main
 from resnet_exp.data.demo import demo_root
+from resnet_exp import signals
 from resnet_exp.signals import INTERRUPT_POINTS, SIGNAL_AT_ENV
 
 BEFORE_THE_RUN = ("image_store", "feature_cache")  # a training's run is not open yet
@@ -40,8 +42,10 @@ def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
     command = (["sweep", "--freeze-blocks", "2,4", "--seeds", "1"] if point == "sweep_gap"
                else ["train", "--freeze-blocks", "2"])
     result = CliRunner().invoke(main, command + common)
+    answered_in = time.monotonic() - signals.injected_at
 
     assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert answered_in < 2.0, f"SIGTERM at {point} took {answered_in:.1f} s to end the command"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored for whatever comes next
     client = MlflowClient(tracking_uri)
     runs = [run for experiment in client.search_experiments()
@@ -54,3 +58,19 @@ def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
     # torch keeps a compile cache there by design (torchinductor_<user>); nothing else may stay
     assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     assert not [p for p in data.rglob(".*") if p.is_dir()], "an unfinished (hidden) store folder"
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_any_run_exits_130_in_one_line(tmp_path, data_dir, tracking_uri, monkeypatch):
+    """Not click's 'Aborted!' and exit 1: the status of a process ended by Ctrl-C, and a line
+    saying that nothing was recorded."""
+    data = tmp_path / "data"
+    shutil.copytree(demo_root(data_dir), demo_root(data))
+    monkeypatch.setenv(SIGNAL_AT_ENV, "image_store:SIGINT")
+    result = CliRunner().invoke(main, ["train", "--data", "demo", "--data-dir", str(data), "--weights", "none",
+                                       "--image-size", "32", "--output-dir", str(tmp_path / "results")])
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+    assert result.output.strip().splitlines()[-1] == "interrupted before any run was opened: nothing recorded"
+    assert "Aborted" not in result.output
+    assert not MlflowClient(tracking_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()])

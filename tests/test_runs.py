@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.signals import Terminated
+from resnet_exp.signals import RunInterrupted, Terminated
 from resnet_exp.tracking.runs import run_scope
 
 
@@ -60,21 +60,24 @@ def test_a_run_that_ends_well_is_finished_and_says_what_it_is(tracking_uri, expe
 @pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (Terminated(), "KILLED"),
                                            (SystemExit(1), "KILLED"), (RuntimeError("boom"), "FAILED")])
 def test_every_kind_of_run_ends_by_the_same_rules(tracking_uri, experiment, error, status):
-    with pytest.raises(type(error)):
+    """An interrupt comes out as RunInterrupted naming the run; any other error as itself."""
+    with pytest.raises(RunInterrupted if status == "KILLED" else type(error)) as raised:
         with run_scope(S.KIND_ANALYSIS, "the-run", experiment_name=experiment) as scope:
             scope.describe("A run that tests the scope.")
             raise error
     run = the_run(tracking_uri, experiment)
+    if status == "KILLED":
+        assert raised.value.run_id == run.info.run_id and raised.value.__cause__ is error
     assert run.info.status == status
     assert run.data.tags[S.TAG_ERROR].startswith(type(error).__name__)
     assert run.data.tags[S.MLFLOW_NOTE].startswith("A run that tests the scope. It ")
 
 
 def test_sigterm_ends_the_run_killed_with_status_143(tracking_uri, experiment):
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(RunInterrupted) as exit_:
         with run_scope(S.KIND_SWEEP, "the-run", experiment_name=experiment):
             os.kill(os.getpid(), signal.SIGTERM)
-    assert exit_.value.code == 128 + signal.SIGTERM
+    assert exit_.value.exit_code == 128 + signal.SIGTERM and exit_.value.signum == signal.SIGTERM
     assert the_run(tracking_uri, experiment, S.KIND_SWEEP).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored once the run is closed
 

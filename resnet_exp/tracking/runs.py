@@ -21,8 +21,8 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.signals import Terminated, interrupts_deferred, sigterm_raises
-from resnet_exp.tracking.server import TrackingFailure, one_attempt, tracking_failure
+from resnet_exp.signals import RunInterrupted, interrupt_signal, interrupts_deferred, sigterm_raises
+from resnet_exp.tracking.server import TrackingFailure, TrackingLost, one_attempt, tracking_failure
 from resnet_exp.tracking.store import ensure_experiment, use_tracking_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +46,11 @@ def git_tags() -> dict[str, str]:
 
 
 def _status(error: BaseException | None) -> str:
-    """FINISHED without an error; KILLED for Ctrl-C and SIGTERM (KeyboardInterrupt, Terminated,
-    and the SystemExit that Lightning turns either into); FAILED for anything else."""
+    """FINISHED without an error; KILLED for Ctrl-C and SIGTERM (see interrupt_signal); FAILED
+    for anything else."""
     if error is None:
         return RunStatus.to_string(RunStatus.FINISHED)
-    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    if interrupt_signal(error) is not None:
         return RunStatus.to_string(RunStatus.KILLED)
     return RunStatus.to_string(RunStatus.FAILED)
 
@@ -136,26 +136,21 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
             if active:
                 mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
             yield scope
-        except SystemExit as err:
-            error = _mark_killed(err, run_id)
-            if err.code is None:
-                # Lightning's SIGTERMException: a SystemExit without a code, i.e. exit status 0;
-                # exit as a process ended by SIGTERM does, so that callers see the failure.
-                raise _mark_killed(Terminated(), run_id) from err
+        except RunInterrupted as err:  # a run inside this one (a sweep's child) was interrupted
+            error = err
             raise
         except BaseException as err:
-            error = _mark_killed(err, run_id)
+            error = err
+            signum = interrupt_signal(err)
+            if signum is not None:
+                raise RunInterrupted(run_id, signum) from err
+            failure = tracking_failure(err)
+            if failure is not None and not isinstance(err, TrackingLost):  # the innermost run names it
+                error = TrackingLost(failure, run_id)
+                raise error from err
             raise
         finally:
             _close(scope, error, active)
-
-
-def _mark_killed(error: BaseException, run_id: str) -> BaseException:
-    """Note on an interrupt (Ctrl-C, SIGTERM) which run it marked KILLED, for the CLI's one
-    line; the innermost scope (a sweep's child) names it."""
-    if _status(error) == RunStatus.to_string(RunStatus.KILLED) and not hasattr(error, "killed_run_id"):
-        error.killed_run_id = run_id
-    return error
 
 
 def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
@@ -172,15 +167,12 @@ def _close_after_server_failure(scope: RunScope, error: BaseException, active: b
     """The tracking server failed past its retry budget, or refused us: one quick try to end the
     run FAILED, else it stays RUNNING there. Waiting out the budget again for each closing write
     made a 278-line chain of tracebacks; the CLI prints the failure's one line instead."""
-    innermost = not hasattr(failure.error, "tracking_run_id")  # a sweep's child, not its parent
-    if innermost:
-        failure.error.tracking_run_id = scope.run_id
     with one_attempt(), interrupts_deferred():
         try:
             _end(scope, error, active)
         except Exception:  # noqa: BLE001 - the server is still gone: the first failure is the news
-            if innermost:
-                failure.error.run_left_running = True
+            if isinstance(error, TrackingLost) and error.run_id == scope.run_id:
+                error.left_running = True
             if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
                 with suppress(Exception):  # leaves MLflow no active run to end at exit, with retries
                     mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))

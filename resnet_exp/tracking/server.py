@@ -58,18 +58,15 @@ class TrackingFailure:
         head = self.endpoint.split("/")[0]
         return _ACTIONS.get(self.endpoint) or _ACTIONS.get(head) or f"call {self.endpoint}"
 
-    @property
-    def run_id(self) -> str | None:
-        return getattr(self.error, "tracking_run_id", None)  # set by the run scope
-
-    def message(self, uri: str) -> str:
-        """One line naming the server, what could not be done and what to do about it."""
+    def message(self, uri: str, run_id: str | None = None, left_running: bool = False) -> str:
+        """One line naming the server, what could not be done (for run `run_id`, if one was
+        open) and what to do about it."""
         what = f"could not {self.action} ({self.endpoint})"
-        if self.run_id and getattr(self.error, "run_left_running", False):
-            what += (f" of run {self.run_id}, which stays RUNNING there (the server could not be "
+        if run_id and left_running:
+            what += (f" of run {run_id}, which stays RUNNING there (the server could not be "
                      "told); the same command, run again, resumes it")
-        elif self.run_id:
-            what += f" of run {self.run_id} (now marked FAILED)"
+        elif run_id:
+            what += f" of run {run_id} (now marked FAILED)"
         if self.kind == UNREACHABLE:
             return (f"tracking server {uri} unreachable after {retry_budget()}: {what}. Start the "
                     f"server or point MLFLOW_TRACKING_URI at it (see {DOCS})")
@@ -83,6 +80,21 @@ class TrackingFailure:
                     f"(see {DOCS})")
         return (f"tracking server {uri} denied user {user!r} (HTTP 403): {what}. Ask its admin for "
                 f"EDIT on the experiment (see {DOCS})")
+
+
+class TrackingLost(Exception):
+    """The tracking server failed or refused us while run `run_id` was open (the innermost one:
+    a sweep's child rather than its parent). `left_running`: the run could not even be closed
+    there, and stays RUNNING."""
+
+    def __init__(self, failure: TrackingFailure, run_id: str) -> None:
+        super().__init__(str(failure.error))
+        self.failure = failure
+        self.run_id = run_id
+        self.left_running = False
+
+    def message(self, uri: str) -> str:
+        return self.failure.message(uri, self.run_id, self.left_running)
 
 
 def retry_budget() -> str:
@@ -130,6 +142,8 @@ def _classify(error: BaseException) -> TrackingFailure | None:
 
 def tracking_failure(error: BaseException) -> TrackingFailure | None:
     """The first tracking-server failure in `error`'s chain, or None if there is none."""
+    if isinstance(error, TrackingLost):
+        return error.failure
     failures = [f for f in map(_classify, _chain(error)) if f is not None]
     return failures[-1] if failures else None
 
