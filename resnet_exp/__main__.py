@@ -1,5 +1,5 @@
 """`python -m resnet_exp ...` is `resnet-exp ...` (MLproject uses this form)."""
 
-from resnet_exp.cli import main
+from resnet_exp.cli import run
 
-main()
+run()
