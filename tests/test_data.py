@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.splits import (
-    ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
+    SPLITS, ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
     stratified_split,
 )
 from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
@@ -206,12 +206,27 @@ def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
 
 
 def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
-    from resnet_exp.data.splits import _load_folder
+    from resnet_exp.data.splits import _load_folder, _tree_signature
 
     folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
-    first = _load_folder(folder)
-    again = _load_folder(folder)
+    first = _load_folder(folder, _tree_signature(folder))
+    again = _load_folder(folder, _tree_signature(folder))
     assert again["train"] is first["train"] and again is not first  # cached; callers get their own dict
     save_image(folder / "dog" / "dog_new.png", seed=99)
-    changed = _load_folder(folder)
+    changed = _load_folder(folder, _tree_signature(folder))
     assert changed["train"] is not first["train"] and len(changed["train"]) == 7
+
+
+def test_a_split_digest_follows_its_rows_and_the_files(tmp_path):
+    """The digest MLflow records for each split: the same for the same data and seed, another
+    for another carving (seed) or for changed files."""
+    import os
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
+    digests = lambda **c: {n: load_splits(folder_config(folder, **c)).digest(n) for n in SPLITS}
+    first, same, other_seed = digests(seed=1), digests(seed=1), digests(seed=2)
+    assert first == same and len(set(first.values())) == 3 and len(first["train"]) == 16
+    assert all(first[n] != other_seed[n] for n in SPLITS)
+    changed = save_image(folder / "dog" / "dog_000.png", seed=77)  # new pixels under the same name
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert all(first[n] != d for n, d in digests(seed=1).items())

@@ -175,7 +175,7 @@ def log_dataset_inputs(splits: DataSplits) -> None:
                 source = resolve_dataset_source(Path(splits.location).as_uri())
         split = splits.split(name)
         dataset = MetaDataset(source=source, name=f"{Path(splits.location).name}-{name}",
-                              digest=split._fingerprint[:16])
+                              digest=splits.digest(name))
         mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
 
 
