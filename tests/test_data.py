@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
@@ -165,6 +166,60 @@ def test_the_split_follows_the_seed_end_to_end(data_dir):
 def test_a_hub_id_offline_fails_fast_and_names_the_options():
     message = offline_failure(load_splits, TrainConfig(data="lucabaggi/animal-wildlife", weights="none"))
     assert "lucabaggi/animal-wildlife" in message
+
+
+def test_an_unreachable_hub_turns_the_hub_clients_offline_before_they_are_imported():
+    """A fresh process as `resnet-exp train` starts, with no offline setting: the probe (here
+    answering 'unreachable' without touching the network) sets HF_HUB_OFFLINE and
+    HF_DATASETS_OFFLINE before `datasets` is imported, both libraries come up offline, and the
+    dataset that is not cached fails at once with the offline options."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    script = """
+import json, os, sys, time
+import resnet_exp.offline as offline
+from resnet_exp.errors import OfflineError
+probes = []
+offline.reachable = lambda url: probes.append(url) or False
+start = time.monotonic()
+try:
+    offline.check_hub_dataset("lucabaggi/animal-wildlife")
+except OfflineError as err:
+    message = str(err)
+import datasets, huggingface_hub.constants
+print(json.dumps({"probes": probes, "message": message, "seconds": time.monotonic() - start,
+                  "env": [os.environ.get(k) for k in offline.HUB_OFFLINE_VARIABLES],
+                  "libraries": [datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE]}))
+"""
+    env = subprocess_env(PYTHONPATH=str(REPO))
+    for name in ("RESNET_EXP_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["probes"] == ["https://huggingface.co"] and seen["env"] == ["1", "1"]
+    assert seen["libraries"] == [True, True] and seen["seconds"] < 30
+    assert "unreachable" in seen["message"] and "data=demo" in seen["message"]
+
+
+def test_once_the_hub_clients_are_imported_nothing_is_probed_or_changed(monkeypatch):
+    """Their offline mode is read once, at import: setting the variables later would only
+    mislead child processes, and a probe would cost a TCP connect for nothing."""
+    import datasets  # noqa: F401 - imported, as in a process that already loaded data
+
+    from resnet_exp import offline
+
+    for name in ("RESNET_EXP_OFFLINE", *offline.HUB_OFFLINE_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    probes = []
+    monkeypatch.setattr(offline, "reachable", lambda url: probes.append(url) or False)
+    offline.hub_offline_if_unreachable()
+    assert probes == [] and not any(name in os.environ for name in offline.HUB_OFFLINE_VARIABLES)
 
 
 def hub_like(labels, feature=None):
