@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,45 @@ def test_the_split_follows_the_seed_end_to_end(data_dir):
 def test_a_hub_id_offline_fails_fast_and_names_the_options():
     message = offline_failure(load_splits, TrainConfig(data="lucabaggi/animal-wildlife", weights="none"))
     assert "lucabaggi/animal-wildlife" in message
+
+
+def test_each_split_is_an_mlflow_dataset_input_with_its_source_and_digest(tmp_path, monkeypatch):
+    """What the run page's Datasets list shows: one input per split, named and sized, whose
+    source is the folder's URI (type 'local'), or the Hub id and split (a carved split is part
+    of the Hub's train split), and whose digest is the split's."""
+    import json
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from resnet_exp.tracking.training_run import log_dataset_inputs
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
+    splits = load_splits(folder_config(folder))
+    hub = SimpleNamespace(source="hub", location="someone/hub-pets", carved=("test", "validation"),
+                          split=splits.split, digest=splits.digest)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        for data in (splits, hub):
+            with mlflow.start_run() as run:
+                log_dataset_inputs(data)
+            inputs = {i.dataset.name: i for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
+            assert sorted(inputs) == [f"{Path(data.location).name}-{n}" for n in sorted(SPLITS)]
+            for name in SPLITS:
+                given = inputs[f"{Path(data.location).name}-{name}"]
+                tags = {t.key: t.value for t in given.tags}
+                assert given.dataset.digest == splits.digest(name)
+                assert tags["rows"] == str(len(splits.split(name)))
+                source = json.loads(given.dataset.source)
+                if data is splits:
+                    assert given.dataset.source_type == "local" and source == {"uri": folder.as_uri()}
+                else:
+                    assert given.dataset.source_type == "hugging_face"
+                    assert source["path"] == "someone/hub-pets" and source["split"] == (
+                        "train" if name in hub.carved else name)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_an_unreachable_hub_turns_the_hub_clients_offline_before_they_are_imported():
