@@ -190,8 +190,7 @@ def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[
     """(run id, tags) of a run other than `exclude` that has both stored epoch `epoch` (its
     train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Lightning
     saves the checkpoint after the epoch's metrics are stored (ModelCheckpoint runs after the
-    other callbacks) and the file lands later still (written in the background), so a test that
-    kills a training "after epoch N" waits for both."""
+    other callbacks), so a test that kills a training "after epoch N" waits for both."""
     import torch
 
     from resnet_exp import schema as S
