@@ -239,7 +239,7 @@ print(json.dumps({"probes": probes, "message": message, "seconds": time.monotoni
     for name in ("RESNET_EXP_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         env.pop(name, None)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=120)
+                          env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["probes"] == ["https://huggingface.co"] and seen["env"] == ["1", "1"]

@@ -91,6 +91,7 @@ def test_an_added_file_or_another_source_split_gets_its_own_store(tmp_path):
     assert splits.keys["train"] != splits.keys["test"]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning: ~5 s on 2 busy cores
 def test_the_store_key_is_the_same_in_another_process(tmp_path):
     """The key is computed from the files, not from anything of this process (a sweep's children,
     Ray trials and later runs find the store by it)."""

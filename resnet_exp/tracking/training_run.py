@@ -163,7 +163,7 @@ def log_dataset_inputs(splits: DataSplits) -> None:
     dataset's source is its id and split, a folder's its file URI (source type 'local')."""
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource  # defined when mlflow.data loads
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
     for name, context in zip(SPLITS, ("training", "validation", "testing")):
         if splits.source == "hub":  # a carved split is a part of the Hub's train split
