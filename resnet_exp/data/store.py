@@ -7,8 +7,8 @@ runs with other seeds share it), holding an (N, size, size, 3) uint8 array plus 
 that says what it was built from. The key is the source split's content key
 (`splits.source_keys`: a folder's file paths, sizes and modification times; a Hub dataset's id
 and cached revision), and `image_size`: changed data or another size gets a new folder, and
-nothing is ever rewritten in place. Folders are written atomically (see atomic.py). Stale folders are not
-deleted automatically: `rm -r <data_dir>/store` is always safe.
+nothing is ever rewritten in place. Folders are written atomically (see atomic.py). Stale
+folders are not deleted automatically: `rm -r <data_dir>/store` is always safe.
 
 Reading a batch is one gather from the page cache (32 images of 224 px in well under a
 millisecond here, against about 3 ms to decode and resize one JPEG), and normalisation to

@@ -1,12 +1,12 @@
 """A tracking server that cannot be reached, or that refuses this client, as one line.
 
 MLflow's HTTP client retries a request for about 4 minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-default 7, backoff factor 2), then raises an MlflowException raised while handling the
-`requests` error (ConnectionError, Timeout, or RetryError for too many 5xx answers), which
-carries the request and its URL; later writes (closing the run) fail the same way, each chained
-to the last. A server that refuses us answers 401 or 403, which the MlflowException carries as
-its error code. The CLI and the run scope both ask `tracking_failure` what went wrong and say it
-once, naming the tracking URI and what could not be written or read. See
+default 7, backoff factor 2), then raises an MlflowException while handling the `requests`
+error (ConnectionError, Timeout, or RetryError for too many 5xx answers), so that error, with
+its request and URL, is in the chain; later writes (closing the run) fail the same way, each
+chained to the last. A server that refuses us answers 401 or 403, which the MlflowException
+carries as its error code. The CLI and the run scope both ask `tracking_failure` what went
+wrong and say it once, naming the tracking URI and what could not be written or read. See
 docs/tracking-server.md.
 
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 MLFLOW_TRACKING_URI=http://127.0.0.1:9 resnet-exp train --data demo
@@ -127,7 +127,8 @@ def _classify(error: BaseException) -> TrackingFailure | None:
         status = error.response.status_code if error.response is not None else None
         kind = _REFUSED.get(status)
         return TrackingFailure(kind, _endpoint(_url(error)), error) if kind else None
-    if isinstance(error, (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)):
+    unreachable = (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)
+    if isinstance(error, unreachable):  # retries spent, or none allowed
         return TrackingFailure(UNREACHABLE, _endpoint(_url(error)), error)
     if isinstance(error, MlflowException) and error.get_http_status_code() in _REFUSED:
         return TrackingFailure(_REFUSED[error.get_http_status_code()],
