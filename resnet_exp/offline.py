@@ -3,7 +3,9 @@
 `datasets` retries an unreachable Hub for about 23 s (minutes on a network that hangs) and
 torchvision's weight download has no timeout, so both are preceded by a bounded reachability
 probe. RESNET_EXP_OFFLINE=1 forces offline behaviour (the tests use it; so can users on a
-metered link).
+metered link). The Hub clients are put offline by their public switches, the environment
+variables HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, which they read once, when first imported: so
+the decision is made before that (see hub_offline_if_unreachable).
 
     RESNET_EXP_OFFLINE=1 resnet-exp train --data lucabaggi/animal-wildlife   # fails in < 1 s
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from urllib.parse import urlparse
 
@@ -21,6 +24,10 @@ from resnet_exp.errors import OfflineError
 PROBE_TIMEOUT_S = 5.0  # a TCP connect answers in well under a second when the network works
 OFFLINE_ENV = "RESNET_EXP_OFFLINE"
 HUB_URL = "https://huggingface.co"
+# The Hub clients' own offline switches: huggingface_hub reads the first, `datasets` both (its own
+# first), each once, when it is imported.
+HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+TRUE_TEXTS = ("1", "ON", "YES", "TRUE")  # what both libraries read as true
 
 
 def forced_offline() -> bool:
@@ -49,18 +56,22 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def hub_offline_if_unreachable() -> None:
-    """Put `datasets` and the Hub client in offline mode when the Hub is unreachable: they then
-    answer at once from the local cache instead of retrying for ~23 s. Process-wide, like
-    HF_HUB_OFFLINE=1 (the Hub was unreachable a moment ago): once offline, no further probe. A
-    reachable Hub is probed again on the next call (one TCP connect), so a network that drops
-    during a sweep is noticed at the next child."""
-    import datasets
-    import huggingface_hub.constants
+    """Put this process's Hub clients offline when RESNET_EXP_OFFLINE says so or the Hub does not
+    answer a TCP connect within PROBE_TIMEOUT_S: they then answer at once from the local cache
+    instead of retrying for ~23 s. It sets HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1, which
+    `datasets` and `huggingface_hub` read when first imported, so it must run before that:
+    `resnet-exp train` and `sweep` call it (through check_hub_dataset) before anything imports
+    them, and a process that starts elsewhere (a Ray trial, a script) through load_splits.
 
-    if datasets.config.HF_HUB_OFFLINE or reachable(HUB_URL):
+    Once either library is imported its mode is fixed for the process, and nothing is probed: a
+    network that drops during an in-process sweep costs the next child `datasets`' own retries
+    (~23 s) before it falls back to its cache. Child processes inherit the variables."""
+    if "datasets" in sys.modules or "huggingface_hub" in sys.modules:
         return
-    datasets.config.HF_HUB_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    if any(os.environ.get(name, "").upper() in TRUE_TEXTS for name in HUB_OFFLINE_VARIABLES):
+        return  # offline already: no probe
+    if forced_offline() or not reachable(HUB_URL):
+        os.environ.update(dict.fromkeys(HUB_OFFLINE_VARIABLES, "1"))
 
 
 def hub_unavailable(hub_id: str) -> OfflineError:
@@ -74,9 +85,9 @@ def check_hub_dataset(hub_id: str) -> None:
     before a command imports Lightning and torchvision (about 15 s on 2 cores). The dataset's
     builder is what `datasets.load_dataset` resolves first, from the cache when offline;
     nothing is downloaded or prepared."""
+    hub_offline_if_unreachable()  # before `datasets` is imported, which reads the decision
     import datasets
 
-    hub_offline_if_unreachable()
     if not datasets.config.HF_HUB_OFFLINE:
         return  # online: loading reports anything else, with the Hub's own words
     try:

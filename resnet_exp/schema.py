@@ -125,6 +125,7 @@ MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 MLFLOW_SOURCE_NAME = "mlflow.source.name"
 MLFLOW_SOURCE_TYPE = "mlflow.source.type"
 MLFLOW_USER = "mlflow.user"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 
 # --- artifacts ------------------------------------------------------------------------------------
 CONFIG_FILE = "config.json"  # a training run's resolved config, runtime and data facts

@@ -84,9 +84,7 @@ def interrupts_deferred() -> Iterator[None]:
 
     What the block does is never cut in half: a SQLite write interrupted midway lost the epoch's
     metrics (whose log line was already printed) and left a broken connection that printed
-    sqlite3/sqlalchemy errors; a wait for the checkpoint writer (Thread.join) interrupted midway
-    is, on Python 3.11, marked finished while the writer still runs. Main thread only (where
-    Python runs signal handlers)."""
+    sqlite3/sqlalchemy errors. Main thread only (where Python runs signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -190,8 +190,7 @@ def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[
     """(run id, tags) of a run other than `exclude` that has both stored epoch `epoch` (its
     train_loss is the epoch's last metric) and saved it in its last.ckpt, else None. Lightning
     saves the checkpoint after the epoch's metrics are stored (ModelCheckpoint runs after the
-    other callbacks) and the file lands later still (written in the background), so a test that
-    kills a training "after epoch N" waits for both."""
+    other callbacks), so a test that kills a training "after epoch N" waits for both."""
     import torch
 
     from resnet_exp import schema as S
@@ -291,3 +290,33 @@ def two_trainings(tmp_path_factory, data_dir) -> Trainings:
             results.append(train(config))
             wall.append(time.perf_counter() - start)
     return Trainings(uri, work, configs, results, wall)
+
+
+@contextmanager
+def http_answering(status: int, body: bytes = b"refused") -> Iterator[str]:
+    """A local HTTP server that answers every request with `status` and a plain-text body, as a
+    tracking server behind an auth proxy or a failing gateway does; yields its URL."""
+    import http.server
+    import socketserver
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the request, read whole
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Answer) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 from conftest import make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.splits import (
-    ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
+    SPLITS, ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
     stratified_split,
 )
 from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
@@ -167,6 +169,99 @@ def test_a_hub_id_offline_fails_fast_and_names_the_options():
     assert "lucabaggi/animal-wildlife" in message
 
 
+def test_each_split_is_an_mlflow_dataset_input_with_its_source_and_digest(tmp_path, monkeypatch):
+    """What the run page's Datasets list shows: one input per split, named and sized, whose
+    source is the folder's URI (type 'local'), or the Hub id and split (a carved split is part
+    of the Hub's train split), and whose digest is the split's."""
+    import json
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from resnet_exp.tracking.training_run import log_dataset_inputs
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
+    splits = load_splits(folder_config(folder))
+    hub = SimpleNamespace(source="hub", location="someone/hub-pets", carved=("test", "validation"),
+                          split=splits.split, digest=splits.digest)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        for data in (splits, hub):
+            with mlflow.start_run() as run:
+                log_dataset_inputs(data)
+            inputs = {i.dataset.name: i for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
+            assert sorted(inputs) == [f"{Path(data.location).name}-{n}" for n in sorted(SPLITS)]
+            for name in SPLITS:
+                given = inputs[f"{Path(data.location).name}-{name}"]
+                tags = {t.key: t.value for t in given.tags}
+                assert given.dataset.digest == splits.digest(name)
+                assert tags["rows"] == str(len(splits.split(name)))
+                source = json.loads(given.dataset.source)
+                if data is splits:
+                    assert given.dataset.source_type == "local" and source == {"uri": folder.as_uri()}
+                else:
+                    assert given.dataset.source_type == "hugging_face"
+                    assert source["path"] == "someone/hub-pets" and source["split"] == (
+                        "train" if name in hub.carved else name)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_an_unreachable_hub_turns_the_hub_clients_offline_before_they_are_imported():
+    """A fresh process as `resnet-exp train` starts, with no offline setting: the probe (here
+    answering 'unreachable' without touching the network) sets HF_HUB_OFFLINE and
+    HF_DATASETS_OFFLINE before `datasets` is imported, both libraries come up offline, and the
+    dataset that is not cached fails at once with the offline options."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    script = """
+import json, os, sys, time
+import resnet_exp.offline as offline
+from resnet_exp.errors import OfflineError
+probes = []
+offline.reachable = lambda url: probes.append(url) or False
+start = time.monotonic()
+try:
+    offline.check_hub_dataset("lucabaggi/animal-wildlife")
+except OfflineError as err:
+    message = str(err)
+import datasets, huggingface_hub.constants
+print(json.dumps({"probes": probes, "message": message, "seconds": time.monotonic() - start,
+                  "env": [os.environ.get(k) for k in offline.HUB_OFFLINE_VARIABLES],
+                  "libraries": [datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE]}))
+"""
+    env = subprocess_env(PYTHONPATH=str(REPO))
+    for name in ("RESNET_EXP_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["probes"] == ["https://huggingface.co"] and seen["env"] == ["1", "1"]
+    assert seen["libraries"] == [True, True] and seen["seconds"] < 30
+    assert "unreachable" in seen["message"] and "data=demo" in seen["message"]
+
+
+def test_once_the_hub_clients_are_imported_nothing_is_probed_or_changed(monkeypatch):
+    """Their offline mode is read once, at import: setting the variables later would only
+    mislead child processes, and a probe would cost a TCP connect for nothing."""
+    import datasets  # noqa: F401 - imported, as in a process that already loaded data
+
+    from resnet_exp import offline
+
+    for name in ("RESNET_EXP_OFFLINE", *offline.HUB_OFFLINE_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    probes = []
+    monkeypatch.setattr(offline, "reachable", lambda url: probes.append(url) or False)
+    offline.hub_offline_if_unreachable()
+    assert probes == [] and not any(name in os.environ for name in offline.HUB_OFFLINE_VARIABLES)
+
+
 def hub_like(labels, feature=None):
     """An in-memory `datasets.Dataset` shaped like a Hub image dataset."""
     import datasets
@@ -206,12 +301,27 @@ def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
 
 
 def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
-    from resnet_exp.data.splits import _load_folder
+    from resnet_exp.data.splits import _load_folder, _tree_signature
 
     folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
-    first = _load_folder(folder)
-    again = _load_folder(folder)
+    first = _load_folder(folder, _tree_signature(folder))
+    again = _load_folder(folder, _tree_signature(folder))
     assert again["train"] is first["train"] and again is not first  # cached; callers get their own dict
     save_image(folder / "dog" / "dog_new.png", seed=99)
-    changed = _load_folder(folder)
+    changed = _load_folder(folder, _tree_signature(folder))
     assert changed["train"] is not first["train"] and len(changed["train"]) == 7
+
+
+def test_a_split_digest_follows_its_rows_and_the_files(tmp_path):
+    """The digest MLflow records for each split: the same for the same data and seed, another
+    for another carving (seed) or for changed files."""
+    import os
+
+    folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
+    digests = lambda **c: {n: load_splits(folder_config(folder, **c)).digest(n) for n in SPLITS}
+    first, same, other_seed = digests(seed=1), digests(seed=1), digests(seed=2)
+    assert first == same and len(set(first.values())) == 3 and len(first["train"]) == 16
+    assert all(first[n] != other_seed[n] for n in SPLITS)
+    changed = save_image(folder / "dog" / "dog_000.png", seed=77)  # new pixels under the same name
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert all(first[n] != d for n, d in digests(seed=1).items())

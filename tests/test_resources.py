@@ -100,8 +100,9 @@ def test_a_read_only_folder_is_refused(tmp_path):
 
 
 def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(tmp_path, monkeypatch):
-    """A disk that fills while the checkpoint is written (simulated at the flush). The write runs
-    in the background: its error is raised where training next waits for it."""
+    """A disk that fills while the checkpoint is written (simulated at the flush): the save
+    raises one line naming the file and its size, and leaves neither the finished name nor a
+    temporary file; the next save works."""
     import errno
 
     import torch
@@ -115,14 +116,84 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
     monkeypatch.setattr(checkpoints.os, "fsync", full)
     target = tmp_path / "ckpt" / "epoch01.ckpt"
     io = checkpoints.AtomicCheckpointIO()
-    io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
     with pytest.raises(DiskError, match=r"No space left on device: .*epoch01.ckpt \(needs 4.\d MB"):
-        io.teardown()
+        io.save_checkpoint({"w": torch.zeros(1_000_000)}, target)
     assert list(target.parent.iterdir()) == []  # neither the finished name nor the .tmp
     monkeypatch.undo()
     io.save_checkpoint({"w": torch.ones(3)}, target)
     assert io.load_checkpoint(target)["w"].tolist() == [1, 1, 1] and io.seconds > 0
-    io.teardown()
+
+
+@pytest.mark.parametrize("where", ["serializing", "fsync"])
+def test_a_ctrl_c_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch, where):
+    """Ctrl-C (or SIGTERM's exception) while a checkpoint is being written, in torch.save or in
+    the wait for the disk: the finished name still holds the previous checkpoint, whole, and
+    no temporary file is left; without a previous one, there is no file at all."""
+    import torch
+
+    from resnet_exp.training import checkpoints
+
+    class InterruptedWhilePickled:
+        def __reduce__(self):
+            raise KeyboardInterrupt
+
+    def interrupted_fsync(fd):
+        raise KeyboardInterrupt
+
+    io = checkpoints.AtomicCheckpointIO()
+    first, last = tmp_path / "first.ckpt", tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.full((100_000,), 1.0)}, last)
+    checkpoint = {"epoch": 2, "w": torch.full((100_000,), 2.0)}
+    if where == "fsync":
+        monkeypatch.setattr(checkpoints.os, "fsync", interrupted_fsync)
+    else:
+        checkpoint["late"] = InterruptedWhilePickled()
+    for target in (last, first):
+        with pytest.raises(KeyboardInterrupt):
+            io.save_checkpoint(checkpoint, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 1 and saved["w"].eq(1.0).all()
+
+
+def test_two_writers_of_one_checkpoint_never_share_a_temporary_file(tmp_path, monkeypatch):
+    """Each write gets its own temporary name (host, process id, random part): two processes
+    writing one path (a retried worker and one that still runs) cannot write into each other's
+    file, nor move a half-written one into place."""
+    import os
+
+    from resnet_exp.training import checkpoints
+
+    target = tmp_path / "last.ckpt"
+    names = {checkpoints.partial_name(target) for _ in range(2)}
+    pid = os.getpid()
+    monkeypatch.setattr(checkpoints.os, "getpid", lambda: pid + 1)  # another process
+    names.add(checkpoints.partial_name(target))
+    assert len(names) == 3 and all(n.parent == tmp_path and n.name.endswith(".tmp") for n in names)
+    assert sum(f"-{pid}-" in n.name for n in names) == 2
+
+
+def test_a_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    """kill -9 during a write leaves its temporary file: the next write of that checkpoint on
+    this host removes it, but never the file of a writer still alive, nor another host's."""
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+
+    from resnet_exp.training.checkpoints import AtomicCheckpointIO
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    host, target = socket.gethostname(), tmp_path / "last.ckpt"
+    abandoned = tmp_path / f"last.ckpt.{host}-{gone.stdout.strip()}-0123abcd.tmp"
+    alive = tmp_path / f"last.ckpt.{host}-{os.getppid()}-0123abcd.tmp"
+    elsewhere = tmp_path / f"last.ckpt.not-{host}-{gone.stdout.strip()}-0123abcd.tmp"
+    for path in (abandoned, alive, elsewhere):
+        path.write_bytes(b"half a checkpoint")
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", alive.name, elsewhere.name])
 
 
 def test_checkpoints_land_in_order_and_a_removed_one_stays_removed(tmp_path):
@@ -166,9 +237,8 @@ def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
 
     target = tiny_disk / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
-    io.save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
     with pytest.raises(DiskError) as err:
-        io.save_checkpoint({"w": torch.zeros(3)}, target)  # the next save waits for the first
+        io.save_checkpoint({"w": torch.zeros(2_000_000)}, target)  # 8 MB
     message = str(err.value)
     assert message.startswith("No space left on device: ") and str(target) in message
     assert "needs 8.0 MB" in message and "MB free there" in message and "\n" not in message
@@ -325,44 +395,6 @@ def test_a_ctrl_c_waits_for_the_store_write_to_finish():
             signal.raise_signal(signal.SIGINT)  # to this thread: its handler runs before the next line
             done.append("the write finished")
     assert done == ["the write finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-
-def test_a_ctrl_c_while_training_waits_for_a_checkpoint_is_handled_after_the_write(tmp_path):
-    """Python 3.11 marks a thread finished when a KeyboardInterrupt cuts a join to it, although
-    it still runs: the wait for the checkpoint writer must not be cut. The writer is held where
-    it opens its file (a FIFO, until this test reads it) while Ctrl-C comes."""
-    import os
-    import signal
-    import threading
-    import time
-
-    import torch
-
-    from resnet_exp.training.checkpoints import TMP_SUFFIX, AtomicCheckpointIO
-
-    target = tmp_path / "last.ckpt"
-    os.mkfifo(target.with_name(target.name + TMP_SUFFIX))
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"w": torch.zeros(1000)}, target)
-    pending = io._pending
-
-    def ctrl_c_then_read():
-        time.sleep(0.3)  # the training thread waits by now
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal's Ctrl-C may
-        time.sleep(0.1)
-        with open(target.with_name(target.name + TMP_SUFFIX), "rb") as fifo:
-            fifo.read()
-
-    helper = threading.Thread(target=ctrl_c_then_read)
-    helper.start()
-    with pytest.raises(KeyboardInterrupt):
-        io.wait()
-    error_when_interrupted = pending.error
-    helper.join()
-    # The write had ended when the KeyboardInterrupt was raised: fsync, which refuses a FIFO,
-    # is as far as it gets.
-    assert isinstance(error_when_interrupted, OSError), error_when_interrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

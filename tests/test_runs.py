@@ -57,6 +57,33 @@ def test_a_run_that_ends_well_is_finished_and_says_what_it_is(tracking_uri, expe
     assert experiment.tags[S.MLFLOW_NOTE] == "what these runs are"
 
 
+@pytest.mark.parametrize("user", ["", "alice", "from-file"])
+def test_who_and_what_made_a_run_are_recorded_as_mlflow_start_run_records_them(
+        tracking_uri, experiment, monkeypatch, tmp_path, user):
+    """The run page's User and Source: the same tags as a run mlflow.start_run() opens in the
+    same process (the server's user name if one is set, in the environment or in MLflow's
+    credentials file, else the login name; source type LOCAL); and the commit, as MLflow's tag."""
+    import mlflow
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials but the one written here
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    if user == "alice":
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    elif user == "from-file":
+        (tmp_path / ".mlflow").mkdir()
+        (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username = bob\n")
+    with run_scope(S.KIND_ANALYSIS, "ours", experiment_name=experiment):
+        pass
+    ours = the_run(tracking_uri, experiment).data.tags
+    # the scope pointed the fluent API at this store, as it does for every run
+    with mlflow.start_run(experiment_id=the_run(tracking_uri, experiment).info.experiment_id) as run:
+        theirs = mlflow.get_run(run.info.run_id).data.tags
+    expected = {"": theirs[S.MLFLOW_USER], "alice": "alice", "from-file": "bob"}[user]
+    assert ours[S.MLFLOW_USER] == theirs[S.MLFLOW_USER] == expected
+    assert ours[S.MLFLOW_SOURCE_TYPE] == theirs[S.MLFLOW_SOURCE_TYPE] == "LOCAL"
+    assert ours[S.MLFLOW_SOURCE_NAME] and ours[S.MLFLOW_GIT_COMMIT] == ours[S.TAG_GIT_COMMIT]
+
+
 @pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (Terminated(), "KILLED"),
                                            (SystemExit(1), "KILLED"), (RuntimeError("boom"), "FAILED")])
 def test_every_kind_of_run_ends_by_the_same_rules(tracking_uri, experiment, error, status):

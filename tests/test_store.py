@@ -3,13 +3,14 @@ the data or image_size change, never left half-written; batch order shared by ev
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_image_folder, save_image
+from conftest import REPO, make_image_folder, save_image, subprocess_env
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.splits import SPLITS, ImageDataModule, ImageSplit, load_splits
 from resnet_exp.data.images import normalise
@@ -69,6 +70,43 @@ def test_other_image_size_or_changed_data_builds_a_new_store(tmp_path):
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     _, rebuilt = open_store(config)
     assert rebuilt.built == ("train",) and rebuilt.folders != first.folders
+
+
+def test_an_added_file_or_another_source_split_gets_its_own_store(tmp_path):
+    """The key covers every file (one added changes it) and the split's name: a folder with its
+    own train/ and test/ holds two source splits, which must never share a store folder."""
+    root = make_image_folder(tmp_path / "images", {"a": 5, "b": 5})
+    config = folder_config(root, tmp_path)
+    _, first = open_store(config)
+    save_image(root / "b" / "b_new.png", seed=5)
+    _, grown = open_store(config)
+    assert grown.built == ("train",) and grown.folders["train"] != first.folders["train"]
+    assert np.load(grown.folders["train"] / IMAGES, mmap_mode="r").shape[0] == 11
+
+    split_root = tmp_path / "with-splits"
+    make_image_folder(split_root / "train", {"a": 5, "b": 5})
+    make_image_folder(split_root / "test", {"a": 2, "b": 2})
+    splits, store = open_store(folder_config(split_root, tmp_path))
+    assert set(store.folders) == {"train", "test"} and store.folders["train"] != store.folders["test"]
+    assert splits.keys["train"] != splits.keys["test"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and Lightning: ~5 s on 2 busy cores
+def test_the_store_key_is_the_same_in_another_process(tmp_path):
+    """The key is computed from the files, not from anything of this process (a sweep's children,
+    Ray trials and later runs find the store by it)."""
+    import subprocess
+    import sys
+
+    root = make_image_folder(tmp_path / "images", {"a": 5, "b": 5})
+    config = folder_config(root, tmp_path)
+    here = load_splits(config).keys
+    script = ("import json, sys; from resnet_exp.config import TrainConfig; "
+              "from resnet_exp.data.splits import load_splits; "
+              f"print(json.dumps(dict(load_splits(TrainConfig(data={str(root)!r}, weights='none')).keys)))")
+    there = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           cwd=REPO, env=subprocess_env(PYTHONPATH=str(REPO)))
+    assert json.loads(there.stdout.splitlines()[-1]) == dict(here)
 
 
 def test_a_bad_image_is_named_and_leaves_no_store_behind(tmp_path):

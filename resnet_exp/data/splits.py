@@ -11,7 +11,9 @@ print(load_splits(TrainConfig(data='demo')).summary())"
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,6 +57,9 @@ class DataSplits:
     # split, so that every seed's carving reuses one store.
     sources: Mapping[str, "datasets.Dataset"]
     rows: Mapping[str, tuple[str, np.ndarray]]
+    # For each source split, a key of its images in row order (source_keys() below): the image
+    # store's folder name, and with the rows, each split's digest in MLflow.
+    keys: Mapping[str, str]
 
     def split(self, name: str) -> "datasets.Dataset":
         return getattr(self, name)
@@ -66,6 +71,12 @@ class DataSplits:
         sizes = ", ".join(f"{k} {v}" for k, v in self.sizes().items())
         return f"{self.location}: {len(self.class_names)} classes, {sizes}"
 
+    def digest(self, name: str) -> str:
+        """What identifies one of our splits: its source split's key and the rows taken from it
+        (16 hex digits). Another seed's carving, or changed data, gives another digest."""
+        source, rows = self.rows[name]
+        return _hash(self.keys[source], np.asarray(rows, dtype=np.int64).tobytes().hex())
+
 
 # --- loading -------------------------------------------------------------------------------------
 
@@ -75,18 +86,19 @@ def load_splits(config: TrainConfig) -> DataSplits:
     import datasets
 
     source = config.data_source
-    if source == "demo":
-        location = ensure_demo_dataset(config.data_dir).resolve()
-        raw = _load_folder(location)
-    elif source == "folder":
-        location = Path(config.data).expanduser().resolve()
-        raw = _load_folder(location)
-    else:
+    files = None
+    if source == "hub":
         location = config.data
         raw = _load_hub(config.data)
+    else:
+        location = (ensure_demo_dataset(config.data_dir) if source == "demo"
+                    else Path(config.data).expanduser()).resolve()
+        files = _tree_signature(location)
+        raw = _load_folder(location, files)
     raw = datasets.DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
     if "train" not in raw:
         raise DataError(f"{location} has splits {sorted(raw)} but no train split")
+    keys = source_keys(raw, str(location), files)
     image_column, label_column = _find_columns(raw, location)
     raw = _drop_unlabelled_splits(_encode_labels(raw, label_column), label_column, location)
     class_names = tuple(raw["train"].features[label_column].names)
@@ -102,13 +114,13 @@ def load_splits(config: TrainConfig) -> DataSplits:
                             "split be carved from train by removing it (see val_fraction/test_fraction)")
     result = DataSplits(**splits, class_names=class_names, image_column=image_column,
                         label_column=label_column, source=source, location=str(location),
-                        carved=carved, sources=sources, rows=rows)
+                        carved=carved, sources=sources, rows=rows, keys=keys)
     if source != "hub":
         check_image_files(result)
     return result
 
 
-def _load_folder(root: Path) -> "datasets.DatasetDict":
+def _load_folder(root: Path, files: tuple) -> "datasets.DatasetDict":
     import datasets
 
     class_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -117,13 +129,40 @@ def _load_folder(root: Path) -> "datasets.DatasetDict":
                         "(optionally inside train/, validation/ and test/)")
     _check_no_empty_class_folder(root, class_dirs)
     # A copy: callers may add or drop splits; the datasets themselves are immutable.
-    return datasets.DatasetDict(_load_imagefolder(str(root), _tree_signature(root)))
+    return datasets.DatasetDict(_load_imagefolder(str(root), files))
 
 
 def _tree_signature(root: Path) -> tuple:
     """Every file's path, size and modification time: equal signatures, equal folders."""
     stats = ((p, p.stat()) for p in root.rglob("*") if p.is_file())
     return tuple(sorted((str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p, st in stats))
+
+
+def source_keys(raw: "datasets.DatasetDict", location: str, files: tuple | None) -> dict[str, str]:
+    """For each source split, a key (16 hex digits) of the images it holds in row order, from
+    public facts only, so it is the same in every process and changes when the data does.
+
+    A folder (and the demo data): every file's path, size and modification time (one file
+    rewritten, added or removed changes it). A Hub dataset: its id, its row count and features,
+    and the files `datasets` cached it in, whose folder names the revision (a new revision is
+    downloaded into a new folder). Both add the split's name and the version of `datasets`,
+    which decides the order of a folder's rows."""
+    import datasets
+
+    keys = {}
+    for name, split in raw.items():
+        if files is not None:
+            facts = {"files": files}
+        else:
+            facts = {"hub": location, "rows": split.num_rows, "features": split.features.to_dict(),
+                     "cache_files": [f["filename"] for f in split.cache_files]}
+        keys[name] = _hash(json.dumps({**facts, "split": name, "datasets": datasets.__version__},
+                                      sort_keys=True, default=str))
+    return keys
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)

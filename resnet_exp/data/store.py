@@ -1,14 +1,14 @@
 """Preprocess once: every image is decoded, converted to RGB and resized a single time into a
 uint8 array on disk, which every epoch, run and sweep child then memory-maps.
 
-Layout: `<data_dir>/store/<fingerprint>-<image_size>px-v<STORE_VERSION>/images.npy`, one folder
-per source split (the split as the data provides it, before validation/test are carved from
-it, so runs with other seeds share it), holding an (N, size, size, 3) uint8 array plus a
-`meta.json` that says what it was built from. The key is the source split's `datasets`
-fingerprint, which covers the files' paths and modification times (a Hub dataset's revision),
-and `image_size`: changed data or another size gets a new folder, and nothing is ever
-rewritten in place. Folders are written atomically (see atomic.py). Stale folders are not
-deleted automatically: `rm -r <data_dir>/store` is always safe.
+Layout: `<data_dir>/store/<key>-<image_size>px-v<STORE_VERSION>/images.npy`, one folder per
+source split (the split as the data provides it, before validation/test are carved from it, so
+runs with other seeds share it), holding an (N, size, size, 3) uint8 array plus a `meta.json`
+that says what it was built from. The key is the source split's content key
+(`splits.source_keys`: a folder's file paths, sizes and modification times; a Hub dataset's id
+and cached revision), and `image_size`: changed data or another size gets a new folder, and
+nothing is ever rewritten in place. Folders are written atomically (see atomic.py). Stale
+folders are not deleted automatically: `rm -r <data_dir>/store` is always safe.
 
 Reading a batch is one gather from the page cache (32 images of 224 px in well under a
 millisecond here, against about 3 ms to decode and resize one JPEG), and normalisation to
@@ -64,8 +64,9 @@ class ImageStore:
         return next(iter(self.folders.values())).parent
 
 
-def store_folder(data_dir: str, source: "datasets.Dataset", image_size: int) -> Path:
-    return Path(data_dir).expanduser() / "store" / f"{source._fingerprint}-{image_size}px-v{STORE_VERSION}"
+def store_folder(data_dir: str, key: str, image_size: int) -> Path:
+    """The folder of one source split's store: `key` is its content key (DataSplits.keys)."""
+    return Path(data_dir).expanduser() / "store" / f"{key}-{image_size}px-v{STORE_VERSION}"
 
 
 def open_image_store(splits: DataSplits, config: TrainConfig) -> ImageStore:
@@ -75,7 +76,7 @@ def open_image_store(splits: DataSplits, config: TrainConfig) -> ImageStore:
     folders, built = {}, []
     for source in sorted({source for source, _ in splits.rows.values()}):
         data = splits.sources[source]
-        folder = store_folder(config.data_dir, data, config.image_size)
+        folder = store_folder(config.data_dir, splits.keys[source], config.image_size)
         if not folder.is_dir():
             _check_disk_space(folder.parent, len(data), config.image_size)
         fresh = build_atomically(folder, partial(_write, splits=splits, source=source,
@@ -111,7 +112,7 @@ def _write(folder: Path, splits: DataSplits, source: str, image_size: int) -> No
     images.flush()
     del images  # close the memory map before the folder is renamed
     meta = {"version": STORE_VERSION, "location": splits.location, "split": source,
-            "fingerprint": splits.sources[source]._fingerprint, "image_size": image_size,
+            "key": splits.keys[source], "image_size": image_size,
             "images": index, "layout": "uint8 (N, H, W, RGB)"}
     (folder / META).write_text(json.dumps(meta, indent=2))
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus
-from mlflow.tracking.context.registry import resolve_tags
 
 from resnet_exp import schema as S
 from resnet_exp.tracking import registry
@@ -33,7 +32,7 @@ from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model.network import load_initial_weights
 from resnet_exp.tracking.resume import reap_dead_children
-from resnet_exp.tracking.runs import RunScope, run_scope, source_tag
+from resnet_exp.tracking.runs import RunScope, context_tags, run_scope
 from resnet_exp.tracking.store import claim_project_run_id, ensure_experiment, search_all, use_tracking_store
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ def _open_parent(base: TrainConfig, sid: str, run_name: str) -> tuple[str, str]:
     earlier = _parents(client, experiment_id, sid)
     if earlier:
         return earlier[0].info.run_id, experiment_id
-    tags = resolve_tags({S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: sid, **source_tag()})
+    tags = {**context_tags(), S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: sid}
     created = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     # Search-then-create is not atomic: shards started at the same instant can each create a
     # parent. Once every such creation is done (they follow their search within milliseconds),

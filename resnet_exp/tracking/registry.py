@@ -14,8 +14,6 @@ import io
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -73,17 +71,16 @@ def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> 
         folder = Path(tmp)
         artifacts = classifier.save(folder)
         interrupt_point("model_log")
-        with _requirements_checked_by_name():
-            info = mlflow.pyfunc.log_model(
-                name=S.MODEL_ARTIFACT,
-                step=best_epoch,
-                python_model=str(PYFUNC_FILE),
-                artifacts=artifacts,
-                code_paths=[str(_package_source(folder))],
-                pip_requirements=pip_requirements(),
-                signature=SIGNATURE,
-                input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
-            )
+        info = mlflow.pyfunc.log_model(
+            name=S.MODEL_ARTIFACT,
+            step=best_epoch,
+            python_model=str(PYFUNC_FILE),
+            artifacts=artifacts,
+            code_paths=[str(_package_source(folder))],
+            pip_requirements=pip_requirements(),
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
+        )
     return info.model_uri
 
 
@@ -171,29 +168,6 @@ def pip_requirements() -> list[str]:
     """The pyfunc's requirements, pinned to this environment's versions (without local tags
     such as '+cpu', which only exist on the index they came from)."""
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
-
-
-@contextmanager
-def _requirements_checked_by_name() -> Iterator[None]:
-    """Let MLflow check the pip requirements without scanning every installed file.
-
-    Logging a model checks each requirement against this environment, and first maps every
-    installed module to its package: on first use in a process, importlib_metadata stats every
-    file of every installed distribution (2.3 s here, most of a run's model logging). Our
-    requirements are this environment's own versions (pip_requirements), and without the map
-    MLflow looks each one up by its package name, which is all they need. The map is MLflow's
-    private cache: left empty for the block, then unset again, so that requirement inference
-    elsewhere in the process still builds it."""
-    from mlflow.utils import requirements_utils
-
-    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", ...) is not None:  # built, or renamed
-        yield
-        return
-    requirements_utils._MODULES_TO_PACKAGES = {}
-    try:
-        yield
-    finally:
-        requirements_utils._MODULES_TO_PACKAGES = None
 
 
 def _package_source(folder: Path) -> Path:

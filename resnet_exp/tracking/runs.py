@@ -7,6 +7,8 @@ stored is resnet_exp/tracking/store.py.
 
 from __future__ import annotations
 
+import configparser
+import getpass
 import subprocess
 import sys
 from contextlib import contextmanager, suppress
@@ -16,8 +18,7 @@ from typing import Callable, Iterator, Mapping
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus, RunTag
-from mlflow.tracking.context.registry import resolve_tags
+from mlflow.entities import Param, RunStatus, RunTag, SourceType
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
@@ -31,12 +32,14 @@ PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
 
 def git_tags() -> dict[str, str]:
-    """The commit the code came from, and whether tracked files had changes."""
+    """The commit the code came from (also as MLflow's own tag, which the UI shows on the run's
+    page), and whether tracked files had changes."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
     try:
-        return {S.TAG_GIT_COMMIT: git("rev-parse", "HEAD"),
+        commit = git("rev-parse", "HEAD")
+        return {S.TAG_GIT_COMMIT: commit, S.MLFLOW_GIT_COMMIT: commit,
                 S.TAG_GIT_DIRTY: str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
     except (OSError, subprocess.SubprocessError):
         return {}  # not a git checkout (an installed wheel): nothing to record
@@ -119,17 +122,14 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
         experiment_id = existing.experiment_id
         if existing.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        source = {}
     else:
         experiment_id = experiment_id or ensure_experiment(client, experiment_name or "Default",
                                                            experiment_note)
         parent = {S.MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
-        # MLflow's own context tags (user, source), as mlflow.start_run() would set them
         run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags=resolve_tags({**(tags or {}), **parent})).info.run_id
-        source = source_tag()
+                                   tags={**context_tags(), **(tags or {}), **parent}).info.run_id
     scope = RunScope(run_id, experiment_id, client)
-    scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **source, **(tags or {})})
+    scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **(tags or {})})
     with sigterm_raises():  # SIGTERM closes the run KILLED instead of leaving it RUNNING
         error: BaseException | None = None
         try:
@@ -201,3 +201,32 @@ def source_tag() -> dict[str, str]:
     if not sys.argv or sys.argv[0] in ("", "-c"):
         return {}
     return {S.MLFLOW_SOURCE_NAME: " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]])}
+
+
+def context_tags() -> dict[str, str]:
+    """Who made a run and from what, as mlflow.start_run() records it and the UI shows it (User,
+    Source), for the runs MlflowClient.create_run opens: the user, and the source (source_tag(),
+    else what MLflow would name: the script, or '-c') of type LOCAL. The commit is in git_tags()."""
+    main = sys.argv[0] if sys.argv and sys.argv[0] else "<console>"
+    return {S.MLFLOW_USER: run_user(), S.MLFLOW_SOURCE_NAME: main, **source_tag(),
+            S.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+
+
+def run_user() -> str:
+    """Who a run is by, as MLflow records it: the tracking server's user name where one is set
+    (MLFLOW_TRACKING_USERNAME, else `mlflow_tracking_username` in ~/.mlflow/credentials, both
+    documented by MLflow), else the login name."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
+
+    name = MLFLOW_TRACKING_USERNAME.get()
+    if not name:
+        credentials = configparser.ConfigParser()
+        with suppress(configparser.Error):  # a missing file reads as empty
+            credentials.read(Path("~/.mlflow/credentials").expanduser())
+        name = credentials.get("mlflow", MLFLOW_TRACKING_USERNAME.name.lower(), fallback=None)
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "unknown"

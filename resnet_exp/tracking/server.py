@@ -1,10 +1,13 @@
 """A tracking server that cannot be reached, or that refuses this client, as one line.
 
 MLflow's HTTP client retries a request for about 4 minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-default 7, backoff factor 2), then raises an MlflowException whose text is a urllib3 retry
-report; later writes (closing the run) fail the same way, each chained to the last. The CLI and
-the run scope both ask `tracking_failure` what went wrong and say it once, naming the tracking
-URI and what could not be written or read. See docs/tracking-server.md.
+default 7, backoff factor 2), then raises an MlflowException while handling the `requests`
+error (ConnectionError, Timeout, or RetryError for too many 5xx answers), so that error, with
+its request and URL, is in the chain; later writes (closing the run) fail the same way, each
+chained to the last. A server that refuses us answers 401 or 403, which the MlflowException
+carries as its error code. The CLI and the run scope both ask `tracking_failure` what went
+wrong and say it once, naming the tracking URI and what could not be written or read. See
+docs/tracking-server.md.
 
     MLFLOW_HTTP_REQUEST_MAX_RETRIES=0 MLFLOW_TRACKING_URI=http://127.0.0.1:9 resnet-exp train --data demo
 """
@@ -16,6 +19,9 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
+from urllib.parse import urlparse
+
+from resnet_exp.compat import rest_endpoint_of_status_error
 
 UNREACHABLE, UNAUTHENTICATED, FORBIDDEN = "unreachable", "unauthenticated", "forbidden"
 DOCS = "docs/tracking-server.md"
@@ -41,8 +47,10 @@ _ACTIONS = {
     "logged-models": "log the model",
     "artifacts": "store or read artifacts",
 }
-_RETRIES_SPENT = re.compile(r"API request to \S+ failed with (timeout )?exception")
+# A REST path of MLflow's API -> the endpoint's short name: /api/2.0/mlflow/runs/log-batch ->
+# runs/log-batch, /api/2.0/mlflow-artifacts/artifacts/<path> -> artifacts/...
 _ENDPOINT = re.compile(r"/2\.0/(?:mlflow/)?(?:mlflow-)?([a-z-]+)(?:/([a-z][a-z-]*))?")
+_REFUSED = {401: UNAUTHENTICATED, 403: FORBIDDEN}  # HTTP status -> kind
 
 
 @dataclass(frozen=True)
@@ -50,18 +58,20 @@ class TrackingFailure:
     """What failed: `kind` (UNREACHABLE, UNAUTHENTICATED, FORBIDDEN) and the REST endpoint."""
 
     kind: str
-    endpoint: str
+    endpoint: str | None  # None where MLflow does not say which
     error: BaseException  # the first failure in the chain: the one that says what was lost
 
     @property
     def action(self) -> str:
+        if self.endpoint is None:
+            return "reach it"
         head = self.endpoint.split("/")[0]
         return _ACTIONS.get(self.endpoint) or _ACTIONS.get(head) or f"call {self.endpoint}"
 
     def message(self, uri: str, run_id: str | None = None, left_running: bool = False) -> str:
         """One line naming the server, what could not be done (for run `run_id`, if one was
         open) and what to do about it."""
-        what = f"could not {self.action} ({self.endpoint})"
+        what = f"could not {self.action}" + (f" ({self.endpoint})" if self.endpoint else "")
         if run_id and left_running:
             what += (f" of run {run_id}, which stays RUNNING there (the server could not be "
                      "told); the same command, run again, resumes it")
@@ -120,24 +130,33 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 def _classify(error: BaseException) -> TrackingFailure | None:
+    """One error of a chain, by its type: a `requests` error that means the server could not be
+    reached (retries spent), an HTTP 401/403 answer, or None for anything else."""
     from mlflow.exceptions import MlflowException
-    from requests.exceptions import ConnectionError as RequestsConnectionError
-    from requests.exceptions import Timeout
+    from requests import exceptions as http
 
-    text = str(error)
-    match = _ENDPOINT.search(text)
-    endpoint = "/".join(g for g in match.groups() if g) if match else "?"
-    if isinstance(error, (RequestsConnectionError, Timeout)):
-        return TrackingFailure(UNREACHABLE, endpoint, error)
-    if not isinstance(error, MlflowException):
-        return None
-    if _RETRIES_SPENT.match(text):
-        return TrackingFailure(UNREACHABLE, endpoint, error)  # retries spent (or none allowed)
-    if error.error_code == "UNAUTHENTICATED" or "error code 401 " in text:
-        return TrackingFailure(UNAUTHENTICATED, endpoint, error)
-    if error.error_code == "PERMISSION_DENIED" or "error code 403 " in text:
-        return TrackingFailure(FORBIDDEN, endpoint, error)
+    if isinstance(error, http.HTTPError):  # artifact transfers raise the answer's own error
+        status = error.response.status_code if error.response is not None else None
+        kind = _REFUSED.get(status)
+        return TrackingFailure(kind, _endpoint(_url(error)), error) if kind else None
+    unreachable = (http.ConnectionError, http.Timeout, http.RetryError, http.ChunkedEncodingError)
+    if isinstance(error, unreachable):  # retries spent, or none allowed
+        return TrackingFailure(UNREACHABLE, _endpoint(_url(error)), error)
+    if isinstance(error, MlflowException) and error.get_http_status_code() in _REFUSED:
+        return TrackingFailure(_REFUSED[error.get_http_status_code()],
+                               _endpoint(rest_endpoint_of_status_error(error)), error)
     return None
+
+
+def _url(error: BaseException) -> str | None:
+    request = getattr(error, "request", None)  # a `requests` error's PreparedRequest
+    return getattr(request, "url", None)
+
+
+def _endpoint(url: str | None) -> str | None:
+    """The short name of the MLflow REST endpoint a URL or path calls, e.g. 'runs/create'."""
+    match = _ENDPOINT.search(urlparse(url).path) if url else None
+    return "/".join(g for g in match.groups() if g) if match else None
 
 
 def tracking_failure(error: BaseException) -> TrackingFailure | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,22 +159,21 @@ def config_tags(config: TrainConfig) -> dict[str, str]:
 
 
 def log_dataset_inputs(splits: DataSplits) -> None:
-    """Record the three splits as MLflow dataset inputs (name, source, digest, size)."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    """Record the three splits as MLflow dataset inputs (name, source, digest, size): a Hub
+    dataset's source is its id and split, a folder's its file URI (source type 'local')."""
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
     for name, context in zip(SPLITS, ("training", "validation", "testing")):
         if splits.source == "hub":  # a carved split is a part of the Hub's train split
             source = HuggingFaceDatasetSource(path=splits.location,
                                               split="train" if name in splits.carved else name)
         else:
-            with warnings.catch_warnings():  # MLflow warns that two local sources match
-                warnings.simplefilter("ignore")
-                source = resolve_dataset_source(Path(splits.location).as_uri())
+            source = LocalArtifactDatasetSource(Path(splits.location).as_uri())
         split = splits.split(name)
         dataset = MetaDataset(source=source, name=f"{Path(splits.location).name}-{name}",
-                              digest=split._fingerprint[:16])
+                              digest=splits.digest(name))
         mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
 
 

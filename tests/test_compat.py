@@ -1,0 +1,28 @@
+"""resnet_exp/compat.py: each private detail of a library the project still relies on, checked
+against the installed library, so that a change there fails here (loudly) rather than as a
+worse message or a slower run somewhere else."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import http_answering
+from resnet_exp.compat import rest_endpoint_of_status_error
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_mlflow_still_names_the_endpoint_in_the_text_of_a_refusal(monkeypatch, status):
+    """If this fails, MLflow changed the text of verify_rest_response's MlflowException: adapt
+    compat._STATUS_ERROR, or use what MLflow now attaches to the exception instead."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with http_answering(status) as uri, pytest.raises(MlflowException) as err:
+        MlflowClient(uri).create_run("1")
+    assert err.value.get_http_status_code() == status
+    assert rest_endpoint_of_status_error(err.value) == "/api/2.0/mlflow/runs/create", str(err.value)
+
+
+def test_a_text_without_the_endpoint_gives_none():
+    assert rest_endpoint_of_status_error(RuntimeError("UNAUTHENTICATED: who are you")) is None
