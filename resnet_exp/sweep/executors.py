@@ -25,7 +25,9 @@ from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
+from resnet_exp.sweep.cells import skip_if_finished
 from resnet_exp.sweep.grid import SweepGrid
+from resnet_exp.sweep.progress import SweepProgress
 from resnet_exp.tracking.store import search_all, tracking_uri
 
 if TYPE_CHECKING:
@@ -59,11 +61,20 @@ class LocalExecutor:
 
     def __init__(self, run_child: RunChild) -> None:
         self.run_child = run_child
+        self.progress = SweepProgress(at_once=1)
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
         reasons = list(reasons) or [""] * len(cells)
-        return [self.run_child(config, parent, reason) for config, reason in zip(cells, reasons)]
+        outcomes = []
+        for number, config, reason in zip(self.progress.add([c.run_name for c in cells]), cells, reasons):
+            outcome = skip_if_finished(config, parent, reason)  # a finished cell never "starts"
+            if outcome is None:
+                self.progress.started(number)
+                outcome = self.run_child(config, parent, reason)
+            self.progress.ended(number, outcome)
+            outcomes.append(outcome)
+        return outcomes
 
 
 class RayExecutor:
@@ -131,8 +142,6 @@ class RayExecutor:
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
-        from resnet_exp.sweep.cells import skip_if_finished
-
         reasons = list(reasons) or [""] * len(cells)
         outcomes: dict[int, ChildOutcome] = {}
         for i, config in enumerate(cells):
