@@ -21,7 +21,7 @@ from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
 from resnet_exp.sweep.grid import SweepGrid, sweep_id
-from test_sweep import TINY, assert_analysis, children, sweep_args, sweeps
+from test_sweep import PROGRESS, TINY, assert_analysis, assert_progress, children, sweep_args, sweeps
 
 # 2 configurations x 2 seeds, the smallest grid that ranks two configurations over seeds
 GRID = {"freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "2"}
@@ -133,6 +133,20 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     finally:
         sweep.kill()
     assert sweep.returncode == 0, log.read_text()[-3000:]
+
+    # The console: each cell's start and end as [i/4] lines in grid order; Ray's trial states
+    console = log.read_text()
+    lines = [line.split(": ", 1)[1] for line in console.splitlines() if line.startswith(f"INFO {PROGRESS}: ")]
+    names = ["r10-b1111-f4-s0", "r12-b1121-f4-s0", "r10-b1111-f4-s1", "r12-b1121-f4-s1"]
+    assert_progress(lines, names)
+    states = {name: [line.split(f" {name}: ", 1)[1] for line in lines
+                     if line.startswith("ray trial ") and f" {name}: " in line] for name in names}
+    for name, seen in states.items():
+        assert seen[-1] == "completed" and any(s.startswith("running on node ") for s in seen), (name, lines)
+    killed = states[MlflowClient(tracking_uri).get_run(killed_run).info.run_name]
+    assert any(s.startswith("errored (") and s.endswith(", to be retried") for s in killed), killed
+    assert "retried, attempt 2 of 2" in killed, killed
+    assert "Configuration for experiment" not in console, "Tune's own output stays quiet"
 
     client = MlflowClient(tracking_uri)
     [parent] = sweeps(client)

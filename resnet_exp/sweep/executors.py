@@ -25,14 +25,13 @@ from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
-from resnet_exp.sweep.cells import skip_if_finished
+from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome, new_attempt, record_failure, skip_if_finished
 from resnet_exp.sweep.grid import SweepGrid
-from resnet_exp.sweep.progress import SweepProgress
+from resnet_exp.sweep.progress import SweepProgress, slots
 from resnet_exp.tracking.store import search_all, tracking_uri
 
 if TYPE_CHECKING:
     from resnet_exp.config import TrainConfig
-    from resnet_exp.sweep.cells import ChildOutcome
     from resnet_exp.tracking.training_run import ParentRun
 
 log = logging.getLogger(__name__)
@@ -112,13 +111,19 @@ class RayExecutor:
                 # parent KILLED and exits 143, as a local sweep does
                 signal.signal(signal.SIGTERM, sigterm)
         self._check_resources()
+        wanted = self.trial_resources()
+        fit = slots(self._nodes(), wanted.get("cpu", 1.0), wanted.get("gpu", 0.0))
+        self.progress = SweepProgress(at_once=min(fit, self.max_concurrent or fit))
+
+    def _nodes(self) -> list[dict[str, float]]:
+        import ray
+
+        return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
     def _check_resources(self) -> None:
         """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
-        import ray
-
         wanted = {"CPU": self.trial_resources().get("cpu", 1.0), "GPU": self.trial_resources().get("gpu", 0.0)}
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        nodes = self._nodes()
         if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
             largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
             self.shutdown()
@@ -143,23 +148,24 @@ class RayExecutor:
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
         reasons = list(reasons) or [""] * len(cells)
+        numbers = self.progress.add([c.run_name for c in cells])
         outcomes: dict[int, ChildOutcome] = {}
         for i, config in enumerate(cells):
             skipped = skip_if_finished(config, parent, reasons[i])
             if skipped:
                 outcomes[i] = skipped
+                self.progress.ended(numbers[i], skipped)
         todo = [i for i in range(len(cells)) if i not in outcomes]
         if todo:
-            outcomes.update(self._trials(cells, reasons, todo, parent))
+            outcomes.update(self._trials(cells, reasons, todo, numbers, parent))
         return [outcomes[i] for i in range(len(cells))]
 
-    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int],
+    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int], numbers: list[int],
                 parent: "ParentRun") -> dict[int, "ChildOutcome"]:
         import ray
         from ray import tune
 
-        from resnet_exp.sweep.cells import OUTCOME_KEY, ChildOutcome
-        from resnet_exp.sweep.ray_trial import run_trial
+        from resnet_exp.sweep.ray_trial import TrialProgress, run_trial
 
         sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
         storage = Path(cells[0].output_dir).resolve() / "ray" / sid
@@ -178,10 +184,10 @@ class RayExecutor:
             # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      callbacks=[TrialProgress(self.progress, cells, numbers)],
                                       failure_config=tune.FailureConfig(max_failures=self.max_failures)))
-        log.info("ray: %d trials of %s each (%s), results under %s", len(todo), resources,
-                 f"at most {self.max_concurrent} at once" if self.max_concurrent else "as many at once as fit",
-                 storage / name)
+        log.info("ray: %d trials of %s each, %d at once, results under %s", len(todo), resources,
+                 min(self.progress.at_once, len(todo)), storage / name)
         try:
             results = tuner.fit()
         except BaseException:
@@ -208,7 +214,6 @@ def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", expe
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
     from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
-    from resnet_exp.sweep.cells import FAILED, ChildOutcome, new_attempt, record_failure
 
     error = error[:ERROR_TEXT_LIMIT]
     log.error("%s failed: %s", config.run_name, error)
