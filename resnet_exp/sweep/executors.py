@@ -19,6 +19,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
@@ -36,10 +37,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
-# What a trial's process needs from the driver's environment: where runs are stored, and the
-# tracking server's credentials (passed through Ray's object store, never a command line or param).
-WORKER_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                    "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+# The tracking server's credentials stay in the environment of the processes that start Ray's:
+# Ray writes a runtime_env into its logs (runtime_env_agent.log) and onto each new worker's
+# command line, so they never go there (see trial_variables).
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+TLS_VARIABLES = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")  # how to reach the server
 
 
 @contextmanager
@@ -76,40 +78,75 @@ class LocalExecutor:
         return outcomes
 
 
+def ray_settings(start_here: bool) -> dict[str, str]:
+    """Ray's and Tune's own settings, applied to this process's environment just before Ray is
+    imported and started: the driver reads them (Tune's output and Ctrl-C handling), and the Ray
+    processes it starts here inherit them."""
+    settings = {
+        # Trials keep the driver's working directory, so relative data_dir and output_dir mean
+        # the same there (Tune passes this one on to the trials' processes on every node).
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        # No warnings about migrating to Ray Train's V2 API, which a Tune-only sweep does not use.
+        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+        # Ctrl-C reaches our run scope instead of Tune's graceful-stop handler.
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
+        # verbose=0 silences only the old output engine: the new one still prints its
+        # configuration box, where results go, and a table per errored trial.
+        "RAY_AIR_NEW_OUTPUT": "0"}
+    if start_here:
+        # Private (the raylet's config), a default the user may override: Ray starts workers at
+        # nice 15, and a trial then loses its cores to any other busy process; measured on 2
+        # cores with one busy loop, a 2-CPU trial trained 13-17 images/s at nice 15, 41-50 at 0.
+        # A cluster's nodes take it from their own `ray start`.
+        settings = {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"), **settings}
+    return settings
+
+
+def trial_variables(cpus: float) -> dict[str, str]:
+    """What a trial's process reads from its environment, for ray.init's runtime_env, which
+    reaches every worker of the job, on a cluster started by hand too: the tracking store and
+    how to reach it, and the trial's CPUs as the cap on its torch threads (resnet_exp/hardware.py).
+    Nothing secret: a tracking URI with a password in it stays out, like the credentials."""
+    from resnet_exp.hardware import CPUS_VARIABLE
+
+    uri = tracking_uri()
+    return {CPUS_VARIABLE: str(max(1, int(cpus))),
+            **({"MLFLOW_TRACKING_URI": uri} if urlsplit(uri).password is None else {}),
+            **{k: os.environ[k] for k in TLS_VARIABLES if os.environ.get(k)}}
+
+
 class RayExecutor:
     """One Ray Tune trial per cell; cells already FINISHED are skipped here, without a trial."""
 
     def __init__(self, grid: SweepGrid, run_child: RunChild) -> None:
-        # Set before Ray is imported and started: Tune hands these to every trial's process.
-        # Trials keep the driver's working directory (relative data_dir and output_dir mean the
-        # same there); Ctrl-C reaches our run scope instead of Tune's graceful-stop handler;
-        # with verbose=0 and the old output engine, Tune prints no tables.
-        os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-                           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_AIR_NEW_OUTPUT": "0"})
-        # Ray's C++ failure-signal handler prints a stack dump on SIGTERM and aborts the driver
-        # (exit 134) after our run scope has marked the runs KILLED.
-        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-        import ray
-
         self.run_child = run_child
         self.address = grid.parsed("ray_address")
         self.resources = grid.parsed("trial_resources")
         self.resources_text = grid.trial_resources.strip()
         self.max_concurrent = grid.parsed("max_concurrent_trials") or None
         self.max_failures = grid.parsed("max_failures")
+        # Ray's settings before `import ray` (some are read when it is imported), the trials'
+        # variables as it starts: the one place where this sweep sets an environment.
+        os.environ.update(ray_settings(start_here=not self.address))
+        import ray
+
         self.started = not ray.is_initialized()
-        if self.started and not self.address:
-            # Ray starts its workers at nice 15; a trial is the user's training, and at nice 15
-            # it loses the CPU to any other busy process (the local executor's would not)
-            os.environ.setdefault("RAY_worker_niceness", "0")
         if self.started:
             sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING,
+                     runtime_env={"env_vars": trial_variables(self.resources.get("cpu", 1.0))})
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
-                # ray.init makes SIGTERM a sys.exit(15); the run scope's handler ends the
-                # parent KILLED and exits 143, as a local sweep does
+                # ray.init makes SIGTERM a sys.exit(15), with a stack dump from Ray's failure-signal
+                # handler; the run scope's handler ends the parent KILLED and exits 143 (130 when
+                # it comes while Ray waits, which turns it into a KeyboardInterrupt)
                 signal.signal(signal.SIGTERM, sigterm)
+        else:
+            log.warning("ray: joining the Ray this process started earlier: its trials read "
+                        "MLFLOW_TRACKING_URI and their CPUs from that job's runtime_env")
+        if self.address and any(os.environ.get(k) for k in CREDENTIAL_VARIABLES):
+            log.info("ray: the trials read the tracking server's credentials from the environment "
+                     "of each node's `ray start`; the driver does not send them (docs/cluster.md)")
         self._check_resources()
         wanted = self.trial_resources()
         fit = slots(self._nodes(), wanted.get("cpu", 1.0), wanted.get("gpu", 0.0))
@@ -170,11 +207,9 @@ class RayExecutor:
         sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
         storage = Path(cells[0].output_dir).resolve() / "ray" / sid
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # this driver's trials
-        env = {"MLFLOW_TRACKING_URI": tracking_uri(),
-               **{k: os.environ[k] for k in WORKER_VARIABLES if os.environ.get(k)}}
         resources = self.trial_resources()
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent, env=env,
+            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent,
                                  cwd=os.getcwd(), experiment_dir=str(storage / name),
                                  run_child=self.run_child),
             {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)})

@@ -1,9 +1,9 @@
 """The Tune side of a sweep (executor=ray): what runs inside one trial, and the driver's view of
 its trials. A trial works in the driver's working directory, reports the node it landed on,
 then calls the same `_run_child` the local executor calls, with each epoch's val_loss and
-val_acc also reported to Tune, with the driver's tracking store and torch threads that follow
-the trial's CPUs. The module imports Ray at the top: the driver imports it only once Ray runs
-(resnet_exp/sweep/executors.py starts the trials).
+val_acc also reported to Tune. Its environment (tracking store, CPUs for torch threads) comes
+from ray.init's runtime_env (resnet_exp/sweep/executors.py); it writes none. The module imports
+Ray at the top: the driver imports it only once Ray runs (executors.py starts the trials).
 
     pytest tests/test_ray.py -k two_nodes
 """
@@ -23,9 +23,7 @@ from ray import cloudpickle, tune
 
 from resnet_exp import schema as S
 from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome
-from resnet_exp.hardware import CPUS_VARIABLE
 from resnet_exp.sweep.progress import SweepProgress, first_line, log
-from resnet_exp.tracking.store import claim_project_run_id
 from resnet_exp.tracking.training_run import ParentRun
 
 NODE_KEY = "ray_node_id"  # a trial's first result: the node it runs on (Tune adds node_ip and pid)
@@ -41,16 +39,12 @@ class TuneReport(pl.Callback):
 
 
 def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent: ParentRun,
-              env: dict[str, str], cwd: str, experiment_dir: str, run_child) -> None:
+              cwd: str, experiment_dir: str, run_child) -> None:
     """Train cell `trial['cell']` as a child of `parent`; the last result holds its outcome."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.update(env)
-    claim_project_run_id()  # never join the run `mlflow run` made for the driver
     if Path(cwd).is_dir():  # this machine, or a shared filesystem mounted at the same path
         os.chdir(cwd)
     context = tune.get_context()
-    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    os.environ[CPUS_VARIABLE] = str(max(1, int(cpus)))  # torch threads = the trial's CPUs
     node = ray.get_runtime_context().get_node_id()
     tune.report({NODE_KEY: node})  # the driver says where the trial runs now, not after epoch 0
     index = trial["cell"]
