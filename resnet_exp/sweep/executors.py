@@ -133,7 +133,9 @@ class RayExecutor:
         self.started = not ray.is_initialized()
         if self.started:
             sigterm = signal.getsignal(signal.SIGTERM)
-            ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
+            # address '' means a Ray of our own here ("local"), never one that `ray start` left
+            # running on this machine, which ray.init() without an address would join
+            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING,
                      runtime_env={"env_vars": trial_variables(self.resources.get("cpu", 1.0))})
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
