@@ -7,6 +7,7 @@ skips, and that `mlflow run -e analyze` ranks. The sweep on a two-node cluster s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -108,6 +109,38 @@ def test_ray_gets_its_settings_and_the_trials_their_variables_but_never_a_passwo
     # Ray writes a runtime_env into its logs and onto worker command lines: no password goes there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")
     assert "MLFLOW_TRACKING_URI" not in trial_variables(0.5) and trial_variables(0.5)["RESNET_EXP_CPUS"] == "1"
+
+
+def test_a_trial_that_errors_for_good_ends_its_cell_failed(tmp_path, caplog):
+    """The driver's callback on a fake trial (a real one: the killed worker's sweep below):
+    an error, its retry, then an error after the last retry ends the cell FAILED."""
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+
+    from resnet_exp.sweep.progress import SweepProgress
+    from resnet_exp.sweep.ray_trial import TrialProgress
+
+    caplog.set_level(logging.INFO, logger=PROGRESS)
+    error = tmp_path / "error.pkl"  # as Tune writes it in the driver before calling back
+    error.write_bytes(cloudpickle.dumps(RuntimeError("worker lost\nits details")))
+    cells = SweepGrid(**GRID).expand(TrainConfig(data="demo"))
+    progress = SweepProgress(at_once=2)
+    callback = TrialProgress(progress, cells, progress.add([c.run_name for c in cells]))
+    trial = SimpleNamespace(trial_id="abc_00001", config={"cell": 1}, max_failures=1, last_result={},
+                            run_metadata=SimpleNamespace(num_failures=0), pickled_error_file=str(error))
+    callback.on_trial_start(0, [], trial)
+    trial.run_metadata.num_failures = 1
+    callback.on_trial_recover(0, [], trial)
+    callback.on_trial_start(0, [], trial)
+    trial.run_metadata.num_failures = 2
+    callback.on_trial_error(0, [], trial)
+    cell = "[2/4] r12-b1121-f4-s0"
+    assert caplog.messages == [f"{cell} started (ray trial abc_00001)",
+                               f"ray trial abc_00001 {cell}: errored (RuntimeError: worker lost), to be retried",
+                               f"ray trial abc_00001 {cell}: retried, attempt 2 of 2",
+                               f"ray trial abc_00001 {cell}: errored after 2 attempts: RuntimeError: worker lost",
+                               f"{cell} FAILED: Ray trial failed: RuntimeError: worker lost"]
 
 
 def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):

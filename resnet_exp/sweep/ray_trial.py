@@ -92,8 +92,8 @@ class TrialProgress(tune.Callback):
             self.progress.ended(self._number(trial), ChildOutcome(**json.loads(text)))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error = trial_error(trial)
-        self._state(trial, f"errored after {trial.run_metadata.num_failures} attempts: {error}")
+        error, attempts = trial_error(trial), trial.run_metadata.num_failures
+        self._state(trial, f"errored after {attempts} attempt{'s' if attempts > 1 else ''}: {error}")
         config = self.cells[trial.config["cell"]]
         # its run is closed FAILED once Tune has stopped (executors._trial_failure)
         self.progress.ended(self._number(trial), ChildOutcome(config.run_name, config.seed, config.config_hash,
