@@ -7,8 +7,11 @@ skips, and that `mlflow run -e analyze` ranks. The sweep on a two-node cluster s
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,10 +24,26 @@ from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
 from resnet_exp.sweep.grid import SweepGrid, sweep_id
-from test_sweep import TINY, assert_analysis, children, sweep_args, sweeps
+from test_sweep import PROGRESS, TINY, assert_analysis, assert_progress, children, sweep_args, sweeps
 
 # 2 configurations x 2 seeds, the smallest grid that ranks two configurations over seeds
 GRID = {"freeze_blocks": "4", "blocks": "1,1,1,1;1,1,2,1", "seeds": "2"}
+PASSWORD = "not-a-real-password-4711"  # a tracking password the Ray sweep's driver holds
+
+
+def assert_no_file_holds(secret: str, *folders: Path) -> None:
+    found = [p for folder in folders for p in folder.rglob("*")
+             if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()]
+    assert not found, f"{secret!r} written to {found}"
+
+
+@pytest.fixture
+def ray_tmp():
+    """RAY_TMPDIR for a Ray that a test's subprocess starts: its session folder (logs, sockets)
+    apart from other Ray users of this machine, in a path short enough for Unix sockets."""
+    folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -67,10 +86,61 @@ def test_executor_options_change_neither_the_sweep_nor_its_children():
 def test_a_trials_cpus_cap_the_cores_a_training_uses(monkeypatch):
     from resnet_exp.hardware import CPUS_VARIABLE, resolve_runtime, usable_cores
 
-    monkeypatch.setenv(CPUS_VARIABLE, "1")  # what a trial with cpu=1 sets
+    monkeypatch.setenv(CPUS_VARIABLE, "1")  # what ray.init's runtime_env gives a trial with cpu=1
     assert usable_cores() == 1 and resolve_runtime(TrainConfig(precision="32-true")).torch_threads == 1
     monkeypatch.setenv(CPUS_VARIABLE, "10000")
     assert usable_cores() < 10000  # a cap, never more than the machine gives
+
+
+def test_ray_gets_its_settings_and_the_trials_their_variables_but_never_a_password(monkeypatch):
+    from resnet_exp.sweep.executors import ray_settings, trial_variables
+
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    here = ray_settings(start_here=True)
+    assert here["RAY_worker_niceness"] == "0" and here["RAY_AIR_NEW_OUTPUT"] == "0"
+    assert "RAY_worker_niceness" not in ray_settings(start_here=False)  # a cluster's nodes have their own
+    monkeypatch.setenv("RAY_worker_niceness", "5")
+    assert ray_settings(start_here=True)["RAY_worker_niceness"] == "5"  # a private default, not a rule
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/etc/ssl/tracking.pem")
+    assert trial_variables(2.5) == {"RESNET_EXP_CPUS": "2", "MLFLOW_TRACKING_URI": "http://tracking:5000",
+                                    "MLFLOW_TRACKING_SERVER_CERT_PATH": "/etc/ssl/tracking.pem"}
+    # Ray writes a runtime_env into its logs and onto worker command lines: no password goes there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")
+    assert "MLFLOW_TRACKING_URI" not in trial_variables(0.5) and trial_variables(0.5)["RESNET_EXP_CPUS"] == "1"
+
+
+def test_a_trial_that_errors_for_good_ends_its_cell_failed(tmp_path, caplog):
+    """The driver's callback on a fake trial (a real one: the killed worker's sweep below):
+    an error, its retry, then an error after the last retry ends the cell FAILED."""
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+
+    from resnet_exp.sweep.progress import SweepProgress
+    from resnet_exp.sweep.ray_trial import TrialProgress
+
+    caplog.set_level(logging.INFO, logger=PROGRESS)
+    error = tmp_path / "error.pkl"  # as Tune writes it in the driver before calling back
+    error.write_bytes(cloudpickle.dumps(RuntimeError("worker lost\nits details")))
+    cells = SweepGrid(**GRID).expand(TrainConfig(data="demo"))
+    progress = SweepProgress(at_once=2)
+    callback = TrialProgress(progress, cells, progress.add([c.run_name for c in cells]))
+    trial = SimpleNamespace(trial_id="abc_00001", config={"cell": 1}, max_failures=1, last_result={},
+                            run_metadata=SimpleNamespace(num_failures=0), pickled_error_file=str(error))
+    callback.on_trial_start(0, [], trial)
+    trial.run_metadata.num_failures = 1
+    callback.on_trial_recover(0, [], trial)
+    callback.on_trial_start(0, [], trial)
+    trial.run_metadata.num_failures = 2
+    callback.on_trial_error(0, [], trial)
+    cell = "[2/4] r12-b1121-f4-s0"
+    assert caplog.messages == [f"{cell} started (ray trial abc_00001)",
+                               f"ray trial abc_00001 {cell}: errored (RuntimeError: worker lost), to be retried",
+                               f"ray trial abc_00001 {cell}: retried, attempt 2 of 2",
+                               f"ray trial abc_00001 {cell}: errored after 2 attempts: RuntimeError: worker lost",
+                               f"{cell} FAILED: Ray trial failed: RuntimeError: worker lost"]
 
 
 def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
@@ -101,7 +171,7 @@ def test_only_the_trial_module_imports_ray_at_import_time():
 
 @pytest.mark.slow
 def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_sweep_skips_its_cells(
-        tmp_path, data_dir, tracking_uri):
+        tmp_path, data_dir, tracking_uri, ray_tmp):
     """A Ray sweep under `mlflow run` and a killed worker, checked in one sweep: once the first
     trial has stored epoch 0 and saved it, its worker gets `kill -9`; Ray retries the trial
     (max_failures=1) and the retry resumes the child run in a new worker. Three epochs, so that
@@ -119,7 +189,9 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     cmd = mlflow_run_command("ray-sweeps", params, entry="sweep")
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     log = tmp_path / "mlflow-run.log"  # a file, not a pipe nobody reads while the test polls
-    sweep = subprocess.Popen(cmd, env=subprocess_env(), cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # the driver holds a password (SQLite ignores it), which must reach no file
+    env = subprocess_env(RAY_TMPDIR=str(ray_tmp), MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    sweep = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline, found = time.monotonic() + 400, None
         while found is None and time.monotonic() < deadline and sweep.poll() is None:
@@ -128,11 +200,31 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
         assert found is not None, "no trial reached epoch 0"
         killed_run, worker = found[0], int(found[1][S.TAG_PROCESS].split()[1])
         assert worker not in (sweep.pid, os.getpid()), "the child trains in a Ray worker"
+        # the private RAY_worker_niceness the executor sets (Ray's default is 15)
+        assert os.getpriority(os.PRIO_PROCESS, worker) == 0
         os.kill(worker, signal.SIGKILL)
         sweep.wait(timeout=600)
     finally:
         sweep.kill()
     assert sweep.returncode == 0, log.read_text()[-3000:]
+    # the store (params, tags), artifacts, Tune's results, the console and Ray's logs, among them
+    # runtime_env_agent.log, where Ray writes the runtime_env (and so the trials' variables)
+    assert_no_file_holds(PASSWORD, tmp_path, ray_tmp)
+    assert "RESNET_EXP_CPUS" in "".join(p.read_text() for p in ray_tmp.rglob("runtime_env_agent.log"))
+
+    # The console: each cell's start and end as [i/4] lines in grid order; Ray's trial states
+    console = log.read_text()
+    lines = [line.split(": ", 1)[1] for line in console.splitlines() if line.startswith(f"INFO {PROGRESS}: ")]
+    names = ["r10-b1111-f4-s0", "r12-b1121-f4-s0", "r10-b1111-f4-s1", "r12-b1121-f4-s1"]
+    assert_progress(lines, names)
+    states = {name: [line.split(f" {name}: ", 1)[1] for line in lines
+                     if line.startswith("ray trial ") and f" {name}: " in line] for name in names}
+    for name, seen in states.items():
+        assert seen[-1] == "completed" and any(s.startswith("running on node ") for s in seen), (name, lines)
+    killed = states[MlflowClient(tracking_uri).get_run(killed_run).info.run_name]
+    assert any(s.startswith("errored (") and s.endswith(", to be retried") for s in killed), killed
+    assert "retried, attempt 2 of 2" in killed, killed
+    assert "Configuration for experiment" not in console, "Tune's own output stays quiet"
 
     client = MlflowClient(tracking_uri)
     [parent] = sweeps(client)

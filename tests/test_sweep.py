@@ -5,6 +5,8 @@ sweep runs on Ray: one `mlflow run` sweep covers both)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from pathlib import Path
 
@@ -37,6 +39,29 @@ def children(client: MlflowClient, parent_id: str | None = None) -> list:
 def sweeps(client: MlflowClient) -> list:
     ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(ids, filter_string=f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
+
+
+PROGRESS = "resnet_exp.sweep.progress"  # the logger of the [i/n] lines (and of Ray's trial states)
+
+
+def progress_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The progress lines logged since the last call."""
+    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS]
+    caplog.clear()
+    return lines
+
+
+def assert_progress(lines: list[str], names: list[str], ended: str = "trained") -> None:
+    """Each cell of `names` (this shard's grid order) numbered [i/n]: one start line and one end
+    line saying `ended`, or only the end line for a skipped cell (it never starts)."""
+    for i, name in enumerate(names, 1):
+        label = re.escape(f"[{i}/{len(names)}] {name}")
+        left = r"(; about \d+ (s|min) left)?"
+        end = {"trained": rf"trained: test_acc [01]\.\d{{4}}, \d+ (s|min){left}",
+               "skipped": rf"skipped \(run [0-9a-f]{{32}} already FINISHED\){left}"}[ended]
+        starts = [line for line in lines if re.fullmatch(rf"{label} started( \(ray trial \w+\))?", line)]
+        ends = [line for line in lines if re.fullmatch(f"{label} {end}", line)]
+        assert (len(starts), len(ends)) == (ended != "skipped", 1), (name, lines)
 
 
 # --- the grid ---------------------------------------------------------------------------------
@@ -139,15 +164,20 @@ def test_the_study_docs_document_every_grid_parameter():
 
 
 @pytest.mark.slow
-def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
+def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
     grid = ["--freeze-blocks", "3,4", "--blocks", "1,1,1,1", "--seeds", "2"]
     client = MlflowClient(tracking_uri)
-    for shard, parent_status in (("0/2", "RUNNING"), ("1/2", "FINISHED")):
+    caplog.set_level(logging.INFO, logger=PROGRESS)
+    for shard, parent_status, names in (("0/2", "RUNNING", ["r10-b1111-f3-s0", "r10-b1111-f3-s1"]),
+                                        ("1/2", "FINISHED", ["r10-b1111-f4-s0", "r10-b1111-f4-s1"])):
         result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--shard", shard))
         assert result.exit_code == 0, result.output
         assert "2 trained, 0 skipped" in result.output
         # the parent's status comes from every cell: still RUNNING while a shard has cells left
         assert [p.info.status for p in sweeps(client)] == [parent_status]
+        lines = progress_lines(caplog)  # numbered in the shard's grid order, the time left once known
+        assert_progress(lines, names)
+        assert "; about " in lines[1] and "; about " not in lines[-1], lines
 
     [parent] = sweeps(client)
     runs = children(client, parent.info.run_id)
@@ -163,6 +193,8 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri):
 
     again = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
     assert again.exit_code == 0 and "0 trained, 4 skipped" in again.output, again.output
+    assert_progress(progress_lines(caplog), ["r10-b1111-f3-s0", "r10-b1111-f4-s0", "r10-b1111-f3-s1",
+                                             "r10-b1111-f4-s1"], ended="skipped")
     assert len(children(client)) == 4 and len(sweeps(client)) == 1
 
     aliases = client.get_registered_model("resnet-demo").aliases

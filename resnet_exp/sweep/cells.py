@@ -69,7 +69,7 @@ def skip_if_finished(config: TrainConfig, parent: tracking.ParentRun, reason: st
     done = finished_run(MlflowClient(), parent.experiment_id, config.config_hash, config.seed)
     if not done:
         return None
-    log.info("%s: skipped, run %s already FINISHED", config.run_name, done)
+    log.debug("%s: skipped, run %s already FINISHED", config.run_name, done)  # progress.py says it
     return ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done, reason=reason)
 
 

@@ -19,26 +19,29 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
 from resnet_exp.errors import ConfigError
+from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome, new_attempt, record_failure, skip_if_finished
 from resnet_exp.sweep.grid import SweepGrid
+from resnet_exp.sweep.progress import SweepProgress, slots
 from resnet_exp.tracking.store import search_all, tracking_uri
 
 if TYPE_CHECKING:
     from resnet_exp.config import TrainConfig
-    from resnet_exp.sweep.cells import ChildOutcome
     from resnet_exp.tracking.training_run import ParentRun
 
 log = logging.getLogger(__name__)
 RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
-# What a trial's process needs from the driver's environment: where runs are stored, and the
-# tracking server's credentials (passed through Ray's object store, never a command line or param).
-WORKER_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                    "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+# The tracking server's credentials stay in the environment of the processes that start Ray's:
+# Ray writes a runtime_env into its logs (runtime_env_agent.log) and onto each new worker's
+# command line, so they never go there (see trial_variables).
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+TLS_VARIABLES = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")  # how to reach the server
 
 
 @contextmanager
@@ -59,55 +62,107 @@ class LocalExecutor:
 
     def __init__(self, run_child: RunChild) -> None:
         self.run_child = run_child
+        self.progress = SweepProgress(at_once=1)
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
         reasons = list(reasons) or [""] * len(cells)
-        return [self.run_child(config, parent, reason) for config, reason in zip(cells, reasons)]
+        outcomes = []
+        for number, config, reason in zip(self.progress.add([c.run_name for c in cells]), cells, reasons):
+            outcome = skip_if_finished(config, parent, reason)  # a finished cell never "starts"
+            if outcome is None:
+                self.progress.started(number)
+                outcome = self.run_child(config, parent, reason)
+            self.progress.ended(number, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+
+def ray_settings(start_here: bool) -> dict[str, str]:
+    """Ray's and Tune's own settings, applied to this process's environment just before Ray is
+    imported and started: the driver reads them (Tune's output and Ctrl-C handling), and the Ray
+    processes it starts here inherit them."""
+    settings = {
+        # Trials keep the driver's working directory, so relative data_dir and output_dir mean
+        # the same there (Tune passes this one on to the trials' processes on every node).
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        # No warnings about migrating to Ray Train's V2 API, which a Tune-only sweep does not use.
+        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+        # Ctrl-C reaches our run scope instead of Tune's graceful-stop handler.
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
+        # verbose=0 silences only the old output engine: the new one still prints its
+        # configuration box, where results go, and a table per errored trial.
+        "RAY_AIR_NEW_OUTPUT": "0"}
+    if start_here:
+        # Private (the raylet's config), a default the user may override: Ray starts workers at
+        # nice 15, and a trial then loses its cores to any other busy process; measured on 2
+        # cores with one busy loop, a 2-CPU trial trained 13-17 images/s at nice 15, 41-50 at 0.
+        # A cluster's nodes take it from their own `ray start`.
+        settings = {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"), **settings}
+    return settings
+
+
+def trial_variables(cpus: float) -> dict[str, str]:
+    """What a trial's process reads from its environment, for ray.init's runtime_env, which
+    reaches every worker of the job, on a cluster started by hand too: the tracking store and
+    how to reach it, and the trial's CPUs as the cap on its torch threads (resnet_exp/hardware.py).
+    Nothing secret: a tracking URI with a password in it stays out, like the credentials."""
+    from resnet_exp.hardware import CPUS_VARIABLE
+
+    uri = tracking_uri()
+    return {CPUS_VARIABLE: str(max(1, int(cpus))),
+            **({"MLFLOW_TRACKING_URI": uri} if urlsplit(uri).password is None else {}),
+            **{k: os.environ[k] for k in TLS_VARIABLES if os.environ.get(k)}}
 
 
 class RayExecutor:
     """One Ray Tune trial per cell; cells already FINISHED are skipped here, without a trial."""
 
     def __init__(self, grid: SweepGrid, run_child: RunChild) -> None:
-        # Set before Ray is imported and started: Tune hands these to every trial's process.
-        # Trials keep the driver's working directory (relative data_dir and output_dir mean the
-        # same there); Ctrl-C reaches our run scope instead of Tune's graceful-stop handler;
-        # with verbose=0 and the old output engine, Tune prints no tables.
-        os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
-                           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_AIR_NEW_OUTPUT": "0"})
-        # Ray's C++ failure-signal handler prints a stack dump on SIGTERM and aborts the driver
-        # (exit 134) after our run scope has marked the runs KILLED.
-        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-        import ray
-
         self.run_child = run_child
         self.address = grid.parsed("ray_address")
         self.resources = grid.parsed("trial_resources")
         self.resources_text = grid.trial_resources.strip()
         self.max_concurrent = grid.parsed("max_concurrent_trials") or None
         self.max_failures = grid.parsed("max_failures")
+        # Ray's settings before `import ray` (some are read when it is imported), the trials'
+        # variables as it starts: the one place where this sweep sets an environment.
+        os.environ.update(ray_settings(start_here=not self.address))
+        import ray
+
         self.started = not ray.is_initialized()
-        if self.started and not self.address:
-            # Ray starts its workers at nice 15; a trial is the user's training, and at nice 15
-            # it loses the CPU to any other busy process (the local executor's would not)
-            os.environ.setdefault("RAY_worker_niceness", "0")
         if self.started:
             sigterm = signal.getsignal(signal.SIGTERM)
-            ray.init(address=self.address or None, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            # address '' means a Ray of our own here ("local"), never one that `ray start` left
+            # running on this machine, which ray.init() without an address would join
+            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING,
+                     runtime_env={"env_vars": trial_variables(self.resources.get("cpu", 1.0))})
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
-                # ray.init makes SIGTERM a sys.exit(15); the run scope's handler ends the
-                # parent KILLED and exits 143, as a local sweep does
+                # ray.init makes SIGTERM a sys.exit(15), with a stack dump from Ray's failure-signal
+                # handler; the run scope's handler ends the parent KILLED and exits 143 (130 when
+                # it comes while Ray waits, which turns it into a KeyboardInterrupt)
                 signal.signal(signal.SIGTERM, sigterm)
+        else:
+            log.warning("ray: joining the Ray this process started earlier: its trials read "
+                        "MLFLOW_TRACKING_URI and their CPUs from that job's runtime_env")
+        if self.address and any(os.environ.get(k) for k in CREDENTIAL_VARIABLES):
+            log.info("ray: the trials read the tracking server's credentials from the environment "
+                     "of each node's `ray start`; the driver does not send them (docs/cluster.md)")
         self._check_resources()
+        wanted = self.trial_resources()
+        fit = slots(self._nodes(), wanted.get("cpu", 1.0), wanted.get("gpu", 0.0))
+        self.progress = SweepProgress(at_once=min(fit, self.max_concurrent or fit))
+
+    def _nodes(self) -> list[dict[str, float]]:
+        import ray
+
+        return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
     def _check_resources(self) -> None:
         """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
-        import ray
-
         wanted = {"CPU": self.trial_resources().get("cpu", 1.0), "GPU": self.trial_resources().get("gpu", 0.0)}
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        nodes = self._nodes()
         if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
             largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
             self.shutdown()
@@ -131,35 +186,32 @@ class RayExecutor:
 
     def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
             reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
-        from resnet_exp.sweep.cells import skip_if_finished
-
         reasons = list(reasons) or [""] * len(cells)
+        numbers = self.progress.add([c.run_name for c in cells])
         outcomes: dict[int, ChildOutcome] = {}
         for i, config in enumerate(cells):
             skipped = skip_if_finished(config, parent, reasons[i])
             if skipped:
                 outcomes[i] = skipped
+                self.progress.ended(numbers[i], skipped)
         todo = [i for i in range(len(cells)) if i not in outcomes]
         if todo:
-            outcomes.update(self._trials(cells, reasons, todo, parent))
+            outcomes.update(self._trials(cells, reasons, todo, numbers, parent))
         return [outcomes[i] for i in range(len(cells))]
 
-    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int],
+    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int], numbers: list[int],
                 parent: "ParentRun") -> dict[int, "ChildOutcome"]:
         import ray
         from ray import tune
 
-        from resnet_exp.sweep.cells import OUTCOME_KEY, ChildOutcome
-        from resnet_exp.sweep.ray_trial import run_trial
+        from resnet_exp.sweep.ray_trial import TrialProgress, run_trial
 
         sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
         storage = Path(cells[0].output_dir).resolve() / "ray" / sid
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # this driver's trials
-        env = {"MLFLOW_TRACKING_URI": tracking_uri(),
-               **{k: os.environ[k] for k in WORKER_VARIABLES if os.environ.get(k)}}
         resources = self.trial_resources()
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent, env=env,
+            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent,
                                  cwd=os.getcwd(), experiment_dir=str(storage / name),
                                  run_child=self.run_child),
             {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)})
@@ -169,10 +221,10 @@ class RayExecutor:
             # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      callbacks=[TrialProgress(self.progress, cells, numbers)],
                                       failure_config=tune.FailureConfig(max_failures=self.max_failures)))
-        log.info("ray: %d trials of %s each (%s), results under %s", len(todo), resources,
-                 f"at most {self.max_concurrent} at once" if self.max_concurrent else "as many at once as fit",
-                 storage / name)
+        log.info("ray: %d trials of %s each, %d at once, results under %s", len(todo), resources,
+                 min(self.progress.at_once, len(todo)), storage / name)
         try:
             results = tuner.fit()
         except BaseException:
@@ -199,7 +251,6 @@ def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", expe
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
     from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
-    from resnet_exp.sweep.cells import FAILED, ChildOutcome, new_attempt, record_failure
 
     error = error[:ERROR_TEXT_LIMIT]
     log.error("%s failed: %s", config.run_name, error)

@@ -1,7 +1,9 @@
-"""What runs inside one Ray Tune trial of a sweep (executor=ray): the driver's tracking store and
-working directory, torch threads that follow the trial's CPUs, then the same `_run_child` the
-local executor calls, with each epoch's val_loss and val_acc also reported to Tune. Imported
-only in Ray's worker processes (resnet_exp/sweep/executors.py starts the trials).
+"""The Tune side of a sweep (executor=ray): what runs inside one trial, and the driver's view of
+its trials. A trial works in the driver's working directory, reports the node it landed on,
+then calls the same `_run_child` the local executor calls, with each epoch's val_loss and
+val_acc also reported to Tune. Its environment (tracking store, CPUs for torch threads) comes
+from ray.init's runtime_env (resnet_exp/sweep/executors.py); it writes none. The module imports
+Ray at the top: the driver imports it only once Ray runs (executors.py starts the trials).
 
     pytest tests/test_ray.py -k two_nodes
 """
@@ -17,13 +19,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 
 from resnet_exp import schema as S
-from resnet_exp.sweep.cells import OUTCOME_KEY
-from resnet_exp.hardware import CPUS_VARIABLE
-from resnet_exp.tracking.store import claim_project_run_id
+from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome
+from resnet_exp.sweep.progress import SweepProgress, first_line, log
 from resnet_exp.tracking.training_run import ParentRun
+
+NODE_KEY = "ray_node_id"  # a trial's first result: the node it runs on (Tune adds node_ip and pid)
 
 
 class TuneReport(pl.Callback):
@@ -36,20 +39,76 @@ class TuneReport(pl.Callback):
 
 
 def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent: ParentRun,
-              env: dict[str, str], cwd: str, experiment_dir: str, run_child) -> None:
+              cwd: str, experiment_dir: str, run_child) -> None:
     """Train cell `trial['cell']` as a child of `parent`; the last result holds its outcome."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.update(env)
-    claim_project_run_id()  # never join the run `mlflow run` made for the driver
     if Path(cwd).is_dir():  # this machine, or a shared filesystem mounted at the same path
         os.chdir(cwd)
     context = tune.get_context()
-    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
-    os.environ[CPUS_VARIABLE] = str(max(1, int(cpus)))  # torch threads = the trial's CPUs
+    node = ray.get_runtime_context().get_node_id()
+    tune.report({NODE_KEY: node})  # the driver says where the trial runs now, not after epoch 0
     index = trial["cell"]
-    tags = {**parent.child_tags, S.TAG_RAY_NODE_ID: ray.get_runtime_context().get_node_id(),
+    tags = {**parent.child_tags, S.TAG_RAY_NODE_ID: node,
             # the trial's folder under the sweep's storage path (get_trial_dir() is Ray's local staging copy)
             S.TAG_RAY_TRIAL_DIR: str(Path(experiment_dir) / Path(context.get_trial_dir()).name)}
     outcome = run_child(cells[index], ParentRun(parent.run_id, parent.experiment_id, tags), reasons[index],
                         callbacks=[TuneReport()])
     tune.report({OUTCOME_KEY: json.dumps(asdict(outcome))})
+
+
+class TrialProgress(tune.Callback):
+    """In the driver: each cell's start and end line (resnet_exp/sweep/progress.py) as its
+    trial starts and ends, and the trial's state changes in between: the node it runs on, an
+    error and its retry, completed or errored for good."""
+
+    def __init__(self, progress: SweepProgress, cells: list, numbers: list[int]) -> None:
+        self.progress, self.cells, self.numbers = progress, cells, numbers
+
+    def _number(self, trial) -> int:
+        return self.numbers[trial.config["cell"]]
+
+    def _state(self, trial, text: str) -> None:
+        log.info("ray trial %s %s: %s", trial.trial_id, self.progress.label(self._number(trial)), text)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        failures = trial.run_metadata.num_failures
+        if failures == 0:
+            self.progress.started(self._number(trial), f"(ray trial {trial.trial_id})")
+        else:
+            self._state(trial, f"retried, attempt {failures + 1} of {trial.max_failures + 1}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if NODE_KEY in result:
+            self._state(trial, f"running on node {result.get('node_ip')} ({result[NODE_KEY][:8]}), "
+                               f"pid {result.get('pid')}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self._state(trial, f"errored ({trial_error(trial)}), to be retried")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._state(trial, "completed")
+        text = (trial.last_result or {}).get(OUTCOME_KEY)
+        if text:
+            self.progress.ended(self._number(trial), ChildOutcome(**json.loads(text)))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        error, attempts = trial_error(trial), trial.run_metadata.num_failures
+        self._state(trial, f"errored after {attempts} attempt{'s' if attempts > 1 else ''}: {error}")
+        config = self.cells[trial.config["cell"]]
+        # its run is closed FAILED once Tune has stopped (executors._trial_failure)
+        self.progress.ended(self._number(trial), ChildOutcome(config.run_name, config.seed, config.config_hash,
+                                                              FAILED, "", f"Ray trial failed: {error}"))
+
+
+def trial_error(trial) -> str:
+    """'ActorDiedError: The actor died unexpectedly ...': the trial's latest error in one line (a
+    RayTaskError names the trial function's own exception as its cause). Read from the file Tune
+    writes in the driver just before calling back (Trial.get_pickled_error reads the copy in the
+    storage path, which Tune syncs later)."""
+    try:
+        with open(trial.pickled_error_file, "rb") as file:
+            error = cloudpickle.load(file)
+    except (OSError, TypeError, ValueError):  # no such file (a non-Ray error): its text file says it
+        return f"see {trial.error_file}"
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {first_line(str(cause))}"

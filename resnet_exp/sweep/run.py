@@ -68,13 +68,15 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs = _preflight(configs)
+    # Out of the environment before Ray's processes inherit it: a child must never join it
+    launcher = claim_project_run_id()
     with open_executor(grid, run_child) as executor:  # Ray starts (or is joined) before any run exists
-        return _run_under_parent(grid, base, configs, sid, executor)
+        return _run_under_parent(grid, base, configs, sid, executor, launcher)
 
 
 def _run_under_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], sid: str,
-                      executor: LocalExecutor | RayExecutor) -> SweepResult:
-    parent_id, _ = _open_parent(base, sid, parent_run_name(grid))
+                      executor: LocalExecutor | RayExecutor, launcher: str | None) -> SweepResult:
+    parent_id, _ = _open_parent(base, sid, parent_run_name(grid), launcher)
     with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
                    tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
         _describe_parent(scope, grid, base, configs, sid)
@@ -127,15 +129,14 @@ def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[Child
 # --- the parent run ------------------------------------------------------------------------------
 
 
-def _open_parent(base: TrainConfig, sid: str, run_name: str) -> tuple[str, str]:
+def _open_parent(base: TrainConfig, sid: str, run_name: str, launcher: str | None = None) -> tuple[str, str]:
     """(run id, experiment id) of the sweep's run: under `mlflow run -e sweep` the one it
-    created, else the experiment's run of the same grid (an earlier attempt or another shard),
-    else a new one."""
+    created (`launcher`), else the experiment's run of the same grid (an earlier attempt or
+    another shard), else a new one."""
     client = MlflowClient(use_tracking_store())
-    run_id = claim_project_run_id()
-    if run_id:
+    if launcher:
         tracking.warn_if_experiment_name_ignored(base)
-        return run_id, client.get_run(run_id).info.experiment_id
+        return launcher, client.get_run(launcher).info.experiment_id
     experiment_id = ensure_experiment(client, base.default_experiment_name,
                                       tracking.experiment_note(base.dataset_slug))
     earlier = _parents(client, experiment_id, sid)
