@@ -116,24 +116,27 @@ def test_a_trial_that_errors_for_good_ends_its_cell_failed(tmp_path, caplog):
     an error, its retry, then an error after the last retry ends the cell FAILED."""
     from types import SimpleNamespace
 
-    from ray import cloudpickle
-
     from resnet_exp.sweep.progress import SweepProgress
     from resnet_exp.sweep.ray_trial import TrialProgress
 
     caplog.set_level(logging.INFO, logger=PROGRESS)
-    error = tmp_path / "error.pkl"  # as Tune writes it in the driver before calling back
-    error.write_bytes(cloudpickle.dumps(RuntimeError("worker lost\nits details")))
+    error = tmp_path / "error.txt"  # as Tune appends to it in the driver before calling back
+
+    def fails(attempt: int) -> None:
+        with open(error, "a") as file:
+            file.write(f"Failure # {attempt} (occurred at 2026-12-03_18-53-53)\n"
+                       "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n  File \"x.py\", line 1\n"
+                       "RuntimeError: worker lost\nits details\n")
+
     cells = SweepGrid(**GRID).expand(TrainConfig(data="demo"))
     progress = SweepProgress(at_once=2)
-    callback = TrialProgress(progress, cells, progress.add([c.run_name for c in cells]))
-    trial = SimpleNamespace(trial_id="abc_00001", config={"cell": 1}, max_failures=1, last_result={},
-                            run_metadata=SimpleNamespace(num_failures=0), pickled_error_file=str(error))
+    callback = TrialProgress(progress, cells, progress.add([c.run_name for c in cells]), max_failures=1)
+    trial = SimpleNamespace(trial_id="abc_00001", config={"cell": 1}, last_result={}, error_file=str(error))
     callback.on_trial_start(0, [], trial)
-    trial.run_metadata.num_failures = 1
+    fails(1)
     callback.on_trial_recover(0, [], trial)
     callback.on_trial_start(0, [], trial)
-    trial.run_metadata.num_failures = 2
+    fails(2)
     callback.on_trial_error(0, [], trial)
     cell = "[2/4] r12-b1121-f4-s0"
     assert caplog.messages == [f"{cell} started (ray trial abc_00001)",

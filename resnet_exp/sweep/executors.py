@@ -221,7 +221,7 @@ class RayExecutor:
             # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                      callbacks=[TrialProgress(self.progress, cells, numbers)],
+                                      callbacks=[TrialProgress(self.progress, cells, numbers, self.max_failures)],
                                       failure_config=tune.FailureConfig(max_failures=self.max_failures)))
         log.info("ray: %d trials of %s each, %d at once, results under %s", len(todo), resources,
                  min(self.progress.at_once, len(todo)), storage / name)

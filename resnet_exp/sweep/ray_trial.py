@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import ray
-from ray import cloudpickle, tune
+from ray import tune
 
 from resnet_exp import schema as S
 from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome
@@ -59,10 +60,13 @@ def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent:
 class TrialProgress(tune.Callback):
     """In the driver: each cell's start and end line (resnet_exp/sweep/progress.py) as its
     trial starts and ends, and the trial's state changes in between: the node it runs on, an
-    error and its retry, completed or errored for good."""
+    error and its retry, completed or errored for good. Reads only the Trial attributes Tune
+    documents (trial_id, config, last_result, error_file) and counts the failures itself."""
 
-    def __init__(self, progress: SweepProgress, cells: list, numbers: list[int]) -> None:
+    def __init__(self, progress: SweepProgress, cells: list, numbers: list[int], max_failures: int) -> None:
         self.progress, self.cells, self.numbers = progress, cells, numbers
+        self.max_failures = max_failures
+        self.failures: dict[str, int] = {}  # trial id -> attempts that errored
 
     def _number(self, trial) -> int:
         return self.numbers[trial.config["cell"]]
@@ -71,11 +75,11 @@ class TrialProgress(tune.Callback):
         log.info("ray trial %s %s: %s", trial.trial_id, self.progress.label(self._number(trial)), text)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        failures = trial.run_metadata.num_failures
+        failures = self.failures.get(trial.trial_id, 0)
         if failures == 0:
             self.progress.started(self._number(trial), f"(ray trial {trial.trial_id})")
         else:
-            self._state(trial, f"retried, attempt {failures + 1} of {trial.max_failures + 1}")
+            self._state(trial, f"retried, attempt {failures + 1} of {self.max_failures + 1}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if NODE_KEY in result:
@@ -83,6 +87,7 @@ class TrialProgress(tune.Callback):
                                f"pid {result.get('pid')}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
         self._state(trial, f"errored ({trial_error(trial)}), to be retried")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -92,7 +97,8 @@ class TrialProgress(tune.Callback):
             self.progress.ended(self._number(trial), ChildOutcome(**json.loads(text)))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error, attempts = trial_error(trial), trial.run_metadata.num_failures
+        attempts = self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
+        error = trial_error(trial)
         self._state(trial, f"errored after {attempts} attempt{'s' if attempts > 1 else ''}: {error}")
         config = self.cells[trial.config["cell"]]
         # its run is closed FAILED once Tune has stopped (executors._trial_failure)
@@ -101,14 +107,13 @@ class TrialProgress(tune.Callback):
 
 
 def trial_error(trial) -> str:
-    """'ActorDiedError: The actor died unexpectedly ...': the trial's latest error in one line (a
-    RayTaskError names the trial function's own exception as its cause). Read from the file Tune
-    writes in the driver just before calling back (Trial.get_pickled_error reads the copy in the
-    storage path, which Tune syncs later)."""
+    """The trial's latest error in one line, from the error file Tune appends to in the driver
+    just before calling back: a 'Failure # N (occurred at ...)' header, then the error's text,
+    whose last line of the form 'SomeError: ...' names the trial function's own exception."""
     try:
-        with open(trial.pickled_error_file, "rb") as file:
-            error = cloudpickle.load(file)
-    except (OSError, TypeError, ValueError):  # no such file (a non-Ray error): its text file says it
-        return f"see {trial.error_file}"
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {first_line(str(cause))}"
+        text = Path(trial.error_file).read_text()
+    except (OSError, TypeError):
+        return "unknown error"
+    latest = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]  # the lines after the header
+    named = [line.strip() for line in latest if re.match(r"\s*[\w.]+(Error|Exception): ", line)]
+    return first_line(named[-1] if named else next((line for line in latest if line.strip()), "unknown error"))
