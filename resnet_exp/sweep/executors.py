@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
+from resnet_exp.compat import ray_worker_priority
 from resnet_exp.errors import ConfigError
 from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome, new_attempt, record_failure, skip_if_finished
 from resnet_exp.sweep.grid import SweepGrid
@@ -93,12 +94,8 @@ def ray_settings(start_here: bool) -> dict[str, str]:
         # verbose=0 silences only the old output engine: the new one still prints its
         # configuration box, where results go, and a table per errored trial.
         "RAY_AIR_NEW_OUTPUT": "0"}
-    if start_here:
-        # Private (the raylet's config), a default the user may override: Ray starts workers at
-        # nice 15, and a trial then loses its cores to any other busy process; measured on 2
-        # cores with one busy loop, a 2-CPU trial trained 13-17 images/s at nice 15, 41-50 at 0.
-        # A cluster's nodes take it from their own `ray start`.
-        settings = {"RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"), **settings}
+    if start_here:  # trials at normal priority: a private Ray setting (resnet_exp/compat.py)
+        settings = {**ray_worker_priority(os.environ), **settings}
     return settings
 
 
