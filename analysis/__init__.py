@@ -14,7 +14,8 @@ of one sweep: ranking.csv, report.md, report.html and plots, locally and as an M
     output.py    the MLflow run holding the folder (swapped in whole by resnet_exp.atomic)
     pipeline.py  analyze(): all of the above in order
 
-    python -c "from analysis import AnalysisConfig, analyze, format_ranking; print(format_ranking(analyze(AnalysisConfig(data='demo')).ranking))"
+    python -c "from analysis import AnalysisConfig, analyze, format_ranking; \
+print(format_ranking(analyze(AnalysisConfig(data='demo')).ranking))"
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ __all__ = ["AnalysisConfig", "AnalysisResult", "analyze", "format_ranking"]
 
 # Imported on first use (PEP 562): the CLI builds its options from AnalysisConfig without
 # loading MLflow, pandas, scipy and matplotlib.
-_LAZY = {"analyze": "analysis.pipeline", "AnalysisResult": "analysis.pipeline",
-         "format_ranking": "analysis.report"}
+_LAZY = {
+    "analyze": "analysis.pipeline",
+    "AnalysisResult": "analysis.pipeline",
+    "format_ranking": "analysis.report",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -41,22 +41,31 @@ def load_per_class(run_ids: list[str]) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
         for run_id in run_ids:
             try:
-                path = client.download_artifacts(run_id, f"{S.DIAGNOSTICS_FOLDER}/{S.PER_CLASS_FILE}", tmp)
+                path = client.download_artifacts(
+                    run_id, f"{S.DIAGNOSTICS_FOLDER}/{S.PER_CLASS_FILE}", tmp
+                )
             except (MlflowException, OSError):
                 continue
             frames.append(pd.read_csv(path)[[CLASS, CORRECT, TOTAL]].assign(**{C.RUN_ID: run_id}))
             Path(path).unlink()
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=[C.RUN_ID, CLASS, CORRECT, TOTAL])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=[C.RUN_ID, CLASS, CORRECT, TOTAL])
+    )
 
 
-def class_changes(per_class: pd.DataFrame, runs: pd.DataFrame, top: int = TOP_CLASSES) -> pd.DataFrame:
+def class_changes(
+    per_class: pd.DataFrame, runs: pd.DataFrame, top: int = TOP_CLASSES
+) -> pd.DataFrame:
     """Per network (and initialisation) and each pair of consecutive freeze_blocks levels it
     has, the `top` classes whose pooled accuracy (correct / total over seeds) changes most."""
     if per_class.empty:
         return pd.DataFrame(columns=CHANGE_COLUMNS)
     joined = per_class.merge(runs[[C.RUN_ID, *SERIES, C.FREEZE_BLOCKS]], on=C.RUN_ID)
-    pooled = joined.groupby([*SERIES, C.FREEZE_BLOCKS, CLASS], as_index=False)[[CORRECT, TOTAL]].sum()
+    pooled = joined.groupby([*SERIES, C.FREEZE_BLOCKS, CLASS], as_index=False)[
+        [CORRECT, TOTAL]
+    ].sum()
     pooled = pooled[pooled[TOTAL] > 0].assign(acc=lambda t: t[CORRECT] / t[TOTAL])
     rows = []
     for (network, weights), g in pooled.groupby(SERIES, sort=True):
@@ -66,8 +75,18 @@ def class_changes(per_class: pd.DataFrame, runs: pd.DataFrame, top: int = TOP_CL
             b = g[g[C.FREEZE_BLOCKS] == hi].set_index(CLASS)["acc"]
             change = (b - a).dropna()
             for name in change.abs().sort_values(ascending=False, kind="stable").index[:top]:
-                rows.append({C.NETWORK: network, C.WEIGHTS: weights, FREEZE_FROM: int(lo), FREEZE_TO: int(hi),
-                             CLASS: name, ACC_FROM: a[name], ACC_TO: b[name], CHANGE: change[name]})
+                rows.append(
+                    {
+                        C.NETWORK: network,
+                        C.WEIGHTS: weights,
+                        FREEZE_FROM: int(lo),
+                        FREEZE_TO: int(hi),
+                        CLASS: name,
+                        ACC_FROM: a[name],
+                        ACC_TO: b[name],
+                        CHANGE: change[name],
+                    }
+                )
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
 
 
@@ -75,15 +94,21 @@ def changes_plot(changes: pd.DataFrame, max_panels: int = 8):
     """One panel per network and pair of freeze levels: the classes' accuracy change as bars."""
     import matplotlib.pyplot as plt
 
-    groups = list(changes.groupby([C.NETWORK, C.WEIGHTS, FREEZE_FROM, FREEZE_TO], sort=True))[:max_panels]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 1.2 + 0.45 * TOP_CLASSES * len(groups)), squeeze=False)
+    groups = list(changes.groupby([C.NETWORK, C.WEIGHTS, FREEZE_FROM, FREEZE_TO], sort=True))[
+        :max_panels
+    ]
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(7, 1.2 + 0.45 * TOP_CLASSES * len(groups)), squeeze=False
+    )
     for ax, ((network, weights, lo, hi), g) in zip(axes[:, 0], groups):
         colours = ["tab:green" if c > 0 else "tab:red" for c in g[CHANGE]]
         ax.barh(g[CLASS].astype(str), g[CHANGE], color=colours)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.invert_yaxis()  # the largest change on top
         mixed = f", weights={weights}" if changes[C.WEIGHTS].nunique() > 1 else ""
-        ax.set(title=f"{network}{mixed}: freeze_blocks {lo} -> {hi}", xlabel="change in class accuracy")
+        ax.set(
+            title=f"{network}{mixed}: freeze_blocks {lo} -> {hi}", xlabel="change in class accuracy"
+        )
         ax.grid(alpha=0.3, axis="x")
     return fig
 
@@ -91,12 +116,21 @@ def changes_plot(changes: pd.DataFrame, max_panels: int = 8):
 def changes_markdown(changes: pd.DataFrame) -> str:
     """The report's section body: one line per network and pair of levels."""
     if changes.empty:
-        return ("No per-class accuracy to compare: the runs recorded no diagnostics (runs from before "
-                "them), or no network was trained at two freeze_blocks levels.")
+        return (
+            "No per-class accuracy to compare: the runs recorded no diagnostics (runs from before "
+            "them), or no network was trained at two freeze_blocks levels."
+        )
     lines = []
-    for (network, weights, lo, hi), g in changes.groupby([C.NETWORK, C.WEIGHTS, FREEZE_FROM, FREEZE_TO], sort=True):
-        moved = ", ".join(f"{row[CLASS]} {row[ACC_FROM]:.2f} → {row[ACC_TO]:.2f}" for _, row in g.iterrows())
+    for (network, weights, lo, hi), g in changes.groupby(
+        [C.NETWORK, C.WEIGHTS, FREEZE_FROM, FREEZE_TO], sort=True
+    ):
+        moved = ", ".join(
+            f"{row[CLASS]} {row[ACC_FROM]:.2f} → {row[ACC_TO]:.2f}" for _, row in g.iterrows()
+        )
         lines.append(f"- {network} ({C.WEIGHTS}={weights}), freeze_blocks {lo} → {hi}: {moved}")
-    return ("Per network, the classes whose test accuracy (pooled over seeds) changes most from one "
-            "freeze_blocks level to the next; few test images per class make these noisy.\n\n"
-            + "\n".join(lines) + f"\n\nAll of them: `{S.CLASS_CHANGES_FILE}`.")
+    return (
+        "Per network, the classes whose test accuracy (pooled over seeds) changes most from one "
+        "freeze_blocks level to the next; few test images per class make these noisy.\n\n"
+        + "\n".join(lines)
+        + f"\n\nAll of them: `{S.CLASS_CHANGES_FILE}`."
+    )

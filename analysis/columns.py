@@ -16,7 +16,9 @@ BLOCKS = S.BLOCKS  # '2,2,2,2', as training logs the param
 # bottleneck 2,2,2,2 are different networks, never one series.
 NETWORK = "network"
 FREEZE_BLOCKS = S.FREEZE_BLOCKS
-DEPTH_LABEL = S.TAG_DEPTH  # 'b2222-f2', 'bn3463-f2' (bottleneck): the tag's name, one name per concept
+DEPTH_LABEL = (
+    S.TAG_DEPTH
+)  # 'b2222-f2', 'bn3463-f2' (bottleneck): the tag's name, one name per concept
 SEED = S.SEED
 TRAINABLE_PARAMS = S.TRAINABLE_PARAMS
 WEIGHTS = S.WEIGHTS  # initial weights: 'imagenet', 'none' (random) or a state_dict file
@@ -42,7 +44,9 @@ TRAINABLE_BLOCKS = "trainable_blocks"  # residual blocks that learn: sum(blocks[
 N_RUNS = "n_runs"
 TEST_ACC_MEAN = f"{TEST_ACC}_mean"
 TEST_ACC_STD = f"{TEST_ACC}_std"
-TEST_ACC_SEED_CI = f"{TEST_ACC}_seed_ci95"  # half-width of the Student-t interval over seeds; NaN for one run
+TEST_ACC_SEED_CI = (
+    f"{TEST_ACC}_seed_ci95"  # half-width of the Student-t interval over seeds; NaN for one run
+)
 # The reported 95% interval: the wider of the t interval over seeds and the Wilson interval of
 # the pooled test images (analysis/stats.py), so agreeing seeds never give a zero width
 TEST_ACC_LO = f"{TEST_ACC}_ci95_lo"
@@ -68,10 +72,39 @@ PARETO_TIME = "pareto_time"  # not beaten on both test_acc mean and training tim
 PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable parameters
 
 RANKING_COLUMNS = [
-    RANK, TIED, LABEL, DEPTH_LABEL, NETWORK, BLOCK, BLOCKS, FREEZE_BLOCKS, TRAINABLE_BLOCKS, WEIGHTS,
-    CONFIG_HASH, N_RUNS, TEST_IMAGES,
-    TEST_ACC_MEAN, TEST_ACC_STD, TEST_ACC_SEED_CI, TEST_ACC_LO, TEST_ACC_HI, TEST_ACC_INTERVAL,
-    DIFF, DIFF_LO, DIFF_HI, P_VALUE, P_HOLM, COMPARISON, N_PAIRS, BEST_VAL_ACC_MEAN,
-    EPOCHS_TO_95_MEAN, EPOCHS_TO_95_STD, VAL_ACC_AUC_MEAN, EPOCH_TIME_MEAN, TRAIN_TIME_MEAN,
-    TRAINABLE_PARAMS, PARETO_TIME, PARETO_PARAMS,
+    RANK,
+    TIED,
+    LABEL,
+    DEPTH_LABEL,
+    NETWORK,
+    BLOCK,
+    BLOCKS,
+    FREEZE_BLOCKS,
+    TRAINABLE_BLOCKS,
+    WEIGHTS,
+    CONFIG_HASH,
+    N_RUNS,
+    TEST_IMAGES,
+    TEST_ACC_MEAN,
+    TEST_ACC_STD,
+    TEST_ACC_SEED_CI,
+    TEST_ACC_LO,
+    TEST_ACC_HI,
+    TEST_ACC_INTERVAL,
+    DIFF,
+    DIFF_LO,
+    DIFF_HI,
+    P_VALUE,
+    P_HOLM,
+    COMPARISON,
+    N_PAIRS,
+    BEST_VAL_ACC_MEAN,
+    EPOCHS_TO_95_MEAN,
+    EPOCHS_TO_95_STD,
+    VAL_ACC_AUC_MEAN,
+    EPOCH_TIME_MEAN,
+    TRAIN_TIME_MEAN,
+    TRAINABLE_PARAMS,
+    PARETO_TIME,
+    PARETO_PARAMS,
 ]

@@ -7,15 +7,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from resnet_exp.config import AUTO, DEFAULT_DATA, TrainConfig, dataset_slug, experiment_name_for
 from resnet_exp.errors import ConfigError
 
 NO_SWEEP = ""  # sweep_run_id meaning "every training run of the experiment"
-ANALYSIS_FOLDER = "analysis"  # <output_dir>/<dataset>/analysis, next to training's checkpoints and logs
+ANALYSIS_FOLDER = (
+    "analysis"  # <output_dir>/<dataset>/analysis, next to training's checkpoints and logs
+)
 
 # Training's defaults, taken from TrainConfig rather than retyped: the analysis looks where
 # training wrote.
@@ -30,24 +33,35 @@ def _option(default: str, help: str) -> Any:
 class AnalysisConfig:
     """The analysis's parameters as command-line text (all four are plain strings)."""
 
-    data: str = _option(DEFAULT_DATA, "The dataset whose runs are ranked: the same text as training's "
-                                      "--data (only its name matters, e.g. 'demo').")
-    experiment_name: str = _option(AUTO, "MLflow experiment to read ('auto': resnet-exp-<dataset>, "
-                                         "as training uses).")
-    sweep_run_id: str = _option(NO_SWEEP, "A sweep's parent run id: rank only that sweep's grid; the "
-                                          "experiment and dataset then come from the parent run. "
-                                          "Empty: every training run of the experiment.")
-    output_dir: str = _option(_TRAIN_FIELDS["output_dir"].default,
-                              "Root of the results: the analysis goes to <output_dir>/<dataset>/analysis.")
+    data: str = _option(
+        DEFAULT_DATA,
+        "The dataset whose runs are ranked: the same text as training's "
+        "--data (only its name matters, e.g. 'demo').",
+    )
+    experiment_name: str = _option(
+        AUTO, "MLflow experiment to read ('auto': resnet-exp-<dataset>, as training uses)."
+    )
+    sweep_run_id: str = _option(
+        NO_SWEEP,
+        "A sweep's parent run id: rank only that sweep's grid; the "
+        "experiment and dataset then come from the parent run. "
+        "Empty: every training run of the experiment.",
+    )
+    output_dir: str = _option(
+        _TRAIN_FIELDS["output_dir"].default,
+        "Root of the results: the analysis goes to <output_dir>/<dataset>/analysis.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("data", "experiment_name", "output_dir"):
             if not str(getattr(self, name)).strip():
-                raise ConfigError(f"{name} must not be empty (default: {defaults_as_text()[name]!r})")
+                raise ConfigError(
+                    f"{name} must not be empty (default: {defaults_as_text()[name]!r})"
+                )
         object.__setattr__(self, "sweep_run_id", self.sweep_run_id.strip())
 
     @classmethod
-    def from_text(cls, values: Mapping[str, Any]) -> "AnalysisConfig":
+    def from_text(cls, values: Mapping[str, Any]) -> AnalysisConfig:
         """Build from command-line text, e.g. {'data': 'demo', 'sweep_run_id': 'ab12...'}."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -2,7 +2,8 @@
 MLflow's artifact viewer renders .html artifacts, but its markdown viewer drops relative images,
 so report.md alone shows no plots there; report.md stays for GitHub and terminals.
 
-    python -c "from analysis.html_report import to_html; from pathlib import Path; print(to_html('| a |\\n|---|\\n| 1 |', Path('.')))"
+    python -c "from analysis.html_report import to_html; from pathlib import Path; \
+print(to_html('| a |\\n|---|\\n| 1 |', Path('.')))"
 """
 
 from __future__ import annotations
@@ -25,22 +26,28 @@ tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
-_RELATIVE_SRC = re.compile(r'src="(?![a-z][a-z0-9+.-]*:)([^"]+)"', re.IGNORECASE)  # no scheme: a local file
+_RELATIVE_SRC = re.compile(
+    r'src="(?![a-z][a-z0-9+.-]*:)([^"]+)"', re.IGNORECASE
+)  # no scheme: a local file
 
 
 def inline_images(page: str, folder: Path) -> str:
     """Replace each relative `src="plots/x.png"` with the file's bytes as a data URI."""
+
     def data_uri(match: re.Match) -> str:
         path = folder / html.unescape(match.group(1))
         if path.suffix.lower() != ".png":
             raise ValueError(f"report.html can inline PNG images only, not {path}")
         return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
     return _RELATIVE_SRC.sub(data_uri, page)
 
 
 def to_html(report_md: str, folder: Path, title: str = "Ranking of depth configurations") -> str:
     """The report's markdown (tables included) as a complete page; images relative to `folder`."""
     body = markdown.markdown(report_md, extensions=["tables"], output_format="html")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"{inline_images(body, folder)}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"{inline_images(body, folder)}\n</body>\n</html>\n"
+    )

@@ -11,19 +11,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import columns as C
 from analysis import classes, plots, rank, report, runs
-from analysis.html_report import to_html
-from analysis.study import study_of
+from analysis import columns as C
 from analysis.config import AnalysisConfig
+from analysis.html_report import to_html
 from analysis.output import record_run
+from analysis.study import study_of
 from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
 
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    ranking: pd.DataFrame  # one row per configuration, ranked (columns: analysis.columns.RANKING_COLUMNS)
+    ranking: (
+        pd.DataFrame
+    )  # one row per configuration, ranked (columns: analysis.columns.RANKING_COLUMNS)
     output_folder: Path  # <output_dir>/<dataset>/analysis
     run_id: str  # the MLflow run holding the same files as artifacts
     excluded: dict[str, int]  # runs left out, by reason (analysis.runs.EXCLUSION_REASONS)
@@ -37,13 +39,20 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     selection = runs.select(config)
     table = runs.load_runs(selection)
     ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
-    changes = classes.class_changes(classes.load_per_class(table.runs[C.RUN_ID].tolist()), table.runs)
-    text = report.render(ranking, study=study, experiment=selection.experiment_name,
-                         sweep_run_id=selection.sweep_run_id, n_runs=len(table.runs),
-                         excluded=table.excluded,
-                         notes=report.shared_label_notes(ranking, table.shared_params),
-                         class_section=classes.changes_markdown(changes),
-                         extra_plots=(classes.CLASS_PLOT,) if len(changes) else ())
+    changes = classes.class_changes(
+        classes.load_per_class(table.runs[C.RUN_ID].tolist()), table.runs
+    )
+    text = report.render(
+        ranking,
+        study=study,
+        experiment=selection.experiment_name,
+        sweep_run_id=selection.sweep_run_id,
+        n_runs=len(table.runs),
+        excluded=table.excluded,
+        notes=report.shared_label_notes(ranking, table.shared_params),
+        class_section=classes.changes_markdown(changes),
+        extra_plots=(classes.CLASS_PLOT,) if len(changes) else (),
+    )
 
     def write(folder: Path) -> None:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
@@ -53,27 +62,50 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
         if len(changes):
             plots.save(classes.changes_plot(changes), folder / S.PLOTS_FOLDER / classes.CLASS_PLOT)
         # after the plots, which it inlines; titled by report.md's first heading
-        (folder / S.REPORT_HTML).write_text(to_html(text, folder, text.splitlines()[0].lstrip("# ")),
-                                            encoding="utf-8")
+        (folder / S.REPORT_HTML).write_text(
+            to_html(text, folder, text.splitlines()[0].lstrip("# ")), encoding="utf-8"
+        )
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
     run_id = _record(config, selection, ranking, table, folder)
-    return AnalysisResult(ranking, folder, run_id, table.excluded, report.answer(ranking, selection.dataset),
-                          report.verdict(ranking))
+    return AnalysisResult(
+        ranking,
+        folder,
+        run_id,
+        table.excluded,
+        report.answer(ranking, selection.dataset),
+        report.verdict(ranking),
+    )
 
 
-def _record(config: AnalysisConfig, selection: runs.Selection, ranking: pd.DataFrame,
-            table: runs.RunTable, folder: Path) -> str:
+def _record(
+    config: AnalysisConfig,
+    selection: runs.Selection,
+    ranking: pd.DataFrame,
+    table: runs.RunTable,
+    folder: Path,
+) -> str:
     tags = {S.TAG_DATASET: selection.dataset}
     if selection.sweep_id:
         tags[S.TAG_SWEEP_ID] = selection.sweep_id
-    params = {**config.to_params(), "experiment": selection.experiment_name,
-              "n_configs": str(len(ranking)), "n_runs": str(len(table.runs))}
-    metrics = {f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": n for reason, n in table.excluded.items()}
+    params = {
+        **config.to_params(),
+        "experiment": selection.experiment_name,
+        "n_configs": str(len(ranking)),
+        "n_runs": str(len(table.runs)),
+    }
+    metrics = {
+        f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": n
+        for reason, n in table.excluded.items()
+    }
     metrics[S.ANALYSIS_LEADER_ACC] = ranking[C.TEST_ACC_MEAN].iloc[0]
-    scope = f"sweep run {selection.sweep_run_id}" if selection.sweep_run_id else "every training run"
-    description = (f"Analysis of {scope} on {selection.dataset}: {len(table.runs)} runs, {len(ranking)} "
-                   f"configurations ranked by mean test_acc. {report.verdict(ranking)}. Open "
-                   f"{S.REPORT_HTML} in the artifacts for the answer, the table and the plots.")
+    scope = (
+        f"sweep run {selection.sweep_run_id}" if selection.sweep_run_id else "every training run"
+    )
+    description = (
+        f"Analysis of {scope} on {selection.dataset}: {len(table.runs)} runs, {len(ranking)} "
+        f"configurations ranked by mean test_acc. {report.verdict(ranking)}. Open "
+        f"{S.REPORT_HTML} in the artifacts for the answer, the table and the plots."
+    )
     name = f"analysis-{selection.sweep_id or selection.dataset}"
     return record_run(selection.experiment_id, name, description, tags, params, metrics, folder)

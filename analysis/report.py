@@ -1,7 +1,8 @@
 """What the numbers say, in words and tables: the winner or the tie, a plain-language answer to
 the study's question built only from the ranking, report.md, and the terminal table.
 
-    python -c "import pandas as pd; from analysis.report import markdown_table; print(markdown_table(pd.DataFrame({'a': [1.5], 'b': ['x']})))"
+    python -c "import pandas as pd; from analysis.report import markdown_table; \
+print(markdown_table(pd.DataFrame({'a': [1.5], 'b': ['x']})))"
 """
 
 from __future__ import annotations
@@ -12,28 +13,41 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import columns as C
-from analysis.plots import COST, CURVES, DEPTH, FREEZE
 from analysis import stats as st
+from analysis.plots import COST, CURVES, DEPTH, FREEZE
 from analysis.rank import CONVERGENCE_FRACTION
 from analysis.study import SERIES, Study, series_name, weights_note
 from resnet_exp import schema as S
 
 # {frozen}: how the frozen stages got their weights (Study.frozen_stages_clause), so that a study
 # from random weights does not claim to be about transfer
-QUESTION = ("How does the depth of a ResNet (its block type, how many residual blocks it has, and how "
-            "many of its stages are frozen{frozen}) change how fast and how well it learns?")
+QUESTION = (
+    "How does the depth of a ResNet (its block type, how many residual blocks it has, and how "
+    "many of its stages are frozen{frozen}) change how fast and how well it learns?"
+)
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
 INTERVAL, DIFF_SHOWN = "_interval", "_diff"  # formatted columns of the shown table
 
 # The table shown in the terminal and in report.md: (column, heading, format)
-SHOWN = [(C.RANK, "rank", "{}"), (C.LABEL, "config", "{}"), (C.N_RUNS, "n", "{}"),
-         (C.TEST_ACC_MEAN, "test_acc", "{:.4f}"), (INTERVAL, "95% interval", "{}"),
-         (DIFF_SHOWN, "− leader [95%]", "{}"), (C.P_HOLM, "p (Holm)", "{:.3g}"),
-         (C.BEST_VAL_ACC_MEAN, "best val_acc", "{:.4f}"), (C.EPOCHS_TO_95_MEAN, "epochs to 95%", "{:.1f}"),
-         (C.EPOCHS_TO_95_STD, "± std", "{:.1f}"), (C.VAL_ACC_AUC_MEAN, "val_acc AUC", "{:.4f}"),
-         (C.EPOCH_TIME_MEAN, "epoch s", "{:.1f}"), (C.TRAIN_TIME_MEAN, "train s", "{:.0f}"),
-         (C.TRAINABLE_PARAMS, "trainable params", "{:,.0f}"), (C.TIED, "tied", "{}"),
-         (C.PARETO_TIME, "front: time", "{}"), (C.PARETO_PARAMS, "front: params", "{}")]
+SHOWN = [
+    (C.RANK, "rank", "{}"),
+    (C.LABEL, "config", "{}"),
+    (C.N_RUNS, "n", "{}"),
+    (C.TEST_ACC_MEAN, "test_acc", "{:.4f}"),
+    (INTERVAL, "95% interval", "{}"),
+    (DIFF_SHOWN, "− leader [95%]", "{}"),
+    (C.P_HOLM, "p (Holm)", "{:.3g}"),
+    (C.BEST_VAL_ACC_MEAN, "best val_acc", "{:.4f}"),
+    (C.EPOCHS_TO_95_MEAN, "epochs to 95%", "{:.1f}"),
+    (C.EPOCHS_TO_95_STD, "± std", "{:.1f}"),
+    (C.VAL_ACC_AUC_MEAN, "val_acc AUC", "{:.4f}"),
+    (C.EPOCH_TIME_MEAN, "epoch s", "{:.1f}"),
+    (C.TRAIN_TIME_MEAN, "train s", "{:.0f}"),
+    (C.TRAINABLE_PARAMS, "trainable params", "{:,.0f}"),
+    (C.TIED, "tied", "{}"),
+    (C.PARETO_TIME, "front: time", "{}"),
+    (C.PARETO_PARAMS, "front: params", "{}"),
+]
 
 
 def _cell(value, fmt: str) -> str:
@@ -47,15 +61,26 @@ def _cell(value, fmt: str) -> str:
 def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
     """The ranking's main columns as formatted text; the initial weights too where they differ,
     since the config label alone does not tell an ImageNet row from a random one."""
-    shown = SHOWN if ranking[C.WEIGHTS].nunique() < 2 else [*SHOWN[:2], (C.WEIGHTS, C.WEIGHTS, "{}"),
-                                                            *SHOWN[2:]]
-    ranking = ranking.assign(**{
-        INTERVAL: [f"{lo:.3f}–{hi:.3f}" if not math.isnan(lo) else math.nan
-                   for lo, hi in zip(ranking[C.TEST_ACC_LO], ranking[C.TEST_ACC_HI])],
-        DIFF_SHOWN: [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else math.nan
-                     for d, lo, hi in zip(ranking[C.DIFF], ranking[C.DIFF_LO], ranking[C.DIFF_HI])]})
-    return pd.DataFrame({heading: [_cell(v, fmt) for v in ranking[col].tolist()]
-                         for col, heading, fmt in shown})
+    shown = (
+        SHOWN
+        if ranking[C.WEIGHTS].nunique() < 2
+        else [*SHOWN[:2], (C.WEIGHTS, C.WEIGHTS, "{}"), *SHOWN[2:]]
+    )
+    ranking = ranking.assign(
+        **{
+            INTERVAL: [
+                f"{lo:.3f}–{hi:.3f}" if not math.isnan(lo) else math.nan
+                for lo, hi in zip(ranking[C.TEST_ACC_LO], ranking[C.TEST_ACC_HI])
+            ],
+            DIFF_SHOWN: [
+                f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else math.nan
+                for d, lo, hi in zip(ranking[C.DIFF], ranking[C.DIFF_LO], ranking[C.DIFF_HI])
+            ],
+        }
+    )
+    return pd.DataFrame(
+        {heading: [_cell(v, fmt) for v in ranking[col].tolist()] for col, heading, fmt in shown}
+    )
 
 
 def format_ranking(ranking: pd.DataFrame) -> str:
@@ -65,8 +90,10 @@ def format_ranking(ranking: pd.DataFrame) -> str:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table of the frame's cells as text."""
+
     def line(cells) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
     rows = [line(table.columns), line("---" for _ in table.columns)]
     return "\n".join(rows + [line(r) for r in table.itertuples(index=False)])
 
@@ -91,23 +118,33 @@ def verdict(ranking: pd.DataFrame) -> str:
     """'Winner: b2222-f2 (...)' or 'A tie between b2222-f2 and b1111-f3 (...)'."""
     tied, leader = ranking[ranking[C.TIED]], ranking[C.LABEL].iloc[0]
     if len(tied) == 1:
-        return (f"Winner: {leader} (every other configuration's difference from it is significant: "
-                f"Holm-corrected tests at {st.ALPHA:.0%})")
-    return (f"A tie between {_names(tied[C.LABEL].tolist())} (the Holm-corrected test of each one's "
-            f"difference from the leader, {leader}, does not reject zero at {st.ALPHA:.0%})")
+        return (
+            f"Winner: {leader} (every other configuration's difference from it is significant: "
+            f"Holm-corrected tests at {st.ALPHA:.0%})"
+        )
+    return (
+        f"A tie between {_names(tied[C.LABEL].tolist())} (the Holm-corrected test of each one's "
+        f"difference from the leader, {leader}, does not reject zero at {st.ALPHA:.0%})"
+    )
 
 
 def _leader_sentence(ranking: pd.DataFrame) -> str:
     leader, tied = ranking.iloc[0], ranking[ranking[C.TIED]].iloc[1:]
     text = f"{leader[C.LABEL]} has the highest mean test accuracy, {_acc(leader)}"
     if tied.empty:
-        return (text + ", and every other configuration is significantly below it (Holm-corrected "
-                "p < 0.05), so it is the single winner.")
-    differences = ", ".join(f"{row[C.LABEL]} {row[C.DIFF]:+.3f} (p_holm {row[C.P_HOLM]:.2g}, {row[C.COMPARISON]})"
-                            for _, row in tied.iterrows())
-    return (text + f"; {_names(tied[C.LABEL].tolist())} cannot be told apart from it (differences "
-            f"from the leader: {differences}), so these are tied. A tie means the data cannot "
-            "order them, not that they are equal.")
+        return (
+            text + ", and every other configuration is significantly below it (Holm-corrected "
+            "p < 0.05), so it is the single winner."
+        )
+    differences = ", ".join(
+        f"{row[C.LABEL]} {row[C.DIFF]:+.3f} (p_holm {row[C.P_HOLM]:.2g}, {row[C.COMPARISON]})"
+        for _, row in tied.iterrows()
+    )
+    return (
+        text + f"; {_names(tied[C.LABEL].tolist())} cannot be told apart from it (differences "
+        f"from the leader: {differences}), so these are tied. A tie means the data cannot "
+        "order them, not that they are equal."
+    )
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
@@ -122,9 +159,11 @@ def _freeze_sentences(ranking: pd.DataFrame) -> list[str]:
     for (network, weights), g in ranking.groupby(SERIES, sort=True):
         if g[C.FREEZE_BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g[C.FREEZE_BLOCKS].idxmin()], g.loc[g[C.FREEZE_BLOCKS].idxmax()]
-            sentences.append(f"With the {series_name(ranking, network, weights)} network, freezing "
-                             f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} "
-                             f"{_change(lo, hi)}.")
+            sentences.append(
+                f"With the {series_name(ranking, network, weights)} network, freezing "
+                f"{hi[C.FREEZE_BLOCKS]} stages instead of {lo[C.FREEZE_BLOCKS]} "
+                f"{_change(lo, hi)}."
+            )
     return sentences
 
 
@@ -132,32 +171,44 @@ def _size_sentences(ranking: pd.DataFrame) -> list[str]:
     """Per frozen stages and block type, from the fewest to the most residual blocks."""
     sentences, sizes = [], ranking[C.BLOCKS].map(lambda b: sum(int(n) for n in b.split(",")))
     for (freeze, block, weights), g in ranking.assign(_size=sizes).groupby(
-            [C.FREEZE_BLOCKS, C.BLOCK, C.WEIGHTS], sort=True):
+        [C.FREEZE_BLOCKS, C.BLOCK, C.WEIGHTS], sort=True
+    ):
         if g[C.BLOCKS].nunique() >= 2:
             lo, hi = g.loc[g["_size"].idxmin()], g.loc[g["_size"].idxmax()]
-            sentences.append(f"With {freeze} frozen stages and {block} blocks{weights_note(ranking, weights)}, "
-                             f"{hi['_size']} residual blocks ({hi[C.BLOCKS]}) instead of {lo['_size']} "
-                             f"({lo[C.BLOCKS]}) {_change(lo, hi)}.")
+            sentences.append(
+                f"With {freeze} frozen stages and {block} blocks{weights_note(ranking, weights)}, "
+                f"{hi['_size']} residual blocks ({hi[C.BLOCKS]}) instead of {lo['_size']} "
+                f"({lo[C.BLOCKS]}) {_change(lo, hi)}."
+            )
     return sentences
 
 
 def _block_type_sentences(ranking: pd.DataFrame) -> list[str]:
     """Per blocks list and frozen stages, basic against bottleneck blocks."""
     sentences = []
-    for (blocks, freeze, weights), g in ranking.groupby([C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True):
+    for (blocks, freeze, weights), g in ranking.groupby(
+        [C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True
+    ):
         if g[C.BLOCK].nunique() >= 2:
-            lo, hi = g.loc[g[C.BLOCK].idxmin()], g.loc[g[C.BLOCK].idxmax()]  # 'basic' < 'bottleneck'
-            sentences.append(f"With blocks {blocks} and {freeze} frozen stages{weights_note(ranking, weights)}, "
-                             f"{hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}.")
+            lo, hi = (
+                g.loc[g[C.BLOCK].idxmin()],
+                g.loc[g[C.BLOCK].idxmax()],
+            )  # 'basic' < 'bottleneck'
+            sentences.append(
+                f"With blocks {blocks} and {freeze} frozen stages{weights_note(ranking, weights)}, "
+                f"{hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}."
+            )
     return sentences
 
 
 def _change(lo: pd.Series, hi: pd.Series) -> str:
     """What changes from configuration `lo` to `hi`: accuracy, convergence and epoch time."""
-    return (f"moves test accuracy from {lo[C.TEST_ACC_MEAN]:.3f} to {hi[C.TEST_ACC_MEAN]:.3f}"
-            f"{_difference_caveat(lo, hi)}, epochs to {CONVERGENCE_FRACTION:.0%} of the best val_acc "
-            f"from {lo[C.EPOCHS_TO_95_MEAN]:.1f} to {hi[C.EPOCHS_TO_95_MEAN]:.1f}, and the mean epoch "
-            f"time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s")
+    return (
+        f"moves test accuracy from {lo[C.TEST_ACC_MEAN]:.3f} to {hi[C.TEST_ACC_MEAN]:.3f}"
+        f"{_difference_caveat(lo, hi)}, epochs to {CONVERGENCE_FRACTION:.0%} of the best val_acc "
+        f"from {lo[C.EPOCHS_TO_95_MEAN]:.1f} to {hi[C.EPOCHS_TO_95_MEAN]:.1f}, and the mean epoch "
+        f"time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s"
+    )
 
 
 def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
@@ -165,7 +216,12 @@ def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
     only the comparisons with the leader are tested)."""
     if min(a[C.N_RUNS], b[C.N_RUNS]) == 1:
         return " (one of them is a single run, so this is no evidence of a difference)"
-    if math.isnan(a[C.TEST_ACC_LO]) or math.isnan(b[C.TEST_ACC_LO]) or a[C.TEST_ACC_HI] < b[C.TEST_ACC_LO] or b[C.TEST_ACC_HI] < a[C.TEST_ACC_LO]:
+    if (
+        math.isnan(a[C.TEST_ACC_LO])
+        or math.isnan(b[C.TEST_ACC_LO])
+        or a[C.TEST_ACC_HI] < b[C.TEST_ACC_LO]
+        or b[C.TEST_ACC_HI] < a[C.TEST_ACC_LO]
+    ):
         return ""
     return " (the intervals overlap, so this is not a clear difference)"
 
@@ -173,20 +229,23 @@ def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
 def _cheapest_sentences(ranking: pd.DataFrame) -> list[str]:
     leader, sentences = ranking.iloc[0], []
     for flag, cost, unit, front_name in (
-            (C.PARETO_TIME, C.TRAIN_TIME_MEAN, "s of training", "training time"),
-            (C.PARETO_PARAMS, C.TRAINABLE_PARAMS, "trainable parameters", "trainable parameters")):
+        (C.PARETO_TIME, C.TRAIN_TIME_MEAN, "s of training", "training time"),
+        (C.PARETO_PARAMS, C.TRAINABLE_PARAMS, "trainable parameters", "trainable parameters"),
+    ):
         front = ranking[ranking[flag]]
         if front.empty:
             continue
         cheap = front.loc[front[cost].idxmin()]
         if cheap[C.CONFIG_HASH] == leader[C.CONFIG_HASH]:
-            sentences.append(f"The leader is also the cheapest in {front_name} "
-                             f"({cheap[cost]:,.0f} {unit}).")
+            sentences.append(
+                f"The leader is also the cheapest in {front_name} ({cheap[cost]:,.0f} {unit})."
+            )
             continue
         sentences.append(
             f"The cheapest configuration on the front of accuracy against {front_name} is "
             f"{cheap[C.LABEL]}: {cheap[cost]:,.0f} {unit} against the leader's {leader[cost]:,.0f}, "
-            f"for {leader[C.TEST_ACC_MEAN] - cheap[C.TEST_ACC_MEAN]:.3f} less mean test accuracy.")
+            f"for {leader[C.TEST_ACC_MEAN] - cheap[C.TEST_ACC_MEAN]:.3f} less mean test accuracy."
+        )
     return sentences
 
 
@@ -195,35 +254,49 @@ def _caveat(ranking: pd.DataFrame) -> str:
     if fewest >= FEW_SEEDS:
         return ""
     if fewest == 1:
-        return ("With a single run for the least-sampled configuration, its interval covers only its "
-                "test set, not seed-to-seed variation, so small differences here are not evidence; "
-                "more seeds (resnet-exp sweep --seeds auto) would sharpen the ranking.")
-    return (f"With only {fewest} seeds for the least-sampled configuration, the intervals are wide, "
-            "so small differences here are not evidence; more seeds (resnet-exp sweep --seeds auto) "
-            "would sharpen the ranking.")
+        return (
+            "With a single run for the least-sampled configuration, its interval covers only its "
+            "test set, not seed-to-seed variation, so small differences here are not evidence; "
+            "more seeds (resnet-exp sweep --seeds auto) would sharpen the ranking."
+        )
+    return (
+        f"With only {fewest} seeds for the least-sampled configuration, the intervals are wide, "
+        "so small differences here are not evidence; more seeds (resnet-exp sweep --seeds auto) "
+        "would sharpen the ranking."
+    )
 
 
 def answer(ranking: pd.DataFrame, dataset: str) -> str:
     """One paragraph answering the study's question from the ranking's numbers only."""
-    parts = [f"On {dataset}, {_leader_sentence(ranking)}", *_trend_sentences(ranking),
-             *_cheapest_sentences(ranking), _caveat(ranking)]
+    parts = [
+        f"On {dataset}, {_leader_sentence(ranking)}",
+        *_trend_sentences(ranking),
+        *_cheapest_sentences(ranking),
+        _caveat(ranking),
+    ]
     return " ".join(p for p in parts if p)
 
 
 # --- report.md -----------------------------------------------------------------------------------
 
 
-def shared_label_notes(ranking: pd.DataFrame, params_by_hash: dict[str, dict[str, str]]) -> list[str]:
+def shared_label_notes(
+    ranking: pd.DataFrame, params_by_hash: dict[str, dict[str, str]]
+) -> list[str]:
     """A note per depth configuration that appears as several rows, naming the params that differ."""
     notes = []
     for label, g in ranking.groupby(C.DEPTH_LABEL):
         if len(g) < 2:
             continue
         params = [params_by_hash.get(h, {}) for h in g[C.CONFIG_HASH]]
-        keys = sorted({k for p in params for k in p if k != C.SEED and len({q.get(k) for q in params}) > 1})
-        notes.append(f"{label} appears as {len(g)} rows (config hashes {', '.join(g[C.CONFIG_HASH])}): "
-                     f"its runs differ in {', '.join(keys) or 'parameters not logged'}, so they are "
-                     "ranked separately.")
+        keys = sorted(
+            {k for p in params for k in p if k != C.SEED and len({q.get(k) for q in params}) > 1}
+        )
+        notes.append(
+            f"{label} appears as {len(g)} rows (config hashes {', '.join(g[C.CONFIG_HASH])}): "
+            f"its runs differ in {', '.join(keys) or 'parameters not logged'}, so they are "
+            "ranked separately."
+        )
     return notes
 
 
@@ -240,8 +313,9 @@ DEFINITIONS = f"""\
   split and the same data order, so the runs are paired), with its paired Student-t 95% interval
   and two-sided p-value. With fewer than two common seeds it is Welch's unequal-variance t over
   all runs of the two (a single run borrows the other side's seed variance; one run on each
-  side gives no test), and `{C.COMPARISON}` says so. The variance of a difference is never taken below the binomial variance of the two test
-  sets, p(1-p)/n each, so that identical differences do not claim certainty.
+  side gives no test), and `{C.COMPARISON}` says so. The variance of a difference is never
+  taken below the binomial variance of the two test sets, p(1-p)/n each, so that identical
+  differences do not claim certainty.
 - **p (Holm)**: the p-values of the comparisons with the leader, adjusted by Holm's step-down
   method (Holm 1979, *Scand. J. Statist.* 6:65-70), which keeps the chance of any false "not
   tied" at most {st.ALPHA:.0%} across all of them.
@@ -276,28 +350,48 @@ def limits(ranking: pd.DataFrame, study: Study) -> str:
     """The data, the initialisation, the test images and the seeds behind the numbers, and what
     they support."""
     images = ranking[C.TEST_IMAGES].dropna()
-    per_run = (f"{int(images.iloc[0]):,} test images per run" if images.nunique() == 1 else
-               "test sets of different sizes" if len(images) else "an unrecorded number of test images")
+    per_run = (
+        f"{int(images.iloc[0]):,} test images per run"
+        if images.nunique() == 1
+        else "test sets of different sizes"
+        if len(images)
+        else "an unrecorded number of test images"
+    )
     # the binomial standard error of one run's accuracy near its mean: the finest difference one run resolves
-    resolution = (f" One run's accuracy on {int(images.iloc[0])} images has a standard error of about "
-                  f"{math.sqrt(0.25 / images.iloc[0]):.3f} at 50% accuracy from the test set alone."
-                  if images.nunique() == 1 else "")
-    return "\n".join(f"- {line}" for line in [
-        study.description(),
-        f"Evidence: {per_run}, {seeds_per_configuration(ranking)}.{resolution}",
-        "Can conclude: which configurations are significantly below the best one on this dataset, "
-        "at these settings (image size, epochs, learning rate), with a 5% chance of any false "
-        "such claim across the comparisons with the leader.",
-        "Cannot conclude: that tied configurations are equal (a tie is a lack of evidence, and more "
-        "seeds may resolve it); the order among configurations that are not the leader (only the "
-        "comparisons with the leader are tested; the trend sentences above compare intervals, a "
-        "weaker check); anything about other datasets, image sizes or training lengths.",
-    ])
+    resolution = (
+        f" One run's accuracy on {int(images.iloc[0])} images has a standard error of about "
+        f"{math.sqrt(0.25 / images.iloc[0]):.3f} at 50% accuracy from the test set alone."
+        if images.nunique() == 1
+        else ""
+    )
+    return "\n".join(
+        f"- {line}"
+        for line in [
+            study.description(),
+            f"Evidence: {per_run}, {seeds_per_configuration(ranking)}.{resolution}",
+            "Can conclude: which configurations are significantly below the best one on this dataset, "
+            "at these settings (image size, epochs, learning rate), with a 5% chance of any false "
+            "such claim across the comparisons with the leader.",
+            "Cannot conclude: that tied configurations are equal (a tie is a lack of evidence, and more "
+            "seeds may resolve it); the order among configurations that are not the leader (only the "
+            "comparisons with the leader are tested; the trend sentences above compare intervals, a "
+            "weaker check); anything about other datasets, image sizes or training lengths.",
+        ]
+    )
 
 
-def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id: str, n_runs: int,
-           excluded: dict[str, int], notes: list[str], class_section: str = "",
-           extra_plots: tuple[str, ...] = ()) -> str:
+def render(
+    ranking: pd.DataFrame,
+    *,
+    study: Study,
+    experiment: str,
+    sweep_run_id: str,
+    n_runs: int,
+    excluded: dict[str, int],
+    notes: list[str],
+    class_section: str = "",
+    extra_plots: tuple[str, ...] = (),
+) -> str:
     """report.md: what was read and compared, the verdict, the answer, the table, the classes
     that freezing moves most, the plots (the four, then `extra_plots` under plots/)."""
     scope = f"the runs of sweep run `{sweep_run_id}`" if sweep_run_id else "every training run"
@@ -315,7 +409,10 @@ def render(ranking: pd.DataFrame, *, study: Study, experiment: str, sweep_run_id
         *(["## Classes that freezing moves most\n\n" + class_section] if class_section else []),
         "## What these numbers can and cannot conclude\n\n" + limits(ranking, study),
         "## Definitions\n\n" + DEFINITIONS,
-        "## Plots\n\n" + "\n\n".join(f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
-                                     for name in (CURVES, FREEZE, DEPTH, COST, *extra_plots)),
+        "## Plots\n\n"
+        + "\n\n".join(
+            f"![{Path(name).stem}]({S.PLOTS_FOLDER}/{name})"
+            for name in (CURVES, FREEZE, DEPTH, COST, *extra_plots)
+        ),
     ]
     return "\n\n".join(sections) + "\n"

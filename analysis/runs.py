@@ -2,15 +2,16 @@
 val_acc curves in long format, and the runs left out, counted by reason. Reads through the
 tracking API only (search_runs and metric histories), so any tracking URI works.
 
-    python -c "from analysis.config import AnalysisConfig; from analysis.runs import select; print(select(AnalysisConfig(data='demo')))"
+    python -c "from analysis.config import AnalysisConfig; from analysis.runs import select; \
+print(select(AnalysisConfig(data='demo')))"
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import mlflow
 import pandas as pd
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 # Why a training run is left out; every reason is counted in the report.
 FAILED, UNFINISHED, OTHER_DATASET, DUPLICATE, INCOMPLETE = (
-    "failed", "unfinished", "other dataset", "duplicate", "incomplete")
+    "failed",
+    "unfinished",
+    "other dataset",
+    "duplicate",
+    "incomplete",
+)
 EXCLUSION_REASONS = (FAILED, UNFINISHED, OTHER_DATASET, DUPLICATE, INCOMPLETE)
 UNFINISHED_STATUSES = {"RUNNING", "SCHEDULED", "KILLED"}
 
@@ -65,11 +71,16 @@ def select(config: AnalysisConfig) -> Selection:
         return _sweep_selection(config)
     experiment = MlflowClient().get_experiment_by_name(config.experiment)
     if experiment is None or experiment.lifecycle_stage != "active":
-        which = (f"experiment_name={config.experiment!r}" if config.experiment_name != AUTO else
-                 f"data={config.data!r} (experiment_name=auto: {config.experiment!r})")
-        raise ConfigError(f"{which}: no such experiment in {tracking_uri()}. Existing "
-                          f"experiments: {_experiment_names()}. Pass --experiment-name, or --data "
-                          "as training was given it")
+        which = (
+            f"experiment_name={config.experiment!r}"
+            if config.experiment_name != AUTO
+            else f"data={config.data!r} (experiment_name=auto: {config.experiment!r})"
+        )
+        raise ConfigError(
+            f"{which}: no such experiment in {tracking_uri()}. Existing "
+            f"experiments: {_experiment_names()}. Pass --experiment-name, or --data "
+            "as training was given it"
+        )
     return Selection(experiment.experiment_id, experiment.name, config.dataset_slug)
 
 
@@ -83,30 +94,45 @@ def _sweep_selection(config: AnalysisConfig) -> Selection:
     try:
         parent = client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"sweep_run_id={run_id!r}: no such run in {tracking_uri()}; "
-                          "expected the parent run id that `resnet-exp sweep` printed") from None
+        raise ConfigError(
+            f"sweep_run_id={run_id!r}: no such run in {tracking_uri()}; "
+            "expected the parent run id that `resnet-exp sweep` printed"
+        ) from None
     kind = parent.data.tags.get(S.TAG_KIND)
     if kind != S.KIND_SWEEP:
-        raise ConfigError(f"sweep_run_id={run_id!r} is a {kind or 'untagged'} run, not a sweep's "
-                          f"parent (tag {S.TAG_KIND}={S.KIND_SWEEP}): pass the parent "
-                          "run id that `resnet-exp sweep` printed, or leave it empty to rank every run")
+        raise ConfigError(
+            f"sweep_run_id={run_id!r} is a {kind or 'untagged'} run, not a sweep's "
+            f"parent (tag {S.TAG_KIND}={S.KIND_SWEEP}): pass the parent "
+            "run id that `resnet-exp sweep` printed, or leave it empty to rank every run"
+        )
     try:
         grid = mlflow.artifacts.load_dict(f"runs:/{run_id}/{S.SWEEP_GRID_FILE}")
     except MlflowException:
-        raise DataError(f"sweep run {run_id} has no {S.SWEEP_GRID_FILE} artifact: it did not "
-                        "get as far as recording its grid; run the sweep again") from None
+        raise DataError(
+            f"sweep run {run_id} has no {S.SWEEP_GRID_FILE} artifact: it did not "
+            "get as far as recording its grid; run the sweep again"
+        ) from None
     experiment = client.get_experiment(parent.info.experiment_id)
     dataset = parent.data.tags.get(S.TAG_DATASET) or grid["dataset"]
     _warn_if_overridden(config, experiment.name, dataset)
     members = frozenset((e[S.TAG_CONFIG_HASH], int(e[S.SEED])) for e in grid["grid"])
-    return Selection(experiment.experiment_id, experiment.name, dataset, run_id,
-                     parent.data.tags.get(S.TAG_SWEEP_ID, ""), members)
+    return Selection(
+        experiment.experiment_id,
+        experiment.name,
+        dataset,
+        run_id,
+        parent.data.tags.get(S.TAG_SWEEP_ID, ""),
+        members,
+    )
 
 
 def _warn_if_overridden(config: AnalysisConfig, experiment: str, dataset: str) -> None:
     if config.experiment_name != AUTO and config.experiment_name != experiment:
-        log.warning("experiment_name=%r is ignored: the sweep's runs are in %r", config.experiment_name,
-                    experiment)
+        log.warning(
+            "experiment_name=%r is ignored: the sweep's runs are in %r",
+            config.experiment_name,
+            experiment,
+        )
     if config.data != DEFAULT_DATA and config.dataset_slug != dataset:
         log.warning("data=%r is ignored: the sweep trained on %r", config.data, dataset)
 
@@ -178,7 +204,9 @@ def history(run_id: str, key: str) -> list[float]:
     """An epoch metric's values in epoch order (step = epoch); a step logged twice keeps the later
     value, as a resumed epoch replaces the interrupted one."""
     by_step = {}
-    for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+    for m in sorted(
+        MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)
+    ):
         by_step[m.step] = m.value
     return [by_step[s] for s in sorted(by_step)]
 
@@ -196,33 +224,51 @@ def run_row(run: Run) -> dict:
     params, tags = run.data.params, run.data.tags
     # runs recorded before the `block` param existed all used BasicBlock
     block, blocks = params.get(C.BLOCK, S.BASIC), _blocks_text(params.get(C.BLOCKS, UNKNOWN))
-    return {C.RUN_ID: run.info.run_id, C.RUN_NAME: run.info.run_name,
-            C.CONFIG_HASH: tags[S.TAG_CONFIG_HASH], C.BLOCK: block, C.BLOCKS: blocks,
-            C.NETWORK: f"{block} {blocks}", C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
-            C.DEPTH_LABEL: S.tag(tags, S.TAG_DEPTH, UNKNOWN), C.SEED: _identity(run)[1],
-            C.WEIGHTS: params.get(C.WEIGHTS, UNKNOWN),
-            C.NUM_CLASSES: float(params.get(C.NUM_CLASSES, "nan")),
-            C.TEST_SIZE: float(params.get(C.TEST_SIZE, "nan")),
-            C.TRAINABLE_PARAMS: float(params.get(C.TRAINABLE_PARAMS, "nan")),
-            C.TEST_ACC: run.data.metrics[S.TEST_ACC], C.END_TIME: run.info.end_time}
+    return {
+        C.RUN_ID: run.info.run_id,
+        C.RUN_NAME: run.info.run_name,
+        C.CONFIG_HASH: tags[S.TAG_CONFIG_HASH],
+        C.BLOCK: block,
+        C.BLOCKS: blocks,
+        C.NETWORK: f"{block} {blocks}",
+        C.FREEZE_BLOCKS: int(params.get(C.FREEZE_BLOCKS, -1)),
+        C.DEPTH_LABEL: S.tag(tags, S.TAG_DEPTH, UNKNOWN),
+        C.SEED: _identity(run)[1],
+        C.WEIGHTS: params.get(C.WEIGHTS, UNKNOWN),
+        C.NUM_CLASSES: float(params.get(C.NUM_CLASSES, "nan")),
+        C.TEST_SIZE: float(params.get(C.TEST_SIZE, "nan")),
+        C.TRAINABLE_PARAMS: float(params.get(C.TRAINABLE_PARAMS, "nan")),
+        C.TEST_ACC: run.data.metrics[S.TEST_ACC],
+        C.END_TIME: run.info.end_time,
+    }
 
 
 def _curve_rows(row: dict) -> list[dict]:
     val_acc, epoch_time = history(row[C.RUN_ID], S.VAL_ACC), history(row[C.RUN_ID], S.EPOCH_TIME)
     epoch_time += [float("nan")] * (len(val_acc) - len(epoch_time))  # a run without timings
-    return [{C.RUN_ID: row[C.RUN_ID], C.CONFIG_HASH: row[C.CONFIG_HASH], C.SEED: row[C.SEED],
-             C.EPOCH: epoch, C.VAL_ACC: acc, C.EPOCH_TIME: seconds}
-            for epoch, (acc, seconds) in enumerate(zip(val_acc, epoch_time))]
+    return [
+        {
+            C.RUN_ID: row[C.RUN_ID],
+            C.CONFIG_HASH: row[C.CONFIG_HASH],
+            C.SEED: row[C.SEED],
+            C.EPOCH: epoch,
+            C.VAL_ACC: acc,
+            C.EPOCH_TIME: seconds,
+        }
+        for epoch, (acc, seconds) in enumerate(zip(val_acc, epoch_time))
+    ]
 
 
 def load_runs(selection: Selection) -> RunTable:
     """Read the selection's runs and their curves (two metric histories per usable run)."""
     usable, excluded = sort_runs(list(all_runs(selection.experiment_id)), selection)
     if not usable:
-        raise DataError(f"no usable training runs of dataset {selection.dataset!r} in experiment "
-                        f"{selection.experiment_name!r}{_scope(selection)}: excluded "
-                        f"{describe_exclusions(excluded)}. Train some (resnet-exp train / sweep) or "
-                        "check --data and --experiment-name")
+        raise DataError(
+            f"no usable training runs of dataset {selection.dataset!r} in experiment "
+            f"{selection.experiment_name!r}{_scope(selection)}: excluded "
+            f"{describe_exclusions(excluded)}. Train some (resnet-exp train / sweep) or "
+            "check --data and --experiment-name"
+        )
     rows = [run_row(run) for run in usable]
     curves = [c for row in rows for c in _curve_rows(row)]
     shared = {r.data.tags[S.TAG_CONFIG_HASH]: dict(r.data.params) for r in usable}

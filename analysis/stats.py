@@ -20,8 +20,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -34,7 +34,9 @@ NO_TEST = "no test: a single run on each side"
 MIN_PAIRS = 2  # a paired t needs at least two differences (one degree of freedom)
 
 
-def wilson_interval(correct: float, total: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def wilson_interval(
+    correct: float, total: float, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion correct / total; never zero-width
     for total > 0, and inside [0, 1] (also at 0 and total correct)."""
     if not total > 0:
@@ -96,22 +98,35 @@ class Comparison:
     n_pairs: int  # seeds both have (0 under Welch or normal)
 
 
-def paired(leader: dict[int, tuple[float, float]], other: dict[int, tuple[float, float]],
-           confidence: float = CONFIDENCE) -> Comparison:
+def paired(
+    leader: dict[int, tuple[float, float]],
+    other: dict[int, tuple[float, float]],
+    confidence: float = CONFIDENCE,
+) -> Comparison:
     """Compare by seed: {seed: (test_acc, test_size)} of the leader and of another configuration.
     Paired t over the common seeds when there are at least two, else Welch over all runs."""
     common = sorted(set(leader) & set(other))
     if len(common) < MIN_PAIRS:
-        return unpaired([a for a, _ in leader.values()], [n for _, n in leader.values()],
-                        [a for a, _ in other.values()], [n for _, n in other.values()], confidence)
+        return unpaired(
+            [a for a, _ in leader.values()],
+            [n for _, n in leader.values()],
+            [a for a, _ in other.values()],
+            [n for _, n in other.values()],
+            confidence,
+        )
     d = np.array([other[s][0] - leader[s][0] for s in common])
     floor = np.mean([binomial_variance(*leader[s]) + binomial_variance(*other[s]) for s in common])
     variance = max(float(np.var(d, ddof=1)), float(floor))
     return _t_test(float(d.mean()), variance / len(d), len(d) - 1, PAIRED, len(d), confidence)
 
 
-def unpaired(acc_a: Sequence[float], size_a: Sequence[float], acc_b: Sequence[float],
-             size_b: Sequence[float], confidence: float = CONFIDENCE) -> Comparison:
+def unpaired(
+    acc_a: Sequence[float],
+    size_a: Sequence[float],
+    acc_b: Sequence[float],
+    size_b: Sequence[float],
+    confidence: float = CONFIDENCE,
+) -> Comparison:
     """Welch's t for mean(b) - mean(a), each side's variance floored by its binomial variance.
     A single run measures no seed variation: it borrows the other side's sample variance, and
     the test its degrees of freedom; with a single run on each side there is nothing to test."""
@@ -125,15 +140,18 @@ def unpaired(acc_a: Sequence[float], size_a: Sequence[float], acc_b: Sequence[fl
         floor = float(np.mean([binomial_variance(x, n) for x, n in zip(acc, size)]))
         seeds = float(np.var(acc if len(acc) > 1 else several, ddof=1))
         return max(seeds, floor) / len(acc)
+
     var_a, var_b = variance_of_mean(a, size_a), variance_of_mean(b, size_b)
     se2 = var_a + var_b
     if min(len(a), len(b)) < 2:
         return _t_test(diff, se2, len(several) - 1, SINGLE, 0, confidence)
-    df = se2 ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1)) if se2 > 0 else math.inf
+    df = se2**2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1)) if se2 > 0 else math.inf
     return _t_test(diff, se2, df, WELCH, 0, confidence)
 
 
-def _t_test(diff: float, se2: float, df: float, method: str, n_pairs: int, confidence: float) -> Comparison:
+def _t_test(
+    diff: float, se2: float, df: float, method: str, n_pairs: int, confidence: float
+) -> Comparison:
     """Two-sided test of a zero difference and the interval of the difference."""
     if not se2 > 0:  # no variance at all (test sizes unknown and seeds agree): nothing to test
         return Comparison(diff, math.nan, math.nan, math.nan, method, n_pairs)

@@ -21,7 +21,9 @@ SERIES = [C.NETWORK, C.WEIGHTS]  # what one line of a plot, or one dial of the a
 
 def describe_weights(weights: str) -> str:
     """The `weights` param in words: 'imagenet', 'none', a state_dict file, or unrecorded."""
-    return "an unrecorded initialisation" if weights == UNKNOWN else config_describe_weights(weights)
+    return (
+        "an unrecorded initialisation" if weights == UNKNOWN else config_describe_weights(weights)
+    )
 
 
 def _known(values: pd.Series) -> list[int]:
@@ -59,28 +61,35 @@ class Study:
         if self.mixed_weights:
             return ""
         weights = next(iter(self.runs_by_weights))
-        return {IMAGENET: " when transferred from ImageNet",
-                NO_WEIGHTS: " at their random initial weights", UNKNOWN: ""}.get(
-                    weights, f" at the weights loaded from {weights}")
+        return {
+            IMAGENET: " when transferred from ImageNet",
+            NO_WEIGHTS: " at their random initial weights",
+            UNKNOWN: "",
+        }.get(weights, f" at the weights loaded from {weights}")
 
     def description(self) -> str:
         """One or two sentences: the initialisation(s), the dataset, its classes and test images."""
-        data = (f"on {self.dataset}, {_count(self.num_classes, 'classes')}, "
-                f"{_count(self.test_sizes, 'test images')} per run")
+        data = (
+            f"on {self.dataset}, {_count(self.num_classes, 'classes')}, "
+            f"{_count(self.test_sizes, 'test images')} per run"
+        )
         if not self.mixed_weights:
             return f"Initialisation: {describe_weights(next(iter(self.runs_by_weights)))}; {data}."
-        mix = "; ".join(f"{describe_weights(w)} in {n} runs" for w, n in self.runs_by_weights.items())
-        return (f"The runs mix initialisations: {mix}. Configurations that differ in initialisation "
-                "differ in more than depth, so plots and sentences keep them apart "
-                f"(`{C.WEIGHTS}` column); {data}.")
+        mix = "; ".join(
+            f"{describe_weights(w)} in {n} runs" for w, n in self.runs_by_weights.items()
+        )
+        return (
+            f"The runs mix initialisations: {mix}. Configurations that differ in initialisation "
+            "differ in more than depth, so plots and sentences keep them apart "
+            f"(`{C.WEIGHTS}` column); {data}."
+        )
 
 
 def study_of(runs: pd.DataFrame, dataset: str) -> Study:
     """The study behind the per-run table (analysis.runs.RunTable.runs)."""
     counts = runs[C.WEIGHTS].astype(str).value_counts()
     by_weights = {w: int(counts[w]) for w in sorted(counts.index, key=lambda w: (-counts[w], w))}
-    return Study(dataset, by_weights,
-                 _known(runs[C.NUM_CLASSES]), _known(runs[C.TEST_SIZE]))
+    return Study(dataset, by_weights, _known(runs[C.NUM_CLASSES]), _known(runs[C.TEST_SIZE]))
 
 
 def weights_note(ranking: pd.DataFrame, weights: str) -> str:

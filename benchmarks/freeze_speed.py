@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 import click
-
 from harness import compute_only
+
 from resnet_exp.config import NUM_STAGES, TrainConfig, parse_blocks
 from resnet_exp.hardware import resolve_runtime
 
@@ -28,20 +28,39 @@ NUM_CLASSES = 90  # the Animals head
 @click.option("--steps", default=10, show_default=True, help="timed steps per configuration")
 @click.option("--precision", default="auto", show_default=True)
 def main(image_size: int, blocks: str, batch_size: int, steps: int, precision: str) -> None:
-    config = TrainConfig(data="demo", weights="none", blocks=parse_blocks(blocks), image_size=image_size,
-                         batch_size=batch_size, precision=precision)
-    rates = {k: compute_only(config.replace(freeze_blocks=k), steps, NUM_CLASSES) for k in range(NUM_STAGES + 1)}
+    config = TrainConfig(
+        data="demo",
+        weights="none",
+        blocks=parse_blocks(blocks),
+        image_size=image_size,
+        batch_size=batch_size,
+        precision=precision,
+    )
+    rates = {
+        k: compute_only(config.replace(freeze_blocks=k), steps, NUM_CLASSES)
+        for k in range(NUM_STAGES + 1)
+    }
     base = rates[0]
     runtime = resolve_runtime(config)
-    print(f"blocks={blocks} image_size={image_size} batch={batch_size} threads={runtime.torch_threads} "
-          f"precision={runtime.precision} channels_last={runtime.channels_last}")
+    print(
+        f"blocks={blocks} image_size={image_size} batch={batch_size} threads={runtime.torch_threads} "
+        f"precision={runtime.precision} channels_last={runtime.channels_last}"
+    )
     print(f"{'freeze_blocks':>13} {'images/s':>9} {'vs freeze 0':>11}")
     for k, rate in rates.items():
         print(f"{k:>13} {rate:>9.1f} {rate / base:>10.2f}x")
-    print(json.dumps({"benchmark": "freeze_speed", "blocks": blocks, "image_size": image_size,
-                      "precision": runtime.precision,
-                      "images_per_s": {k: round(v, 2) for k, v in rates.items()},
-                      "speedup_vs_freeze0": {k: round(v / base, 2) for k, v in rates.items()}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "freeze_speed",
+                "blocks": blocks,
+                "image_size": image_size,
+                "precision": runtime.precision,
+                "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+                "speedup_vs_freeze0": {k: round(v / base, 2) for k, v in rates.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import click
 import torch
+from harness import (
+    bench_config,
+    compute_only,
+    jpeg_folder,
+    print_table,
+    project_run,
+    scratch_space,
+    steady,
+)
 
-from harness import bench_config, compute_only, jpeg_folder, print_table, project_run, scratch_space, steady
 from resnet_exp.hardware import resolve_runtime
 
 
@@ -27,35 +35,78 @@ from resnet_exp.hardware import resolve_runtime
 @click.option("--image-size", default=224, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--epochs", default=8, show_default=True, help="the first is not timed")
-@click.option("--images-per-class", default=400, show_default=True, help="JPEGs per class (10 classes)")
+@click.option(
+    "--images-per-class", default=400, show_default=True, help="JPEGs per class (10 classes)"
+)
 @click.option("--source-size", default=320, show_default=True, help="pixels of the generated JPEGs")
 @click.option("--steps", default=30, show_default=True, help="timed compute-only steps")
 @click.option("--precision", default="bf16-mixed", show_default=True)
-@click.option("--allow-cpu", is_flag=True, help="run on the CPU when there is no GPU (a smoke test)")
-@click.option("--work-dir", default="data/benchmarks", show_default=True, type=click.Path(path_type=Path))
-def main(image_size: int, batch_size: int, epochs: int, images_per_class: int, source_size: int,
-         steps: int, precision: str, allow_cpu: bool, work_dir: Path) -> None:
+@click.option(
+    "--allow-cpu", is_flag=True, help="run on the CPU when there is no GPU (a smoke test)"
+)
+@click.option(
+    "--work-dir", default="data/benchmarks", show_default=True, type=click.Path(path_type=Path)
+)
+def main(
+    image_size: int,
+    batch_size: int,
+    epochs: int,
+    images_per_class: int,
+    source_size: int,
+    steps: int,
+    precision: str,
+    allow_cpu: bool,
+    work_dir: Path,
+) -> None:
     if not torch.cuda.is_available() and not allow_cpu:
-        click.echo("gpu_throughput needs a CUDA GPU and found none (--allow-cpu runs it on the CPU)", err=True)
+        click.echo(
+            "gpu_throughput needs a CUDA GPU and found none (--allow-cpu runs it on the CPU)",
+            err=True,
+        )
         sys.exit(2)
     folder = jpeg_folder(work_dir, images_per_class, source_size)
     with scratch_space() as scratch:
-        config = bench_config(folder, scratch, blocks=(2, 2, 2, 2), freeze_blocks=0, image_size=image_size,
-                              batch_size=batch_size, max_epochs=epochs, precision=precision)
+        config = bench_config(
+            folder,
+            scratch,
+            blocks=(2, 2, 2, 2),
+            freeze_blocks=0,
+            image_size=image_size,
+            batch_size=batch_size,
+            max_epochs=epochs,
+            precision=precision,
+        )
         runtime = resolve_runtime(config)
         bound = compute_only(config, steps)
         project = project_run(config)
     rate = steady(project.images_per_s)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"{device}: ResNet18, {folder.name} -> {image_size} px, batch={batch_size}, precision={runtime.precision}, "
-          f"channels_last={runtime.channels_last}, workers={runtime.num_workers}; "
-          f"image store built in {project.store_s:.1f} s")
-    print_table([{"path": "compute only", "images/s": bound, "vs compute only": 1.0},
-                 {"path": "project end to end", "images/s": rate, "vs compute only": rate / bound}])
-    print(json.dumps({"benchmark": "gpu_throughput", "device": device, "image_size": image_size,
-                      "batch_size": batch_size, "precision": runtime.precision,
-                      "compute_only_images_per_s": round(bound, 1), "project_images_per_s": round(rate, 1),
-                      "ratio": round(rate / bound, 3), "store_build_s": round(project.store_s, 1)}))
+    print(
+        f"{device}: ResNet18, {folder.name} -> {image_size} px, batch={batch_size}, precision={runtime.precision}, "
+        f"channels_last={runtime.channels_last}, workers={runtime.num_workers}; "
+        f"image store built in {project.store_s:.1f} s"
+    )
+    print_table(
+        [
+            {"path": "compute only", "images/s": bound, "vs compute only": 1.0},
+            {"path": "project end to end", "images/s": rate, "vs compute only": rate / bound},
+        ]
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu_throughput",
+                "device": device,
+                "image_size": image_size,
+                "batch_size": batch_size,
+                "precision": runtime.precision,
+                "compute_only_images_per_s": round(bound, 1),
+                "project_images_per_s": round(rate, 1),
+                "ratio": round(rate / bound, 3),
+                "store_build_s": round(project.store_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -31,11 +31,11 @@ from mlflow import MlflowClient
 from resnet_exp import schema as S
 from resnet_exp.atomic import build_atomically
 from resnet_exp.config import TrainConfig
-from resnet_exp.data.splits import ImageSplit, load_splits
 from resnet_exp.data.demo import CLASSES, render_shape
+from resnet_exp.data.splits import ImageSplit, load_splits
 from resnet_exp.hardware import Runtime, apply_runtime, autocast, resolve_runtime
-from resnet_exp.model.network import build_resnet
 from resnet_exp.model.classifier import adamw
+from resnet_exp.model.network import build_resnet
 
 JPEG_QUALITY = 90
 # Lightning's per-run banners (model summary, "fit stopped") would bury the tables.
@@ -57,8 +57,9 @@ def jpeg_folder(work_dir: Path, per_class: int, size: int, classes: int = len(CL
         for label in CLASSES[:classes]:
             (folder / label).mkdir()
             for i in range(per_class):
-                render_shape(label, rng, size).save(folder / label / f"{label}_{i:04d}.jpg",
-                                                    quality=JPEG_QUALITY)
+                render_shape(label, rng, size).save(
+                    folder / label / f"{label}_{i:04d}.jpg", quality=JPEG_QUALITY
+                )
 
     build_atomically(root, write)
     return root
@@ -83,8 +84,14 @@ def scratch_space() -> Iterator[Path]:
 def bench_config(folder: Path, scratch: Path, **changes) -> TrainConfig:
     """The benchmarks' training config: `folder`'s images, random init, seed 0, and everything
     the run writes (store, checkpoints) under `scratch`."""
-    values = dict(data=str(folder), data_dir=str(scratch / "data"), output_dir=str(scratch / "results"),
-                  weights="none", seed=0, experiment_name="benchmark")
+    values = dict(
+        data=str(folder),
+        data_dir=str(scratch / "data"),
+        output_dir=str(scratch / "results"),
+        weights="none",
+        seed=0,
+        experiment_name="benchmark",
+    )
     return TrainConfig(**{**values, **changes})
 
 
@@ -121,7 +128,9 @@ def bench_model(config: TrainConfig, num_classes: int = len(CLASSES)) -> Bench:
     size = config.image_size
     x = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (config.batch_size,), device=device)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.learning_rate)  # the project's
+    optimizer = adamw(
+        [p for p in model.parameters() if p.requires_grad], config.learning_rate
+    )  # the project's
     return Bench(runtime, device, model, x, y, optimizer)
 
 
@@ -140,8 +149,13 @@ def compute_only(config: TrainConfig, steps: int, num_classes: int = len(CLASSES
     return _timed(step, steps, config.batch_size, b.device)
 
 
-def compute_bound(config: TrainConfig, epochs: int, sizes: dict[str, int], steps: int,
-                  num_classes: int = len(CLASSES)) -> float:
+def compute_bound(
+    config: TrainConfig,
+    epochs: int,
+    sizes: dict[str, int],
+    steps: int,
+    num_classes: int = len(CLASSES),
+) -> float:
     """Seconds of compute a training of `config` cannot avoid, measured on random tensors with
     the project's model, precision and memory format: its trainable stages trained on every
     training image for `epochs`, and evaluated on the validation images each epoch and on the
@@ -172,7 +186,9 @@ def compute_bound(config: TrainConfig, epochs: int, sizes: dict[str, int], steps
 
     seconds = epochs * sizes["train"] / _timed(train_step, steps, config.batch_size, b.device)
     b.model.eval()
-    seconds += (epochs * sizes["validation"] + sizes["test"]) / _timed(eval_step, steps, config.batch_size, b.device)
+    seconds += (epochs * sizes["validation"] + sizes["test"]) / _timed(
+        eval_step, steps, config.batch_size, b.device
+    )
     if frozen:
         seconds += sum(sizes.values()) / _timed(prefix_step, steps, config.batch_size, b.device)
     return seconds
@@ -215,13 +231,21 @@ def project_run(config: TrainConfig) -> ProjectRun:
     result = train(config)
     wall = time.perf_counter() - start
     run = MlflowClient().get_run(result.run_id)
-    return ProjectRun(_history(result.run_id, S.TRAIN_THROUGHPUT), _history(result.run_id, S.VAL_ACC),
-                      wall, run.data.metrics[S.IMAGE_STORE_TIME], run.data.metrics[S.FEATURE_CACHE_TIME],
-                      run.data.params["resolved/feature_cache"])
+    return ProjectRun(
+        _history(result.run_id, S.TRAIN_THROUGHPUT),
+        _history(result.run_id, S.VAL_ACC),
+        wall,
+        run.data.metrics[S.IMAGE_STORE_TIME],
+        run.data.metrics[S.FEATURE_CACHE_TIME],
+        run.data.params["resolved/feature_cache"],
+    )
 
 
 def _history(run_id: str, key: str) -> list[float]:
-    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+    return [
+        m.value
+        for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)
+    ]
 
 
 # --- the seed-style baseline ------------------------------------------------------------------
@@ -244,18 +268,31 @@ def seed_style_run(config: TrainConfig, precision: str, validate: bool = True) -
     pl.seed_everything(config.seed, verbose=False)
     device = torch.device(runtime.accelerator)
     # freeze_blocks=0 here: this baseline freezes with requires_grad alone, below
-    model = build_resnet(config.replace(freeze_blocks=0).net_spec(splits.class_names)).to(device).train()
+    model = (
+        build_resnet(config.replace(freeze_blocks=0).net_spec(splits.class_names))
+        .to(device)
+        .train()
+    )
     stages = [getattr(model, f"layer{i}") for i in range(1, config.freeze_blocks + 1)]
     for module in [model.conv1, model.bn1, *stages] if config.freeze_blocks else []:
         module.requires_grad_(False)
     # as the seed-style pipeline had it: the per-tensor AdamW loop, not the project's fused kernel
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
+    )
     train_loader = _loader(splits, "train", config, runtime, shuffle=True)
     rates, val_acc = [], []
     for _ in range(config.max_epochs):
         rates.append(_train_epoch(model, optimizer, train_loader, config.limit_batches, runtime))
         if validate:
-            val_acc.append(_accuracy(model, _loader(splits, "validation", config, runtime), config.limit_batches, runtime))
+            val_acc.append(
+                _accuracy(
+                    model,
+                    _loader(splits, "validation", config, runtime),
+                    config.limit_batches,
+                    runtime,
+                )
+            )
     if validate:
         _accuracy(model, _loader(splits, "test", config, runtime), config.limit_batches, runtime)
     return BaselineRun(rates, val_acc, time.perf_counter() - start)
@@ -264,9 +301,13 @@ def seed_style_run(config: TrainConfig, precision: str, validate: bool = True) -
 def _loader(splits, name: str, config: TrainConfig, runtime: Runtime, shuffle: bool = False):
     dataset = ImageSplit(splits, name, config.image_size)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=shuffle,
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
         generator=torch.Generator().manual_seed(config.seed) if shuffle else None,
-        drop_last=shuffle and len(dataset) > config.batch_size, num_workers=runtime.num_workers)
+        drop_last=shuffle and len(dataset) > config.batch_size,
+        num_workers=runtime.num_workers,
+    )
 
 
 def _batches(loader, limit: int):
@@ -308,7 +349,9 @@ def _accuracy(model, loader, limit: int, runtime: Runtime) -> float:
 
 def print_table(rows: list[dict[str, object]]) -> None:
     """Rows of equal keys as an aligned text table (floats with 2 decimals)."""
-    text = [{k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()} for row in rows]
+    text = [
+        {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()} for row in rows
+    ]
     widths = {k: max(len(k), *(len(r[k]) for r in text)) for k in text[0]}
     print("  ".join(k.rjust(w) for k, w in widths.items()))
     for row in text:

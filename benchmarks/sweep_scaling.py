@@ -30,21 +30,22 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import click
 import psutil
 import torch
+from harness import bench_config, jpeg_folder, print_table, scratch_space
 from mlflow import MlflowClient
 
-from harness import bench_config, jpeg_folder, print_table, scratch_space
-from resnet_exp.data.splits import load_splits
-from resnet_exp.sweep.grid import SweepGrid
 from resnet_exp import schema as S
-from resnet_exp.hardware import usable_cores
+from resnet_exp.data.splits import load_splits
 from resnet_exp.data.store import open_image_store
+from resnet_exp.hardware import usable_cores
+from resnet_exp.sweep.grid import SweepGrid
 
 STUDY_TRIALS = 45  # 5 freeze_blocks x 3 block lists x 3 seeds: the study the README describes
 PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared Ray against local
@@ -53,37 +54,80 @@ PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared
 @click.command()
 @click.option("--image-size", default=112, show_default=True)
 @click.option("--epochs", default=3, show_default=True)
-@click.option("--freeze", default="3,4", show_default=True, help="freeze_blocks values (configurations)")
+@click.option(
+    "--freeze", default="3,4", show_default=True, help="freeze_blocks values (configurations)"
+)
 @click.option("--blocks", default="1,1,1,1", show_default=True)
 @click.option("--seeds", default="2", show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--limit-batches", default=0, show_default=True, help="per split and epoch (0: all)")
-@click.option("--images-per-class", default=30, show_default=True, help="JPEGs per class (10 classes)")
+@click.option(
+    "--images-per-class", default=30, show_default=True, help="JPEGs per class (10 classes)"
+)
 @click.option("--source-size", default=160, show_default=True, help="pixels of the generated JPEGs")
-@click.option("--precision", default="32-true", show_default=True, help="fixed: no measurement in the timing")
-@click.option("--work-dir", default="data/benchmarks", show_default=True, type=click.Path(path_type=Path),
-              help="where the JPEG folder is kept between runs")
-def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, batch_size: int, limit_batches: int,
-         images_per_class: int, source_size: int, precision: str, work_dir: Path) -> None:
+@click.option(
+    "--precision", default="32-true", show_default=True, help="fixed: no measurement in the timing"
+)
+@click.option(
+    "--work-dir",
+    default="data/benchmarks",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="where the JPEG folder is kept between runs",
+)
+def main(
+    image_size: int,
+    epochs: int,
+    freeze: str,
+    blocks: str,
+    seeds: str,
+    batch_size: int,
+    limit_batches: int,
+    images_per_class: int,
+    source_size: int,
+    precision: str,
+    work_dir: Path,
+) -> None:
     from resnet_exp.sweep.run import run_sweep
 
     folder = jpeg_folder(work_dir, images_per_class, source_size)
     cores = usable_cores()
-    modes = {"local": {"executor": "local"},
-             "ray@1": {"executor": "ray", "trial_resources": f"cpu={cores}", "max_concurrent_trials": "1"},
-             "ray@2": {"executor": "ray", "trial_resources": f"cpu={max(1, cores // 2)}",
-                       "max_concurrent_trials": "2"}}
+    modes = {
+        "local": {"executor": "local"},
+        "ray@1": {
+            "executor": "ray",
+            "trial_resources": f"cpu={cores}",
+            "max_concurrent_trials": "1",
+        },
+        "ray@2": {
+            "executor": "ray",
+            "trial_resources": f"cpu={max(1, cores // 2)}",
+            "max_concurrent_trials": "2",
+        },
+    }
     if torch.cuda.is_available():
         for pack in (1, 2, 4):
-            modes[f"gpu x{pack}"] = {"executor": "ray", "max_concurrent_trials": str(pack),
-                                     "trial_resources": f"cpu={max(1, cores // pack)},gpu={1 / pack:g}"}
+            modes[f"gpu x{pack}"] = {
+                "executor": "ray",
+                "max_concurrent_trials": str(pack),
+                "trial_resources": f"cpu={max(1, cores // pack)},gpu={1 / pack:g}",
+            }
     grid_text = dict(freeze_blocks=freeze, blocks=blocks, seeds=seeds)
     rows, walls, timelines = [], {}, {}
     with scratch_space() as shared:
         data_dir = shared / "data"
-        base = bench_config(folder, shared, image_size=image_size, batch_size=batch_size, max_epochs=epochs,
-                            limit_batches=limit_batches, precision=precision, registered_model_name="none",
-                            early_stopping_patience=epochs, data_dir=str(data_dir))
+        base = bench_config(
+            folder,
+            shared,
+            image_size=image_size,
+            batch_size=batch_size,
+            max_epochs=epochs,
+            limit_batches=limit_batches,
+            precision=precision,
+            registered_model_name="none",
+            early_stopping_patience=epochs,
+            data_dir=str(data_dir),
+        )
         open_image_store(load_splits(base), base)  # built once: no sweep pays for it
         for mode, options in modes.items():
             with scratch_space() as scratch:  # a fresh store: nothing is skipped
@@ -94,11 +138,20 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
                     walls[mode] = time.time() - start
                     timelines[mode] = _timeline(result)
                 trained = result.count("trained")
-                assert trained == result.grid_size, f"{mode}: {trained} of {result.grid_size} cells trained"
-                row = {"mode": mode, "trials": trained, "wall_s": round(walls[mode], 1),
-                       "per_trial_s": round(walls[mode] / trained, 1), "in_run_s": round(timelines[mode].in_run, 2),
-                       "between_runs_s": round(timelines[mode].gap, 2)}
-                row["others_cpu_pct"] = round(100 * others_cpu_share(timelines[mode], cpu_samples, cores), 1)
+                assert trained == result.grid_size, (
+                    f"{mode}: {trained} of {result.grid_size} cells trained"
+                )
+                row = {
+                    "mode": mode,
+                    "trials": trained,
+                    "wall_s": round(walls[mode], 1),
+                    "per_trial_s": round(walls[mode] / trained, 1),
+                    "in_run_s": round(timelines[mode].in_run, 2),
+                    "between_runs_s": round(timelines[mode].gap, 2),
+                }
+                row["others_cpu_pct"] = round(
+                    100 * others_cpu_share(timelines[mode], cpu_samples, cores), 1
+                )
                 if utilisation:
                     row["gpu_util_pct"] = round(sum(utilisation) / len(utilisation), 1)
                 rows.append(row)
@@ -116,30 +169,58 @@ def main(image_size: int, epochs: int, freeze: str, blocks: str, seeds: str, bat
     phases = {name: ray.phases[name] - local.phases[name] for name in PHASES}
     marginal = in_run + gap  # per trial
     fixed = (overhead - marginal) * trials  # per sweep
-    print(f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}")
+    print(
+        f"{trials} trials of {image_size} px x {epochs} epochs, {cores} cores, precision {precision}"
+    )
     print_table(rows)
-    print(f"Ray's overhead per trial: {overhead:.1f} s = {overhead / trial_s:.1%} of a {trial_s:.1f} s trial "
-          f"(target < 5%); 2 concurrent trials: {walls['local'] / walls['ray@2']:.2f}x the local loop's speed")
-    print(f"  of which fixed per sweep: {fixed:.1f} s (start, each worker's imports and first trial, stop), and marginal per "
-          f"trial: {marginal:.2f} s = {marginal / trial_s:.1%} of a trial; in a {STUDY_TRIALS}-trial study: "
-          f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial")
-    print(f"  the marginal part: {in_run:+.2f} s inside each child run ({len(later)} cells paired, each "
-          f"worker's first trial left out), {gap:+.2f} s in each gap between two")
-    print("  inside the runs, per phase: " + ", ".join(
-        f"{name} {seconds:+.2f} s" for name, seconds in phases.items() if abs(seconds) >= 0.01))
+    print(
+        f"Ray's overhead per trial: {overhead:.1f} s = {overhead / trial_s:.1%} of a {trial_s:.1f} s trial "
+        f"(target < 5%); 2 concurrent trials: {walls['local'] / walls['ray@2']:.2f}x the local loop's speed"
+    )
+    print(
+        f"  of which fixed per sweep: {fixed:.1f} s (start, each worker's imports and first "
+        "trial, stop), and marginal per "
+        f"trial: {marginal:.2f} s = {marginal / trial_s:.1%} of a trial; in a {STUDY_TRIALS}-trial study: "
+        f"{(fixed / STUDY_TRIALS + marginal) / trial_s:.1%} per trial"
+    )
+    print(
+        f"  the marginal part: {in_run:+.2f} s inside each child run ({len(later)} cells paired, each "
+        f"worker's first trial left out), {gap:+.2f} s in each gap between two"
+    )
+    print(
+        "  inside the runs, per phase: "
+        + ", ".join(
+            f"{name} {seconds:+.2f} s" for name, seconds in phases.items() if abs(seconds) >= 0.01
+        )
+    )
     others = {r["mode"]: r["others_cpu_pct"] for r in rows}
-    print(f"  Ray's own processes and the driver used {others['ray@1']:.1f}% of the {cores} cores while one trial "
-          f"at a time ran (the local sweep's other processes: {others['local']:.1f}%)")
-    print(json.dumps({"benchmark": "sweep_scaling", "image_size": image_size, "epochs": epochs, "trials": trials,
-                      "cores": cores, "wall_s": {m: round(w, 1) for m, w in walls.items()},
-                      "trial_s": round(trial_s, 1), "ray_overhead_per_trial_s": round(overhead, 2),
-                      "ray_overhead_share": round(overhead / trial_s, 3),
-                      "ray_fixed_per_sweep_s": round(fixed, 1), "ray_marginal_per_trial_s": round(marginal, 2),
-                      "ray_marginal_share": round(marginal / trial_s, 3),
-                      "ray_in_run_s": round(in_run, 2), "ray_gap_s": round(gap, 2),
-                      "ray_phase_s": {name: round(seconds, 2) for name, seconds in phases.items()},
-                      "others_cpu_pct": others,
-                      "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r}}))
+    print(
+        f"  Ray's own processes and the driver used {others['ray@1']:.1f}% of the {cores} cores while one trial "
+        f"at a time ran (the local sweep's other processes: {others['local']:.1f}%)"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "sweep_scaling",
+                "image_size": image_size,
+                "epochs": epochs,
+                "trials": trials,
+                "cores": cores,
+                "wall_s": {m: round(w, 1) for m, w in walls.items()},
+                "trial_s": round(trial_s, 1),
+                "ray_overhead_per_trial_s": round(overhead, 2),
+                "ray_overhead_share": round(overhead / trial_s, 3),
+                "ray_fixed_per_sweep_s": round(fixed, 1),
+                "ray_marginal_per_trial_s": round(marginal, 2),
+                "ray_marginal_share": round(marginal / trial_s, 3),
+                "ray_in_run_s": round(in_run, 2),
+                "ray_gap_s": round(gap, 2),
+                "ray_phase_s": {name: round(seconds, 2) for name, seconds in phases.items()},
+                "others_cpu_pct": others,
+                "gpu_util_pct": {r["mode"]: r["gpu_util_pct"] for r in rows if "gpu_util_pct" in r},
+            }
+        )
+    )
 
 
 class Timeline(NamedTuple):
@@ -160,17 +241,25 @@ class Timeline(NamedTuple):
 def _timeline(result) -> Timeline:
     """The sweep's timeline from its child runs' own start and end times, as MLflow stored them."""
     client = MlflowClient()
-    runs = sorted((client.get_run(o.run_id) for o in result.outcomes), key=lambda r: r.info.start_time)
+    runs = sorted(
+        (client.get_run(o.run_id) for o in result.outcomes), key=lambda r: r.info.start_time
+    )
     infos = [r.info for r in runs]
     gaps = [(b.start_time - a.end_time) / 1000 for a, b in zip(infos, infos[1:])]
     first_cell_of: dict[int, str] = {}  # trainer pid -> its first cell (runs are in start order)
     for run in runs:
         first_cell_of.setdefault(int(run.data.tags[S.TAG_PROCESS].split()[1]), run.info.run_name)
-    return Timeline(durations={r.run_name: (r.end_time - r.start_time) / 1000 for r in infos},
-                    firsts=set(first_cell_of.values()), gap=sum(gaps) / max(1, len(gaps)),
-                    first=infos[0].start_time / 1000, last=max(r.end_time for r in infos) / 1000,
-                    trainers=set(first_cell_of),
-                    phases={name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in PHASES})
+    return Timeline(
+        durations={r.run_name: (r.end_time - r.start_time) / 1000 for r in infos},
+        firsts=set(first_cell_of.values()),
+        gap=sum(gaps) / max(1, len(gaps)),
+        first=infos[0].start_time / 1000,
+        last=max(r.end_time for r in infos) / 1000,
+        trainers=set(first_cell_of),
+        phases={
+            name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in PHASES
+        },
+    )
 
 
 @contextmanager
@@ -193,18 +282,25 @@ def sweep_processes_cpu(interval_s: float = 0.5) -> Iterator[dict[int, list[tupl
         yield samples
 
 
-def others_cpu_share(timeline: Timeline, samples: dict[int, list[tuple[float, float]]], cores: int) -> float:
+def others_cpu_share(
+    timeline: Timeline, samples: dict[int, list[tuple[float, float]]], cores: int
+) -> float:
     """The share of the cores that every process but those that trained (Ray's own, and the
     driver under Ray: Tune's controller) used while the trials ran."""
-    used = sum(cpu_between(series, timeline.first, timeline.last) for pid, series in samples.items()
-               if pid not in timeline.trainers)
+    used = sum(
+        cpu_between(series, timeline.first, timeline.last)
+        for pid, series in samples.items()
+        if pid not in timeline.trainers
+    )
     return used / cores / (timeline.last - timeline.first)
 
 
 def cpu_between(series: list[tuple[float, float]], start: float, end: float) -> float:
     """CPU seconds a process used from `start` to `end`, from its samples (0 before its first)."""
+
     def at(moment: float) -> float:
         return max((cpu for t, cpu in series if t <= moment), default=0.0)
+
     return at(end) - at(start)
 
 
@@ -220,7 +316,10 @@ def gpu_utilisation(interval_s: float = 0.5) -> Iterator[list[float]]:
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     try:
-        with sampling(lambda: samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)), interval_s):
+        with sampling(
+            lambda: samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+            interval_s,
+        ):
             yield samples
     finally:
         pynvml.nvmlShutdown()

@@ -2,7 +2,8 @@
 rename it into place. Used for the demo dataset, the preprocessed image store and the
 analysis folder.
 
-    python -c "from resnet_exp.atomic import build_atomically; print(build_atomically(__import__('pathlib').Path('/tmp/x'), lambda d: None))"
+    python -c "from resnet_exp.atomic import build_atomically; \
+print(build_atomically(__import__('pathlib').Path('/tmp/x'), lambda d: None))"
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def build_atomically(target: Path, write: Callable[[Path], None]) -> bool:

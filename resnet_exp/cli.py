@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -23,12 +24,16 @@ from analysis.config import defaults_as_text as analysis_defaults
 from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
-from resnet_exp.sweep.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
 from resnet_exp.schema import REPORT_HTML, REPORT_MD, TEST_ACC
-
+from resnet_exp.sweep.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
 
 # What `--help` shows as each option's value, by the field's type annotation.
-METAVARS = {"int": "INTEGER", "float": "FLOAT", "tuple[int, ...]": "N,N,N,N", "int | None": "auto|INTEGER"}
+METAVARS = {
+    "int": "INTEGER",
+    "float": "FLOAT",
+    "tuple[int, ...]": "N,N,N,N",
+    "int | None": "auto|INTEGER",
+}
 
 
 def config_options(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
@@ -36,17 +41,27 @@ def config_options(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callab
     as text. Values arrive as text and TrainConfig parses them, so every message has one home."""
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     defaults = {k: v for k, v in defaults_as_text().items() if k not in exclude}
-    return text_options(defaults, option_help(), {k: METAVARS.get(t, "TEXT") for k, t in types.items()})
+    return text_options(
+        defaults, option_help(), {k: METAVARS.get(t, "TEXT") for k, t in types.items()}
+    )
 
 
-def text_options(defaults: dict[str, str], help_texts: dict[str, str],
-                 metavars: dict[str, str]) -> Callable[[Callable], Callable]:
+def text_options(
+    defaults: dict[str, str], help_texts: dict[str, str], metavars: dict[str, str]
+) -> Callable[[Callable], Callable]:
     def add(command: Callable) -> Callable:
         for name, default in reversed(defaults.items()):
             flag = "--" + name.replace("_", "-")
-            command = click.option(flag, name, default=default, show_default=True, help=help_texts[name],
-                                   metavar=metavars.get(name, "TEXT"))(command)
+            command = click.option(
+                flag,
+                name,
+                default=default,
+                show_default=True,
+                help=help_texts[name],
+                metavar=metavars.get(name, "TEXT"),
+            )(command)
         return command
+
     return add
 
 
@@ -141,8 +156,11 @@ def train(**values: Any) -> None:
     except OSError as err:
         raise disk_failure(err) from None
     acc = result.metrics.get(TEST_ACC)
-    click.echo(f"run {result.run_id} finished: test_acc={acc:.4f}" if acc is not None
-               else f"run {result.run_id} finished")
+    click.echo(
+        f"run {result.run_id} finished: test_acc={acc:.4f}"
+        if acc is not None
+        else f"run {result.run_id} finished"
+    )
     click.echo(f"best checkpoint: {result.best_checkpoint}")
     click.echo(f"compare runs:    mlflow ui --backend-store-uri {tracking.tracking_uri()}")
     click.echo(f"curves:          tensorboard --logdir {tracking.logs_dir(config)}")
@@ -152,17 +170,28 @@ def train(**values: Any) -> None:
         return
     aliases = f" (now {', '.join(registered.aliases)})" if registered.aliases else ""
     click.echo(f"model:           {registered.uri}{aliases}")
-    click.echo(f"predict:         resnet-exp predict --model models:/{registered.name}@champion IMAGE...")
+    click.echo(
+        f"predict:         resnet-exp predict --model models:/{registered.name}@champion IMAGE..."
+    )
 
 
 @main.command()
-@click.option("--model", "model_uri", required=True, metavar="URI",
-              help="An MLflow model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image, with the top 5.")
+@click.option(
+    "--model",
+    "model_uri",
+    required=True,
+    metavar="URI",
+    help="An MLflow model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per image, with the top 5."
+)
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
     """Label image files (or every image in given folders) with a logged or registered model."""
-    from resnet_exp.model import predict as prediction  # heavy imports after the arguments are checked
+    from resnet_exp.model import (
+        predict as prediction,
+    )  # heavy imports after the arguments are checked
 
     try:
         files = prediction.image_files(images)
@@ -189,9 +218,11 @@ def sweep(**values: Any) -> None:
         raise disk_failure(err) from None
     from resnet_exp.sweep.run import FAILED, SKIPPED, TRAINED
 
-    click.echo(f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "
-               f"{result.grid_size}-run grid: {result.count(TRAINED)} trained, "
-               f"{result.count(SKIPPED)} skipped (already finished), {result.count(FAILED)} failed")
+    click.echo(
+        f"sweep {result.sweep_id} (parent run {result.parent_run_id}), shard {grid.shard} of a "
+        f"{result.grid_size}-run grid: {result.count(TRAINED)} trained, "
+        f"{result.count(SKIPPED)} skipped (already finished), {result.count(FAILED)} failed"
+    )
     for failure in result.failed:
         click.echo(f"  FAILED {failure.run_name} (run {failure.run_id}): {failure.error}")
     if grid.adaptive:
@@ -200,8 +231,10 @@ def sweep(**values: Any) -> None:
         click.echo(f"  seeds stopped: {result.stop_reason}")
     click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
     if result.failed:
-        raise click.ClickException(f"{len(result.failed)} of {len(result.outcomes)} children failed; "
-                                   "run the same command again to retry them")
+        raise click.ClickException(
+            f"{len(result.failed)} of {len(result.outcomes)} children failed; "
+            "run the same command again to retry them"
+        )
 
 
 @main.command()

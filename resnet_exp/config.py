@@ -14,9 +14,10 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from resnet_exp import schema
 from resnet_exp.errors import ConfigError
@@ -72,7 +73,7 @@ def parse_blocks(text: str | tuple[int, ...], name: str = "blocks") -> tuple[int
 
 
 def _shell_unquoted(text: str) -> str:
-    """"'/my data'" -> '/my data': one shell word without its quoting; other text unchanged."""
+    """ "'/my data'" -> '/my data': one shell word without its quoting; other text unchanged."""
     try:
         words = shlex.split(text)
     except ValueError:
@@ -98,65 +99,121 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _option(default: Any, help: str, parse: Callable[[str, str], Any] | None = None,
-            affects_result: bool = True, logged: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "parse": parse,
-                                            "affects_result": affects_result, "logged": logged})
+def _option(
+    default: Any,
+    help: str,
+    parse: Callable[[str, str], Any] | None = None,
+    affects_result: bool = True,
+    logged: bool = True,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "parse": parse, "affects_result": affects_result, "logged": logged},
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; built from CLI text with `from_text`."""
 
-    data: str = _option(DEFAULT_DATA, "Hub dataset id, local image-folder path, or 'demo' (offline).")
-    freeze_blocks: int = _option(3, "Freeze the stem and the first k of the 4 residual stages (0..4).",
-                                 _parse_int)
+    data: str = _option(
+        DEFAULT_DATA, "Hub dataset id, local image-folder path, or 'demo' (offline)."
+    )
+    freeze_blocks: int = _option(
+        3, "Freeze the stem and the first k of the 4 residual stages (0..4).", _parse_int
+    )
     # An execution choice, like num_workers: both ways give the same result within the
     # tolerance that tests/test_features.py checks, so it stays out of config_hash.
-    feature_cache: str = _option(AUTO, "'auto': with freeze_blocks >= 1, compute the frozen stages' "
-                                       "outputs once and train the rest on them, if they fit in "
-                                       "memory; 'off': run the frozen stages every step.",
-                                 affects_result=False)
-    block: str = _option(schema.BASIC, "Residual block type: 'basic' (2,2,2,2 = ResNet18, 3,4,6,3 = "
-                                       "ResNet34) or 'bottleneck' (3,4,6,3 = ResNet50, 3,4,23,3 = "
-                                       "ResNet101).")
-    blocks: tuple[int, ...] = _option((2, 2, 2, 2), "Residual blocks per stage, 4 positive integers.",
-                                      lambda n, t: parse_blocks(t, n))
+    feature_cache: str = _option(
+        AUTO,
+        "'auto': with freeze_blocks >= 1, compute the frozen stages' "
+        "outputs once and train the rest on them, if they fit in "
+        "memory; 'off': run the frozen stages every step.",
+        affects_result=False,
+    )
+    block: str = _option(
+        schema.BASIC,
+        "Residual block type: 'basic' (2,2,2,2 = ResNet18, 3,4,6,3 = "
+        "ResNet34) or 'bottleneck' (3,4,6,3 = ResNet50, 3,4,23,3 = "
+        "ResNet101).",
+    )
+    blocks: tuple[int, ...] = _option(
+        (2, 2, 2, 2),
+        "Residual blocks per stage, 4 positive integers.",
+        lambda n, t: parse_blocks(t, n),
+    )
     weights: str = _option(IMAGENET, "'imagenet', 'none' (random init) or a state_dict file path.")
     batch_size: int = _option(32, "Images per batch.", _parse_int)
     learning_rate: float = _option(3e-5, "AdamW learning rate.", _parse_float)
-    max_epochs: int = _option(30, "Upper bound on epochs (early stopping may end sooner).", _parse_int)
-    image_size: int = _option(224, "Images are resized to image_size x image_size pixels.", _parse_int)
-    early_stopping_patience: int = _option(10, "Epochs without val_loss improvement before stopping.",
-                                           _parse_int)
-    seed: int = _option(42, "Seeds everything, including the train/validation/test split.", _parse_int)
-    val_fraction: float = _option(0.1, "Share of each class held out for validation when the data "
-                                       "has no validation split.", _parse_float)
-    test_fraction: float = _option(0.1, "Share of each class held out for test when the data has no "
-                                        "test split.", _parse_float)
-    limit_batches: int = _option(0, "Cap on batches per epoch for each split, for quick runs (0: all).",
-                                 _parse_int)
-    num_workers: int | None = _option(None, "DataLoader worker processes ('auto': 0 on small CPUs, "
-                                            "so workers never compete with training threads).",
-                                      _parse_optional_int, affects_result=False)
-    precision: str = _option(AUTO, "'auto' (bf16/fp16 mixed on CUDA; on a CPU bf16 mixed where "
-                                     "a short measurement finds it faster, else fp32; cached, see "
-                                     "docs/resources.md), 32-true, 16-mixed or bf16-mixed.")
-    experiment_name: str = _option(AUTO, "MLflow experiment when the CLI is called directly "
-                                           "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
-                                   affects_result=False)
-    registered_model_name: str = _option(AUTO, "Registered model that the best checkpoint becomes a "
-                                               "version of ('auto': resnet-<dataset>; 'none': log the "
-                                               "model to the run only).", affects_result=False)
-    data_dir: str = _option("data", "Where the demo dataset is generated and the preprocessed "
-                                    "image store is kept (<data_dir>/store).", affects_result=False)
-    output_dir: str = _option("results", "Root of checkpoints and TensorBoard logs "
-                                         "(<output_dir>/<dataset>/...).", affects_result=False)
+    max_epochs: int = _option(
+        30, "Upper bound on epochs (early stopping may end sooner).", _parse_int
+    )
+    image_size: int = _option(
+        224, "Images are resized to image_size x image_size pixels.", _parse_int
+    )
+    early_stopping_patience: int = _option(
+        10, "Epochs without val_loss improvement before stopping.", _parse_int
+    )
+    seed: int = _option(
+        42, "Seeds everything, including the train/validation/test split.", _parse_int
+    )
+    val_fraction: float = _option(
+        0.1,
+        "Share of each class held out for validation when the data has no validation split.",
+        _parse_float,
+    )
+    test_fraction: float = _option(
+        0.1, "Share of each class held out for test when the data has no test split.", _parse_float
+    )
+    limit_batches: int = _option(
+        0, "Cap on batches per epoch for each split, for quick runs (0: all).", _parse_int
+    )
+    num_workers: int | None = _option(
+        None,
+        "DataLoader worker processes ('auto': 0 on small CPUs, "
+        "so workers never compete with training threads).",
+        _parse_optional_int,
+        affects_result=False,
+    )
+    precision: str = _option(
+        AUTO,
+        "'auto' (bf16/fp16 mixed on CUDA; on a CPU bf16 mixed where "
+        "a short measurement finds it faster, else fp32; cached, see "
+        "docs/resources.md), 32-true, 16-mixed or bf16-mixed.",
+    )
+    experiment_name: str = _option(
+        AUTO,
+        "MLflow experiment when the CLI is called directly "
+        "('auto': resnet-exp-<dataset>); `mlflow run` uses its own.",
+        affects_result=False,
+    )
+    registered_model_name: str = _option(
+        AUTO,
+        "Registered model that the best checkpoint becomes a "
+        "version of ('auto': resnet-<dataset>; 'none': log the "
+        "model to the run only).",
+        affects_result=False,
+    )
+    data_dir: str = _option(
+        "data",
+        "Where the demo dataset is generated and the preprocessed "
+        "image store is kept (<data_dir>/store).",
+        affects_result=False,
+    )
+    output_dir: str = _option(
+        "results",
+        "Root of checkpoints and TensorBoard logs (<output_dir>/<dataset>/...).",
+        affects_result=False,
+    )
     # How this launch starts, not what the run is: never a param (a resumed run keeps its own).
-    resume: str = _option(AUTO, "'auto': continue a stopped run of the same configuration and "
-                                "seed from its last.ckpt, in that run (docs/resume.md); 'never': "
-                                "always a new run; or the id of the run to continue.",
-                          affects_result=False, logged=False)
+    resume: str = _option(
+        AUTO,
+        "'auto': continue a stopped run of the same configuration and "
+        "seed from its last.ckpt, in that run (docs/resume.md); 'never': "
+        "always a new run; or the id of the run to continue.",
+        affects_result=False,
+        logged=False,
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -164,7 +221,7 @@ class TrainConfig:
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def from_text(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_text(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from command-line text, e.g. {'freeze_blocks': '2', 'blocks': '1,1,1,1'}."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -191,15 +248,18 @@ class TrainConfig:
                 pass
         return False
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     # --- derived names ----------------------------------------------------------------------
 
     def to_params(self) -> dict[str, str]:
         """Flat MLflow params with the user's names and command-line text."""
-        return {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.metadata["logged"]}
+        return {
+            f.name: format_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata["logged"]
+        }
 
     @property
     def dataset_slug(self) -> str:
@@ -225,7 +285,9 @@ class TrainConfig:
 
     def net_spec(self, class_names: tuple[str, ...] | list[str]) -> NetSpec:
         """The network this config trains on data with `class_names`."""
-        return NetSpec(self.block, self.blocks, tuple(class_names), self.image_size, self.freeze_blocks)
+        return NetSpec(
+            self.block, self.blocks, tuple(class_names), self.image_size, self.freeze_blocks
+        )
 
     @property
     def run_name(self) -> str:
@@ -235,8 +297,11 @@ class TrainConfig:
     def config_hash(self) -> str:
         """Hash of everything that decides the result except the seed: runs that differ only
         by seed share it, so sweeps and analysis group seeds of one configuration by it."""
-        result_fields = {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)
-                         if f.metadata["affects_result"] and f.name != "seed"}
+        result_fields = {
+            f.name: format_value(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.metadata["affects_result"] and f.name != "seed"
+        }
         # `block` arrived after the first runs: leaving it out while it is 'basic' keeps every
         # earlier configuration's hash, so resumed sweeps and analysis still find their runs.
         if self.block == schema.BASIC:
@@ -289,8 +354,11 @@ def dataset_slug(data: str) -> str:
 
 
 def looks_like_path(data: str) -> bool:
-    return data.startswith(("/", "./", "../", "~", "\\")) or data in (".", "..") or \
-        not HUB_ID.match(data)
+    return (
+        data.startswith(("/", "./", "../", "~", "\\"))
+        or data in (".", "..")
+        or not HUB_ID.match(data)
+    )
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -303,58 +371,89 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate(c: TrainConfig) -> None:
     _validate_data(c.data)
-    _check(isinstance(c.freeze_blocks, int) and 0 <= c.freeze_blocks <= NUM_STAGES,
-           f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
-           f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)")
+    _check(
+        isinstance(c.freeze_blocks, int) and 0 <= c.freeze_blocks <= NUM_STAGES,
+        f"freeze_blocks={c.freeze_blocks!r} is out of range: expected an integer 0..{NUM_STAGES} "
+        f"(0 trains everything; k freezes the stem and the first k of the {NUM_STAGES} stages)",
+    )
     check_block(c.block)
     parse_blocks(format_value(c.blocks))  # re-check a tuple given directly, not via from_text
-    _check(c.weights in (IMAGENET, NO_WEIGHTS) or Path(c.weights).expanduser().is_file(),
-           f"weights={c.weights!r} is not valid: expected '{IMAGENET}', '{NO_WEIGHTS}' (random init) "
-           "or the path of an existing state_dict file" +
-           (" (no such file)" if looks_like_path(c.weights) or "." in c.weights else ""))
+    _check(
+        c.weights in (IMAGENET, NO_WEIGHTS) or Path(c.weights).expanduser().is_file(),
+        f"weights={c.weights!r} is not valid: expected '{IMAGENET}', '{NO_WEIGHTS}' (random init) "
+        "or the path of an existing state_dict file"
+        + (" (no such file)" if looks_like_path(c.weights) or "." in c.weights else ""),
+    )
     for name in ("batch_size", "max_epochs", "early_stopping_patience"):
         value = getattr(c, name)
         _check(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
-    _check(isinstance(c.image_size, int) and c.image_size >= MIN_IMAGE_SIZE,
-           f"image_size={c.image_size!r}: expected an integer >= {MIN_IMAGE_SIZE} "
-           "(ResNet downsamples its input 32x)")
-    _check(math.isfinite(c.learning_rate) and c.learning_rate > 0,
-           f"learning_rate={c.learning_rate!r}: expected a positive number such as 3e-5")
+    _check(
+        isinstance(c.image_size, int) and c.image_size >= MIN_IMAGE_SIZE,
+        f"image_size={c.image_size!r}: expected an integer >= {MIN_IMAGE_SIZE} "
+        "(ResNet downsamples its input 32x)",
+    )
+    _check(
+        math.isfinite(c.learning_rate) and c.learning_rate > 0,
+        f"learning_rate={c.learning_rate!r}: expected a positive number such as 3e-5",
+    )
     _check(isinstance(c.seed, int) and c.seed >= 0, f"seed={c.seed!r}: expected an integer >= 0")
     for name in ("val_fraction", "test_fraction"):
         value = getattr(c, name)
         _check(0 < value < 1, f"{name}={value!r}: expected a fraction strictly between 0 and 1")
-    _check(c.val_fraction + c.test_fraction < 1,
-           f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g}: "
-           "expected less than 1 so that images remain for training")
-    _check(isinstance(c.limit_batches, int) and c.limit_batches >= 0,
-           f"limit_batches={c.limit_batches!r}: expected an integer >= 0 (0 means no cap)")
-    _check(c.num_workers is None or (isinstance(c.num_workers, int) and c.num_workers >= 0),
-           f"num_workers={c.num_workers!r}: expected 'auto' or an integer >= 0")
-    _check(c.feature_cache in FEATURE_CACHE_MODES,
-           f"feature_cache={c.feature_cache!r} is not valid: expected one of {', '.join(FEATURE_CACHE_MODES)}")
-    _check(c.precision in PRECISIONS,
-           f"precision={c.precision!r} is not valid: expected one of {', '.join(PRECISIONS)}")
-    _check(c.registered_model_name in (AUTO, NO_REGISTRATION) or bool(MODEL_NAME.match(c.registered_model_name)),
-           f"registered_model_name={c.registered_model_name!r} is not valid: expected '{AUTO}', "
-           f"'{NO_REGISTRATION}' or a name of letters, digits, '_', '-' and '.' (no '/', ':' or '@')")
+    _check(
+        c.val_fraction + c.test_fraction < 1,
+        f"val_fraction + test_fraction = {c.val_fraction + c.test_fraction:g}: "
+        "expected less than 1 so that images remain for training",
+    )
+    _check(
+        isinstance(c.limit_batches, int) and c.limit_batches >= 0,
+        f"limit_batches={c.limit_batches!r}: expected an integer >= 0 (0 means no cap)",
+    )
+    _check(
+        c.num_workers is None or (isinstance(c.num_workers, int) and c.num_workers >= 0),
+        f"num_workers={c.num_workers!r}: expected 'auto' or an integer >= 0",
+    )
+    _check(
+        c.feature_cache in FEATURE_CACHE_MODES,
+        f"feature_cache={c.feature_cache!r} is not valid: expected one of {', '.join(FEATURE_CACHE_MODES)}",
+    )
+    _check(
+        c.precision in PRECISIONS,
+        f"precision={c.precision!r} is not valid: expected one of {', '.join(PRECISIONS)}",
+    )
+    _check(
+        c.registered_model_name in (AUTO, NO_REGISTRATION)
+        or bool(MODEL_NAME.match(c.registered_model_name)),
+        f"registered_model_name={c.registered_model_name!r} is not valid: expected '{AUTO}', "
+        f"'{NO_REGISTRATION}' or a name of letters, digits, '_', '-' and '.' (no '/', ':' or '@')",
+    )
     for name in ("experiment_name", "data_dir", "output_dir"):
         _check(bool(str(getattr(c, name)).strip()), f"{name} must not be empty")
-    _check(c.resume in RESUME_MODES or bool(RUN_ID.match(c.resume)),
-           f"resume={c.resume!r} is not valid: expected '{AUTO}', '{NEVER}' or a run id "
-           "(32 hexadecimal characters, as `mlflow runs list` shows them)")
+    _check(
+        c.resume in RESUME_MODES or bool(RUN_ID.match(c.resume)),
+        f"resume={c.resume!r} is not valid: expected '{AUTO}', '{NEVER}' or a run id "
+        "(32 hexadecimal characters, as `mlflow runs list` shows them)",
+    )
 
 
 def _validate_data(data: str) -> None:
-    _check(bool(data and data.strip()), "data must not be empty: expected a Hub dataset id "
-           "(owner/name), a local image-folder path, or 'demo'")
+    _check(
+        bool(data and data.strip()),
+        "data must not be empty: expected a Hub dataset id "
+        "(owner/name), a local image-folder path, or 'demo'",
+    )
     if data == DEMO_DATA:
         return
     path = Path(data).expanduser()
     if path.exists():
-        _check(path.is_dir(), f"data={data!r} is a file: expected an image folder (one subfolder "
-               "per class), a Hub dataset id, or 'demo'")
+        _check(
+            path.is_dir(),
+            f"data={data!r} is a file: expected an image folder (one subfolder "
+            "per class), a Hub dataset id, or 'demo'",
+        )
         return
-    _check(not looks_like_path(data),
-           f"data={data!r}: no such folder. Expected a local image-folder path that exists, "
-           "a Hub dataset id (owner/name), or 'demo'")
+    _check(
+        not looks_like_path(data),
+        f"data={data!r}: no such folder. Expected a local image-folder path that exists, "
+        "a Hub dataset id (owner/name), or 'demo'",
+    )

@@ -33,8 +33,10 @@ def check_writable(folder: str | os.PathLike, name: str) -> Path:
             os.close(handle)
             os.unlink(probe)
     except OSError as err:
-        raise DiskError(f"{name}={str(folder)!r} is not a writable folder "
-                        f"({err.strerror or err}{_at(err, path)}): choose another {name}") from None
+        raise DiskError(
+            f"{name}={str(folder)!r} is not a writable folder "
+            f"({err.strerror or err}{_at(err, path)}): choose another {name}"
+        ) from None
     return path
 
 
@@ -42,7 +44,9 @@ def is_disk_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and not isinstance(err, DiskError) and err.errno in DISK_ERRNOS
 
 
-def disk_error(err: OSError, need: int | None = None, path: str | os.PathLike | None = None) -> DiskError:
+def disk_error(
+    err: OSError, need: int | None = None, path: str | os.PathLike | None = None
+) -> DiskError:
     """One line for an OSError of the disk: what happened, where, and what it needed."""
     where = path or err.filename
     text = f"{err.strerror or err}" + (f": {where}" if where else "")

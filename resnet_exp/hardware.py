@@ -89,7 +89,9 @@ def available_memory() -> int | None:
     limit (cgroup v2); None where neither can be read."""
     try:
         meminfo = Path("/proc/meminfo").read_text().split("\n")
-        available = int(next(line for line in meminfo if line.startswith("MemAvailable")).split()[1]) * 1024
+        available = (
+            int(next(line for line in meminfo if line.startswith("MemAvailable")).split()[1]) * 1024
+        )
     except (OSError, StopIteration, ValueError, IndexError):
         return None
     try:
@@ -126,10 +128,19 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
             precision = "32-true"
     elif precision == "16-mixed" and accelerator == "cpu":
         # Lightning would silently switch to bf16-mixed, the slow path on most CPUs.
-        raise ConfigError("precision='16-mixed' needs a GPU; on this CPU use 32-true (or "
-                          "bf16-mixed where it is faster: precision=auto measures it)")
-    return Runtime(accelerator, precision, workers, threads, pin_memory=cuda,
-                   channels_last=accelerator in ("cpu", "cuda"), bf16_speedup=speedup)
+        raise ConfigError(
+            "precision='16-mixed' needs a GPU; on this CPU use 32-true (or "
+            "bf16-mixed where it is faster: precision=auto measures it)"
+        )
+    return Runtime(
+        accelerator,
+        precision,
+        workers,
+        threads,
+        pin_memory=cuda,
+        channels_last=accelerator in ("cpu", "cuda"),
+        bf16_speedup=speedup,
+    )
 
 
 # --- precision by evidence, on a CPU -------------------------------------------------------------
@@ -143,10 +154,17 @@ def cpu_precision(config: TrainConfig, threads: int) -> tuple[str, float]:
     cache = _read_cache(path)
     if key not in cache:
         speedup = round(measure_bf16_speedup(config, threads), 3)  # decided on what is recorded
-        cache = {**_read_cache(path), key: {"precision": precision_for_speedup(speedup), "bf16_speedup": speedup}}
+        cache = {
+            **_read_cache(path),
+            key: {"precision": precision_for_speedup(speedup), "bf16_speedup": speedup},
+        }
         _write_cache(path, cache)
-        log.info("precision=auto: bf16 autocast trains %.2fx as fast as fp32 here (%s); cached in %s",
-                 speedup, key, path)
+        log.info(
+            "precision=auto: bf16 autocast trains %.2fx as fast as fp32 here (%s); cached in %s",
+            speedup,
+            key,
+            path,
+        )
     entry = cache[key]
     return entry["precision"], float(entry["bf16_speedup"])
 
@@ -160,8 +178,10 @@ def precision_key(config: TrainConfig, threads: int) -> str:
     """What the measured ratio depends on: the CPU, torch, threads, network and input size."""
     block = getattr(config, "block", "basic")
     blocks = ",".join(map(str, config.blocks))
-    return (f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {block} {blocks} | "
-            f"{config.image_size}px | batch {min(config.batch_size, MEASURE_BATCH)}")
+    return (
+        f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {block} {blocks} | "
+        f"{config.image_size}px | batch {min(config.batch_size, MEASURE_BATCH)}"
+    )
 
 
 def cpu_model() -> str:
@@ -200,7 +220,9 @@ def _write_cache(path: Path, cache: dict) -> None:
         partial.write_text(json.dumps(cache, indent=2, sort_keys=True))
         os.replace(partial, path)  # concurrent runs each write a whole file
     except OSError as err:
-        log.warning("cannot cache the precision decision in %s (%s): it will be measured again", path, err)
+        log.warning(
+            "cannot cache the precision decision in %s (%s): it will be measured again", path, err
+        )
 
 
 def measure_bf16_speedup(config: TrainConfig, threads: int) -> float:
@@ -218,7 +240,9 @@ def measure_bf16_speedup(config: TrainConfig, threads: int) -> float:
     torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
-        model = ResNet(block, list(config.blocks), num_classes=10).to(memory_format=torch.channels_last)
+        model = ResNet(block, list(config.blocks), num_classes=10).to(
+            memory_format=torch.channels_last
+        )
         optimizer = adamw(list(model.parameters()), 1e-5)  # as training steps
         batch = min(config.batch_size, MEASURE_BATCH)
         x = torch.randn(batch, 3, config.image_size, config.image_size, generator=generator)

@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 
 from resnet_exp.errors import OfflineError
 
-
 PROBE_TIMEOUT_S = 5.0  # a TCP connect answers in well under a second when the network works
 OFFLINE_ENV = "RESNET_EXP_OFFLINE"
 HUB_URL = "https://huggingface.co"
@@ -75,9 +74,11 @@ def hub_offline_if_unreachable() -> None:
 
 
 def hub_unavailable(hub_id: str) -> OfflineError:
-    return OfflineError(f"cannot load dataset {hub_id!r}: the network (Hugging Face Hub, {HUB_URL}) "
-                        f"is unreachable and the dataset is not in the local Hugging Face cache.\n"
-                        f"{offline_options()}")
+    return OfflineError(
+        f"cannot load dataset {hub_id!r}: the network (Hugging Face Hub, {HUB_URL}) "
+        f"is unreachable and the dataset is not in the local Hugging Face cache.\n"
+        f"{offline_options()}"
+    )
 
 
 def check_hub_dataset(hub_id: str) -> None:
@@ -108,6 +109,8 @@ def offline_options(torch_cache_file: str | None = None) -> str:
         "  weights=/path/to/file.pt  a state_dict file you already have",
     ]
     if torch_cache_file:
-        lines.append(f"  or copy the ImageNet weights file to {torch_cache_file} (set TORCH_HOME "
-                     "to move torchvision's cache)")
+        lines.append(
+            f"  or copy the ImageNet weights file to {torch_cache_file} (set TORCH_HOME "
+            "to move torchvision's cache)"
+        )
     return "\n".join(lines)

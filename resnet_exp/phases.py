@@ -9,8 +9,9 @@ exec('with p.timed(\"time/fit_s\"): pass'); print(p.seconds)"
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+
 
 class Phases:
     """Seconds per phase name; a phase timed twice adds up."""

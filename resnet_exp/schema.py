@@ -22,11 +22,17 @@ TRAIN_LOSS, TRAIN_ACC = f"{TRAIN}_loss", f"{TRAIN}_acc"
 VAL_LOSS, VAL_ACC = f"{VAL}_loss", f"{VAL}_acc"
 TEST_LOSS, TEST_ACC = f"{TEST}_loss", f"{TEST}_acc"  # step = best_epoch
 # (loss, accuracy) names of each split, as the LightningModule logs them
-SPLIT_METRICS = {TRAIN: (TRAIN_LOSS, TRAIN_ACC), VAL: (VAL_LOSS, VAL_ACC), TEST: (TEST_LOSS, TEST_ACC)}
+SPLIT_METRICS = {
+    TRAIN: (TRAIN_LOSS, TRAIN_ACC),
+    VAL: (VAL_LOSS, VAL_ACC),
+    TEST: (TEST_LOSS, TEST_ACC),
+}
 LR = "lr"  # the learning rate in force during the epoch
 EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
 TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
-TEST_ECE = f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = best_epoch
+TEST_ECE = (
+    f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = best_epoch
+)
 BEST_EPOCH = "best_epoch"  # epoch (0-based) of the checkpoint with the lowest val_loss
 MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule watch
 
@@ -42,7 +48,9 @@ FEATURE_CACHE_TIME = f"{SETUP}feature_cache_s"  # seconds to compute frozen-stag
 # checkpoint writes made during the fit, which checkpoint_s counts, so the phases add up to no
 # more than run_s, the wall time of the whole training call.
 PHASE = "time/"
-PRECISION_TIME = f"{PHASE}precision_s"  # resolving precision=auto: measured on first use, then cached
+PRECISION_TIME = (
+    f"{PHASE}precision_s"  # resolving precision=auto: measured on first use, then cached
+)
 DATA_TIME = f"{PHASE}data_s"  # loading and checking the data (demo generation included)
 FIT_TIME = f"{PHASE}fit_s"  # trainer.fit, checkpoint writes excluded
 TEST_TIME = f"{PHASE}test_s"  # trainer.test with the best checkpoint
@@ -50,8 +58,17 @@ CHECKPOINT_TIME = f"{PHASE}checkpoint_s"  # writing checkpoint files (during fit
 MODEL_LOG_TIME = f"{PHASE}model_log_s"  # logging the best checkpoint as an MLflow Model
 REGISTER_TIME = f"{PHASE}register_s"  # registering it and moving the aliases (0: not registered)
 RUN_TIME = f"{PHASE}run_s"  # the whole training call, from config to registered model
-PHASE_TIMES = (PRECISION_TIME, DATA_TIME, IMAGE_STORE_TIME, FEATURE_CACHE_TIME, FIT_TIME, TEST_TIME, CHECKPOINT_TIME,
-               MODEL_LOG_TIME, REGISTER_TIME)
+PHASE_TIMES = (
+    PRECISION_TIME,
+    DATA_TIME,
+    IMAGE_STORE_TIME,
+    FEATURE_CACHE_TIME,
+    FIT_TIME,
+    TEST_TIME,
+    CHECKPOINT_TIME,
+    MODEL_LOG_TIME,
+    REGISTER_TIME,
+)
 # A sweep's parent run, per shard (step = shard index)
 SWEEP_TRAINED = f"{SWEEP}children_trained"
 SWEEP_SKIPPED = f"{SWEEP}children_skipped"  # already FINISHED
@@ -142,7 +159,9 @@ RANKING_FILE = "ranking.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it
 PLOTS_FOLDER = "plots"
-CLASS_CHANGES_FILE = "class_changes.csv"  # analysis: classes whose accuracy moves most with freeze_blocks
+CLASS_CHANGES_FILE = (
+    "class_changes.csv"  # analysis: classes whose accuracy moves most with freeze_blocks
+)
 # A training run's test diagnostics (resnet_exp/tracking/diagnostics.py), under DIAGNOSTICS_FOLDER
 DIAGNOSTICS_FOLDER = "diagnostics"
 PREDICTIONS_FILE = "predictions.parquet"  # image_index, labels, prob_<class> per test image

@@ -15,8 +15,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class Terminated(SystemExit):
@@ -65,7 +65,15 @@ def interrupt_signal(error: BaseException) -> int | None:
 # interrupt anywhere leaves no RUNNING run and no temporary folder, and is answered at once
 # (tests/test_interrupts.py). The points, in the order a sweep meets them:
 SIGNAL_AT_ENV = "RESNET_EXP_SIGNAL_AT"
-INTERRUPT_POINTS = ("image_store", "feature_cache", "fit", "test", "model_log", "register", "sweep_gap")
+INTERRUPT_POINTS = (
+    "image_store",
+    "feature_cache",
+    "fit",
+    "test",
+    "model_log",
+    "register",
+    "sweep_gap",
+)
 injected_at: float | None = None  # time.monotonic() of the last injected signal
 
 
@@ -90,8 +98,11 @@ def interrupts_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     # A handler not set from Python (getsignal gives None) could not be put back: left alone.
-    previous = {signum: handler for signum in (signal.SIGINT, signal.SIGTERM)
-                if (handler := signal.getsignal(signum)) is not None}
+    previous = {
+        signum: handler
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if (handler := signal.getsignal(signum)) is not None
+    }
     for signum in previous:
         signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:

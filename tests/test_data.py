@@ -12,13 +12,19 @@ from PIL import Image
 
 from conftest import make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
+from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
+from resnet_exp.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
 from resnet_exp.data.splits import (
-    SPLITS, ImageSplit, _drop_unlabelled_splits, _encode_labels, _find_columns, decode_image, load_splits,
+    SPLITS,
+    ImageSplit,
+    _drop_unlabelled_splits,
+    _encode_labels,
+    _find_columns,
+    decode_image,
+    load_splits,
     stratified_split,
 )
-from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
 from resnet_exp.errors import DataError
-from resnet_exp.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
 
 
 def folder_config(path, **changes) -> TrainConfig:
@@ -28,7 +34,9 @@ def folder_config(path, **changes) -> TrainConfig:
 def test_demo_dataset_is_real_files_in_an_image_folder(data_dir):
     splits = load_splits(TrainConfig(data="demo", data_dir=str(data_dir)))
     assert splits.source == "demo" and splits.class_names == CLASSES
-    assert len(CLASSES) >= 8 and sum(splits.sizes().values()) == len(CLASSES) * IMAGES_PER_CLASS >= 400
+    assert (
+        len(CLASSES) >= 8 and sum(splits.sizes().values()) == len(CLASSES) * IMAGES_PER_CLASS >= 400
+    )
     files = list((data_dir / "demo-v1").glob("*/*"))
     assert {f.suffix for f in files} == {".png", ".jpg"}
     assert splits.carved == ("test", "validation")
@@ -67,11 +75,19 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped():
 
 def test_a_folder_of_mixed_modes_loads_and_decodes(tmp_path):
     for c, name in enumerate(["cat", "dog"]):
-        for i, mode in enumerate(["L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB", "RGB", "RGB", "RGB"]):
+        for i, mode in enumerate(
+            ["L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB", "RGB", "RGB", "RGB"]
+        ):
             fmt = "TIFF" if mode == "CMYK" else "PNG"
-            save_image(tmp_path / name / f"{name}_{i}.{fmt.lower()}", mode=mode, seed=10 * c + i, fmt=fmt)
+            save_image(
+                tmp_path / name / f"{name}_{i}.{fmt.lower()}", mode=mode, seed=10 * c + i, fmt=fmt
+            )
     splits = load_splits(folder_config(tmp_path, val_fraction=0.2, test_fraction=0.2))
-    assert splits.class_names == ("cat", "dog") and splits.sizes() == {"train": 12, "validation": 4, "test": 4}
+    assert splits.class_names == ("cat", "dog") and splits.sizes() == {
+        "train": 12,
+        "validation": 4,
+        "test": 4,
+    }
     for name in ("train", "validation", "test"):
         data = ImageSplit(splits, name, 32)
         for i in range(len(data)):
@@ -114,7 +130,7 @@ def test_a_truncated_file_is_named_when_decoded(tmp_path):
     make_image_folder(tmp_path, {"a": 10, "b": 10}, suffix=".jpg")
     victim = tmp_path / "a" / "a_000.jpg"
     data = victim.read_bytes()
-    victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
+    victim.write_bytes(data[: data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
     splits = load_splits(folder_config(tmp_path))  # the header check passes ...
     with pytest.raises(DataError, match="a_000.jpg"):  # ... decoding names the file
         for name in ("train", "validation", "test"):
@@ -159,13 +175,18 @@ def test_the_split_follows_the_seed_end_to_end(data_dir):
     one = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))
     same = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=1))
     other = load_splits(TrainConfig(data="demo", data_dir=str(data_dir), seed=2))
-    paths = lambda s, n: [r["path"] for r in s.split(n)[s.image_column]]
+
+    def paths(s, n):
+        return [r["path"] for r in s.split(n)[s.image_column]]
+
     assert paths(one, "test") == paths(same, "test") != paths(other, "test")
     assert not set(paths(one, "test")) & set(paths(one, "train"))
 
 
 def test_a_hub_id_offline_fails_fast_and_names_the_options():
-    message = offline_failure(load_splits, TrainConfig(data="lucabaggi/animal-wildlife", weights="none"))
+    message = offline_failure(
+        load_splits, TrainConfig(data="lucabaggi/animal-wildlife", weights="none")
+    )
     assert "lucabaggi/animal-wildlife" in message
 
 
@@ -182,15 +203,22 @@ def test_each_split_is_an_mlflow_dataset_input_with_its_source_and_digest(tmp_pa
 
     folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
     splits = load_splits(folder_config(folder))
-    hub = SimpleNamespace(source="hub", location="someone/hub-pets", carved=("test", "validation"),
-                          split=splits.split, digest=splits.digest)
+    hub = SimpleNamespace(
+        source="hub",
+        location="someone/hub-pets",
+        carved=("test", "validation"),
+        split=splits.split,
+        digest=splits.digest,
+    )
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         for data in (splits, hub):
             with mlflow.start_run() as run:
                 log_dataset_inputs(data)
-            inputs = {i.dataset.name: i for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
+            inputs = {
+                i.dataset.name: i for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+            }
             assert sorted(inputs) == [f"{Path(data.location).name}-{n}" for n in sorted(SPLITS)]
             for name in SPLITS:
                 given = inputs[f"{Path(data.location).name}-{name}"]
@@ -199,11 +227,14 @@ def test_each_split_is_an_mlflow_dataset_input_with_its_source_and_digest(tmp_pa
                 assert tags["rows"] == str(len(splits.split(name)))
                 source = json.loads(given.dataset.source)
                 if data is splits:
-                    assert given.dataset.source_type == "local" and source == {"uri": folder.as_uri()}
+                    assert given.dataset.source_type == "local" and source == {
+                        "uri": folder.as_uri()
+                    }
                 else:
                     assert given.dataset.source_type == "hugging_face"
                     assert source["path"] == "someone/hub-pets" and source["split"] == (
-                        "train" if name in hub.carved else name)
+                        "train" if name in hub.carved else name
+                    )
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -238,8 +269,15 @@ print(json.dumps({"probes": probes, "message": message, "seconds": time.monotoni
     env = subprocess_env(PYTHONPATH=str(REPO))
     for name in ("RESNET_EXP_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["probes"] == ["https://huggingface.co"] and seen["env"] == ["1", "1"]
@@ -266,7 +304,9 @@ def hub_like(labels, feature=None):
     """An in-memory `datasets.Dataset` shaped like a Hub image dataset."""
     import datasets
 
-    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * len(labels), "label": labels})
+    data = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (4, 4))] * len(labels), "label": labels}
+    )
     data = data.cast_column("image", datasets.Image())
     return data.cast_column("label", feature) if feature else data
 
@@ -278,7 +318,9 @@ def test_plain_integer_labels_keep_their_order_and_agree_across_splits():
     assert _find_columns(raw, "x") == ("image", "label")
     encoded = _encode_labels(raw, "label")
     assert encoded["train"].features["label"].names == ["0", "1", "2", "10", "11"]
-    assert list(encoded["train"]["label"]) == [0, 1, 2, 3, 4] and list(encoded["test"]["label"]) == [3, 2]
+    assert list(encoded["train"]["label"]) == [0, 1, 2, 3, 4] and list(
+        encoded["test"]["label"]
+    ) == [3, 2]
 
 
 def test_string_labels_become_one_class_label():
@@ -286,14 +328,18 @@ def test_string_labels_become_one_class_label():
 
     raw = datasets.DatasetDict({"train": hub_like(["dog", "cat"]), "test": hub_like(["dog"])})
     encoded = _encode_labels(raw, "label")
-    assert encoded["test"].features["label"].names == ["cat", "dog"] and list(encoded["test"]["label"]) == [1]
+    assert encoded["test"].features["label"].names == ["cat", "dog"] and list(
+        encoded["test"]["label"]
+    ) == [1]
 
 
 def test_an_unlabelled_test_split_is_replaced_and_bad_labels_are_refused():
     import datasets
 
     classes = datasets.ClassLabel(names=["a", "b"])
-    raw = datasets.DatasetDict({"train": hub_like([0, 1], classes), "test": hub_like([-1, -1], classes)})
+    raw = datasets.DatasetDict(
+        {"train": hub_like([0, 1], classes), "test": hub_like([-1, -1], classes)}
+    )
     assert set(_drop_unlabelled_splits(raw, "label", "hub")) == {"train"}
     raw["test"] = hub_like([0, -1], classes)
     with pytest.raises(DataError, match="test split of hub has 1 labels outside 0..1"):
@@ -306,7 +352,9 @@ def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
     folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
     first = _load_folder(folder, _tree_signature(folder))
     again = _load_folder(folder, _tree_signature(folder))
-    assert again["train"] is first["train"] and again is not first  # cached; callers get their own dict
+    assert (
+        again["train"] is first["train"] and again is not first
+    )  # cached; callers get their own dict
     save_image(folder / "dog" / "dog_new.png", seed=99)
     changed = _load_folder(folder, _tree_signature(folder))
     assert changed["train"] is not first["train"] and len(changed["train"]) == 7
@@ -318,7 +366,10 @@ def test_a_split_digest_follows_its_rows_and_the_files(tmp_path):
     import os
 
     folder = make_image_folder(tmp_path / "pets", {"cat": 6, "dog": 6})
-    digests = lambda **c: {n: load_splits(folder_config(folder, **c)).digest(n) for n in SPLITS}
+
+    def digests(**c):
+        return {n: load_splits(folder_config(folder, **c)).digest(n) for n in SPLITS}
+
     first, same, other_seed = digests(seed=1), digests(seed=1), digests(seed=2)
     assert first == same and len(set(first.values())) == 3 and len(first["train"]) == 16
     assert all(first[n] != other_seed[n] for n in SPLITS)

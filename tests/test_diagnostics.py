@@ -19,10 +19,10 @@ from PIL import Image
 from conftest import tiny_config
 from resnet_exp import schema as S
 from resnet_exp.data.splits import SPLITS, ImageDataModule, load_splits
-from resnet_exp.training.features import cache_features
+from resnet_exp.data.store import open_image_store
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model.classifier import ResNetClassifier
-from resnet_exp.data.store import open_image_store
+from resnet_exp.training.features import cache_features
 
 
 def batches_seen(config, cache: str) -> dict[str, list[list[int]]]:
@@ -39,8 +39,15 @@ def batches_seen(config, cache: str) -> dict[str, list[list[int]]]:
     module = ImageDataModule(images if features is None else features, config, runtime)
     train = module.train_dataloader()
     seen = {f"train-epoch{e}": [b[1].tolist() for b in train] for e in range(2)}
-    seen.update({name: [b[1].tolist() for b in loader()] for name, loader in
-                 (("validation", module.val_dataloader), ("test", module.test_dataloader))})
+    seen.update(
+        {
+            name: [b[1].tolist() for b in loader()]
+            for name, loader in (
+                ("validation", module.val_dataloader),
+                ("test", module.test_dataloader),
+            )
+        }
+    )
     seen["rows"] = [splits.rows[name][1].tolist() for name in SPLITS]
     return seen
 
@@ -51,8 +58,11 @@ def test_one_seed_gives_every_configuration_the_same_splits_and_batches(tmp_path
     and the data order, whatever the depth, the frozen stages or the input path."""
     reference = batches_seen(tiny_config(data_dir, tmp_path, freeze_blocks=2, seed=5), "off")
     assert reference["train-epoch0"] != reference["train-epoch1"]  # shuffled anew each epoch
-    for freeze, blocks, cache in ((4, (2, 2, 2, 2), "off"), (2, (2, 2, 2, 2), "auto"),
-                                  (4, (1, 1, 1, 1), "auto")):
+    for freeze, blocks, cache in (
+        (4, (2, 2, 2, 2), "off"),
+        (2, (2, 2, 2, 2), "auto"),
+        (4, (1, 1, 1, 1), "auto"),
+    ):
         config = tiny_config(data_dir, tmp_path, freeze_blocks=freeze, blocks=blocks, seed=5)
         assert batches_seen(config, cache) == reference, (freeze, blocks, cache)
     other_seed = batches_seen(tiny_config(data_dir, tmp_path, freeze_blocks=2, seed=6), "off")
@@ -68,8 +78,13 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
     run = client.get_run(result.run_id)
     folder = Path(client.download_artifacts(result.run_id, S.DIAGNOSTICS_FOLDER, str(tmp_path)))
     assert {p.name for p in folder.iterdir()} == {
-        S.PREDICTIONS_FILE, S.PER_CLASS_FILE, S.CONFUSION_FILE, S.CONFUSION_PNG, S.RELIABILITY_FILE,
-        S.RELIABILITY_PNG}
+        S.PREDICTIONS_FILE,
+        S.PER_CLASS_FILE,
+        S.CONFUSION_FILE,
+        S.CONFUSION_PNG,
+        S.RELIABILITY_FILE,
+        S.RELIABILITY_PNG,
+    }
 
     confusion = pd.read_csv(folder / S.CONFUSION_FILE, index_col=0).to_numpy()
     test_acc = run.data.metrics[S.TEST_ACC]
@@ -77,7 +92,11 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
     assert confusion.sum() == config.limit_batches * config.batch_size  # limit_batches test batches
 
     predictions = pd.read_parquet(folder / S.PREDICTIONS_FILE)
-    classes = json.loads(Path(client.download_artifacts(result.run_id, S.CLASS_NAMES_FILE, str(tmp_path))).read_text())
+    classes = json.loads(
+        Path(
+            client.download_artifacts(result.run_id, S.CLASS_NAMES_FILE, str(tmp_path))
+        ).read_text()
+    )
     assert len(predictions) == confusion.sum()
     assert predictions["image_index"].tolist() == list(range(len(predictions)))
     probabilities = predictions[[f"prob_{c}" for c in classes]].to_numpy()
@@ -92,7 +111,9 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
 
     # ECE from the reliability bins (count-weighted |accuracy - confidence|) is torchmetrics' value
     bins = pd.read_csv(folder / S.RELIABILITY_FILE).dropna()
-    ece = (bins["images"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / bins["images"].sum()
+    ece = (bins["images"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / bins[
+        "images"
+    ].sum()
     assert run.data.metrics[S.TEST_ECE] == pytest.approx(ece, abs=1e-5)
     best = run.data.metrics[S.BEST_EPOCH]
     [ece_metric] = client.get_metric_history(result.run_id, S.TEST_ECE)

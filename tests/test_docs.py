@@ -50,7 +50,9 @@ def test_the_readme_shows_the_commands_ci_runs():
     assert install and tiers == ["pytest -m 'not slow'", "pytest -m slow"]
     readme = README.read_text()
     assert all(line in readme for line in install)
-    shown = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pytest -m")]
+    shown = [
+        line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pytest -m")
+    ]
     assert [shlex.join(shlex.split(line)) for line in shown] == tiers
 
 
@@ -65,6 +67,12 @@ def test_every_recorded_name_is_documented():
     from resnet_exp import schema as S
 
     docs = "\n".join(page.read_text() for page in PAGES[1:])
-    names = {k: v for k, v in vars(S).items() if k.isupper() and isinstance(v, str)
-             and k not in UNRECORDED and not k.startswith("MLFLOW_")}
+    names = {
+        k: v
+        for k, v in vars(S).items()
+        if k.isupper()
+        and isinstance(v, str)
+        and k not in UNRECORDED
+        and not k.startswith("MLFLOW_")
+    }
     assert not {k: v for k, v in names.items() if f"`{v}" not in docs}

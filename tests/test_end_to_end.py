@@ -29,15 +29,27 @@ pytestmark = pytest.mark.slow
 def mlflow_run(tmp_path: Path, data_dir: Path, *params: str, timeout: int = 300):
     """`mlflow run` of the main entry point; `params` as 'name=value'."""
     given = dict(p.split("=", 1) for p in params)
-    cmd = mlflow_run_command("e2e", {"data_dir": data_dir, "output_dir": tmp_path / "results", **given})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(),
-                          cwd=tmp_path)
+    cmd = mlflow_run_command(
+        "e2e", {"data_dir": data_dir, "output_dir": tmp_path / "results", **given}
+    )
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=tmp_path
+    )
 
 
 def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-    cmd = [sys.executable, "-m", "resnet_exp", "train", "--output-dir", str(tmp_path / "results"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env or subprocess_env(),
-                          cwd=tmp_path)
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_exp",
+        "train",
+        "--output-dir",
+        str(tmp_path / "results"),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=env or subprocess_env(), cwd=tmp_path
+    )
 
 
 def all_runs(uri: str):
@@ -53,8 +65,18 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     # ResNet10: precision=auto measures bf16 for this network first, and every checkpoint and the
     # logged model are half ResNet18's size; the MLproject's `blocks` parameter goes through too
-    result = mlflow_run(tmp_path, data_dir, "data=demo", "weights=none", "freeze_blocks=2", "blocks=1,1,1,1",
-                        "max_epochs=2", "image_size=32", "limit_batches=4", "batch_size=16")
+    result = mlflow_run(
+        tmp_path,
+        data_dir,
+        "data=demo",
+        "weights=none",
+        "freeze_blocks=2",
+        "blocks=1,1,1,1",
+        "max_epochs=2",
+        "image_size=32",
+        "limit_batches=4",
+        "batch_size=16",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     client, runs = all_runs(tracking_uri)
@@ -71,7 +93,15 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     assert int(params["trainable_params"]) < int(params["total_params"])
     assert run.data.tags["depth_config"] == "b1111-f2" and len(run.data.tags["config_hash"]) == 12
 
-    for key in (S.VAL_ACC, S.VAL_LOSS, S.TRAIN_LOSS, S.TRAIN_ACC, S.LR, S.EPOCH_TIME, S.TRAIN_THROUGHPUT):
+    for key in (
+        S.VAL_ACC,
+        S.VAL_LOSS,
+        S.TRAIN_LOSS,
+        S.TRAIN_ACC,
+        S.LR,
+        S.EPOCH_TIME,
+        S.TRAIN_THROUGHPUT,
+    ):
         assert steps(client, run.info.run_id, key) == [0, 1], key
     assert steps(client, run.info.run_id, S.TRAIN_LOSS + S.STEP_SUFFIX)  # per-step series too
     assert 0.0 <= run.data.metrics[S.TEST_ACC] <= 1.0 and S.TEST_LOSS in run.data.metrics
@@ -80,10 +110,18 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     assert {"config.json", "class_names.json"} <= artifacts
     [version] = client.search_model_versions("name = 'resnet-demo'")  # registered_model_name=auto
     assert version.run_id == run.info.run_id
-    assert str(client.get_model_version_by_alias("resnet-demo", "champion").version) == str(version.version)
-    classes = json.loads(Path(client.download_artifacts(run.info.run_id, "class_names.json", str(tmp_path))).read_text())
+    assert str(client.get_model_version_by_alias("resnet-demo", "champion").version) == str(
+        version.version
+    )
+    classes = json.loads(
+        Path(
+            client.download_artifacts(run.info.run_id, "class_names.json", str(tmp_path))
+        ).read_text()
+    )
     assert len(classes) == 10
-    contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    contexts = {
+        t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
+    }
     assert contexts == {"training", "validation", "testing"}
 
     logs = list((tmp_path / "results" / "demo" / "logs").rglob("events.out.tfevents.*"))
@@ -93,20 +131,31 @@ def test_mlflow_run_trains_one_tracked_run(tmp_path, data_dir, tracking_uri):
     # Two checkpoints per run: the best as weights only, and a resumable last.ckpt
     assert sorted(p.name for p in best.parent.iterdir()) == sorted([best.name, "last.ckpt"])
     assert "optimizer_states" not in torch.load(best, map_location="cpu", weights_only=True)
-    assert torch.load(best.parent / "last.ckpt", map_location="cpu", weights_only=True)["optimizer_states"]
+    assert torch.load(best.parent / "last.ckpt", map_location="cpu", weights_only=True)[
+        "optimizer_states"
+    ]
     assert_frozen_batchnorm_untouched(best)
 
 
 def assert_frozen_batchnorm_untouched(checkpoint: Path) -> None:
     """With random init, a BatchNorm that never ran in train mode still has mean 0, var 1."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    for prefix, frozen in (("model.bn1.", True), ("model.layer2.0.bn1.", True), ("model.layer3.0.bn1.", False)):
-        untouched = (torch.all(state[prefix + "running_mean"] == 0) and torch.all(state[prefix + "running_var"] == 1)
-                     and state[prefix + "num_batches_tracked"] == 0)
+    for prefix, frozen in (
+        ("model.bn1.", True),
+        ("model.layer2.0.bn1.", True),
+        ("model.layer3.0.bn1.", False),
+    ):
+        untouched = (
+            torch.all(state[prefix + "running_mean"] == 0)
+            and torch.all(state[prefix + "running_var"] == 1)
+            and state[prefix + "num_batches_tracked"] == 0
+        )
         assert bool(untouched) == frozen, prefix
 
 
-def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(tmp_path, data_dir, tracking_uri):
+def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(
+    tmp_path, data_dir, tracking_uri
+):
     """One bad value under `mlflow run`: every bad value takes the same path from there (the
     MLproject command passes it as text to `resnet-exp train`, whose config check refuses it
     before any run of ours opens), so the others are checked through the CLI below, and every
@@ -122,13 +171,17 @@ def test_bad_input_under_mlflow_run_fails_fast_and_leaves_no_running_run(tmp_pat
     assert runs and all(r.info.status == "FAILED" for r in runs)
 
 
-@pytest.mark.parametrize("param, words", [
-    ("freeze_blocks=7", ["freeze_blocks=7", "0..4"]),
-    ("blocks=2,2,2", ["blocks='2,2,2'", "4 positive integers"]),
-    ("weights=nonsense", ["weights='nonsense'", "'imagenet', 'none'"]),
-])
-def test_bad_input_as_mlflow_run_passes_it_fails_with_one_line_and_no_run(tmp_path, data_dir, tracking_uri,
-                                                                          param, words):
+@pytest.mark.parametrize(
+    "param, words",
+    [
+        ("freeze_blocks=7", ["freeze_blocks=7", "0..4"]),
+        ("blocks=2,2,2", ["blocks='2,2,2'", "4 positive integers"]),
+        ("weights=nonsense", ["weights='nonsense'", "'imagenet', 'none'"]),
+    ],
+)
+def test_bad_input_as_mlflow_run_passes_it_fails_with_one_line_and_no_run(
+    tmp_path, data_dir, tracking_uri, param, words
+):
     """What `mlflow run -P <param>` runs, minus the two interpreters: MLproject's command line
     for the entry point, each parameter as the text given, through the CLI in this process."""
     import shlex
@@ -185,11 +238,29 @@ def test_a_file_that_does_not_decode_is_named_before_any_run_opens(tmp_path, tra
     folder = make_image_folder(tmp_path / "pets", {"cat": 12, "dog": 12}, suffix=".jpg")
     victim = folder / "dog" / "dog_005.jpg"
     data = victim.read_bytes()
-    victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
-    result = CliRunner().invoke(main, [
-        "train", "--output-dir", str(tmp_path / "results"), "--data", str(folder), "--weights", "none",
-        "--image-size", "32", "--batch-size", "4", "--max-epochs", "1", "--val-fraction", "0.2",
-        "--test-fraction", "0.2"])
+    victim.write_bytes(data[: data.index(b"\xff\xda") + 40])  # whole header, truncated pixel data
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--output-dir",
+            str(tmp_path / "results"),
+            "--data",
+            str(folder),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-epochs",
+            "1",
+            "--val-fraction",
+            "0.2",
+            "--test-fraction",
+            "0.2",
+        ],
+    )
     # Decoded once, into the image store, before the run opens: named, and no run left behind.
     assert result.exit_code != 0 and "dog_005.jpg" in result.stderr
     assert isinstance(result.exception, SystemExit), result.exception  # one line, no traceback

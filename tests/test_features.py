@@ -17,11 +17,11 @@ from conftest import tiny_config
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.splits import ImageSplit, load_splits
-from resnet_exp.training.features import plan_features
-from resnet_exp.model.network import build_resnet
 from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.netspec import NetSpec
+from resnet_exp.model.network import build_resnet
 from resnet_exp.schema import BASIC, BOTTLENECK
+from resnet_exp.training.features import plan_features
 
 VAL_ACC_TOLERANCE = 1 / 64 + 1e-9
 
@@ -31,8 +31,11 @@ def spec(block: str, blocks: tuple[int, ...], freeze: int, num_classes: int = 5)
 
 
 @pytest.mark.parametrize("freeze", [1, 2, 3, 4])
-@pytest.mark.parametrize("block, blocks", [(BASIC, (1, 1, 1, 1)), (BASIC, (1, 2, 1, 3)), (BOTTLENECK, (1, 2, 1, 1))],
-                         ids=lambda v: v if isinstance(v, str) else "".join(map(str, v)))
+@pytest.mark.parametrize(
+    "block, blocks",
+    [(BASIC, (1, 1, 1, 1)), (BASIC, (1, 2, 1, 3)), (BOTTLENECK, (1, 2, 1, 1))],
+    ids=lambda v: v if isinstance(v, str) else "".join(map(str, v)),
+)
 def test_prefix_then_the_rest_is_the_whole_network(block, blocks, freeze):
     torch.manual_seed(0)
     model = build_resnet(spec(block, blocks, freeze)).eval()
@@ -47,10 +50,16 @@ def test_nothing_frozen_has_no_prefix():
 
 
 def test_the_plan_measures_bottleneck_features_four_times_wider():
-    config = TrainConfig(data="demo", weights="none", freeze_blocks=1, image_size=64, block=BOTTLENECK)
+    config = TrainConfig(
+        data="demo", weights="none", freeze_blocks=1, image_size=64, block=BOTTLENECK
+    )
     model = build_resnet(spec(BOTTLENECK, (1, 1, 1, 1), 1))
     plan = plan_features(config, model, 100, available=10**12)
-    assert plan.use and plan.nbytes == 100 * 256 * 16 * 16 * 2 and "256x16x16 after stage 1" in plan.reason
+    assert (
+        plan.use
+        and plan.nbytes == 100 * 256 * 16 * 16 * 2
+        and "256x16x16 after stage 1" in plan.reason
+    )
 
 
 def test_auto_uses_the_cache_only_when_it_applies_and_fits():
@@ -60,12 +69,20 @@ def test_auto_uses_the_cache_only_when_it_applies_and_fits():
     plan = plan_features(config, model, 5400, available=3 * need)
     assert plan.use and plan.nbytes == need and "64x56x56 after stage 1" in plan.reason
     over = plan_features(config, model, 5400, available=need)
-    assert not over.use and "over the budget" in over.reason and "half the available memory" in over.reason
+    assert (
+        not over.use
+        and "over the budget" in over.reason
+        and "half the available memory" in over.reason
+    )
     assert not plan_features(config, model, 5400, available=None).use
     off = plan_features(config.replace(feature_cache="off"), model, 5400, available=3 * need)
     assert (off.use, off.reason) == (False, "feature_cache=off")
-    unfrozen = plan_features(config.replace(freeze_blocks=0), build_resnet(spec(BASIC, (2, 2, 2, 2), 0, 90)),
-                             5400, 3 * need)
+    unfrozen = plan_features(
+        config.replace(freeze_blocks=0),
+        build_resnet(spec(BASIC, (2, 2, 2, 2), 0, 90)),
+        5400,
+        3 * need,
+    )
     assert not unfrozen.use and "freeze_blocks=0" in unfrozen.reason
 
 
@@ -74,13 +91,17 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(tmp_path, data_dir, tracking_uri):
+def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
+    tmp_path, data_dir, tracking_uri
+):
     from resnet_exp.training.train import train
 
     config = tiny_config(data_dir, tmp_path / "results", freeze_blocks=2)
     cached, uncached = train(config), train(config.replace(feature_cache="off"))
     client = MlflowClient(tracking_uri)
-    runs = {name: client.get_run(r.run_id) for name, r in (("cached", cached), ("uncached", uncached))}
+    runs = {
+        name: client.get_run(r.run_id) for name, r in (("cached", cached), ("uncached", uncached))
+    }
     assert runs["cached"].data.params["resolved/feature_cache"] == "on"
     assert runs["uncached"].data.params["resolved/feature_cache"] == "off"
     assert runs["uncached"].data.tags["feature_cache_reason"] == "feature_cache=off"
@@ -93,7 +114,9 @@ def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
     assert loss[0] == pytest.approx(loss[1], rel=0.01)
 
     # The checkpoint is the whole network (frozen stages included), fed raw images like any other.
-    restored = ResNetClassifier.load_from_checkpoint(cached.best_checkpoint, map_location="cpu").eval()
+    restored = ResNetClassifier.load_from_checkpoint(
+        cached.best_checkpoint, map_location="cpu"
+    ).eval()
     fresh = ResNetClassifier(config.net_spec(restored.class_names), 1e-3)
     assert restored.state_dict().keys() == fresh.state_dict().keys()
     splits = load_splits(config)

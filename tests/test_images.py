@@ -11,8 +11,14 @@ import zlib
 import pytest
 from PIL import Image
 
-from conftest import REPO as REPO_ROOT, save_image
-from resnet_exp.data.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageInputError, image_from_upload
+from conftest import REPO as REPO_ROOT
+from conftest import save_image
+from resnet_exp.data.images import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImageInputError,
+    image_from_upload,
+)
 
 
 def encoded(mode: str = "RGB", fmt: str = "PNG", size: int = 20) -> bytes:
@@ -26,9 +32,9 @@ def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
     data = encoded()
     ihdr_at = data.index(b"IHDR")
-    fields = struct.pack(">II", width, height) + data[ihdr_at + 12:ihdr_at + 17]
+    fields = struct.pack(">II", width, height) + data[ihdr_at + 12 : ihdr_at + 17]
     chunk = b"IHDR" + fields
-    return data[:ihdr_at] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[ihdr_at + 21:]
+    return data[:ihdr_at] + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[ihdr_at + 21 :]
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16", "CMYK", "1"])
@@ -39,30 +45,37 @@ def test_every_pil_mode_becomes_rgb(tmp_path, mode):
     assert image.mode == "RGB" and image.size == (24, 24)
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda b: b,
-    lambda b: base64.b64encode(b).decode(),
-    lambda b: base64.b64encode(b),  # what MLflow passes for {"inputs": ...} requests
-    lambda b: base64.encodebytes(b).decode(),  # with line breaks, as the `base64` tool writes
-    lambda b: "data:image/jpeg;base64," + base64.b64encode(b).decode(),
-    lambda b: bytearray(b),
-], ids=["bytes", "base64", "base64-bytes", "base64-lines", "data-url", "bytearray"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda b: b,
+        lambda b: base64.b64encode(b).decode(),
+        lambda b: base64.b64encode(b),  # what MLflow passes for {"inputs": ...} requests
+        lambda b: base64.encodebytes(b).decode(),  # with line breaks, as the `base64` tool writes
+        lambda b: "data:image/jpeg;base64," + base64.b64encode(b).decode(),
+        lambda b: bytearray(b),
+    ],
+    ids=["bytes", "base64", "base64-bytes", "base64-lines", "data-url", "bytearray"],
+)
 def test_uploads_are_accepted_as_bytes_or_base64(wrap):
     image = image_from_upload(wrap(encoded(fmt="JPEG")))
     red, green, _ = image.getpixel((10, 10))
     assert image.size == (20, 20) and red > 150 and green < 80
 
 
-@pytest.mark.parametrize("value, message", [
-    (b"", "empty image"),
-    ("", "empty image"),
-    ("not base64!!", "not base64 text"),
-    (base64.b64encode(b"hello world, not an image").decode(), "not an image file"),
-    (b"GIF89a\x00\x00 but nothing more", "not an image file"),
-    (encoded(fmt="JPEG")[:200], "damaged image file"),
-    (12345, "expected image file bytes or base64 text, got int"),
-    (None, "got NoneType"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (b"", "empty image"),
+        ("", "empty image"),
+        ("not base64!!", "not base64 text"),
+        (base64.b64encode(b"hello world, not an image").decode(), "not an image file"),
+        (b"GIF89a\x00\x00 but nothing more", "not an image file"),
+        (encoded(fmt="JPEG")[:200], "damaged image file"),
+        (12345, "expected image file bytes or base64 text, got int"),
+        (None, "got NoneType"),
+    ],
+)
 def test_bad_uploads_say_what_is_wrong(value, message):
     with pytest.raises(ImageInputError, match=message):
         image_from_upload(value)
@@ -131,7 +144,11 @@ def test_a_large_png_is_reduced_right_after_loading():
     source = big_image(4000, 3000)
     source.save(buffer, format="PNG")
     image = decode_file(buffer.getvalue(), fit=64)
-    assert image.mode == "RGB" and min(image.size) >= REDUCING_GAP * 64 and max(image.size) < 4 * REDUCING_GAP * 64
+    assert (
+        image.mode == "RGB"
+        and min(image.size) >= REDUCING_GAP * 64
+        and max(image.size) < 4 * REDUCING_GAP * 64
+    )
     # what the network sees is what resizing the full image gives, within rounding
     fitted, full = image_to_tensor(image, 64), image_to_tensor(source, 64)
     assert (fitted - full).abs().mean() < 0.02 and (fitted - full).abs().max() < 0.5
@@ -152,18 +169,28 @@ def test_decoding_holds_at_most_one_full_size_image(tmp_path):
         "data = open(sys.argv[1], 'rb').read()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "kept = [decode_file(data, 64) for _ in range(4)]\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n")
-    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
-                            timeout=120, cwd=str(REPO_ROOT))
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO_ROOT),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     growth = int(result.stdout.split()[-1])
     one_image = 4000 * 4000 * 3
-    assert growth < 2 * one_image, f"peak grew {growth / 1e6:.0f} MB for four {one_image / 1e6:.0f} MB images"
+    assert growth < 2 * one_image, (
+        f"peak grew {growth / 1e6:.0f} MB for four {one_image / 1e6:.0f} MB images"
+    )
 
 
 def test_a_request_over_the_pixel_limit_is_refused_before_decoding():
     from resnet_exp.data.images import MAX_REQUEST_PIXELS, check_request_pixels
 
     check_request_pixels(MAX_REQUEST_PIXELS)
-    with pytest.raises(ImageInputError, match=f"limit of {MAX_REQUEST_PIXELS:,} pixels per request"):
+    with pytest.raises(
+        ImageInputError, match=f"limit of {MAX_REQUEST_PIXELS:,} pixels per request"
+    ):
         check_request_pixels(MAX_REQUEST_PIXELS + 1)

@@ -1,8 +1,8 @@
 """SIGTERM at each point where a training or a sweep can be stopped (image store, feature
 cache, fit, test, model logging, registration, between a sweep's children): every run ends
-KILLED, none stays RUNNING, no temporary folder is left, and the command has ended within 2 s. The process signals itself at the
-point named by RESNET_EXP_SIGNAL_AT (resnet_exp/signals.py); the CLI runs in this process, so a
-case costs seconds, not a new interpreter.
+KILLED, none stays RUNNING, no temporary folder is left, and the command has ended within 2 s.
+The process signals itself at the point named by RESNET_EXP_SIGNAL_AT (resnet_exp/signals.py);
+the CLI runs in this process, so a case costs seconds, not a new interpreter.
 
     pytest tests/test_interrupts.py
 """
@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from resnet_exp import signals
 from resnet_exp.cli import main
 from resnet_exp.data.demo import demo_root
-from resnet_exp import signals
 from resnet_exp.signals import INTERRUPT_POINTS, SIGNAL_AT_ENV
 
 BEFORE_THE_RUN = ("image_store", "feature_cache")  # a training's run is not open yet
@@ -29,18 +29,41 @@ BEFORE_THE_RUN = ("image_store", "feature_cache")  # a training's run is not ope
 @pytest.mark.slow
 @pytest.mark.parametrize("point", INTERRUPT_POINTS)
 def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
-        point, tmp_path, data_dir, tracking_uri, monkeypatch):
+    point, tmp_path, data_dir, tracking_uri, monkeypatch
+):
     scratch = tmp_path / "tmp"  # where tempfile puts the model folder during model logging
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     data = tmp_path / "data"  # its own data_dir: the image store is built (and cut) in this test
     shutil.copytree(demo_root(data_dir), demo_root(data))
     monkeypatch.setenv(SIGNAL_AT_ENV, point)
-    common = ["--data", "demo", "--data-dir", str(data), "--output-dir", str(tmp_path / "results"),
-              "--weights", "none", "--image-size", "32", "--batch-size", "16", "--max-epochs", "1",
-              "--limit-batches", "2", "--precision", "32-true", "--num-workers", "0"]
-    command = (["sweep", "--freeze-blocks", "2,4", "--seeds", "1"] if point == "sweep_gap"
-               else ["train", "--freeze-blocks", "2"])
+    common = [
+        "--data",
+        "demo",
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-epochs",
+        "1",
+        "--limit-batches",
+        "2",
+        "--precision",
+        "32-true",
+        "--num-workers",
+        "0",
+    ]
+    command = (
+        ["sweep", "--freeze-blocks", "2,4", "--seeds", "1"]
+        if point == "sweep_gap"
+        else ["train", "--freeze-blocks", "2"]
+    )
     result = CliRunner().invoke(main, command + common)
     answered_in = time.monotonic() - signals.injected_at
 
@@ -48,8 +71,11 @@ def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
     assert answered_in < 2.0, f"SIGTERM at {point} took {answered_in:.1f} s to end the command"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored for whatever comes next
     client = MlflowClient(tracking_uri)
-    runs = [run for experiment in client.search_experiments()
-            for run in client.search_runs([experiment.experiment_id])]
+    runs = [
+        run
+        for experiment in client.search_experiments()
+        for run in client.search_runs([experiment.experiment_id])
+    ]
     expected = 0 if point in BEFORE_THE_RUN else 1
     assert len(runs) == expected, [(r.info.run_name, r.info.status) for r in runs]
     assert [r.info.status for r in runs] == ["KILLED"] * expected
@@ -67,10 +93,28 @@ def test_ctrl_c_before_any_run_exits_130_in_one_line(tmp_path, data_dir, trackin
     data = tmp_path / "data"
     shutil.copytree(demo_root(data_dir), demo_root(data))
     monkeypatch.setenv(SIGNAL_AT_ENV, "image_store:SIGINT")
-    result = CliRunner().invoke(main, ["train", "--data", "demo", "--data-dir", str(data), "--weights", "none",
-                                       "--image-size", "32", "--output-dir", str(tmp_path / "results")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            "demo",
+            "--data-dir",
+            str(data),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--output-dir",
+            str(tmp_path / "results"),
+        ],
+    )
     assert result.exit_code == 128 + signal.SIGINT, result.output
-    assert result.output.strip().splitlines()[-1] == "interrupted before any run was opened: nothing recorded"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == "interrupted before any run was opened: nothing recorded"
+    )
     assert "Aborted" not in result.output
     assert not MlflowClient(tracking_uri).search_runs(
-        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()])
+        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]
+    )

@@ -32,11 +32,17 @@ def imports_of(path: Path, name: str, known: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from . import x, from .y import z
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1],
-                                 *([base] if base else [])])
+                base = ".".join(
+                    [
+                        *package.split(".")[: len(package.split(".")) - node.level + 1],
+                        *([base] if base else []),
+                    ]
+                )
             # `from pkg import mod` imports the module pkg.mod where there is one
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
-                       for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -132,11 +138,18 @@ def file_map() -> set[str]:
 
 def test_the_file_map_names_every_module():
     named = file_map()
-    files = [p.relative_to(REPO).as_posix() for package in (*PACKAGES, "benchmarks")
-             for p in sorted((REPO / package).rglob("*.py"))]
+    files = [
+        p.relative_to(REPO).as_posix()
+        for package in (*PACKAGES, "benchmarks")
+        for p in sorted((REPO / package).rglob("*.py"))
+    ]
     # a package's __init__.py is named by its folder's line
-    missing = [f for f in files if f not in named
-               and not (f.endswith("/__init__.py") and f.removesuffix("/__init__.py") in named)]
+    missing = [
+        f
+        for f in files
+        if f not in named
+        and not (f.endswith("/__init__.py") and f.removesuffix("/__init__.py") in named)
+    ]
     assert not missing, f"README.md's file map does not name {missing}"
     stale = sorted(n for n in named if n.endswith(".py") and not (REPO / n).exists())
     assert not stale, f"README.md's file map names files that do not exist: {stale}"

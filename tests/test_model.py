@@ -9,24 +9,38 @@ import torchvision
 
 from conftest import offline_failure
 from resnet_exp.errors import WeightsError
+from resnet_exp.model.netspec import NetSpec
 from resnet_exp.model.network import (
-    PRETRAINED, build_resnet, count_parameters, load_initial_weights, pretrained_network,
+    PRETRAINED,
+    build_resnet,
+    count_parameters,
+    load_initial_weights,
+    pretrained_network,
     torchvision_cache_file,
 )
-from resnet_exp.model.netspec import NetSpec
 from resnet_exp.schema import BASIC, BOTTLENECK
 
 NUM_CLASSES = 5
 SLOW = pytest.mark.slow  # whole ImageNet-sized networks or state_dicts: about a second each
 # (block, blocks): basic presets and a custom list; bottleneck kept to two. The deep ones
 # (ResNet18 and up) cost up to a second per step on 2 cores: they run in the slow tier.
-VARIANTS = [(BASIC, (1, 1, 1, 1)), (BASIC, (1, 2, 1, 3)), (BOTTLENECK, (1, 1, 1, 1)),
-            *(pytest.param(v, marks=pytest.mark.slow) for v in [(BASIC, (2, 2, 2, 2)), (BASIC, (3, 4, 6, 3)),
-                                                                 (BOTTLENECK, (3, 4, 6, 3))])]
+VARIANTS = [
+    (BASIC, (1, 1, 1, 1)),
+    (BASIC, (1, 2, 1, 3)),
+    (BOTTLENECK, (1, 1, 1, 1)),
+    *(
+        pytest.param(v, marks=pytest.mark.slow)
+        for v in [(BASIC, (2, 2, 2, 2)), (BASIC, (3, 4, 6, 3)), (BOTTLENECK, (3, 4, 6, 3))]
+    ),
+]
 
 
-def spec(block: str = BASIC, blocks: tuple[int, ...] = (2, 2, 2, 2), freeze: int = 0,
-         num_classes: int = NUM_CLASSES) -> NetSpec:
+def spec(
+    block: str = BASIC,
+    blocks: tuple[int, ...] = (2, 2, 2, 2),
+    freeze: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> NetSpec:
     return NetSpec(block, blocks, tuple(f"c{i}" for i in range(num_classes)), 32, freeze)
 
 
@@ -60,7 +74,9 @@ def test_a_training_step_moves_only_what_is_not_frozen(variant, freeze):
             assert not p.requires_grad and p.grad is None, name
             assert torch.equal(p, params[name]), f"frozen {name} changed"
         else:
-            assert p.grad is not None and not torch.equal(p, params[name]), f"trainable {name} did not change"
+            assert p.grad is not None and not torch.equal(p, params[name]), (
+                f"trainable {name} did not change"
+            )
     for name, b in model.named_buffers():
         if "running" in name:
             same = torch.equal(b, buffers[name])
@@ -77,7 +93,9 @@ def test_parameter_counts_follow_freezing():
     assert trainable == total == 11_181_642  # torchvision's resnet18 with a 10-class head
     head_only, _ = count_parameters(build_resnet(spec(freeze=4, num_classes=10)))
     assert head_only == 512 * 10 + 10
-    trainable, total = count_parameters(build_resnet(spec(BOTTLENECK, (3, 4, 6, 3), num_classes=10)))
+    trainable, total = count_parameters(
+        build_resnet(spec(BOTTLENECK, (3, 4, 6, 3), num_classes=10))
+    )
     assert trainable == total == 23_528_522  # torchvision's resnet50 with a 10-class head
     head_only, _ = count_parameters(build_resnet(spec(BOTTLENECK, (3, 4, 6, 3), 4, num_classes=10)))
     assert head_only == 2048 * 10 + 10  # Bottleneck stages end 4x wider
@@ -108,25 +126,43 @@ def assert_copied(model, state, skip=("fc.",)):
             assert torch.equal(value, state[key]), key
 
 
-@pytest.mark.parametrize("block, blocks, network", [
-    (BASIC, (2, 2, 2, 2), "resnet18"), (BASIC, (1, 1, 1, 1), "resnet18"), (BASIC, (3, 4, 6, 3), "resnet34"),
-    (BASIC, (3, 2, 2, 2), "resnet34"), (BASIC, (1, 2, 3, 4), "resnet34"),  # deeper than any: truncated
-    (BOTTLENECK, (3, 4, 6, 3), "resnet50"), (BOTTLENECK, (1, 1, 1, 1), "resnet50"),
-    (BOTTLENECK, (3, 4, 23, 3), "resnet101"), (BOTTLENECK, (2, 4, 7, 1), "resnet101"),
-    (BOTTLENECK, (3, 8, 36, 3), "resnet152"), (BOTTLENECK, (1, 1, 24, 1), "resnet152"),
-    (BOTTLENECK, (4, 1, 1, 1), "resnet152"),  # deeper than any: truncated from the deepest
-])
-def test_the_source_network_is_the_smallest_of_the_block_type_that_has_every_block(block, blocks, network):
+@pytest.mark.parametrize(
+    "block, blocks, network",
+    [
+        (BASIC, (2, 2, 2, 2), "resnet18"),
+        (BASIC, (1, 1, 1, 1), "resnet18"),
+        (BASIC, (3, 4, 6, 3), "resnet34"),
+        (BASIC, (3, 2, 2, 2), "resnet34"),
+        (BASIC, (1, 2, 3, 4), "resnet34"),  # deeper than any: truncated
+        (BOTTLENECK, (3, 4, 6, 3), "resnet50"),
+        (BOTTLENECK, (1, 1, 1, 1), "resnet50"),
+        (BOTTLENECK, (3, 4, 23, 3), "resnet101"),
+        (BOTTLENECK, (2, 4, 7, 1), "resnet101"),
+        (BOTTLENECK, (3, 8, 36, 3), "resnet152"),
+        (BOTTLENECK, (1, 1, 24, 1), "resnet152"),
+        (BOTTLENECK, (4, 1, 1, 1), "resnet152"),  # deeper than any: truncated from the deepest
+    ],
+)
+def test_the_source_network_is_the_smallest_of_the_block_type_that_has_every_block(
+    block, blocks, network
+):
     assert pretrained_network(block, blocks) == network
     assert PRETRAINED[network].block == block
 
 
-@pytest.mark.parametrize("block, blocks, network", [
-    (BASIC, (1, 1, 1, 1), "resnet18"), pytest.param(BASIC, (2, 2, 2, 2), "resnet18", marks=SLOW),
-    pytest.param(BASIC, (3, 4, 6, 3), "resnet34", marks=SLOW), pytest.param(BASIC, (3, 2, 2, 2), "resnet34", marks=SLOW),
-    pytest.param(BOTTLENECK, (1, 2, 1, 1), "resnet50", marks=SLOW)])
+@pytest.mark.parametrize(
+    "block, blocks, network",
+    [
+        (BASIC, (1, 1, 1, 1), "resnet18"),
+        pytest.param(BASIC, (2, 2, 2, 2), "resnet18", marks=SLOW),
+        pytest.param(BASIC, (3, 4, 6, 3), "resnet34", marks=SLOW),
+        pytest.param(BASIC, (3, 2, 2, 2), "resnet34", marks=SLOW),
+        pytest.param(BOTTLENECK, (1, 2, 1, 1), "resnet50", marks=SLOW),
+    ],
+)
 def test_imagenet_weights_are_truncated_from_the_smallest_network_that_has_every_block(
-        torch_home, block, blocks, network):
+    torch_home, block, blocks, network
+):
     state = fake_imagenet_file(network)
     initial = load_initial_weights("imagenet", block, blocks)
     assert initial.name == network

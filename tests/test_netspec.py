@@ -16,19 +16,27 @@ from resnet_exp.schema import BASIC, BOTTLENECK
 
 
 def resnet50(**changes) -> NetSpec:
-    values = dict(block=BOTTLENECK, blocks=(3, 4, 6, 3), class_names=("cat", "dog", "eel"),
-                  image_size=64, freeze_blocks=2)
+    values = dict(
+        block=BOTTLENECK,
+        blocks=(3, 4, 6, 3),
+        class_names=("cat", "dog", "eel"),
+        image_size=64,
+        freeze_blocks=2,
+    )
     return NetSpec(**{**values, **changes})
 
 
-@pytest.mark.parametrize("block, blocks, freeze, arch, label", [
-    (BASIC, (2, 2, 2, 2), 2, "r18", "b2222-f2"),
-    (BASIC, (3, 4, 6, 3), 0, "r34", "b3463-f0"),
-    (BASIC, (1, 12, 1, 1), 0, "r32", "b1-12-1-1-f0"),
-    (BOTTLENECK, (3, 4, 6, 3), 2, "r50", "bn3463-f2"),
-    (BOTTLENECK, (3, 4, 23, 3), 4, "r101", "bn3-4-23-3-f4"),
-    (BOTTLENECK, (3, 8, 36, 3), 1, "r152", "bn3-8-36-3-f1"),
-])
+@pytest.mark.parametrize(
+    "block, blocks, freeze, arch, label",
+    [
+        (BASIC, (2, 2, 2, 2), 2, "r18", "b2222-f2"),
+        (BASIC, (3, 4, 6, 3), 0, "r34", "b3463-f0"),
+        (BASIC, (1, 12, 1, 1), 0, "r32", "b1-12-1-1-f0"),
+        (BOTTLENECK, (3, 4, 6, 3), 2, "r50", "bn3463-f2"),
+        (BOTTLENECK, (3, 4, 23, 3), 4, "r101", "bn3-4-23-3-f4"),
+        (BOTTLENECK, (3, 8, 36, 3), 1, "r152", "bn3-8-36-3-f1"),
+    ],
+)
 def test_arch_name_and_depth_label_follow_the_block_type(block, blocks, freeze, arch, label):
     assert (arch_name(block, blocks), depth_label(block, blocks, freeze)) == (arch, label)
     spec = NetSpec(block, blocks, ("a",), 32, freeze)
@@ -46,10 +54,20 @@ def test_to_dict_is_plain_json_and_reads_back_equal():
 
 def test_a_spec_written_before_block_types_reads_as_basic_with_nothing_frozen():
     # the classifier.json of models registered before NetSpec
-    legacy = {"blocks": [2, 2, 2, 2], "class_names": ["a", "b"], "image_size": 64,
-              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    legacy = {
+        "blocks": [2, 2, 2, 2],
+        "class_names": ["a", "b"],
+        "image_size": 64,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    }
     spec = NetSpec.from_dict(legacy)
-    assert (spec.block, spec.freeze_blocks, spec.blocks, spec.class_names) == (BASIC, 0, (2, 2, 2, 2), ("a", "b"))
+    assert (spec.block, spec.freeze_blocks, spec.blocks, spec.class_names) == (
+        BASIC,
+        0,
+        (2, 2, 2, 2),
+        ("a", "b"),
+    )
     assert spec.mean == (0.5, 0.5, 0.5) and spec.depth_label == "b2222-f0"
 
 
@@ -61,11 +79,14 @@ def test_a_bad_block_type_is_named_with_what_is_accepted():
         NetSpec.from_dict({**resnet50().to_dict(), "block": "Bottleneck"})
 
 
-@pytest.mark.parametrize("values, words", [
-    ({"blocks": (3, 4, 6)}, ["blocks=(3, 4, 6)", "4 positive integers"]),
-    ({"freeze_blocks": 5}, ["freeze_blocks=5", "0..4"]),
-    ({"class_names": ()}, ["class_names"]),
-])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"blocks": (3, 4, 6)}, ["blocks=(3, 4, 6)", "4 positive integers"]),
+        ({"freeze_blocks": 5}, ["freeze_blocks=5", "0..4"]),
+        ({"class_names": ()}, ["class_names"]),
+    ],
+)
 def test_other_bad_values_are_named(values, words):
     with pytest.raises(ConfigError) as err:
         resnet50(**values)
@@ -82,5 +103,7 @@ def test_a_spec_that_cannot_rebuild_the_network_is_refused_by_name():
 
 def test_netspec_imports_no_torch():
     code = "import sys, resnet_exp.model.netspec; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert out.stdout.strip() == "False"

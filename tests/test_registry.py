@@ -24,8 +24,8 @@ from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
 from resnet_exp.model.inference import ImageClassifier
-from resnet_exp.tracking.registry import move_alias
 from resnet_exp.schema import CHAMPION
+from resnet_exp.tracking.registry import move_alias
 
 MODEL = "resnet-demo"
 
@@ -37,7 +37,9 @@ def make_versions(tmp_path: Path, accuracies: list[float], label: str = "b2222-f
     client = MlflowClient(new_store(tmp_path / "registry.db"))
     client.create_registered_model(MODEL)
     for acc in accuracies:
-        client.create_model_version(MODEL, str(tmp_path), tags={S.VAL_ACC: str(acc), "depth_label": label})
+        client.create_model_version(
+            MODEL, str(tmp_path), tags={S.VAL_ACC: str(acc), "depth_label": label}
+        )
     return client
 
 
@@ -69,8 +71,9 @@ def test_versions_without_val_acc_never_become_champion(tmp_path):
     assert not client.get_registered_model(MODEL).aliases
 
 
-@pytest.mark.parametrize("name, model_name", [
-    ("auto", "resnet-demo"), ("none", None), ("my-model.v2", "my-model.v2")])
+@pytest.mark.parametrize(
+    "name, model_name", [("auto", "resnet-demo"), ("none", None), ("my-model.v2", "my-model.v2")]
+)
 def test_registered_model_name(name, model_name):
     assert TrainConfig(data="demo", registered_model_name=name).model_name == model_name
 
@@ -128,7 +131,9 @@ def expected_predictions(client: MlflowClient, files: list[Path]):
 @pytest.mark.slow
 def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
     uri, client, results, _ = registry
-    versions = sorted(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+    versions = sorted(
+        client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version)
+    )
     assert [str(v.version) for v in versions] == ["1", "2"]
     assert [v.run_id for v in versions] == [r.run_id for r in results]
     for version, result in zip(versions, results):
@@ -137,7 +142,11 @@ def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
         # one name per concept, with one meaning, on runs and versions alike
         for name in (S.TAG_DEPTH, S.TAG_DATASET, S.TAG_CONFIG_HASH, S.TAG_ARCH):
             assert tags[name] == run_tags[name]
-        assert tags[S.TAG_DEPTH] == "b2222-f2" and tags[S.TAG_DATASET] == "demo" and tags[S.TAG_DATA] == "demo"
+        assert (
+            tags[S.TAG_DEPTH] == "b2222-f2"
+            and tags[S.TAG_DATASET] == "demo"
+            and tags[S.TAG_DATA] == "demo"
+        )
         assert tags[S.TAG_RUN_ID] == result.run_id and tags[S.BLOCKS] == "2,2,2,2"
         assert tags[S.FREEZE_BLOCKS] == "2" and tags[S.WEIGHTS] == "none"
         assert float(tags[S.TEST_ACC]) == result.metrics[S.TEST_ACC]
@@ -145,7 +154,8 @@ def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
         history = client.get_metric_history(result.run_id, S.VAL_ACC)
         best_epoch = int(client.get_run(result.run_id).data.metrics[S.BEST_EPOCH])
         assert float(tags[S.VAL_ACC]) == pytest.approx(
-            next(m.value for m in history if m.step == best_epoch), abs=1e-6)
+            next(m.value for m in history if m.step == best_epoch), abs=1e-6
+        )
 
     accuracies = [float(v.tags[S.VAL_ACC]) for v in versions]
     winner = "1" if accuracies[0] >= accuracies[1] else "2"  # a tie stays with the first
@@ -166,7 +176,11 @@ def test_the_logged_model_carries_the_best_epochs_metrics(registry):
         linked = {m.key: m for m in model.metrics}
         assert {S.VAL_ACC, S.VAL_LOSS, S.TRAIN_ACC, S.TEST_ACC, S.TEST_LOSS} <= set(linked)
         assert {linked[k].step for k in (S.VAL_ACC, S.TEST_ACC, S.TEST_LOSS)} == {best_epoch}
-        val_acc = [m.value for m in client.get_metric_history(result.run_id, S.VAL_ACC) if m.step == best_epoch]
+        val_acc = [
+            m.value
+            for m in client.get_metric_history(result.run_id, S.VAL_ACC)
+            if m.step == best_epoch
+        ]
         assert linked[S.VAL_ACC].value == val_acc[-1]
         # test_* describe the best epoch's network, and are stored at its step
         [test_acc] = client.get_metric_history(result.run_id, S.TEST_ACC)
@@ -186,7 +200,11 @@ def test_accuracies_are_exact_fractions(registry):
         for m in client.get_metric_history(run.info.run_id, key):
             fraction = Fraction(m.value).limit_denominator(test_size)
             assert float(fraction) == m.value, (key, m.value)
-    assert {m.value for m in client.get_metric_history(run.info.run_id, S.LR)} <= {3e-5, 1.5e-5, 7.5e-6}
+    assert {m.value for m in client.get_metric_history(run.info.run_id, S.LR)} <= {
+        3e-5,
+        1.5e-5,
+        7.5e-6,
+    }
     assert client.get_metric_history(run.info.run_id, S.LR)[0].value == 3e-5
 
 
@@ -195,9 +213,16 @@ def test_runs_experiments_and_models_describe_themselves(registry):
     uri, client, results, _ = registry
     run = client.get_run(results[0].run_id)
     note = run.data.tags[S.MLFLOW_NOTE]
-    assert "r18 (basic blocks 2,2,2,2 per stage)" in note and "first 2 of 4 stages frozen" in note and "seed 1" in note
+    assert (
+        "r18 (basic blocks 2,2,2,2 per stage)" in note
+        and "first 2 of 4 stages frozen" in note
+        and "seed 1" in note
+    )
     assert "demo" in note and "random initialisation" in note
-    assert f"epoch {int(run.data.metrics[S.BEST_EPOCH])}" in note and f"{results[0].metrics[S.TEST_ACC]:.4f}" in note
+    assert (
+        f"epoch {int(run.data.metrics[S.BEST_EPOCH])}" in note
+        and f"{results[0].metrics[S.TEST_ACC]:.4f}" in note
+    )
     assert run.data.tags[S.MLFLOW_SOURCE_NAME] and run.data.tags[S.MLFLOW_USER]
     assert run.data.tags[S.TAG_KIND] == S.KIND_TRAIN and run.info.status == "FINISHED"
     experiment = client.get_experiment(run.info.experiment_id)
@@ -212,7 +237,10 @@ def test_runs_experiments_and_models_describe_themselves(registry):
 def test_trainings_record_system_metrics(registry):
     uri, client, results, _ = registry
     keys = client.get_run(results[0].run_id).data.metrics
-    assert {f"{S.SYSTEM}cpu_utilization_percentage", f"{S.SYSTEM}system_memory_usage_megabytes"} <= set(keys)
+    assert {
+        f"{S.SYSTEM}cpu_utilization_percentage",
+        f"{S.SYSTEM}system_memory_usage_megabytes",
+    } <= set(keys)
 
 
 @pytest.mark.slow
@@ -241,14 +269,23 @@ def test_the_champion_loads_in_a_fresh_process_and_predicts_like_the_checkpoint(
         "import json, sys, mlflow, pandas as pd\n"
         f"model = mlflow.pyfunc.load_model('models:/{MODEL}@{CHAMPION}')\n"
         "frame = pd.DataFrame({'image': [open(p, 'rb').read() for p in sys.argv[1:]]})\n"
-        "print(model.predict(frame).to_json(orient='records'))\n")
-    result = subprocess.run([sys.executable, "-c", script, *map(str, images)], capture_output=True,
-                            text=True, timeout=120, cwd=work, env=subprocess_env(MLFLOW_TRACKING_URI=uri))
+        "print(model.predict(frame).to_json(orient='records'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     expected = expected_predictions(client, images)
     assert [row["label"] for row in loaded] == list(expected["label"])
-    assert [row["probability"] for row in loaded] == pytest.approx(list(expected["probability"]), abs=1e-5)
+    assert [row["probability"] for row in loaded] == pytest.approx(
+        list(expected["probability"]), abs=1e-5
+    )
     assert all(len(row["top5"]) == 5 for row in loaded)
 
 
@@ -280,7 +317,9 @@ def test_resnet_exp_predict_labels_a_folder(registry, data_dir, predict):
     model = ["--model", f"models:/{MODEL}@{CHAMPION}"]
     table = predict(*model, str(folder))
     as_json = predict(*model, "--json", str(folder))
-    assert table.exit_code == 0 and as_json.exit_code == 0, table.output[-2000:] + as_json.output[-2000:]
+    assert table.exit_code == 0 and as_json.exit_code == 0, (
+        table.output[-2000:] + as_json.output[-2000:]
+    )
     files = sorted(folder.iterdir())
     rows = json.loads(as_json.stdout)
     assert [row["file"] for row in rows] == [str(f) for f in files]
@@ -292,7 +331,9 @@ def test_resnet_exp_predict_labels_a_folder(registry, data_dir, predict):
 
 
 @pytest.mark.slow
-def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data_dir, tmp_path, predict):
+def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(
+    registry, data_dir, tmp_path, predict
+):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     result = predict("--model", f"models:/{MODEL}@{CHAMPION}", str(bad))
@@ -301,11 +342,16 @@ def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(registry, data
     good.parent.mkdir()
     good.write_bytes(next((data_dir / "demo-v1" / "circle").glob("*.png")).read_bytes())
     result = predict("--model", "models:/no-such-model@champion", str(good.parent))
-    assert result.exit_code != 0 and "cannot load model 'models:/no-such-model@champion'" in result.stderr
+    assert (
+        result.exit_code != 0
+        and "cannot load model 'models:/no-such-model@champion'" in result.stderr
+    )
 
 
 @pytest.mark.slow
-def test_registered_model_name_none_logs_the_model_but_registers_nothing(tmp_path, data_dir, tracking_uri):
+def test_registered_model_name_none_logs_the_model_but_registers_nothing(
+    tmp_path, data_dir, tracking_uri
+):
     from resnet_exp.training.train import train
 
     result = train(tiny_config(data_dir, tmp_path / "results", registered_model_name="none"))
@@ -314,9 +360,13 @@ def test_registered_model_name_none_logs_the_model_but_registers_nothing(tmp_pat
     import mlflow
 
     image = next((data_dir / "demo-v1" / "ring").glob("*.png")).read_bytes()
-    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")  # MLflow 3: a LoggedModel of the run
+    model = mlflow.pyfunc.load_model(
+        f"runs:/{result.run_id}/model"
+    )  # MLflow 3: a LoggedModel of the run
     label = model.predict(pd.DataFrame({"image": [image]}))["label"][0]
-    expected = ImageClassifier.from_checkpoint(result.best_checkpoint).predict_uploads([image])["label"][0]
+    expected = ImageClassifier.from_checkpoint(result.best_checkpoint).predict_uploads([image])[
+        "label"
+    ][0]
     assert label == expected
 
 
@@ -331,8 +381,11 @@ def free_port() -> int:
 
 def post(port: int, payload: object, timeout: float = 60) -> tuple[int, dict]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -346,9 +399,26 @@ def server(registry):
     port = free_port()
     log = open(work / "serve.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}",
-         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-        cwd=work, env=subprocess_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@{CHAMPION}",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        cwd=work,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, (work / "serve.log").read_text()[-3000:]
@@ -374,24 +444,35 @@ def test_the_server_labels_png_and_jpeg_like_the_checkpoint(registry, server, im
     _, client, _, _ = registry
     port, _ = server
     expected = expected_predictions(client, images)
-    for payload in ({"dataframe_split": {"columns": ["image"], "data": [[b64(p)] for p in images]}},
-                    {"dataframe_records": [{"image": b64(p)} for p in images]},
-                    {"inputs": {"image": [b64(p) for p in images]}}):
+    for payload in (
+        {"dataframe_split": {"columns": ["image"], "data": [[b64(p)] for p in images]}},
+        {"dataframe_records": [{"image": b64(p)} for p in images]},
+        {"inputs": {"image": [b64(p) for p in images]}},
+    ):
         status, body = post(port, payload)
         assert status == 200, body
         rows = body["predictions"]
         assert [row["label"] for row in rows] == list(expected["label"])
-        assert [row["probability"] for row in rows] == pytest.approx(list(expected["probability"]), abs=1e-5)
+        assert [row["probability"] for row in rows] == pytest.approx(
+            list(expected["probability"]), abs=1e-5
+        )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("payload, message", [
-    ({"dataframe_split": {"columns": ["image"], "data": [["not base64!!"]]}}, "base64"),
-    ({"dataframe_records": [{"image": base64.b64encode(b"plain text").decode()}]}, "not an image file"),
-    ({"dataframe_records": [{"image": ""}]}, "empty image"),
-    ({"dataframe_records": [{"picture": "aGVsbG8="}]}, "missing inputs ['image']"),
-    (b"{not json", ""),
-], ids=["not-base64", "not-an-image", "empty", "missing-column", "malformed-json"])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"dataframe_split": {"columns": ["image"], "data": [["not base64!!"]]}}, "base64"),
+        (
+            {"dataframe_records": [{"image": base64.b64encode(b"plain text").decode()}]},
+            "not an image file",
+        ),
+        ({"dataframe_records": [{"image": ""}]}, "empty image"),
+        ({"dataframe_records": [{"picture": "aGVsbG8="}]}, "missing inputs ['image']"),
+        (b"{not json", ""),
+    ],
+    ids=["not-base64", "not-an-image", "empty", "missing-column", "malformed-json"],
+)
 def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, images, payload, message):
     port, process = server
     status, body = post(port, payload)
@@ -405,8 +486,12 @@ def test_the_server_refuses_a_decompression_bomb(server, images):
     from test_images import png_claiming
 
     port, _ = server
-    payload = {"dataframe_records": [{"image": b64(images[0])},
-                                     {"image": base64.b64encode(png_claiming(30000, 30000)).decode()}]}
+    payload = {
+        "dataframe_records": [
+            {"image": b64(images[0])},
+            {"image": base64.b64encode(png_claiming(30000, 30000)).decode()},
+        ]
+    }
     status, body = post(port, payload)
     assert status == 400 and "image 1:" in body["message"] and "limit" in body["message"]
 
@@ -453,17 +538,27 @@ def test_the_servers_memory_stays_bounded_by_huge_images(server):
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        status, body = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * 32}})
-        assert status == 400 and f"limit of {MAX_REQUEST_PIXELS:,} pixels per request" in body["message"], body
+        status, body = post(
+            port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * 32}}
+        )
+        assert (
+            status == 400
+            and f"limit of {MAX_REQUEST_PIXELS:,} pixels per request" in body["message"]
+        ), body
         allowed = MAX_REQUEST_PIXELS // (6300 * 6300)
-        status, body = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * allowed}},
-                            timeout=300)
+        status, body = post(
+            port,
+            {"dataframe_split": {"columns": ["image"], "data": [[image]] * allowed}},
+            timeout=300,
+        )
         assert status == 200 and len(body["predictions"]) == allowed == 10, body
     finally:
         done.set()
         sampler.join()
     growth = max(peak) - idle
-    assert growth < 2**30 / 2, f"resident memory grew {growth / 2**20:.0f} MiB over {idle / 2**20:.0f} MiB idle"
+    assert growth < 2**30 / 2, (
+        f"resident memory grew {growth / 2**20:.0f} MiB over {idle / 2**20:.0f} MiB idle"
+    )
     deadline = time.monotonic() + 30
     while resident_memory(process) - idle > 200 * 2**20 and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -13,7 +13,6 @@ from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import DataError, WeightsError
 
-
 # --- the small things ------------------------------------------------------------------------
 
 
@@ -23,6 +22,7 @@ def test_an_empty_class_folder_is_named(tmp_path):
     (tmp_path / "c" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match=f"class folder {tmp_path / 'c'} holds no image files"):
         from resnet_exp.data.splits import load_splits
+
         load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
 
 
@@ -31,6 +31,7 @@ def test_an_empty_class_folder_inside_a_split_is_named(tmp_path):
     (tmp_path / "train" / "c").mkdir()
     with pytest.raises(DataError, match="train/c holds no image files"):
         from resnet_exp.data.splits import load_splits
+
         load_splits(TrainConfig(data=str(tmp_path), weights="none", image_size=32))
 
 
@@ -55,8 +56,14 @@ def test_atomic_folders_follow_the_umask(tmp_path):
         assert build_atomically(tmp_path / "shared", write)
     finally:
         os.umask(previous)
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in
-             (tmp_path / "shared", tmp_path / "shared" / "sub", tmp_path / "shared" / "sub" / "file.bin")}
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in (
+            tmp_path / "shared",
+            tmp_path / "shared" / "sub",
+            tmp_path / "shared" / "sub" / "file.bin",
+        )
+    }
     assert modes == {"shared": 0o755, "sub": 0o755, "file.bin": 0o644}
 
 
@@ -71,7 +78,9 @@ def unwritable_folder(tmp_path):
 
 
 @pytest.mark.parametrize("option", ["output_dir", "data_dir"])
-def test_an_unwritable_folder_is_refused_before_any_run_opens(tmp_path, data_dir, tracking_uri, option):
+def test_an_unwritable_folder_is_refused_before_any_run_opens(
+    tmp_path, data_dir, tracking_uri, option
+):
     from mlflow import MlflowClient
 
     from conftest import tiny_config
@@ -85,7 +94,9 @@ def test_an_unwritable_folder_is_refused_before_any_run_opens(tmp_path, data_dir
     message = str(err.value)
     assert f"{option}={str(bad)!r} is not a writable folder" in message and "\n" not in message
     client = MlflowClient(tracking_uri)
-    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert not [
+        r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder")
@@ -99,7 +110,9 @@ def test_a_read_only_folder_is_refused(tmp_path):
         check_writable(folder, "output_dir")
 
 
-def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(tmp_path, monkeypatch):
+def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(
+    tmp_path, monkeypatch
+):
     """A disk that fills while the checkpoint is written (simulated at the flush): the save
     raises one line naming the file and its size, and leaves neither the finished name nor a
     temporary file; the next save works."""
@@ -107,8 +120,8 @@ def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(t
 
     import torch
 
-    from resnet_exp.training import checkpoints
     from resnet_exp.errors import DiskError
+    from resnet_exp.training import checkpoints
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -184,8 +197,12 @@ def test_a_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_pa
 
     from resnet_exp.training.checkpoints import AtomicCheckpointIO
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     host, target = socket.gethostname(), tmp_path / "last.ckpt"
     abandoned = tmp_path / f"last.ckpt.{host}-{gone.stdout.strip()}-0123abcd.tmp"
     alive = tmp_path / f"last.ckpt.{host}-{os.getppid()}-0123abcd.tmp"
@@ -193,7 +210,9 @@ def test_a_temporary_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_pa
     for path in (abandoned, alive, elsewhere):
         path.write_bytes(b"half a checkpoint")
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.ckpt", alive.name, elsewhere.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.ckpt", alive.name, elsewhere.name]
+    )
 
 
 def test_checkpoints_land_in_order_and_a_removed_one_stays_removed(tmp_path):
@@ -221,8 +240,12 @@ def tiny_disk(tmp_path):
 
     folder = tmp_path / "tiny-disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here")
     yield folder
@@ -232,8 +255,8 @@ def tiny_disk(tmp_path):
 def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
     import torch
 
-    from resnet_exp.training.checkpoints import AtomicCheckpointIO
     from resnet_exp.errors import DiskError
+    from resnet_exp.training.checkpoints import AtomicCheckpointIO
 
     target = tiny_disk / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
@@ -246,7 +269,9 @@ def test_a_full_disk_gives_one_line_and_no_truncated_checkpoint(tiny_disk):
 
 
 @pytest.mark.slow
-def test_the_cli_reports_a_full_disk_in_one_line(tiny_disk, data_dir, tmp_path, tracking_uri, capfd):
+def test_the_cli_reports_a_full_disk_in_one_line(
+    tiny_disk, data_dir, tmp_path, tracking_uri, capfd
+):
     """A real training whose output_dir fills up: one line naming the checkpoint and its size,
     no traceback, a FAILED run, and no file that looks finished. The CLI in this process: it
     ends in SystemExit (what the interpreter turns into the exit status, with nothing printed
@@ -256,13 +281,35 @@ def test_the_cli_reports_a_full_disk_in_one_line(tiny_disk, data_dir, tmp_path, 
 
     from resnet_exp.cli import main
 
-    result = CliRunner().invoke(main, [
-        "train", "--data", "demo", "--data-dir", str(data_dir), "--output-dir", str(tiny_disk), "--weights", "none",
-        "--image-size", "32", "--max-epochs", "1", "--limit-batches", "2", "--freeze-blocks", "4",
-        "--registered-model-name", "none"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(tiny_disk),
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--max-epochs",
+            "1",
+            "--limit-batches",
+            "2",
+            "--freeze-blocks",
+            "4",
+            "--registered-model-name",
+            "none",
+        ],
+    )
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.exception
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: No space left on device: ") and ".ckpt" in last and "needs" in last, result.stderr[-3000:]
+    assert (
+        last.startswith("Error: No space left on device: ") and ".ckpt" in last and "needs" in last
+    ), result.stderr[-3000:]
     assert "Traceback" not in result.stderr + capfd.readouterr().err
     assert not list(tiny_disk.rglob("*.ckpt")) and not list(tiny_disk.rglob("*.tmp"))
     client = MlflowClient(tracking_uri)
@@ -286,7 +333,9 @@ def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_training
     missing = [name for name in (*S.PHASE_TIMES, S.RUN_TIME) if name not in metrics]
     assert not missing
     assert all(metrics[name] >= 0 for name in S.PHASE_TIMES)
-    assert metrics[S.FIT_TIME] > 0 and metrics[S.CHECKPOINT_TIME] > 0 and metrics[S.REGISTER_TIME] > 0
+    assert (
+        metrics[S.FIT_TIME] > 0 and metrics[S.CHECKPOINT_TIME] > 0 and metrics[S.REGISTER_TIME] > 0
+    )
     assert sum(metrics[name] for name in S.PHASE_TIMES) <= metrics[S.RUN_TIME] <= wall
     folder = __import__("pathlib").Path(result.best_checkpoint).parent
     assert list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))
@@ -323,7 +372,9 @@ def test_auto_precision_is_measured_once_then_read_from_the_cache(tmp_path, monk
     start = time.perf_counter()
     second = hardware.resolve_runtime(small_config())
     assert time.perf_counter() - start < 0.5 and len(measured) == 1
-    assert first == second and first.precision in ("bf16-mixed", "32-true") and first.bf16_speedup > 0
+    assert (
+        first == second and first.precision in ("bf16-mixed", "32-true") and first.bf16_speedup > 0
+    )
     assert first.precision == hardware.precision_for_speedup(first.bf16_speedup)
     cache = json.loads((tmp_path / "cache" / "precision.json").read_text())
     key = hardware.precision_key(small_config(), first.torch_threads)
@@ -347,7 +398,9 @@ def test_a_cached_decision_is_honoured_without_measuring(tmp_path, monkeypatch, 
     monkeypatch.setattr(hardware, "measure_bf16_speedup", lambda *a: pytest.fail("measured"))
     threads = hardware.resolve_runtime(small_config(precision="32-true")).torch_threads
     key = hardware.precision_key(small_config(), threads)
-    (tmp_path / "precision.json").write_text(json.dumps({key: {"precision": precision, "bf16_speedup": speedup}}))
+    (tmp_path / "precision.json").write_text(
+        json.dumps({key: {"precision": precision, "bf16_speedup": speedup}})
+    )
     runtime = hardware.resolve_runtime(small_config())
     assert (runtime.precision, runtime.bf16_speedup) == (precision, speedup)
 
@@ -370,11 +423,16 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     from resnet_exp.sweep.grid import SweepGrid
 
     calls = []
-    monkeypatch.setattr(sweep, "resolve_runtime", lambda c: calls.append(c) or
-                        hardware.Runtime("cpu", "bf16-mixed", 0, 1, False, True, 1.5))
+    monkeypatch.setattr(
+        sweep,
+        "resolve_runtime",
+        lambda c: calls.append(c) or hardware.Runtime("cpu", "bf16-mixed", 0, 1, False, True, 1.5),
+    )
     monkeypatch.setattr(sweep, "load_initial_weights", lambda *args: None)
     grid = SweepGrid(freeze_blocks="1,2", blocks="1,1,1,1", seeds="2")
-    base = TrainConfig(data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32)
+    base = TrainConfig(
+        data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32
+    )
     configs = sweep._preflight(grid.expand(base))
     assert len(calls) == 1 and len(configs) == 4
     assert {c.precision for c in configs} == {"bf16-mixed"}
@@ -388,18 +446,24 @@ def test_a_ctrl_c_waits_for_the_store_write_to_finish():
 
     from resnet_exp.signals import interrupts_deferred
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "an earlier test left SIGINT changed"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, (
+        "an earlier test left SIGINT changed"
+    )
     done = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
-            signal.raise_signal(signal.SIGINT)  # to this thread: its handler runs before the next line
+            signal.raise_signal(
+                signal.SIGINT
+            )  # to this thread: its handler runs before the next line
             done.append("the write finished")
     assert done == ["the write finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_process_in_2_s_with_one_line_and_keeps_the_epochs_it_showed(data_dir, tmp_path, tracking_uri):
+def test_ctrl_c_ends_the_process_in_2_s_with_one_line_and_keeps_the_epochs_it_showed(
+    data_dir, tmp_path, tracking_uri
+):
     import re
     import signal
     import subprocess
@@ -410,14 +474,39 @@ def test_ctrl_c_ends_the_process_in_2_s_with_one_line_and_keeps_the_epochs_it_sh
 
     from conftest import subprocess_env
 
-    command = [sys.executable, "-m", "resnet_exp", "train", "--data", "demo", "--data-dir", str(data_dir),
-               "--output-dir", str(tmp_path / "results"), "--weights", "none", "--image-size", "32",
-               "--max-epochs", "200", "--early-stopping-patience", "200", "--limit-batches", "2",
-               "--freeze-blocks", "2", "--registered-model-name", "none", "--precision", "32-true"]
+    command = [
+        sys.executable,
+        "-m",
+        "resnet_exp",
+        "train",
+        "--data",
+        "demo",
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--max-epochs",
+        "200",
+        "--early-stopping-patience",
+        "200",
+        "--limit-batches",
+        "2",
+        "--freeze-blocks",
+        "2",
+        "--registered-model-name",
+        "none",
+        "--precision",
+        "32-true",
+    ]
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env=subprocess_env())
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=subprocess_env()
+        )
         deadline = time.monotonic() + 400
         while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()[-3000:]
@@ -429,10 +518,12 @@ def test_ctrl_c_ends_the_process_in_2_s_with_one_line_and_keeps_the_epochs_it_sh
     text = log.read_text()
     assert process.returncode == 130, text[-3000:]
     assert answered_in < 2.0, f"the process ended {answered_in:.1f} s after Ctrl-C"
-    after = text[text.index("epoch 1:"):].strip().splitlines()
+    after = text[text.index("epoch 1:") :].strip().splitlines()
     # What a run prints as it ends anyway (MLflow's system-metrics monitor stopping) is not noise
     lines = [line for line in after[1:] if " INFO " not in f" {line}"]
-    assert len(lines) == 1 and re.fullmatch(r"interrupted: run [0-9a-f]{32} marked KILLED", lines[0]), text[-3000:]
+    assert len(lines) == 1 and re.fullmatch(
+        r"interrupted: run [0-9a-f]{32} marked KILLED", lines[0]
+    ), text[-3000:]
     assert "Traceback" not in text and "ProgrammingError" not in text
     run_id = lines[0].split()[2]
     client = MlflowClient(tracking_uri)

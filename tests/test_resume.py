@@ -26,8 +26,14 @@ from conftest import resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
-from resnet_exp.tracking.resume import (LAST_CHECKPOINT, STALE_S, is_alive, plan, process_tag,
-                               reap_dead_children)
+from resnet_exp.tracking.resume import (
+    LAST_CHECKPOINT,
+    STALE_S,
+    is_alive,
+    plan,
+    process_tag,
+    reap_dead_children,
+)
 
 RUNNING, FINISHED, KILLED = "RUNNING", "FINISHED", "KILLED"
 
@@ -39,12 +45,24 @@ def dead_pid() -> int:
     return child.pid
 
 
-def stopped_run(client: MlflowClient, experiment_id: str, config, tmp_path: Path, *,
-                status: str = RUNNING, process: str | None = None, heartbeat: float | None = None,
-                parent: str | None = None, checkpoint: bool = True) -> str:
+def stopped_run(
+    client: MlflowClient,
+    experiment_id: str,
+    config,
+    tmp_path: Path,
+    *,
+    status: str = RUNNING,
+    process: str | None = None,
+    heartbeat: float | None = None,
+    parent: str | None = None,
+    checkpoint: bool = True,
+) -> str:
     """A training run as a stopped process leaves it: tags, seed param, a last.ckpt on disk."""
-    tags = {S.TAG_KIND: S.KIND_TRAIN, S.TAG_CONFIG_HASH: config.config_hash,
-            S.TAG_PROCESS: process or f"{socket.gethostname()} {dead_pid()} 1.00"}
+    tags = {
+        S.TAG_KIND: S.KIND_TRAIN,
+        S.TAG_CONFIG_HASH: config.config_hash,
+        S.TAG_PROCESS: process or f"{socket.gethostname()} {dead_pid()} 1.00",
+    }
     if heartbeat is not None:
         tags[S.TAG_HEARTBEAT] = f"{heartbeat:.0f}"
     if parent:
@@ -72,19 +90,27 @@ def store(tracking_uri, tmp_path, data_dir):
 
 def test_a_running_run_is_alive_while_its_process_is(store, tmp_path):
     client, experiment_id, config = store
-    mine = client.get_run(stopped_run(client, experiment_id, config, tmp_path, process=process_tag()))
+    mine = client.get_run(
+        stopped_run(client, experiment_id, config, tmp_path, process=process_tag())
+    )
     gone = client.get_run(stopped_run(client, experiment_id, config, tmp_path))
     assert is_alive(mine) and not is_alive(gone)
     # a reused pid: this process's pid with another start time is not the process that trained
     reused = f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time() - 100:.2f}"
-    assert not is_alive(client.get_run(stopped_run(client, experiment_id, config, tmp_path, process=reused)))
+    assert not is_alive(
+        client.get_run(stopped_run(client, experiment_id, config, tmp_path, process=reused))
+    )
     # another host: alive while its heartbeat is younger than STALE_S
     now = time.time()
-    elsewhere = client.get_run(stopped_run(client, experiment_id, config, tmp_path, process="other-host 1 1.00",
-                                           heartbeat=now - 10))
+    elsewhere = client.get_run(
+        stopped_run(
+            client, experiment_id, config, tmp_path, process="other-host 1 1.00", heartbeat=now - 10
+        )
+    )
     assert is_alive(elsewhere, now) and not is_alive(elsewhere, now + STALE_S)
-    finished = client.get_run(stopped_run(client, experiment_id, config, tmp_path, status=FINISHED,
-                                          process=process_tag()))
+    finished = client.get_run(
+        stopped_run(client, experiment_id, config, tmp_path, status=FINISHED, process=process_tag())
+    )
     assert not is_alive(finished)
 
 
@@ -113,20 +139,27 @@ def test_a_sweep_child_resumes_only_under_its_own_parent(store, tmp_path):
     assert plan(config, experiment_id) is None  # a standalone training leaves sweep children alone
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", ["no such run"]),
-    ("finished", ["already FINISHED"]),
-    ("alive", ["still RUNNING", socket.gethostname()]),
-    ("no checkpoint", ["no last.ckpt"]),
-    ("other seed", ["seed 8", "seed 7", "same parameters"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", ["no such run"]),
+        ("finished", ["already FINISHED"]),
+        ("alive", ["still RUNNING", socket.gethostname()]),
+        ("no checkpoint", ["no last.ckpt"]),
+        ("other seed", ["seed 8", "seed 7", "same parameters"]),
+    ],
+)
 def test_resume_of_a_named_run_says_why_it_cannot(store, tmp_path, case, words):
     client, experiment_id, config = store
     run_id = {
         "missing": lambda: "0" * 32,
         "finished": lambda: stopped_run(client, experiment_id, config, tmp_path, status=FINISHED),
-        "alive": lambda: stopped_run(client, experiment_id, config, tmp_path, process=process_tag()),
-        "no checkpoint": lambda: stopped_run(client, experiment_id, config, tmp_path, checkpoint=False),
+        "alive": lambda: stopped_run(
+            client, experiment_id, config, tmp_path, process=process_tag()
+        ),
+        "no checkpoint": lambda: stopped_run(
+            client, experiment_id, config, tmp_path, checkpoint=False
+        ),
         "other seed": lambda: stopped_run(client, experiment_id, config.replace(seed=8), tmp_path),
     }[case]()
     with pytest.raises(ConfigError) as err:
@@ -145,12 +178,30 @@ def test_a_sweep_marks_its_dead_children_killed_unless_it_will_resume_them(store
     client, experiment_id, config = store
     parent = client.create_run(experiment_id).info.run_id
     resumable = stopped_run(client, experiment_id, config, tmp_path, parent=parent)
-    hopeless = stopped_run(client, experiment_id, config.replace(seed=8), tmp_path, parent=parent, checkpoint=False)
-    alive = stopped_run(client, experiment_id, config.replace(seed=9), tmp_path, parent=parent, process=process_tag())
-    superseded = stopped_run(client, experiment_id, config.replace(seed=10), tmp_path, parent=parent)
-    stopped_run(client, experiment_id, config.replace(seed=10), tmp_path, parent=parent, status=FINISHED)
-    assert sorted(reap_dead_children(client, experiment_id, parent)) == sorted([hopeless, superseded])
-    status = {run_id: client.get_run(run_id).info.status for run_id in (resumable, hopeless, alive, superseded)}
+    hopeless = stopped_run(
+        client, experiment_id, config.replace(seed=8), tmp_path, parent=parent, checkpoint=False
+    )
+    alive = stopped_run(
+        client,
+        experiment_id,
+        config.replace(seed=9),
+        tmp_path,
+        parent=parent,
+        process=process_tag(),
+    )
+    superseded = stopped_run(
+        client, experiment_id, config.replace(seed=10), tmp_path, parent=parent
+    )
+    stopped_run(
+        client, experiment_id, config.replace(seed=10), tmp_path, parent=parent, status=FINISHED
+    )
+    assert sorted(reap_dead_children(client, experiment_id, parent)) == sorted(
+        [hopeless, superseded]
+    )
+    status = {
+        run_id: client.get_run(run_id).info.status
+        for run_id in (resumable, hopeless, alive, superseded)
+    }
     assert status == {resumable: RUNNING, hopeless: KILLED, alive: RUNNING, superseded: KILLED}
     assert "no last.ckpt" in client.get_run(hopeless).data.tags[S.TAG_ERROR]
 
@@ -160,16 +211,42 @@ def test_a_sweep_marks_its_dead_children_killed_unless_it_will_resume_them(store
 
 def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT key, step, value FROM metrics WHERE run_uuid = ? AND key NOT LIKE "
-                                  "'system/%' ORDER BY key, step", (run_id,)).fetchall()
+        return connection.execute(
+            "SELECT key, step, value FROM metrics WHERE run_uuid = ? AND key NOT LIKE "
+            "'system/%' ORDER BY key, step",
+            (run_id,),
+        ).fetchall()
 
 
 def killable(data_dir: Path) -> list[str]:
     """Options of the trainings these tests kill: three short epochs of ResNet10 on the demo,
     no registration, fp32 and no loader workers (nothing measured or forked first)."""
-    return ["--data", "demo", "--data-dir", str(data_dir), "--weights", "none", "--image-size", "32",
-            "--batch-size", "16", "--max-epochs", "3", "--limit-batches", "3", "--freeze-blocks", "3",
-            "--blocks", "1,1,1,1", "--precision", "32-true", "--num-workers", "0", "--registered-model-name", "none"]
+    return [
+        "--data",
+        "demo",
+        "--data-dir",
+        str(data_dir),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--max-epochs",
+        "3",
+        "--limit-batches",
+        "3",
+        "--freeze-blocks",
+        "3",
+        "--blocks",
+        "1,1,1,1",
+        "--precision",
+        "32-true",
+        "--num-workers",
+        "0",
+        "--registered-model-name",
+        "none",
+    ]
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
@@ -177,11 +254,16 @@ def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = ""
     saved it in its last.ckpt."""
     # from this test's folder: the experiment this process creates puts its artifacts under
     # ./mlruns, which must never be the checkout
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None and not resumable_epoch(db, epoch, not_run):
+        while (
+            time.monotonic() < deadline
+            and process.poll() is None
+            and not resumable_epoch(db, epoch, not_run)
+        ):
             time.sleep(0.05)
         assert process.poll() is None, "it ended before it could be killed"
         process.send_signal(signal.SIGKILL)
@@ -192,7 +274,8 @@ def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = ""
 
 @pytest.mark.slow
 def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_uninterrupted_one(
-        tracking_uri, data_dir, tmp_path, caplog):
+    tracking_uri, data_dir, tmp_path, caplog
+):
     """Only the killed training needs a process of its own (kill -9 takes it whole). The
     uninterrupted reference and the run again go through the same CLI in this process: each
     starts from what is on disk and in the store (the checkpoint, the run's tags and metrics),
@@ -202,14 +285,19 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     test_ray's killed worker, whose retry resumes the child run in a new Ray worker."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     args = ["train", *killable(data_dir), "--seed", "5"]
-    reference_run = CliRunner().invoke(main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"])
+    reference_run = CliRunner().invoke(
+        main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"]
+    )
     assert reference_run.exit_code == 0, reference_run.output[-3000:]
     [reference] = [run_id for (run_id,) in sqlite3.connect(db).execute("SELECT run_uuid FROM runs")]
 
     command = args + ["--output-dir", str(tmp_path / "results")]
     kill_after_epoch([sys.executable, "-m", "resnet_exp", *command], db, 1, not_run=reference)
-    [(run_id, status)] = sqlite3.connect(db).execute("SELECT run_uuid, status FROM runs WHERE run_uuid != ?",
-                                                     (reference,)).fetchall()
+    [(run_id, status)] = (
+        sqlite3.connect(db)
+        .execute("SELECT run_uuid, status FROM runs WHERE run_uuid != ?", (reference,))
+        .fetchall()
+    )
     assert status == RUNNING  # kill -9: nothing could close it
     assert {step for key, step, _ in metric_rows(db, run_id) if key == S.VAL_LOSS} == {0, 1}
 
@@ -225,7 +313,15 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     rows, expected = metric_rows(db, run_id), metric_rows(db, reference)
     keys_steps = [(key, step) for key, step, _ in rows]
     assert len(keys_steps) == len(set(keys_steps)), "a metric stored twice at one step"
-    epoch_metrics = {S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.TEST_ACC, S.TEST_LOSS, S.LR}
+    epoch_metrics = {
+        S.TRAIN_LOSS,
+        S.TRAIN_ACC,
+        S.VAL_LOSS,
+        S.VAL_ACC,
+        S.TEST_ACC,
+        S.TEST_LOSS,
+        S.LR,
+    }
     ours = {(k, s): v for k, s, v in rows if k in epoch_metrics}
     theirs = {(k, s): v for k, s, v in expected if k in epoch_metrics}
     assert sorted(ours) == sorted(theirs)  # every epoch 0..2 once, test at the same best epoch
@@ -237,7 +333,9 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
 
 
 @pytest.mark.slow
-def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(tracking_uri, data_dir, tmp_path):
+def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(
+    tracking_uri, data_dir, tmp_path
+):
     """The killed sweep is a process of its own; the sweep run again is the same CLI in this
     process, which starts from the store and the checkpoint alone (see the test above)."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -245,14 +343,18 @@ def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(trackin
     kill_after_epoch([sys.executable, "-m", "resnet_exp", *args], db, 1)
     client = MlflowClient(tracking_uri)
     [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
-    [child] = client.search_runs([experiment.experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+    [child] = client.search_runs(
+        [experiment.experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'"
+    )
 
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output[-3000:]
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     assert len(runs) == 2  # the parent and its one child: resumed, not trained again
     resumed = runs[child.info.run_id]
-    assert resumed.info.status == FINISHED and resumed.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    assert resumed.info.status == FINISHED and resumed.data.tags[S.TAG_RESUMED].startswith(
+        "epoch 2 from "
+    )
     [parent] = [r for r in runs.values() if r.data.tags[S.TAG_KIND] == S.KIND_SWEEP]
     assert parent.info.status == FINISHED
     steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
@@ -261,7 +363,8 @@ def test_a_sweep_killed_during_a_child_resumes_that_child_in_its_own_run(trackin
 
 @pytest.mark.slow
 def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_points_to_it(
-        tracking_uri, data_dir, tmp_path, monkeypatch):
+    tracking_uri, data_dir, tmp_path, monkeypatch
+):
     """A run stopped after its last epoch (say during model logging), resumed by a launch that
     `mlflow run` made a run for: no epoch is trained again, the stopped run ends FINISHED with its
     model, and the launch's own run says where the training went."""
@@ -270,7 +373,9 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
     first = train(config.replace(resume="never"))
     client = MlflowClient(tracking_uri)
-    client.set_terminated(first.run_id, KILLED)  # as if killed after fit: last.ckpt is the last epoch
+    client.set_terminated(
+        first.run_id, KILLED
+    )  # as if killed after fit: last.ckpt is the last epoch
     stored = metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id)
     experiment_id = client.get_run(first.run_id).info.experiment_id
     launcher = client.create_run(experiment_id).info.run_id  # what `mlflow run` creates
@@ -280,10 +385,17 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
 
     assert again.run_id == first.run_id
     run = client.get_run(first.run_id)
-    assert run.info.status == FINISHED and run.data.tags[S.TAG_RESUMED] == f"epoch {config.max_epochs} from " \
+    assert (
+        run.info.status == FINISHED
+        and run.data.tags[S.TAG_RESUMED]
+        == f"epoch {config.max_epochs} from "
         f"{Path(run.data.tags[S.TAG_CHECKPOINT_DIR]) / LAST_CHECKPOINT}"
+    )
     epochs = {S.TRAIN_LOSS, S.VAL_LOSS, S.TEST_ACC}
-    assert [r for r in metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id) if r[0] in epochs] \
-        == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
+    assert [
+        r
+        for r in metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id)
+        if r[0] in epochs
+    ] == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
     pointer = client.get_run(launcher).data.tags
     assert pointer[S.TAG_RESUMED_INTO] == first.run_id and S.TAG_KIND not in pointer

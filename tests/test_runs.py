@@ -38,14 +38,17 @@ def experiment(request) -> str:
 
 def the_run(tracking_uri: str, experiment: str, kind: str = S.KIND_ANALYSIS):
     client = MlflowClient(tracking_uri)
-    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                               f"tags.{S.TAG_KIND} = '{kind}'")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], f"tags.{S.TAG_KIND} = '{kind}'"
+    )
     return run
 
 
 @pytest.mark.parametrize("kind", [S.KIND_TRAIN, S.KIND_SWEEP, S.KIND_ANALYSIS])
 def test_a_run_that_ends_well_is_finished_and_says_what_it_is(tracking_uri, experiment, kind):
-    with run_scope(kind, "the-run", experiment_name=experiment, experiment_note="what these runs are") as scope:
+    with run_scope(
+        kind, "the-run", experiment_name=experiment, experiment_note="what these runs are"
+    ) as scope:
         scope.describe("A run that tests the scope.")
         scope.log_params({"freeze_blocks": "2"})
     run = the_run(tracking_uri, experiment, kind)
@@ -59,7 +62,8 @@ def test_a_run_that_ends_well_is_finished_and_says_what_it_is(tracking_uri, expe
 
 @pytest.mark.parametrize("user", ["", "alice", "from-file"])
 def test_who_and_what_made_a_run_are_recorded_as_mlflow_start_run_records_them(
-        tracking_uri, experiment, monkeypatch, tmp_path, user):
+    tracking_uri, experiment, monkeypatch, tmp_path, user
+):
     """The run page's User and Source: the same tags as a run mlflow.start_run() opens in the
     same process (the server's user name if one is set, in the environment or in MLflow's
     credentials file, else the login name; source type LOCAL); and the commit, as MLflow's tag."""
@@ -71,12 +75,16 @@ def test_who_and_what_made_a_run_are_recorded_as_mlflow_start_run_records_them(
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
     elif user == "from-file":
         (tmp_path / ".mlflow").mkdir()
-        (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username = bob\n")
+        (tmp_path / ".mlflow" / "credentials").write_text(
+            "[mlflow]\nmlflow_tracking_username = bob\n"
+        )
     with run_scope(S.KIND_ANALYSIS, "ours", experiment_name=experiment):
         pass
     ours = the_run(tracking_uri, experiment).data.tags
     # the scope pointed the fluent API at this store, as it does for every run
-    with mlflow.start_run(experiment_id=the_run(tracking_uri, experiment).info.experiment_id) as run:
+    with mlflow.start_run(
+        experiment_id=the_run(tracking_uri, experiment).info.experiment_id
+    ) as run:
         theirs = mlflow.get_run(run.info.run_id).data.tags
     expected = {"": theirs[S.MLFLOW_USER], "alice": "alice", "from-file": "bob"}[user]
     assert ours[S.MLFLOW_USER] == theirs[S.MLFLOW_USER] == expected
@@ -84,8 +92,15 @@ def test_who_and_what_made_a_run_are_recorded_as_mlflow_start_run_records_them(
     assert ours[S.MLFLOW_SOURCE_NAME] and ours[S.MLFLOW_GIT_COMMIT] == ours[S.TAG_GIT_COMMIT]
 
 
-@pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (Terminated(), "KILLED"),
-                                           (SystemExit(1), "KILLED"), (RuntimeError("boom"), "FAILED")])
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (KeyboardInterrupt(), "KILLED"),
+        (Terminated(), "KILLED"),
+        (SystemExit(1), "KILLED"),
+        (RuntimeError("boom"), "FAILED"),
+    ],
+)
 def test_every_kind_of_run_ends_by_the_same_rules(tracking_uri, experiment, error, status):
     """An interrupt comes out as RunInterrupted naming the run; any other error as itself."""
     with pytest.raises(RunInterrupted if status == "KILLED" else type(error)) as raised:
@@ -119,10 +134,15 @@ def test_a_scope_can_fail_without_an_exception(tracking_uri, experiment):
 def test_params_are_logged_once_and_a_clash_is_named(tracking_uri, experiment):
     with run_scope(S.KIND_TRAIN, "the-run", experiment_name=experiment) as scope:
         scope.log_params({"learning_rate": "3e-5"})
-        scope.log_params({"learning_rate": "3e-05", "seed": "0"})  # already there: kept as first given
+        scope.log_params(
+            {"learning_rate": "3e-05", "seed": "0"}
+        )  # already there: kept as first given
         with pytest.raises(ConfigError, match=r"learning_rate='3e-5'.*MLFLOW_RUN_ID"):
             scope.log_params({"learning_rate": "0.1"}, same=lambda name, text: float(text) == 0.1)
-    assert the_run(tracking_uri, experiment, S.KIND_TRAIN).data.params == {"learning_rate": "3e-5", "seed": "0"}
+    assert the_run(tracking_uri, experiment, S.KIND_TRAIN).data.params == {
+        "learning_rate": "3e-5",
+        "seed": "0",
+    }
 
 
 def test_a_given_run_is_joined_and_closed(tracking_uri, experiment):

@@ -12,16 +12,23 @@ import torch
 
 from conftest import REPO, make_image_folder, save_image, subprocess_env
 from resnet_exp.config import TrainConfig
-from resnet_exp.data.splits import SPLITS, ImageDataModule, ImageSplit, load_splits
 from resnet_exp.data.images import normalise
+from resnet_exp.data.splits import SPLITS, ImageDataModule, ImageSplit, load_splits
+from resnet_exp.data.store import IMAGES, open_image_store
 from resnet_exp.errors import DataError
 from resnet_exp.hardware import resolve_runtime
-from resnet_exp.data.store import IMAGES, open_image_store
 
 
 def folder_config(root, tmp_path, **changes) -> TrainConfig:
-    values = dict(data=str(root), data_dir=str(tmp_path / "data"), weights="none", image_size=32,
-                  val_fraction=0.2, test_fraction=0.2, batch_size=4)
+    values = dict(
+        data=str(root),
+        data_dir=str(tmp_path / "data"),
+        weights="none",
+        image_size=32,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        batch_size=4,
+    )
     return TrainConfig(**{**values, **changes})
 
 
@@ -33,7 +40,9 @@ def open_store(config: TrainConfig):
 def test_the_store_holds_what_decoding_on_the_fly_gives(tmp_path):
     root = make_image_folder(tmp_path / "images", {"a": 5, "b": 5}, suffix=".jpg")
     splits, store = open_store(folder_config(root, tmp_path))
-    assert store.built == ("train",) and set(store.folders) == {"train"}  # one source: carved splits share it
+    assert store.built == ("train",) and set(store.folders) == {
+        "train"
+    }  # one source: carved splits share it
     for name in SPLITS:
         stored, reference = store.split(splits, name), ImageSplit(splits, name, 32)
         pixels, labels = stored[list(range(len(stored)))]
@@ -87,7 +96,9 @@ def test_an_added_file_or_another_source_split_gets_its_own_store(tmp_path):
     make_image_folder(split_root / "train", {"a": 5, "b": 5})
     make_image_folder(split_root / "test", {"a": 2, "b": 2})
     splits, store = open_store(folder_config(split_root, tmp_path))
-    assert set(store.folders) == {"train", "test"} and store.folders["train"] != store.folders["test"]
+    assert (
+        set(store.folders) == {"train", "test"} and store.folders["train"] != store.folders["test"]
+    )
     assert splits.keys["train"] != splits.keys["test"]
 
 
@@ -101,11 +112,19 @@ def test_the_store_key_is_the_same_in_another_process(tmp_path):
     root = make_image_folder(tmp_path / "images", {"a": 5, "b": 5})
     config = folder_config(root, tmp_path)
     here = load_splits(config).keys
-    script = ("import json, sys; from resnet_exp.config import TrainConfig; "
-              "from resnet_exp.data.splits import load_splits; "
-              f"print(json.dumps(dict(load_splits(TrainConfig(data={str(root)!r}, weights='none')).keys)))")
-    there = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                           cwd=REPO, env=subprocess_env(PYTHONPATH=str(REPO)))
+    script = (
+        "import json, sys; from resnet_exp.config import TrainConfig; "
+        "from resnet_exp.data.splits import load_splits; "
+        f"print(json.dumps(dict(load_splits(TrainConfig(data={str(root)!r}, weights='none')).keys)))"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env=subprocess_env(PYTHONPATH=str(REPO)),
+    )
     assert json.loads(there.stdout.splitlines()[-1]) == dict(here)
 
 
@@ -113,7 +132,7 @@ def test_a_bad_image_is_named_and_leaves_no_store_behind(tmp_path):
     root = make_image_folder(tmp_path / "images", {"a": 5, "b": 5}, suffix=".jpg")
     victim = root / "b" / "b_003.jpg"
     data = victim.read_bytes()
-    victim.write_bytes(data[:data.index(b"\xff\xda") + 40])  # header intact, pixel data truncated
+    victim.write_bytes(data[: data.index(b"\xff\xda") + 40])  # header intact, pixel data truncated
     config = folder_config(root, tmp_path)
     splits = load_splits(config)
     with pytest.raises(DataError, match="b_003.jpg"):
@@ -149,8 +168,13 @@ def test_train_batches_come_in_one_seeded_order_whatever_the_input(tmp_path):
         return [take(batch).tolist() for _ in range(2) for batch in loader]  # the order moves on
 
     n = len(images["train"])
-    per_sample = torch.utils.data.DataLoader(range(n), batch_size=3, shuffle=True, drop_last=True,
-                                             generator=torch.Generator().manual_seed(config.seed))
+    per_sample = torch.utils.data.DataLoader(
+        range(n),
+        batch_size=3,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     rows = epochs(rows_only, lambda b: b[0])
     assert rows == [b.tolist() for _ in range(2) for b in per_sample] and len(rows) == 2 * (n // 3)
     labels = images["train"].labels

@@ -20,20 +20,48 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import ConfigError
-from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_defaults_as_text, grid_entries, sweep_id
+from resnet_exp.sweep.grid import (
+    GRID_FIELDS,
+    SweepGrid,
+    grid_defaults_as_text,
+    grid_entries,
+    sweep_id,
+)
 
-TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
-        "--max-epochs", "2", "--limit-batches", "3"]
+TINY = [
+    "--data",
+    "demo",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--max-epochs",
+    "2",
+    "--limit-batches",
+    "3",
+]
 
 
 def sweep_args(data_dir: Path, tmp_path: Path, *args: str) -> list[str]:
-    return ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"), *args]
+    return [
+        "sweep",
+        *TINY,
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(tmp_path / "results"),
+        *args,
+    ]
 
 
 def children(client: MlflowClient, parent_id: str | None = None) -> list:
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(ids, filter_string=f"tags.{S.TAG_KIND} != '{S.KIND_SWEEP}'")
-    return [r for r in runs if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id]
+    return [
+        r for r in runs if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id
+    ]
 
 
 def sweeps(client: MlflowClient) -> list:
@@ -57,9 +85,13 @@ def assert_progress(lines: list[str], names: list[str], ended: str = "trained") 
     for i, name in enumerate(names, 1):
         label = re.escape(f"[{i}/{len(names)}] {name}")
         left = r"(; about \d+ (s|min) left)?"
-        end = {"trained": rf"trained: test_acc [01]\.\d{{4}}, \d+ (s|min){left}",
-               "skipped": rf"skipped \(run [0-9a-f]{{32}} already FINISHED\){left}"}[ended]
-        starts = [line for line in lines if re.fullmatch(rf"{label} started( \(ray trial \w+\))?", line)]
+        end = {
+            "trained": rf"trained: test_acc [01]\.\d{{4}}, \d+ (s|min){left}",
+            "skipped": rf"skipped \(run [0-9a-f]{{32}} already FINISHED\){left}",
+        }[ended]
+        starts = [
+            line for line in lines if re.fullmatch(rf"{label} started( \(ray trial \w+\))?", line)
+        ]
         ends = [line for line in lines if re.fullmatch(f"{label} {end}", line)]
         assert (len(starts), len(ends)) == (ended != "skipped", 1), (name, lines)
 
@@ -72,7 +104,9 @@ def test_grid_defaults_and_order():
     configs = grid.expand(TrainConfig(data="demo"))
     assert len(configs) == 5 * 3 and grid_defaults_as_text()["seeds"] == "3"
     # seed-major: every configuration's first seed trains before any second seed
-    assert [c.run_name for c in configs[:6]] == [f"r18-b2222-f{f}-s0" for f in range(5)] + ["r18-b2222-f0-s1"]
+    assert [c.run_name for c in configs[:6]] == [f"r18-b2222-f{f}-s0" for f in range(5)] + [
+        "r18-b2222-f0-s1"
+    ]
     assert {c.learning_rate for c in configs} == {3e-5}, "other parameters pass through"
 
 
@@ -81,16 +115,27 @@ def test_the_block_type_passes_through_one_sweep_and_is_listed_in_its_grid():
     configs = SweepGrid(blocks="1,1,1,1;3,4,6,3", freeze_blocks="2", seeds="1").expand(base)
     assert [c.run_name for c in configs] == ["r14-bn1111-f2-s0", "r50-bn3463-f2-s0"]
     entries = grid_entries(configs)
-    assert [(e[S.BLOCK], e[S.TAG_DEPTH]) for e in entries] == [("bottleneck", "bn1111-f2"), ("bottleneck", "bn3463-f2")]
-    basic = SweepGrid(blocks="3,4,6,3", freeze_blocks="2", seeds="1").expand(TrainConfig(data="demo"))
+    assert [(e[S.BLOCK], e[S.TAG_DEPTH]) for e in entries] == [
+        ("bottleneck", "bn1111-f2"),
+        ("bottleneck", "bn3463-f2"),
+    ]
+    basic = SweepGrid(blocks="3,4,6,3", freeze_blocks="2", seeds="1").expand(
+        TrainConfig(data="demo")
+    )
     assert basic[0].config_hash != configs[1].config_hash  # ResNet34 and ResNet50 stay apart
 
 
 @pytest.mark.slow  # loads the demo data and probes ResNet50 weights: seconds
-def test_a_bottleneck_sweep_without_its_imagenet_weights_stops_before_any_run(tmp_path, data_dir, tracking_uri):
-    args = sweep_args(data_dir, tmp_path, "--block", "bottleneck", "--weights", "imagenet", "--seeds", "1")
+def test_a_bottleneck_sweep_without_its_imagenet_weights_stops_before_any_run(
+    tmp_path, data_dir, tracking_uri
+):
+    args = sweep_args(
+        data_dir, tmp_path, "--block", "bottleneck", "--weights", "imagenet", "--seeds", "1"
+    )
     result = CliRunner().invoke(main, args)
-    assert result.exit_code != 0 and "resnet50" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code != 0 and "resnet50" in result.output and "Traceback" not in result.output
+    )
     client = MlflowClient(tracking_uri)
     assert children(client) == [] and sweeps(client) == []
 
@@ -101,7 +146,10 @@ def test_shards_cover_the_grid_exactly_once_and_share_one_sweep_id():
     everything = [(c.config_hash, c.seed) for c in SweepGrid(**text).expand(base)]
     assert len(set(everything)) == 18
     for n in (1, 2, 4, 18, 25):
-        parts = [SweepGrid(**text, shard=f"{i}/{n}").shard_of(SweepGrid(**text).expand(base)) for i in range(n)]
+        parts = [
+            SweepGrid(**text, shard=f"{i}/{n}").shard_of(SweepGrid(**text).expand(base))
+            for i in range(n)
+        ]
         covered = [(c.config_hash, c.seed) for part in parts for c in part]
         assert sorted(covered) == sorted(everything), n
     ids = {sweep_id(SweepGrid(**text, shard=f"{i}/2").expand(base)) for i in range(2)}
@@ -109,17 +157,20 @@ def test_shards_cover_the_grid_exactly_once_and_share_one_sweep_id():
     assert sweep_id(SweepGrid(**{**text, "seeds": "0,6"}).expand(base)) not in ids
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"freeze_blocks": "0,5"}, ["freeze_blocks='0,5'", "0..4"]),
-    ({"freeze_blocks": ""}, ["freeze_blocks=''", "0,1,2,3,4"]),
-    ({"blocks": "2,2,2,2;2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
-    ({"seeds": "0"}, ["seeds='0'", "count of seeds >= 1"]),
-    ({"seeds": "a,b"}, ["seeds='a,b'", "0,1,7"]),
-    ({"shard": "2/2"}, ["shard='2/2'", "0 <= i < n"]),
-    ({"shard": "1"}, ["shard='1'", "i/n"]),
-    ({"seeds": "auto", "max_seeds": "2"}, ["max_seeds='2'", ">= 3"]),
-    ({"seeds": "auto", "shard": "1/2"}, ["shard='1/2'", "one shard (0/1)"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"freeze_blocks": "0,5"}, ["freeze_blocks='0,5'", "0..4"]),
+        ({"freeze_blocks": ""}, ["freeze_blocks=''", "0,1,2,3,4"]),
+        ({"blocks": "2,2,2,2;2,2,2"}, ["blocks='2,2,2'", "4 positive integers"]),
+        ({"seeds": "0"}, ["seeds='0'", "count of seeds >= 1"]),
+        ({"seeds": "a,b"}, ["seeds='a,b'", "0,1,7"]),
+        ({"shard": "2/2"}, ["shard='2/2'", "0 <= i < n"]),
+        ({"shard": "1"}, ["shard='1'", "i/n"]),
+        ({"seeds": "auto", "max_seeds": "2"}, ["max_seeds='2'", ">= 3"]),
+        ({"seeds": "auto", "shard": "1/2"}, ["shard='1/2'", "one shard (0/1)"]),
+    ],
+)
 def test_bad_grid_values_are_named_with_what_is_accepted(changes, words):
     with pytest.raises(ConfigError) as err:
         SweepGrid(**changes)
@@ -136,9 +187,11 @@ def test_seeds_count_or_list():
 
 
 def test_a_bad_value_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
-    for bad, word in ((["--freeze-blocks", "1,9"], "freeze_blocks='1,9'"),
-                      (["--learning-rate", "-1"], "learning_rate=-1.0"),
-                      (["--precision", "16-mixed"], "precision='16-mixed'")):
+    for bad, word in (
+        (["--freeze-blocks", "1,9"], "freeze_blocks='1,9'"),
+        (["--learning-rate", "-1"], "learning_rate=-1.0"),
+        (["--precision", "16-mixed"], "precision='16-mixed'"),
+    ):
         result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *bad))
         assert result.exit_code != 0 and word in result.output and "Traceback" not in result.output
     client = MlflowClient(tracking_uri)
@@ -168,22 +221,30 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
     grid = ["--freeze-blocks", "3,4", "--blocks", "1,1,1,1", "--seeds", "2"]
     client = MlflowClient(tracking_uri)
     caplog.set_level(logging.INFO, logger=PROGRESS)
-    for shard, parent_status, names in (("0/2", "RUNNING", ["r10-b1111-f3-s0", "r10-b1111-f3-s1"]),
-                                        ("1/2", "FINISHED", ["r10-b1111-f4-s0", "r10-b1111-f4-s1"])):
+    for shard, parent_status, names in (
+        ("0/2", "RUNNING", ["r10-b1111-f3-s0", "r10-b1111-f3-s1"]),
+        ("1/2", "FINISHED", ["r10-b1111-f4-s0", "r10-b1111-f4-s1"]),
+    ):
         result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--shard", shard))
         assert result.exit_code == 0, result.output
         assert "2 trained, 0 skipped" in result.output
         # the parent's status comes from every cell: still RUNNING while a shard has cells left
         assert [p.info.status for p in sweeps(client)] == [parent_status]
-        lines = progress_lines(caplog)  # numbered in the shard's grid order, the time left once known
+        lines = progress_lines(
+            caplog
+        )  # numbered in the shard's grid order, the time left once known
         assert_progress(lines, names)
         assert "; about " in lines[1] and "; about " not in lines[-1], lines
 
     [parent] = sweeps(client)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 4 and len(children(client)) == 4, "both shards share one parent"
-    assert sorted(r.info.run_name for r in runs) == ["r10-b1111-f3-s0", "r10-b1111-f3-s1",
-                                                     "r10-b1111-f4-s0", "r10-b1111-f4-s1"]
+    assert sorted(r.info.run_name for r in runs) == [
+        "r10-b1111-f3-s0",
+        "r10-b1111-f3-s1",
+        "r10-b1111-f4-s0",
+        "r10-b1111-f4-s1",
+    ]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
     assert parent.info.run_name == "sweep-b1111-f34-2seeds" and parent.info.status == "FINISHED"
@@ -193,8 +254,11 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
 
     again = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
     assert again.exit_code == 0 and "0 trained, 4 skipped" in again.output, again.output
-    assert_progress(progress_lines(caplog), ["r10-b1111-f3-s0", "r10-b1111-f4-s0", "r10-b1111-f3-s1",
-                                             "r10-b1111-f4-s1"], ended="skipped")
+    assert_progress(
+        progress_lines(caplog),
+        ["r10-b1111-f3-s0", "r10-b1111-f4-s0", "r10-b1111-f3-s1", "r10-b1111-f4-s1"],
+        ended="skipped",
+    )
     assert len(children(client)) == 4 and len(sweeps(client)) == 1
 
     aliases = client.get_registered_model("resnet-demo").aliases
@@ -203,11 +267,23 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
     best_f4 = client.get_model_version("resnet-demo", aliases["best-b1111-f4"])
     assert versions[best_f4.run_id].data.params["freeze_blocks"] == "4"
 
-    analysis = CliRunner().invoke(main, ["analyze", "--sweep-run-id", parent.info.run_id,
-                                         "--output-dir", str(tmp_path / "results")])
+    analysis = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            "--sweep-run-id",
+            parent.info.run_id,
+            "--output-dir",
+            str(tmp_path / "results"),
+        ],
+    )
     assert analysis.exit_code == 0, analysis.output
-    assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f3", "b1111-f4"}, n_runs=2,
-                    class_plot=True)  # real runs log per-class accuracy; f3 and f4 are two freeze levels
+    assert_analysis(
+        tmp_path / "results" / "demo" / "analysis",
+        {"b1111-f3", "b1111-f4"},
+        n_runs=2,
+        class_plot=True,
+    )  # real runs log per-class accuracy; f3 and f4 are two freeze levels
     assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
 
 
@@ -257,14 +333,26 @@ def test_failed_children_are_recorded_and_redone(tmp_path, data_dir, tracking_ur
 
 
 @pytest.mark.slow
-def test_a_child_that_fails_before_its_run_opens_is_still_recorded(tmp_path, data_dir, tracking_uri):
+def test_a_child_that_fails_before_its_run_opens_is_still_recorded(
+    tmp_path, data_dir, tracking_uri
+):
     # The image store lives under data_dir; a file in its place fails each child before its run.
     own_data = tmp_path / "data"
     own_data.mkdir()
     (own_data / "store").write_text("in the way")
     grid = ["--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "1"]
-    result = CliRunner().invoke(main, ["sweep", *TINY, "--data-dir", str(own_data),
-                                       "--output-dir", str(tmp_path / "results"), *grid])
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            *TINY,
+            "--data-dir",
+            str(own_data),
+            "--output-dir",
+            str(tmp_path / "results"),
+            *grid,
+        ],
+    )
     assert result.exit_code != 0 and "1 failed" in result.output
     [child] = children(MlflowClient(tracking_uri))
     [parent] = sweeps(MlflowClient(tracking_uri))
@@ -297,8 +385,13 @@ def test_shards_started_together_converge_on_one_parent(tracking_uri):
 # --- seeds=auto -------------------------------------------------------------------------------
 
 
-def prelog_finished_runs(client: MlflowClient, experiment_id: str, config: TrainConfig,
-                         correct: dict[int, int], test_size: int = 80) -> None:
+def prelog_finished_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    config: TrainConfig,
+    correct: dict[int, int],
+    test_size: int = 80,
+) -> None:
     """FINISHED training runs as training records them (tags, params, test_acc = correct / 80),
     so that a sweep skips these seeds and an adaptive sweep's first round has known numbers."""
     from mlflow.entities import Metric, Param
@@ -307,18 +400,29 @@ def prelog_finished_runs(client: MlflowClient, experiment_id: str, config: Train
 
     for seed, right in correct.items():
         c = config.replace(seed=seed)
-        run_id = client.create_run(experiment_id, run_name=c.run_name,
-                                   tags={S.TAG_KIND: S.KIND_TRAIN, **config_tags(c)}).info.run_id
-        params = {**c.to_params(), S.SPLIT_SIZE.format(split=S.TEST): str(test_size),
-                  S.TRAINABLE_PARAMS: "1000"}
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                         metrics=[Metric(S.TEST_ACC, right / test_size, 0, 0),
-                                  Metric(S.VAL_ACC, right / test_size, 0, 0)])
+        run_id = client.create_run(
+            experiment_id, run_name=c.run_name, tags={S.TAG_KIND: S.KIND_TRAIN, **config_tags(c)}
+        ).info.run_id
+        params = {
+            **c.to_params(),
+            S.SPLIT_SIZE.format(split=S.TEST): str(test_size),
+            S.TRAINABLE_PARAMS: "1000",
+        }
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[
+                Metric(S.TEST_ACC, right / test_size, 0, 0),
+                Metric(S.VAL_ACC, right / test_size, 0, 0),
+            ],
+        )
         client.set_terminated(run_id, "FINISHED")
 
 
 @pytest.mark.slow
-def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, data_dir, tracking_uri):
+def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(
+    tmp_path, data_dir, tracking_uri
+):
     """Seeds 0-2 known (logged through MLflow, so the sweep skips them): f4 and f3 differ by one
     test image of 80 per seed (tied), f2 is 0.45 below in every seed (resolved: Holm p ~ 0.01).
     Round 1 trains seed 3 of f4 and f3 for real (near chance: still tied); round 2 plans seed 4
@@ -329,20 +433,39 @@ def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, dat
 
     from resnet_exp.sweep.grid import split_sweep_values
 
-    args = sweep_args(data_dir, tmp_path, "--freeze-blocks", "2,3,4", "--blocks", "1,1,1,1",
-                      "--seeds", "auto", "--max-seeds", "5", "--registered-model-name", "none",
-                      "--max-epochs", "1",  # limit_batches=3: 48 test images, 6 classes
-                      # explicit: the pre-logged runs' config hash includes it, and a sweep
-                      # trains its cells with `auto` resolved
-                      "--precision", "32-true")
+    args = sweep_args(
+        data_dir,
+        tmp_path,
+        "--freeze-blocks",
+        "2,3,4",
+        "--blocks",
+        "1,1,1,1",
+        "--seeds",
+        "auto",
+        "--max-seeds",
+        "5",
+        "--registered-model-name",
+        "none",
+        "--max-epochs",
+        "1",  # limit_batches=3: 48 test images, 6 classes
+        # explicit: the pre-logged runs' config hash includes it, and a sweep
+        # trains its cells with `auto` resolved
+        "--precision",
+        "32-true",
+    )
     values = dict(zip([a.lstrip("-").replace("-", "_") for a in args[1::2]], args[2::2]))
     _, base = split_sweep_values(values)
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment(base.default_experiment_name)
-    known = {4: {0: 40, 1: 42, 2: 38, 4: 40}, 3: {0: 39, 1: 43, 2: 37, 4: 41}, 2: {0: 4, 1: 4, 2: 4}}
+    known = {
+        4: {0: 40, 1: 42, 2: 38, 4: 40},
+        3: {0: 39, 1: 43, 2: 37, 4: 41},
+        2: {0: 4, 1: 4, 2: 4},
+    }
     for freeze, correct in known.items():
-        prelog_finished_runs(client, experiment_id, base.replace(blocks=(1, 1, 1, 1), freeze_blocks=freeze),
-                             correct)
+        prelog_finished_runs(
+            client, experiment_id, base.replace(blocks=(1, 1, 1, 1), freeze_blocks=freeze), correct
+        )
 
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -356,24 +479,36 @@ def test_auto_seeds_go_only_to_configurations_tied_with_the_leader(tmp_path, dat
     assert all("(trained): round 1: " in line for line in added[:2]), result.output
     assert all("(skipped): round 2: " in line for line in added[2:]), result.output
     assert all("tied with the leader" in line or "the leader after" in line for line in added)
-    assert "seeds stopped: max_seeds=5 reached by every configuration still tied with the leader" in result.output
+    assert (
+        "seeds stopped: max_seeds=5 reached by every configuration still tied with the leader"
+        in result.output
+    )
 
     [parent] = sweeps(client)
     runs = children(client, parent.info.run_id)
-    extra = {r.info.run_name: r.data.tags.get(S.TAG_SEED_REASON) for r in runs if r.data.tags.get(S.TAG_SEED_REASON)}
+    extra = {
+        r.info.run_name: r.data.tags.get(S.TAG_SEED_REASON)
+        for r in runs
+        if r.data.tags.get(S.TAG_SEED_REASON)
+    }
     assert sorted(extra) == sorted(names[:2])  # the trained ones; round 2's were logged here
     assert all(reason.startswith("round 1: ") for reason in extra.values())
     note = parent.data.tags[S.MLFLOW_NOTE]
     assert "Added seeds: r10-b1111-f4-s3 (round 1: " in note and "(round 2: " in note
     assert "Stopped: max_seeds=5 reached" in note
-    assert parent.info.run_name == "sweep-b1111-f234-auto3to5seeds" and parent.data.params["max_seeds"] == "5"
+    assert (
+        parent.info.run_name == "sweep-b1111-f234-auto3to5seeds"
+        and parent.data.params["max_seeds"] == "5"
+    )
     assert parent.info.status == "FINISHED"
     grid_file = client.download_artifacts(parent.info.run_id, S.SWEEP_GRID_FILE, str(tmp_path))
     assert len(yaml.safe_load(Path(grid_file).read_text())["grid"]) == 13  # 9 + 4 added
 
     from analysis import AnalysisConfig, analyze
-    ranking = analyze(AnalysisConfig(sweep_run_id=parent.info.run_id,
-                                     output_dir=str(tmp_path / "results"))).ranking.set_index("label")
+
+    ranking = analyze(
+        AnalysisConfig(sweep_run_id=parent.info.run_id, output_dir=str(tmp_path / "results"))
+    ).ranking.set_index("label")
     assert ranking["n_runs"].to_dict() == {"b1111-f4": 5, "b1111-f3": 5, "b1111-f2": 3}
     assert not ranking.loc["b1111-f2", "tied_with_leader"]
     # only the real runs (f3, f4 seed 3) logged per-class accuracy: their classes that move most
@@ -389,15 +524,34 @@ def test_a_round_adds_seeds_to_the_leader_and_its_ties_only():
     from resnet_exp.sweep.adaptive import plan_round
 
     def table(accs: dict[str, list[float]]) -> pd.DataFrame:
-        return standing(pd.DataFrame([{C.CONFIG_HASH: k, C.DEPTH_LABEL: k, C.SEED: seed, C.TEST_ACC: a,
-                                       C.TEST_SIZE: 80.0, C.TRAINABLE_PARAMS: 1.0}
-                                      for k, values in accs.items() for seed, a in enumerate(values)]))
+        return standing(
+            pd.DataFrame(
+                [
+                    {
+                        C.CONFIG_HASH: k,
+                        C.DEPTH_LABEL: k,
+                        C.SEED: seed,
+                        C.TEST_ACC: a,
+                        C.TEST_SIZE: 80.0,
+                        C.TRAINABLE_PARAMS: 1.0,
+                    }
+                    for k, values in accs.items()
+                    for seed, a in enumerate(values)
+                ]
+            )
+        )
 
     tied = table({"lead": [0.5, 0.525, 0.475], "near": [0.4875, 0.5375, 0.4625], "far": [0.05] * 3})
     planned, stop = plan_round(tied, max_seeds=5, round_=1)
     assert [(p.config_hash, p.seed) for p in planned] == [("lead", 3), ("near", 3)] and not stop
-    assert planned[1].reason.startswith("round 1: tied with the leader lead after 3 seeds (difference -0.0042")
+    assert planned[1].reason.startswith(
+        "round 1: tied with the leader lead after 3 seeds (difference -0.0042"
+    )
     capped, stop = plan_round(tied, max_seeds=3, round_=1)
-    assert capped == [] and stop == "max_seeds=3 reached by every configuration still tied with the leader lead: near"
+    assert (
+        capped == []
+        and stop
+        == "max_seeds=3 reached by every configuration still tied with the leader lead: near"
+    )
     resolved, stop = plan_round(table({"lead": [0.5, 0.525, 0.475], "far": [0.05] * 3}), 5, 1)
     assert resolved == [] and stop == "resolved: no configuration is tied with the leader lead"

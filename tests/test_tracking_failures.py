@@ -49,10 +49,13 @@ def test_a_gateway_that_keeps_failing_is_unreachable_once_the_retries_are_spent(
     assert failure.kind == UNREACHABLE and failure.endpoint == "runs/log-metric"
 
 
-@pytest.mark.parametrize("status, kind, words", [
-    (401, UNAUTHENTICATED, ["refused no credentials (HTTP 401)", "MLFLOW_TRACKING_PASSWORD"]),
-    (403, FORBIDDEN, ["(HTTP 403)", "EDIT on the experiment"]),
-])
+@pytest.mark.parametrize(
+    "status, kind, words",
+    [
+        (401, UNAUTHENTICATED, ["refused no credentials (HTTP 401)", "MLFLOW_TRACKING_PASSWORD"]),
+        (403, FORBIDDEN, ["(HTTP 403)", "EDIT on the experiment"]),
+    ],
+)
 def test_a_refusal_is_told_by_its_http_status(monkeypatch, status, kind, words):
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     with http_answering(status) as uri:
@@ -70,8 +73,15 @@ def test_other_answers_and_errors_are_not_tracking_failures():
     for status in (404, 400):
         with http_answering(status) as uri:
             assert failure_of(lambda: MlflowClient(uri).create_run("1")) is None
-    assert tracking_failure(MlflowException("API request to http://x/api/2.0/mlflow/runs/create "
-                                            "failed with exception nothing typed")) is None
+    assert (
+        tracking_failure(
+            MlflowException(
+                "API request to http://x/api/2.0/mlflow/runs/create "
+                "failed with exception nothing typed"
+            )
+        )
+        is None
+    )
     assert tracking_failure(ValueError("error code 401 ")) is None
 
 

@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
 from click.testing import CliRunner
-import mlflow
 from mlflow import MlflowClient
 
 from conftest import Meanwhile, ray_driver_here
@@ -25,9 +25,26 @@ from resnet_exp.cli import main
 from servers import ADMIN, PROJECT, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
-TINY = ["--data", "demo", "--weights", "none", "--image-size", "32", "--batch-size", "16",
-        "--limit-batches", "2", "--freeze-blocks", "0", "--feature-cache", "off",
-        "--precision", "32-true", "--num-workers", "0"]
+TINY = [
+    "--data",
+    "demo",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--limit-batches",
+    "2",
+    "--freeze-blocks",
+    "0",
+    "--feature-cache",
+    "off",
+    "--precision",
+    "32-true",
+    "--num-workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +57,9 @@ def postgres():
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking-server")
-    server = TrackingServer(root, postgres.create_database("mlflow"), postgres.create_database("mlflow_auth"))
+    server = TrackingServer(
+        root, postgres.create_database("mlflow"), postgres.create_database("mlflow_auth")
+    )
     server.start()
     server.create_user(*PROJECT)
     yield server
@@ -68,8 +87,20 @@ def train(tmp_path: Path, data_dir: Path, experiment: str, *args: str):
     its stderr): what these tests check travels over HTTP between the training and the server,
     and a process of its own would add its imports (~15 s of CPU each) and what Python does at
     exit, checked in the server-gone test."""
-    return CliRunner().invoke(main, ["train", *TINY, "--data-dir", str(data_dir), "--output-dir",
-                                     str(tmp_path / "results"), "--experiment-name", experiment, *args])
+    return CliRunner().invoke(
+        main,
+        [
+            "train",
+            *TINY,
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(tmp_path / "results"),
+            "--experiment-name",
+            experiment,
+            *args,
+        ],
+    )
 
 
 def only_run(client: MlflowClient, experiment: str):
@@ -83,9 +114,15 @@ def wait_for_epoch(postgres: PostgreSQL, experiment: str, done: threading.Event,
     the server's database: three REST calls every 0.2 s kept the server busier than the training."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not done.is_set():
-        found = postgres.query("mlflow", "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
-                                         "r.experiment_id JOIN metrics m ON m.run_uuid = r.run_uuid WHERE e.name = %s "
-                                         "AND m.key = %s AND m.step = %s", experiment, S.VAL_LOSS, epoch)
+        found = postgres.query(
+            "mlflow",
+            "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = "
+            "r.experiment_id JOIN metrics m ON m.run_uuid = r.run_uuid WHERE e.name = %s "
+            "AND m.key = %s AND m.step = %s",
+            experiment,
+            S.VAL_LOSS,
+            epoch,
+        )
         if found:
             return found[0][0]
         time.sleep(0.2)
@@ -111,29 +148,47 @@ def test_an_unreachable_server_is_one_line_naming_it(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     result = CliRunner().invoke(main, ["train", "--data", "demo", "--output-dir", str(tmp_path)])
     assert result.exit_code == 1, result.output
-    assert_one_error_line(result.output, uri, "unreachable after 1 attempt", "could not list experiments",
-                          "MLFLOW_TRACKING_URI", "docs/tracking-server.md")
+    assert_one_error_line(
+        result.output,
+        uri,
+        "unreachable after 1 attempt",
+        "could not list experiments",
+        "MLFLOW_TRACKING_URI",
+        "docs/tracking-server.md",
+    )
 
 
 @pytest.mark.slow
 def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_path, monkeypatch):
-    answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    answer = requests.get(
+        f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30
+    )
     assert answer.status_code == 401
-    answer = requests.get(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30,
-                          auth=PROJECT)
+    answer = requests.get(
+        f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30, auth=PROJECT
+    )
     assert answer.status_code == 200
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")  # MLflow reads it at each request
     result = CliRunner().invoke(main, ["train", "--data", "demo", "--output-dir", str(tmp_path)])
     assert result.exit_code == 1
-    line = assert_one_error_line(result.stderr, server.uri, f"refused user '{PROJECT[0]}'", "HTTP 401",
-                                 "MLFLOW_TRACKING_PASSWORD")
+    line = assert_one_error_line(
+        result.stderr,
+        server.uri,
+        f"refused user '{PROJECT[0]}'",
+        "HTTP 401",
+        "MLFLOW_TRACKING_PASSWORD",
+    )
     assert "wrong" not in line and not (tmp_path / "data").exists()  # refused before any data work
 
 
 @pytest.mark.slow
-def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(server, tmp_path, data_dir, caplog):
-    caplog.set_level(logging.INFO)  # the training's log lines, which a process would print to stderr
+def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(
+    server, tmp_path, data_dir, caplog
+):
+    caplog.set_level(
+        logging.INFO
+    )  # the training's log lines, which a process would print to stderr
     result = train(tmp_path, data_dir, "server-train", "--max-epochs", "2")
     assert result.exit_code == 0, result.output[-4000:]
 
@@ -148,13 +203,20 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(serve
     assert list((server.root / "artifacts").rglob(S.CONFIG_FILE))
     assert run.data.tags[S.MLFLOW_USER] == PROJECT[0]  # the server records who wrote the run
     texts = [*run.data.params.items(), *run.data.tags.items()]
-    assert not [kv for kv in texts if ADMIN[0] in kv[1] or PROJECT[0] in kv[1] and kv[0] != S.MLFLOW_USER]
+    assert not [
+        kv for kv in texts if ADMIN[0] in kv[1] or PROJECT[0] in kv[1] and kv[0] != S.MLFLOW_USER
+    ]
     for password in (PROJECT[1], ADMIN[1]):
-        assert not [kv for kv in texts if password in kv[1]] and password not in result.output + caplog.text
+        assert (
+            not [kv for kv in texts if password in kv[1]]
+            and password not in result.output + caplog.text
+        )
 
 
 @pytest.mark.slow
-def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_server(server, tmp_path, data_dir):
+def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_server(
+    server, tmp_path, data_dir
+):
     """Two Ray scenarios in one sweep: two concurrent trials writing to the shared server, on
     a two-node cluster simulated on this machine (ray.cluster_utils.Cluster, one CPU per node),
     so one trial runs on each node. The sweep's driver is this process; its trials run in Ray
@@ -162,22 +224,53 @@ def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_serve
     whose workers start with them set."""
     from ray.cluster_utils import Cluster
 
-    grid = ["sweep", *TINY, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "results"),
-            "--experiment-name", "server-sweep", "--freeze-blocks", "4", "--blocks", "1,1,1,1", "--seeds", "2",
-            "--max-epochs", "1", "--registered-model-name", "none", "--precision", "32-true", "--executor", "ray"]
+    grid = [
+        "sweep",
+        *TINY,
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(tmp_path / "results"),
+        "--experiment-name",
+        "server-sweep",
+        "--freeze-blocks",
+        "4",
+        "--blocks",
+        "1,1,1,1",
+        "--seeds",
+        "2",
+        "--max-epochs",
+        "1",
+        "--registered-model-name",
+        "none",
+        "--precision",
+        "32-true",
+        "--executor",
+        "ray",
+    ]
     with ray_driver_here():
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
         try:
             cluster.add_node(num_cpus=1)
             cluster.wait_for_nodes()
             grid += ["--ray-address", cluster.address]
             # a trial no node can hold would wait for ever in Tune: refused before any run
             too_big = CliRunner().invoke(main, [*grid, "--trial-resources", "cpu=2"])
-            assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, too_big.output[-3000:]
-            assert "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
+            assert too_big.exit_code != 0 and "trial_resources=cpu=2" in too_big.stderr, (
+                too_big.output[-3000:]
+            )
+            assert (
+                "cpu=1 gpu=0, cpu=1 gpu=0" in too_big.stderr and "Traceback" not in too_big.output
+            )
             experiment = MlflowClient().get_experiment_by_name("server-sweep")
-            assert experiment is None or not MlflowClient().search_runs([experiment.experiment_id]), "no run yet"
-            result = CliRunner().invoke(main, [*grid, "--trial-resources", "cpu=1", "--max-concurrent-trials", "2"])
+            assert experiment is None or not MlflowClient().search_runs(
+                [experiment.experiment_id]
+            ), "no run yet"
+            result = CliRunner().invoke(
+                main, [*grid, "--trial-resources", "cpu=1", "--max-concurrent-trials", "2"]
+            )
             nodes = {node.node_id for node in cluster.list_all_nodes()}
         finally:
             cluster.shutdown()
@@ -191,14 +284,17 @@ def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_serve
     assert {r.data.tags[S.MLFLOW_USER] for r in runs} == {PROJECT[0]}
     for run in trials:
         assert [m.step for m in client.get_metric_history(run.info.run_id, S.VAL_LOSS)] == [0]
-    assert max(r.info.start_time for r in trials) < min(r.info.end_time for r in trials), "concurrent"
+    assert max(r.info.start_time for r in trials) < min(r.info.end_time for r in trials), (
+        "concurrent"
+    )
     used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in trials}
     assert used == nodes and len(used) == 2, "one trial on each node of 1 CPU"
 
 
 @pytest.mark.slow
-def test_a_server_killed_and_restarted_during_training_loses_nothing(server, postgres, tmp_path, data_dir,
-                                                                     monkeypatch):
+def test_a_server_killed_and_restarted_during_training_loses_nothing(
+    server, postgres, tmp_path, data_dir, monkeypatch
+):
     # Retries 1, 2, 4, 8 ... s apart (backoff factor 1; MLflow's default 2 waits 4, 8, 16 ...) and
     # MLflow's most retries, 10: about 6 minutes in all, more than the default 4, and the server,
     # back after 10-40 s, is found again at most about as long after that.
@@ -217,9 +313,19 @@ def test_a_server_killed_and_restarted_during_training_loses_nothing(server, pos
 
     meanwhile = Meanwhile(kill_and_restart)
     meanwhile.start()
-    result = train(tmp_path, data_dir, "server-restart", "--max-epochs", str(epochs), "--registered-model-name", "none")
+    result = train(
+        tmp_path,
+        data_dir,
+        "server-restart",
+        "--max-epochs",
+        str(epochs),
+        "--registered-model-name",
+        "none",
+    )
     meanwhile.join()
-    assert seen["training"] and max(seen["stored"]) < epochs - 1, "the kill came during the training"
+    assert seen["training"] and max(seen["stored"]) < epochs - 1, (
+        "the kill came during the training"
+    )
     assert result.exit_code == 0, result.output[-4000:]
     run_id = seen["run_id"]
     run = client.get_run(run_id)
@@ -229,7 +335,9 @@ def test_a_server_killed_and_restarted_during_training_loses_nothing(server, pos
 
 
 @pytest.mark.slow
-def test_a_server_gone_for_good_ends_the_training_with_one_line(server, postgres, tmp_path, data_dir, monkeypatch):
+def test_a_server_gone_for_good_ends_the_training_with_one_line(
+    server, postgres, tmp_path, data_dir, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     seen = {}
@@ -244,10 +352,18 @@ def test_a_server_gone_for_good_ends_the_training_with_one_line(server, postgres
     meanwhile.join()
     run_id = seen["run_id"]
     assert result.exit_code == 1, result.output[-4000:]
-    assert_one_error_line(result.stderr, server.uri, "unreachable after 1 retry", "could not", f"of run {run_id}",
-                          "stays RUNNING")
+    assert_one_error_line(
+        result.stderr,
+        server.uri,
+        "unreachable after 1 retry",
+        "could not",
+        f"of run {run_id}",
+        "stays RUNNING",
+    )
     # The server could not be told: the run is still RUNNING in its database.
-    assert postgres.query("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("RUNNING",)]
+    assert postgres.query("mlflow", "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [
+        ("RUNNING",)
+    ]
     # What a process of its own would add: MLflow ends the active run when Python exits, with the
     # full retry budget against the dead server; the run scope left it none to end.
     assert mlflow.active_run() is None

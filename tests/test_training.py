@@ -15,12 +15,12 @@ from torchvision.models.resnet import Bottleneck
 
 from conftest import REPO, tiny_config
 from resnet_exp import schema as S
-from resnet_exp.data.splits import ImageSplit, load_splits
 from resnet_exp.data.demo import CLASSES
+from resnet_exp.data.splits import ImageSplit, load_splits
 from resnet_exp.errors import ConfigError
+from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.inference import ImageClassifier, read_spec
 from resnet_exp.model.network import torchvision_cache_file
-from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.training.train import train
 
 pytestmark = pytest.mark.slow
@@ -30,15 +30,21 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_a_direct_run_names_its_experiment_and_run_from_the_config(tmp_path, data_dir, tracking_uri):
-    config = tiny_config(data_dir, tmp_path / "results", blocks=(1, 1, 1, 1), freeze_blocks=1, seed=3)
+def test_a_direct_run_names_its_experiment_and_run_from_the_config(
+    tmp_path, data_dir, tracking_uri
+):
+    config = tiny_config(
+        data_dir, tmp_path / "results", blocks=(1, 1, 1, 1), freeze_blocks=1, seed=3
+    )
     result = train(config)
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
     assert client.get_experiment(run.info.experiment_id).name == "resnet-exp-demo"
     assert run.info.run_name == "r10-b1111-f1-s3" and run.info.status == "FINISHED"
     assert run.data.params["blocks"] == "1,1,1,1" and run.data.params["initial_weights"] == "none"
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
     if head.returncode == 0:
         assert run.data.tags["git_commit"] == head.stdout.strip()
     assert run.data.metrics[S.BEST_EPOCH] in (0, 1)
@@ -59,8 +65,16 @@ def test_the_demo_is_learnable_but_not_trivial(tmp_path, data_dir, tracking_uri)
     a 2-core EPYC: val_acc 0.125, 0.35, 0.40 in 24 s (ResNet18: 0.20, 0.26, 0.40 in 45 s). In
     tiny_config's fp32, as `auto` picks on most CPUs: `auto` would first measure bf16 at 64 px
     (~15 s of CPU), which is not what this tests."""
-    config = tiny_config(data_dir, tmp_path / "results", image_size=64, batch_size=32, max_epochs=3,
-                         limit_batches=0, freeze_blocks=0, blocks=(1, 1, 1, 1))
+    config = tiny_config(
+        data_dir,
+        tmp_path / "results",
+        image_size=64,
+        batch_size=32,
+        max_epochs=3,
+        limit_batches=0,
+        freeze_blocks=0,
+        blocks=(1, 1, 1, 1),
+    )
     result = train(config)
     val_acc = history(MlflowClient(tracking_uri), result.run_id, S.VAL_ACC)
     assert len(val_acc) == 3
@@ -68,7 +82,9 @@ def test_the_demo_is_learnable_but_not_trivial(tmp_path, data_dir, tracking_uri)
     assert max(val_acc) >= 0.25, val_acc
 
 
-def test_a_stale_run_id_pointing_at_other_params_is_refused(tmp_path, data_dir, tracking_uri, monkeypatch):
+def test_a_stale_run_id_pointing_at_other_params_is_refused(
+    tmp_path, data_dir, tracking_uri, monkeypatch
+):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -77,13 +93,25 @@ def test_a_stale_run_id_pointing_at_other_params_is_refused(tmp_path, data_dir, 
         mlflow.log_params({"freeze_blocks": "4", "learning_rate": "0.00003"})
     monkeypatch.setenv("MLFLOW_RUN_ID", old.info.run_id)
     with pytest.raises(ConfigError, match="already has freeze_blocks='4'"):
-        train(tiny_config(data_dir, tmp_path / "results", freeze_blocks=2))  # 3e-5 == 0.00003: no clash
+        train(
+            tiny_config(data_dir, tmp_path / "results", freeze_blocks=2)
+        )  # 3e-5 == 0.00003: no clash
     assert MlflowClient(tracking_uri).get_run(old.info.run_id).info.status == "FAILED"
 
 
-def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_network(tmp_path, data_dir, tracking_uri):
-    config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(3, 4, 6, 3),
-                         freeze_blocks=3, max_epochs=1, limit_batches=2, seed=0)
+def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_network(
+    tmp_path, data_dir, tracking_uri
+):
+    config = tiny_config(
+        data_dir,
+        tmp_path / "results",
+        block="bottleneck",
+        blocks=(3, 4, 6, 3),
+        freeze_blocks=3,
+        max_epochs=1,
+        limit_batches=2,
+        seed=0,
+    )
     result = train(config)
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
@@ -94,7 +122,9 @@ def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_netwo
     assert logged == config.net_spec(CLASSES)
 
     # The Lightning checkpoint and the weights-only rebuild are the same Bottleneck network.
-    trained = ResNetClassifier.load_from_checkpoint(result.best_checkpoint, map_location="cpu").eval()
+    trained = ResNetClassifier.load_from_checkpoint(
+        result.best_checkpoint, map_location="cpu"
+    ).eval()
     rebuilt = ImageClassifier.from_checkpoint(result.best_checkpoint)
     assert rebuilt.spec == trained.spec == logged
     assert isinstance(rebuilt.network.layer1[0], Bottleneck)
@@ -106,11 +136,18 @@ def test_a_bottleneck_resnet50_trains_and_every_copy_rebuilds_a_bottleneck_netwo
     # So is the logged (and registered) MLflow Model.
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(result.model_uri).unwrap_python_model()
-    assert model.classifier.spec == logged and isinstance(model.classifier.network.layer4[2], Bottleneck)
-    assert result.registered is not None and result.registered.aliases == ("champion", "best-bn3463-f3")
+    assert model.classifier.spec == logged and isinstance(
+        model.classifier.network.layer4[2], Bottleneck
+    )
+    assert result.registered is not None and result.registered.aliases == (
+        "champion",
+        "best-bn3463-f3",
+    )
 
 
-def test_a_bottleneck_network_starts_from_truncated_resnet50_weights(tmp_path, data_dir, tracking_uri, monkeypatch):
+def test_a_bottleneck_network_starts_from_truncated_resnet50_weights(
+    tmp_path, data_dir, tracking_uri, monkeypatch
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = torchvision_cache_file("resnet50")  # where torchvision looks for the download
     assert cached.name == Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url).name
@@ -118,13 +155,27 @@ def test_a_bottleneck_network_starts_from_truncated_resnet50_weights(tmp_path, d
     torch.manual_seed(0)
     imagenet = torchvision.models.resnet50().state_dict()  # the shapes of the real file
     torch.save(imagenet, cached)
-    config = tiny_config(data_dir, tmp_path / "results", block="bottleneck", blocks=(2, 2, 2, 2), weights="imagenet",
-                         freeze_blocks=3, max_epochs=1, limit_batches=2, registered_model_name="none")
+    config = tiny_config(
+        data_dir,
+        tmp_path / "results",
+        block="bottleneck",
+        blocks=(2, 2, 2, 2),
+        weights="imagenet",
+        freeze_blocks=3,
+        max_epochs=1,
+        limit_batches=2,
+        registered_model_name="none",
+    )
     result = train(config)
     run = MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.data.params[S.INITIAL_WEIGHTS] == "resnet50"
     state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     # Frozen and copied: still the file's. Trainable and copied: moved away from it by training.
-    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer3.1.conv3.weight", "layer3.1.bn3.running_mean"):
+    for key in (
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer3.1.conv3.weight",
+        "layer3.1.bn3.running_mean",
+    ):
         assert torch.equal(state[f"model.{key}"], imagenet[key]), key
     assert not torch.equal(state["model.layer4.1.conv3.weight"], imagenet["layer4.1.conv3.weight"])

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from resnet_exp import schema as S
 from resnet_exp.data.images import normalise
 from resnet_exp.model.metrics import ExactAccuracy
-from resnet_exp.model.network import InitialWeights, build_resnet, count_parameters
 from resnet_exp.model.netspec import NetSpec
+from resnet_exp.model.network import InitialWeights, build_resnet, count_parameters
 
 LR_FACTOR = 0.5  # halve the learning rate ...
 LR_PATIENCE = 3  # ... after 3 epochs without a val_loss improvement
@@ -39,18 +39,30 @@ class ResNetClassifier(pl.LightningModule):
     `NetSpec.to_dict()` under hparams[schema.CKPT_NETSPEC]) and the run's config params, so the
     file alone rebuilds the network, with or without Lightning (inference.py)."""
 
-    def __init__(self, spec: NetSpec | dict, learning_rate: float,
-                 config_params: dict[str, str] | None = None, initial: InitialWeights | None = None):
+    def __init__(
+        self,
+        spec: NetSpec | dict,
+        learning_rate: float,
+        config_params: dict[str, str] | None = None,
+        initial: InitialWeights | None = None,
+    ):
         super().__init__()
         # load_from_checkpoint passes the stored hparams back as arguments: the spec as a dict.
         self.spec = spec if isinstance(spec, NetSpec) else NetSpec.from_dict(spec)
         # Plain dicts, lists and numbers only, so that torch.load(weights_only=True) reads them.
-        self.save_hyperparameters({S.CKPT_NETSPEC: self.spec.to_dict(), "learning_rate": learning_rate,
-                                   "config_params": config_params})
+        self.save_hyperparameters(
+            {
+                S.CKPT_NETSPEC: self.spec.to_dict(),
+                "learning_rate": learning_rate,
+                "config_params": config_params,
+            }
+        )
         self.model = build_resnet(self.spec, initial)
         self.class_names = list(self.spec.class_names)
         # One metric object per split (keyed by metric name), so their states never mix.
-        self.accuracy = torch.nn.ModuleDict({acc: ExactAccuracy() for _, acc in S.SPLIT_METRICS.values()})
+        self.accuracy = torch.nn.ModuleDict(
+            {acc: ExactAccuracy() for _, acc in S.SPLIT_METRICS.values()}
+        )
         # How this run feeds the network (set by train.py, not part of the checkpoint: a loaded
         # checkpoint is the whole network, fed normalised images).
         self.input_is_features = False  # batches hold model.prefix() outputs, not pixels
@@ -111,9 +123,12 @@ class ResNetClassifier(pl.LightningModule):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = adamw(trainable, self.hparams.learning_rate)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=LR_FACTOR, patience=LR_PATIENCE)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": S.MONITOR, "interval": "epoch"}}
+            optimizer, mode="min", factor=LR_FACTOR, patience=LR_PATIENCE
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": S.MONITOR, "interval": "epoch"},
+        }
 
 
 def network_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

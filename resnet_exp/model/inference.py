@@ -13,8 +13,9 @@ c = ImageClassifier.from_checkpoint('best.ckpt'); print(c.predict_uploads([open(
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -22,10 +23,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from resnet_exp import schema
-from resnet_exp.data.images import (ImageInputError, check_request_pixels, decode_file, header_pixels, image_to_tensor,
-                               upload_bytes)
-from resnet_exp.model.network import StagedResNet, build_resnet
+from resnet_exp.data.images import (
+    ImageInputError,
+    check_request_pixels,
+    decode_file,
+    header_pixels,
+    image_to_tensor,
+    upload_bytes,
+)
 from resnet_exp.model.netspec import NetSpec
+from resnet_exp.model.network import StagedResNet, build_resnet
 
 IMAGE_COLUMN = "image"  # the input column of the registered model
 TOP_K = 5
@@ -48,9 +55,14 @@ def checkpoint_spec(hparams: dict[str, Any]) -> NetSpec:
     written before NetSpec (then: blocks, freeze_blocks, class_names and config.image_size)."""
     if schema.CKPT_NETSPEC in hparams:
         return NetSpec.from_dict(hparams[schema.CKPT_NETSPEC])
-    return NetSpec.from_dict({schema.BLOCKS: hparams[schema.BLOCKS], "class_names": hparams["class_names"],
-                              schema.FREEZE_BLOCKS: int(hparams[schema.FREEZE_BLOCKS]),
-                              "image_size": int(hparams["config"][schema.IMAGE_SIZE])})
+    return NetSpec.from_dict(
+        {
+            schema.BLOCKS: hparams[schema.BLOCKS],
+            "class_names": hparams["class_names"],
+            schema.FREEZE_BLOCKS: int(hparams[schema.FREEZE_BLOCKS]),
+            "image_size": int(hparams["config"][schema.IMAGE_SIZE]),
+        }
+    )
 
 
 class ImageClassifier:
@@ -62,16 +74,19 @@ class ImageClassifier:
         self.network = network.eval().to(self.device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "ImageClassifier":
+    def from_checkpoint(cls, path: str | Path) -> ImageClassifier:
         """Rebuild from a Lightning checkpoint of ResNetClassifier (loaded without unpickling code)."""
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         spec = checkpoint_spec(checkpoint["hyper_parameters"])
-        state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
-                 if k.startswith("model.")}
+        state = {
+            k.removeprefix("model."): v
+            for k, v in checkpoint["state_dict"].items()
+            if k.startswith("model.")
+        }
         return cls(_network(spec, state), spec)
 
     @classmethod
-    def from_files(cls, weights: str | Path, spec: str | Path) -> "ImageClassifier":
+    def from_files(cls, weights: str | Path, spec: str | Path) -> ImageClassifier:
         """Rebuild from a registered model's weights file and spec file (whatever its name)."""
         spec_ = read_spec(spec)
         return cls(_network(spec_, load_file(str(weights))), spec_)
@@ -95,8 +110,10 @@ class ImageClassifier:
         check_request_pixels(sum(pixels for _, pixels in files))
         rows = []
         for start in range(0, len(files), BATCH_SIZE):
-            batch = [_decode_upload(data, start + i, self.spec.image_size)
-                     for i, (data, _) in enumerate(files[start:start + BATCH_SIZE])]
+            batch = [
+                _decode_upload(data, start + i, self.spec.image_size)
+                for i, (data, _) in enumerate(files[start : start + BATCH_SIZE])
+            ]
             rows.extend(self._rows(self.probabilities(batch)))
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
@@ -111,9 +128,15 @@ class ImageClassifier:
         k = min(TOP_K, len(self.spec.class_names))
         top_p, top_i = probabilities.topk(k, dim=1)
         names = self.spec.class_names
-        return [{"label": names[ids[0]], "label_id": ids[0], "probability": ps[0],
-                 "top5": [{"label": names[i], "probability": p} for i, p in zip(ids, ps)]}
-                for ps, ids in zip(top_p.tolist(), top_i.tolist())]
+        return [
+            {
+                "label": names[ids[0]],
+                "label_id": ids[0],
+                "probability": ps[0],
+                "top5": [{"label": names[i], "probability": p} for i, p in zip(ids, ps)],
+            }
+            for ps, ids in zip(top_p.tolist(), top_i.tolist())
+        ]
 
 
 def _network(spec: NetSpec, state: dict[str, torch.Tensor]) -> StagedResNet:

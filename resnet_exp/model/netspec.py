@@ -10,8 +10,9 @@ print(NetSpec('bottleneck', (3, 4, 6, 3), ('cat', 'dog'), 224, 2).depth_label)"
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from resnet_exp import schema
 from resnet_exp.errors import ConfigError
@@ -33,8 +34,10 @@ LEGACY_DEFAULTS = {schema.BLOCK: schema.BASIC, schema.FREEZE_BLOCKS: 0}
 def check_block(block: str) -> str:
     """`block` if it is a known block type, else ConfigError naming it and the accepted ones."""
     if block not in schema.BLOCK_TYPES:
-        raise ConfigError(f"block={block!r} is not valid: expected one of {', '.join(schema.BLOCK_TYPES)} "
-                          f"({schema.BOTTLENECK} with blocks 3,4,6,3 is ResNet50, 3,4,23,3 ResNet101)")
+        raise ConfigError(
+            f"block={block!r} is not valid: expected one of {', '.join(schema.BLOCK_TYPES)} "
+            f"({schema.BOTTLENECK} with blocks 3,4,6,3 is ResNet50, 3,4,23,3 ResNet101)"
+        )
     return block
 
 
@@ -63,7 +66,9 @@ class NetSpec:
 
     def __post_init__(self) -> None:
         check_block(self.block)
-        if len(self.blocks) != NUM_STAGES or not all(isinstance(b, int) and b > 0 for b in self.blocks):
+        if len(self.blocks) != NUM_STAGES or not all(
+            isinstance(b, int) and b > 0 for b in self.blocks
+        ):
             raise ConfigError(f"blocks={self.blocks!r}: expected {NUM_STAGES} positive integers")
         if not 0 <= self.freeze_blocks <= NUM_STAGES:
             raise ConfigError(f"freeze_blocks={self.freeze_blocks!r}: expected 0..{NUM_STAGES}")
@@ -87,14 +92,20 @@ class NetSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "NetSpec":
+    def from_dict(cls, values: Mapping[str, Any]) -> NetSpec:
         """Read `to_dict()`'s output, or a spec written before `block`/`freeze_blocks` existed."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"network spec has unknown field(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(
+                f"network spec has unknown field(s) {unknown}; known: {sorted(known)}"
+            )
         merged = {**LEGACY_DEFAULTS, **values}
-        missing = sorted(f.name for f in fields(cls) if f.name not in merged and f.default is MISSING)
+        missing = sorted(
+            f.name for f in fields(cls) if f.name not in merged and f.default is MISSING
+        )
         if missing:
-            raise ConfigError(f"network spec lacks field(s) {missing}: it cannot rebuild the network")
+            raise ConfigError(
+                f"network spec lacks field(s) {missing}: it cannot rebuild the network"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()})

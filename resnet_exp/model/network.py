@@ -16,7 +16,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torchvision.models import (
-    ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, ResNet101_Weights, ResNet152_Weights, WeightsEnum,
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    ResNet152_Weights,
+    WeightsEnum,
 )
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -64,7 +69,7 @@ class StagedResNet(ResNet):
         names = [*STEM, *(f"layer{i}" for i in range(1, self.frozen_stages + 1))]
         return [getattr(self, name) for name in names] if self.frozen_stages else []
 
-    def train(self, mode: bool = True) -> "StagedResNet":
+    def train(self, mode: bool = True) -> StagedResNet:
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()
@@ -74,7 +79,9 @@ class StagedResNet(ResNet):
         """The frozen part: stem and layer1..layerk (k = frozen_stages >= 1). Its output for an
         image never changes during training, which is what the feature cache relies on."""
         if not self.frozen_stages:
-            raise ValueError("prefix() needs frozen_stages >= 1: with nothing frozen there is no prefix")
+            raise ValueError(
+                "prefix() needs frozen_stages >= 1: with nothing frozen there is no prefix"
+            )
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(1, self.frozen_stages + 1):
             x = getattr(self, f"layer{i}")(x)
@@ -147,9 +154,11 @@ def load_initial_weights(weights: str, block: str, blocks: tuple[int, ...]) -> I
         return InitialWeights(network, _read_state_dict(cached))
     imagenet = PRETRAINED[network].weights
     if not reachable(imagenet.url):
-        raise OfflineError(f"cannot download the ImageNet weights of {network} from {imagenet.url}: "
-                           f"the network is unreachable and {cached} does not exist.\n"
-                           f"{offline_options(str(cached))}")
+        raise OfflineError(
+            f"cannot download the ImageNet weights of {network} from {imagenet.url}: "
+            f"the network is unreachable and {cached} does not exist.\n"
+            f"{offline_options(str(cached))}"
+        )
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -158,8 +167,10 @@ def load_initial_weights(weights: str, block: str, blocks: tuple[int, ...]) -> I
         socket.setdefaulttimeout(previous)
 
 
-EXPECTED_WEIGHTS = ("expected a PyTorch state_dict saved with torch.save (a dict of tensors) "
-                    "or a Lightning checkpoint")
+EXPECTED_WEIGHTS = (
+    "expected a PyTorch state_dict saved with torch.save (a dict of tensors) "
+    "or a Lightning checkpoint"
+)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -167,8 +178,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except Exception as err:  # torch raises many types for a bad file
         # e.g. "pop from empty list" for a text file: say what the file should have been
-        raise WeightsError(f"weights={str(path)!r} is not a readable state_dict file ({err}): "
-                           f"{EXPECTED_WEIGHTS}") from None
+        raise WeightsError(
+            f"weights={str(path)!r} is not a readable state_dict file ({err}): {EXPECTED_WEIGHTS}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -180,21 +192,33 @@ def _copy_backbone(model: StagedResNet, initial: InitialWeights) -> dict[str, st
     """Copy every backbone tensor whose name and shape match; report each block's source."""
     target = model.state_dict()
     source = initial.state_dict or {}
-    wrong = [k for k, v in source.items() if k in target and not k.startswith("fc.")
-             and v.shape != target[k].shape]
+    wrong = [
+        k
+        for k, v in source.items()
+        if k in target and not k.startswith("fc.") and v.shape != target[k].shape
+    ]
     if wrong:
         kind = BLOCK_CLASSES[model.block].__name__  # 'BasicBlock' or 'Bottleneck'
-        raise WeightsError(f"weights {initial.name!r} do not fit a {kind} ResNet: "
-                           f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
-                           f"{tuple(source[wrong[0]].shape)} vs {tuple(target[wrong[0]].shape)}")
+        raise WeightsError(
+            f"weights {initial.name!r} do not fit a {kind} ResNet: "
+            f"{len(wrong)} tensors have other shapes, e.g. {wrong[0]} "
+            f"{tuple(source[wrong[0]].shape)} vs {tuple(target[wrong[0]].shape)}"
+        )
     copied = {k for k in target if k in source and not k.startswith("fc.")}
     if source and not copied:
-        raise WeightsError(f"weights {initial.name!r} share no tensor names with a torchvision ResNet")
+        raise WeightsError(
+            f"weights {initial.name!r} share no tensor names with a torchvision ResNet"
+        )
     model.load_state_dict({**target, **{k: source[k] for k in copied}})
     report = {}
-    for unit in [*STEM, *(f"layer{s + 1}.{b}" for s in range(NUM_STAGES) for b in range(model.blocks[s]))]:
+    for unit in [
+        *STEM,
+        *(f"layer{s + 1}.{b}" for s in range(NUM_STAGES) for b in range(model.blocks[s])),
+    ]:
         # torchvision's ImageNet files predate BatchNorm's num_batches_tracked buffer
-        keys = [k for k in target if k.startswith(unit + ".") and not k.endswith("num_batches_tracked")]
+        keys = [
+            k for k in target if k.startswith(unit + ".") and not k.endswith("num_batches_tracked")
+        ]
         report[unit] = initial.name if keys and all(k in copied for k in keys) else "random"
     report["fc"] = "random"  # the head always starts fresh for this dataset's classes
     return report

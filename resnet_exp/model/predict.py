@@ -7,16 +7,21 @@ pyfunc loader, exactly as any other client of the model would.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from resnet_exp.data.images import (
+    MAX_REQUEST_PIXELS,
+    ImageInputError,
+    header_pixels,
+    image_from_upload,
+)
 from resnet_exp.errors import DataError, UserError
-from resnet_exp.data.images import MAX_REQUEST_PIXELS, ImageInputError, header_pixels, image_from_upload
 from resnet_exp.model.inference import IMAGE_COLUMN
 
 FILE_COLUMN = "file"
@@ -28,9 +33,13 @@ def image_files(paths: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
+            )
             if not found:
-                raise DataError(f"{path} holds no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)")
+                raise DataError(
+                    f"{path} holds no image files (looked for {', '.join(sorted(extensions)[:6])}, ...)"
+                )
             files.extend(found)
         else:
             files.append(path)
@@ -43,8 +52,9 @@ def predict_files(model_uri: str, files: list[Path]) -> pd.DataFrame:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as err:
-        raise UserError(f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: "
-                        f"{err.message}") from None
+        raise UserError(
+            f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: {err.message}"
+        ) from None
     # One call per group of files under the model's per-request pixel limit.
     tables = [model.predict(pd.DataFrame({IMAGE_COLUMN: group})) for group in _requests(contents)]
     table = pd.concat(tables, ignore_index=True)
@@ -55,7 +65,8 @@ def predict_files(model_uri: str, files: list[Path]) -> pd.DataFrame:
 def as_text(table: pd.DataFrame) -> str:
     """An aligned table of file, label and probability."""
     rows = [(FILE_COLUMN, "label", "probability")] + [
-        (r.file, r.label, f"{r.probability:.4f}") for r in table.itertuples()]
+        (r.file, r.label, f"{r.probability:.4f}") for r in table.itertuples()
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     return "\n".join(f"{f:<{widths[0]}}  {label:<{widths[1]}}  {p}" for f, label, p in rows)
 

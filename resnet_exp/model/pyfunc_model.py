@@ -21,7 +21,9 @@ from resnet_exp.model.inference import IMAGE_COLUMN, PREDICTION_COLUMNS, ImageCl
 
 class ResNetImageModel(PythonModel):
     def load_context(self, context):
-        self.classifier = ImageClassifier.from_files(context.artifacts["weights"], context.artifacts["spec"])
+        self.classifier = ImageClassifier.from_files(
+            context.artifacts["weights"], context.artifacts["spec"]
+        )
 
     # The DataFrame hint tells MLflow to check input against the logged signature (a hint it cannot
     # turn into a schema); `{"inputs": ...}` requests still arrive as a dict of arrays.
@@ -30,9 +32,11 @@ class ResNetImageModel(PythonModel):
         # HTTP 400 and this message, and goes on serving the next request.
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if IMAGE_COLUMN not in frame.columns:
-            raise MlflowException(f"missing column {IMAGE_COLUMN!r} (got {list(frame.columns)}): "
-                                  f"expected {IMAGE_COLUMN!r} holding image files as base64 text or bytes",
-                                  error_code=INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"missing column {IMAGE_COLUMN!r} (got {list(frame.columns)}): "
+                f"expected {IMAGE_COLUMN!r} holding image files as base64 text or bytes",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         if frame.empty:
             return pd.DataFrame(columns=PREDICTION_COLUMNS)
         try:

@@ -7,20 +7,25 @@ the finished children; the analysis is imported here, lazily, and it imports no 
 
 Each added child carries the tag `seed_reason` saying why it ran; the sweep's summary lists them.
 
-    resnet-exp sweep --data demo --weights none --image-size 32 --max-epochs 2 --freeze-blocks 2,4 --seeds auto --max-seeds 5
+    resnet-exp sweep --data demo --weights none --image-size 32 --max-epochs 2 \
+        --freeze-blocks 2,4 --seeds auto --max-seeds 5
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
+
+if TYPE_CHECKING:
+    import pandas
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,7 @@ class PlannedSeed:
     reason: str
 
 
-def standing_of(run_ids: list[str], rows: dict[str, dict | None]) -> "pandas.DataFrame | None":
+def standing_of(run_ids: list[str], rows: dict[str, dict | None]) -> pandas.DataFrame | None:
     """The leader and the ties (analysis.rank.standing) over the finished runs among `run_ids`;
     None when no run has finished. `rows` caches each run's row (None: not usable), so a round
     reads only the runs added since the last."""
@@ -51,7 +56,9 @@ def standing_of(run_ids: list[str], rows: dict[str, dict | None]) -> "pandas.Dat
     return standing(pd.DataFrame(usable_rows)) if usable_rows else None
 
 
-def plan_round(table: "pandas.DataFrame", max_seeds: int, round_: int) -> tuple[list[PlannedSeed], str]:
+def plan_round(
+    table: pandas.DataFrame, max_seeds: int, round_: int
+) -> tuple[list[PlannedSeed], str]:
     """The seeds of the next round, each with its reason, and, when there are none, why the
     sweep stops. Every configuration gets its own next seed (its highest + 1), so a newly tied
     configuration first catches up with the leader's seeds and pairs with them."""
@@ -63,23 +70,39 @@ def plan_round(table: "pandas.DataFrame", max_seeds: int, round_: int) -> tuple[
         return [], f"resolved: no configuration is tied with the leader {leader[C.LABEL]}"
     open_ = tied[tied[C.N_RUNS] < max_seeds]
     if open_.empty:
-        return [], (f"max_seeds={max_seeds} reached by every configuration still tied with the leader "
-                    f"{leader[C.LABEL]}: {', '.join(tied[C.LABEL])}")
+        return [], (
+            f"max_seeds={max_seeds} reached by every configuration still tied with the leader "
+            f"{leader[C.LABEL]}: {', '.join(tied[C.LABEL])}"
+        )
     planned = []
     if leader[C.N_RUNS] < max_seeds:
-        planned.append(PlannedSeed(leader[C.CONFIG_HASH], int(leader[C.MAX_SEED]) + 1,
-                                   f"round {round_}: the leader after {leader[C.N_RUNS]} seeds, still tied with "
-                                   f"{', '.join(open_[C.LABEL])}: a new seed to pair with theirs"))
+        planned.append(
+            PlannedSeed(
+                leader[C.CONFIG_HASH],
+                int(leader[C.MAX_SEED]) + 1,
+                f"round {round_}: the leader after {leader[C.N_RUNS]} seeds, still tied with "
+                f"{', '.join(open_[C.LABEL])}: a new seed to pair with theirs",
+            )
+        )
     for _, row in open_.iterrows():
-        planned.append(PlannedSeed(row[C.CONFIG_HASH], int(row[C.MAX_SEED]) + 1,
-                                   f"round {round_}: tied with the leader {leader[C.LABEL]} after {row[C.N_RUNS]} "
-                                   f"seeds (difference {row[C.DIFF]:+.4f}, Holm p {row[C.P_HOLM]:.3g}, "
-                                   f"{row[C.COMPARISON]})"))
+        planned.append(
+            PlannedSeed(
+                row[C.CONFIG_HASH],
+                int(row[C.MAX_SEED]) + 1,
+                f"round {round_}: tied with the leader {leader[C.LABEL]} after {row[C.N_RUNS]} "
+                f"seeds (difference {row[C.DIFF]:+.4f}, Holm p {row[C.P_HOLM]:.3g}, "
+                f"{row[C.COMPARISON]})",
+            )
+        )
     return planned, ""
 
 
-def add_seeds(configs: list[TrainConfig], run_ids: list[str], max_seeds: int,
-              train_child: Callable[[TrainConfig, str], tuple[str, bool]]) -> tuple[list[TrainConfig], str]:
+def add_seeds(
+    configs: list[TrainConfig],
+    run_ids: list[str],
+    max_seeds: int,
+    train_child: Callable[[TrainConfig, str], tuple[str, bool]],
+) -> tuple[list[TrainConfig], str]:
     """Run rounds until resolved or max_seeds: `train_child(config, reason)` trains one child
     (or finds it finished) and returns (run id, whether it finished). Returns the configurations
     added and why the rounds stopped. A failed child stops the rounds: its seed would only be

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus
@@ -39,14 +40,19 @@ class ChildOutcome:
     reason: str = ""  # why an adaptive sweep added this seed (the child's seed_reason tag)
 
 
-def run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "",
-              callbacks: Sequence[Any] = ()) -> ChildOutcome:
+def run_child(
+    config: TrainConfig, parent: tracking.ParentRun, reason: str = "", callbacks: Sequence[Any] = ()
+) -> ChildOutcome:
     """Train one cell as a child of `parent` (or skip it, already FINISHED); a failure is recorded
     and returned, not raised, so that the sweep goes on. `callbacks` go to the Trainer."""
-    from resnet_exp.training.train import train  # Lightning and torchvision load only when a child trains
+    from resnet_exp.training.train import (
+        train,
+    )  # Lightning and torchvision load only when a child trains
 
     interrupt_point("sweep_gap")
-    identity = dict(run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason)
+    identity = dict(
+        run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason
+    )
     skipped = skip_if_finished(config, parent, reason)
     if skipped:
         return skipped
@@ -58,41 +64,58 @@ def run_child(config: TrainConfig, parent: tracking.ParentRun, reason: str = "",
             raise  # again, and every next child would fail the same way
         error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
         log.error("%s failed: %s", config.run_name, error)
-        return ChildOutcome(**identity, outcome=FAILED, run_id=record_failure(config, attempt, error),
-                            error=error)
+        return ChildOutcome(
+            **identity, outcome=FAILED, run_id=record_failure(config, attempt, error), error=error
+        )
     return ChildOutcome(**identity, outcome=TRAINED, run_id=result.run_id)
 
 
-def skip_if_finished(config: TrainConfig, parent: tracking.ParentRun, reason: str = "") -> ChildOutcome | None:
+def skip_if_finished(
+    config: TrainConfig, parent: tracking.ParentRun, reason: str = ""
+) -> ChildOutcome | None:
     """The SKIPPED outcome of a cell that already has a FINISHED run in the experiment (whichever
     executor or shard trained it), else None."""
     done = finished_run(MlflowClient(), parent.experiment_id, config.config_hash, config.seed)
     if not done:
         return None
     log.debug("%s: skipped, run %s already FINISHED", config.run_name, done)  # progress.py says it
-    return ChildOutcome(config.run_name, config.seed, config.config_hash, SKIPPED, done, reason=reason)
+    return ChildOutcome(
+        config.run_name, config.seed, config.config_hash, SKIPPED, done, reason=reason
+    )
 
 
 def new_attempt(parent: tracking.ParentRun, reason: str = "") -> tracking.ParentRun:
     """The parent as one attempt at a cell sees it: its child tags plus a fresh attempt id (which
     finds the attempt's run again) and, for a seed an adaptive round added, why."""
     why = {S.TAG_SEED_REASON: reason} if reason else {}
-    return tracking.ParentRun(parent.run_id, parent.experiment_id,
-                              {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex})
+    return tracking.ParentRun(
+        parent.run_id,
+        parent.experiment_id,
+        {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex},
+    )
 
 
 def record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str) -> str:
     """Tag the attempt's FAILED run with the error; if the training failed before opening a
     run, create the FAILED child here, so the UI and the next resume see it."""
     client = MlflowClient()
-    found = client.search_runs([attempt.experiment_id], max_results=1,
-                               filter_string=f"tags.{S.TAG_SWEEP_ATTEMPT} = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'")
+    found = client.search_runs(
+        [attempt.experiment_id],
+        max_results=1,
+        filter_string=f"tags.{S.TAG_SWEEP_ATTEMPT} = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'",
+    )
     if found:
         run_id = found[0].info.run_id
     else:
-        tags = {S.TAG_KIND: S.KIND_TRAIN, **tracking.config_tags(config), **attempt.child_tags,
-                S.MLFLOW_PARENT_RUN_ID: attempt.run_id}
-        run_id = client.create_run(attempt.experiment_id, run_name=config.run_name, tags=tags).info.run_id
+        tags = {
+            S.TAG_KIND: S.KIND_TRAIN,
+            **tracking.config_tags(config),
+            **attempt.child_tags,
+            S.MLFLOW_PARENT_RUN_ID: attempt.run_id,
+        }
+        run_id = client.create_run(
+            attempt.experiment_id, run_name=config.run_name, tags=tags
+        ).info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_params().items()])
     client.set_tag(run_id, S.TAG_ERROR, error)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -16,9 +16,10 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
@@ -27,7 +28,14 @@ from mlflow.entities import RunStatus
 from resnet_exp import schema as S
 from resnet_exp.compat import ray_worker_priority
 from resnet_exp.errors import ConfigError
-from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome, new_attempt, record_failure, skip_if_finished
+from resnet_exp.sweep.cells import (
+    FAILED,
+    OUTCOME_KEY,
+    ChildOutcome,
+    new_attempt,
+    record_failure,
+    skip_if_finished,
+)
 from resnet_exp.sweep.grid import SweepGrid
 from resnet_exp.sweep.progress import SweepProgress, slots
 from resnet_exp.tracking.store import search_all, tracking_uri
@@ -41,12 +49,19 @@ RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
 # The tracking server's credentials stay in the environment of the processes that start Ray's:
 # Ray writes a runtime_env into its logs (runtime_env_agent.log) and onto each new worker's
 # command line, so they never go there (see trial_variables).
-CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-TLS_VARIABLES = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")  # how to reach the server
+CREDENTIAL_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+TLS_VARIABLES = (
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)  # how to reach the server
 
 
 @contextmanager
-def open_executor(grid: SweepGrid, run_child: RunChild) -> Iterator["LocalExecutor | RayExecutor"]:
+def open_executor(grid: SweepGrid, run_child: RunChild) -> Iterator[LocalExecutor | RayExecutor]:
     """The grid's executor, ready to run cells; Ray (if this process started it) stops at the end."""
     if grid.parsed("executor") == "local":
         yield LocalExecutor(run_child)
@@ -65,11 +80,14 @@ class LocalExecutor:
         self.run_child = run_child
         self.progress = SweepProgress(at_once=1)
 
-    def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
-            reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
+    def run(
+        self, cells: Sequence[TrainConfig], parent: ParentRun, reasons: Sequence[str] = ()
+    ) -> list[ChildOutcome]:
         reasons = list(reasons) or [""] * len(cells)
         outcomes = []
-        for number, config, reason in zip(self.progress.add([c.run_name for c in cells]), cells, reasons):
+        for number, config, reason in zip(
+            self.progress.add([c.run_name for c in cells]), cells, reasons
+        ):
             outcome = skip_if_finished(config, parent, reason)  # a finished cell never "starts"
             if outcome is None:
                 self.progress.started(number)
@@ -93,7 +111,8 @@ def ray_settings(start_here: bool) -> dict[str, str]:
         "TUNE_DISABLE_SIGINT_HANDLER": "1",
         # verbose=0 silences only the old output engine: the new one still prints its
         # configuration box, where results go, and a table per errored trial.
-        "RAY_AIR_NEW_OUTPUT": "0"}
+        "RAY_AIR_NEW_OUTPUT": "0",
+    }
     if start_here:  # trials at normal priority: a private Ray setting (resnet_exp/compat.py)
         settings = {**ray_worker_priority(os.environ), **settings}
     return settings
@@ -107,9 +126,11 @@ def trial_variables(cpus: float) -> dict[str, str]:
     from resnet_exp.hardware import CPUS_VARIABLE
 
     uri = tracking_uri()
-    return {CPUS_VARIABLE: str(max(1, int(cpus))),
-            **({"MLFLOW_TRACKING_URI": uri} if urlsplit(uri).password is None else {}),
-            **{k: os.environ[k] for k in TLS_VARIABLES if os.environ.get(k)}}
+    return {
+        CPUS_VARIABLE: str(max(1, int(cpus))),
+        **({"MLFLOW_TRACKING_URI": uri} if urlsplit(uri).password is None else {}),
+        **{k: os.environ[k] for k in TLS_VARIABLES if os.environ.get(k)},
+    }
 
 
 class RayExecutor:
@@ -132,20 +153,28 @@ class RayExecutor:
             sigterm = signal.getsignal(signal.SIGTERM)
             # address '' means a Ray of our own here ("local"), never one that `ray start` left
             # running on this machine, which ray.init() without an address would join
-            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING,
-                     runtime_env={"env_vars": trial_variables(self.resources.get("cpu", 1.0))})
+            ray.init(
+                address=self.address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": trial_variables(self.resources.get("cpu", 1.0))},
+            )
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
                 # ray.init makes SIGTERM a sys.exit(15), with a stack dump from Ray's failure-signal
                 # handler; the run scope's handler ends the parent KILLED and exits 143 (130 when
                 # it comes while Ray waits, which turns it into a KeyboardInterrupt)
                 signal.signal(signal.SIGTERM, sigterm)
         else:
-            log.warning("ray: joining the Ray this process started earlier: its trials read "
-                        "MLFLOW_TRACKING_URI and their CPUs from that job's runtime_env")
+            log.warning(
+                "ray: joining the Ray this process started earlier: its trials read "
+                "MLFLOW_TRACKING_URI and their CPUs from that job's runtime_env"
+            )
         if self.address and any(os.environ.get(k) for k in CREDENTIAL_VARIABLES):
-            log.info("ray: the trials read the tracking server's credentials from the environment "
-                     "of each node's `ray start`; the driver does not send them (docs/cluster.md)")
+            log.info(
+                "ray: the trials read the tracking server's credentials from the environment "
+                "of each node's `ray start`; the driver does not send them (docs/cluster.md)"
+            )
         self._check_resources()
         wanted = self.trial_resources()
         fit = slots(self._nodes(), wanted.get("cpu", 1.0), wanted.get("gpu", 0.0))
@@ -158,14 +187,19 @@ class RayExecutor:
 
     def _check_resources(self) -> None:
         """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
-        wanted = {"CPU": self.trial_resources().get("cpu", 1.0), "GPU": self.trial_resources().get("gpu", 0.0)}
+        wanted = {
+            "CPU": self.trial_resources().get("cpu", 1.0),
+            "GPU": self.trial_resources().get("gpu", 0.0),
+        }
         nodes = self._nodes()
         if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
             largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
             self.shutdown()
-            raise ConfigError(f"trial_resources={self.resources_text} asks for cpu={wanted['CPU']:g} "
-                              f"gpu={wanted['GPU']:g} per trial, more than any node of the Ray cluster has "
-                              f"({largest}): ask for less, or add nodes")
+            raise ConfigError(
+                f"trial_resources={self.resources_text} asks for cpu={wanted['CPU']:g} "
+                f"gpu={wanted['GPU']:g} per trial, more than any node of the Ray cluster has "
+                f"({largest}): ask for less, or add nodes"
+            )
 
     def shutdown(self) -> None:
         import ray
@@ -181,8 +215,9 @@ class RayExecutor:
             return dict(self.resources)
         return {"cpu": 1.0, **({"gpu": 1.0} if ray.cluster_resources().get("GPU", 0) >= 1 else {})}
 
-    def run(self, cells: Sequence["TrainConfig"], parent: "ParentRun",
-            reasons: Sequence[str] = ()) -> list["ChildOutcome"]:
+    def run(
+        self, cells: Sequence[TrainConfig], parent: ParentRun, reasons: Sequence[str] = ()
+    ) -> list[ChildOutcome]:
         reasons = list(reasons) or [""] * len(cells)
         numbers = self.progress.add([c.run_name for c in cells])
         outcomes: dict[int, ChildOutcome] = {}
@@ -196,8 +231,14 @@ class RayExecutor:
             outcomes.update(self._trials(cells, reasons, todo, numbers, parent))
         return [outcomes[i] for i in range(len(cells))]
 
-    def _trials(self, cells: Sequence["TrainConfig"], reasons: list[str], todo: list[int], numbers: list[int],
-                parent: "ParentRun") -> dict[int, "ChildOutcome"]:
+    def _trials(
+        self,
+        cells: Sequence[TrainConfig],
+        reasons: list[str],
+        todo: list[int],
+        numbers: list[int],
+        parent: ParentRun,
+    ) -> dict[int, ChildOutcome]:
         import ray
         from ray import tune
 
@@ -208,27 +249,49 @@ class RayExecutor:
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # this driver's trials
         resources = self.trial_resources()
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, cells=list(cells), reasons=reasons, parent=parent,
-                                 cwd=os.getcwd(), experiment_dir=str(storage / name),
-                                 run_child=self.run_child),
-            {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)})
+            tune.with_parameters(
+                run_trial,
+                cells=list(cells),
+                reasons=reasons,
+                parent=parent,
+                cwd=os.getcwd(),
+                experiment_dir=str(storage / name),
+                run_child=self.run_child,
+            ),
+            {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)},
+        )
         tuner = tune.Tuner(
-            trainable, param_space={"cell": tune.grid_search(todo)},
+            trainable,
+            param_space={"cell": tune.grid_search(todo)},
             # reuse_actors: a later trial runs in an earlier one's process, as the local loop runs every
             # cell in one: torch, Lightning and MLflow are imported once per worker, not per trial
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                      callbacks=[TrialProgress(self.progress, cells, numbers, self.max_failures)],
-                                      failure_config=tune.FailureConfig(max_failures=self.max_failures)))
-        log.info("ray: %d trials of %s each, %d at once, results under %s", len(todo), resources,
-                 min(self.progress.at_once, len(todo)), storage / name)
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=self.max_concurrent, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                verbose=0,
+                callbacks=[TrialProgress(self.progress, cells, numbers, self.max_failures)],
+                failure_config=tune.FailureConfig(max_failures=self.max_failures),
+            ),
+        )
+        log.info(
+            "ray: %d trials of %s each, %d at once, results under %s",
+            len(todo),
+            resources,
+            min(self.progress.at_once, len(todo)),
+            storage / name,
+        )
         try:
             results = tuner.fit()
         except BaseException:
             # Ctrl-C, SIGTERM or a Tune error: stop the trials, then close the runs they left open.
             ray.shutdown()
             self.started = False
-            _close_open_children(parent, storage / name, RunStatus.KILLED, "the sweep's driver was interrupted")
+            _close_open_children(
+                parent, storage / name, RunStatus.KILLED, "the sweep's driver was interrupted"
+            )
             raise
         outcomes: dict[int, ChildOutcome] = {}
         for result in results:
@@ -237,13 +300,19 @@ class RayExecutor:
             if text:
                 outcomes[index] = ChildOutcome(**json.loads(text))
             else:
-                outcomes[index] = _trial_failure(cells[index], reasons[index], parent, storage / name,
-                                                 f"Ray trial failed: {result.error}")
+                outcomes[index] = _trial_failure(
+                    cells[index],
+                    reasons[index],
+                    parent,
+                    storage / name,
+                    f"Ray trial failed: {result.error}",
+                )
         return outcomes
 
 
-def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", experiment: Path,
-                   error: str) -> "ChildOutcome":
+def _trial_failure(
+    config: TrainConfig, reason: str, parent: ParentRun, experiment: Path, error: str
+) -> ChildOutcome:
     """A trial that ended without an outcome (its worker died more than max_failures times):
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
@@ -253,23 +322,35 @@ def _trial_failure(config: "TrainConfig", reason: str, parent: "ParentRun", expe
     log.error("%s failed: %s", config.run_name, error)
     closed = _close_open_children(parent, experiment, RunStatus.FAILED, error, config)
     run_id = closed[-1] if closed else record_failure(config, new_attempt(parent, reason), error)
-    return ChildOutcome(config.run_name, config.seed, config.config_hash, FAILED, run_id, error, reason)
+    return ChildOutcome(
+        config.run_name, config.seed, config.config_hash, FAILED, run_id, error, reason
+    )
 
 
-def _close_open_children(parent: "ParentRun", experiment: Path, status: int, error: str,
-                         config: "TrainConfig | None" = None) -> list[str]:
+def _close_open_children(
+    parent: ParentRun,
+    experiment: Path,
+    status: int,
+    error: str,
+    config: TrainConfig | None = None,
+) -> list[str]:
     """End the RUNNING children that this driver's trials (under `experiment`) opened, or only
     those of `config`'s cell: a worker killed by Ray or by a signal cannot close its run."""
     client = MlflowClient(tracking_uri())
-    found = search_all(client, parent.experiment_id,
-                       f"tags.{S.MLFLOW_PARENT_RUN_ID} = '{parent.run_id}' and attributes.status = 'RUNNING'")
+    found = search_all(
+        client,
+        parent.experiment_id,
+        f"tags.{S.MLFLOW_PARENT_RUN_ID} = '{parent.run_id}' and attributes.status = 'RUNNING'",
+    )
     closed = []
     for run in sorted(found, key=lambda r: r.info.start_time):
         tags = run.data.tags
         if not tags.get(S.TAG_RAY_TRIAL_DIR, "").startswith(f"{experiment}{os.sep}"):
             continue
-        if config is not None and (tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED)) != \
-                (config.config_hash, str(config.seed)):
+        if config is not None and (tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED)) != (
+            config.config_hash,
+            str(config.seed),
+        ):
             continue
         client.set_tag(run.info.run_id, S.TAG_ERROR, error)
         client.set_terminated(run.info.run_id, RunStatus.to_string(status))

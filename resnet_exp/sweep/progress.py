@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from mlflow import MlflowClient
 
@@ -54,13 +54,19 @@ def cell_label(number: int, total: int, run_name: str) -> str:
     return f"[{number}/{total}] {run_name}"
 
 
-def ended_text(outcome: ChildOutcome, test_acc: float | None = None, seconds: float | None = None,
-               left_s: float | None = None) -> str:
+def ended_text(
+    outcome: ChildOutcome,
+    test_acc: float | None = None,
+    seconds: float | None = None,
+    left_s: float | None = None,
+) -> str:
     """What follows the cell's label when it ends: trained (test_acc, time), skipped or FAILED,
     then the time left where it is known and some is."""
     if outcome.outcome == TRAINED:
-        facts = [f"test_acc {test_acc:.4f}" if test_acc is not None else "",
-                 format_seconds(seconds) if seconds is not None else ""]
+        facts = [
+            f"test_acc {test_acc:.4f}" if test_acc is not None else "",
+            format_seconds(seconds) if seconds is not None else "",
+        ]
         text = "trained" + (": " + ", ".join(f for f in facts if f) if any(facts) else "")
     elif outcome.outcome == SKIPPED:
         text = f"skipped (run {outcome.run_id} already FINISHED)"
@@ -114,7 +120,8 @@ class SweepProgress:
 def slots(nodes: Sequence[dict[str, float]], cpu: float, gpu: float) -> int:
     """How many trials of `cpu` CPUs and `gpu` GPUs the nodes hold at once (each node packs its
     own; a trial never spans nodes)."""
+
     def fits(have: float, want: float) -> int:
         return math.floor(have / want + 1e-9) if want > 0 else 1 << 30
-    return sum(min(fits(n.get("CPU", 0.0), cpu), fits(n.get("GPU", 0.0), gpu)) for n in nodes)
 
+    return sum(min(fits(n.get("CPU", 0.0), cpu), fits(n.get("GPU", 0.0), gpu)) for n in nodes)

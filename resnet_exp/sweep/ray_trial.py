@@ -34,13 +34,24 @@ class TuneReport(pl.Callback):
     """Each epoch's validation metrics to Tune, once the epoch (its validation included) ends."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {k: float(trainer.callback_metrics[k]) for k in (S.VAL_LOSS, S.VAL_ACC)
-                   if k in trainer.callback_metrics}
+        metrics = {
+            k: float(trainer.callback_metrics[k])
+            for k in (S.VAL_LOSS, S.VAL_ACC)
+            if k in trainer.callback_metrics
+        }
         tune.report({"epoch": trainer.current_epoch, **metrics})
 
 
-def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent: ParentRun,
-              cwd: str, experiment_dir: str, run_child) -> None:
+def run_trial(
+    trial: dict[str, Any],
+    *,
+    cells: list,
+    reasons: list[str],
+    parent: ParentRun,
+    cwd: str,
+    experiment_dir: str,
+    run_child,
+) -> None:
     """Train cell `trial['cell']` as a child of `parent`; the last result holds its outcome."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if Path(cwd).is_dir():  # this machine, or a shared filesystem mounted at the same path
@@ -49,11 +60,18 @@ def run_trial(trial: dict[str, Any], *, cells: list, reasons: list[str], parent:
     node = ray.get_runtime_context().get_node_id()
     tune.report({NODE_KEY: node})  # the driver says where the trial runs now, not after epoch 0
     index = trial["cell"]
-    tags = {**parent.child_tags, S.TAG_RAY_NODE_ID: node,
-            # the trial's folder under the sweep's storage path (get_trial_dir() is Ray's local staging copy)
-            S.TAG_RAY_TRIAL_DIR: str(Path(experiment_dir) / Path(context.get_trial_dir()).name)}
-    outcome = run_child(cells[index], ParentRun(parent.run_id, parent.experiment_id, tags), reasons[index],
-                        callbacks=[TuneReport()])
+    tags = {
+        **parent.child_tags,
+        S.TAG_RAY_NODE_ID: node,
+        # the trial's folder under the sweep's storage path (get_trial_dir() is Ray's local staging copy)
+        S.TAG_RAY_TRIAL_DIR: str(Path(experiment_dir) / Path(context.get_trial_dir()).name),
+    }
+    outcome = run_child(
+        cells[index],
+        ParentRun(parent.run_id, parent.experiment_id, tags),
+        reasons[index],
+        callbacks=[TuneReport()],
+    )
     tune.report({OUTCOME_KEY: json.dumps(asdict(outcome))})
 
 
@@ -63,7 +81,9 @@ class TrialProgress(tune.Callback):
     error and its retry, completed or errored for good. Reads only the Trial attributes Tune
     documents (trial_id, config, last_result, error_file) and counts the failures itself."""
 
-    def __init__(self, progress: SweepProgress, cells: list, numbers: list[int], max_failures: int) -> None:
+    def __init__(
+        self, progress: SweepProgress, cells: list, numbers: list[int], max_failures: int
+    ) -> None:
         self.progress, self.cells, self.numbers = progress, cells, numbers
         self.max_failures = max_failures
         self.failures: dict[str, int] = {}  # trial id -> attempts that errored
@@ -72,7 +92,9 @@ class TrialProgress(tune.Callback):
         return self.numbers[trial.config["cell"]]
 
     def _state(self, trial, text: str) -> None:
-        log.info("ray trial %s %s: %s", trial.trial_id, self.progress.label(self._number(trial)), text)
+        log.info(
+            "ray trial %s %s: %s", trial.trial_id, self.progress.label(self._number(trial)), text
+        )
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         failures = self.failures.get(trial.trial_id, 0)
@@ -83,8 +105,11 @@ class TrialProgress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if NODE_KEY in result:
-            self._state(trial, f"running on node {result.get('node_ip')} ({result[NODE_KEY][:8]}), "
-                               f"pid {result.get('pid')}")
+            self._state(
+                trial,
+                f"running on node {result.get('node_ip')} ({result[NODE_KEY][:8]}), "
+                f"pid {result.get('pid')}",
+            )
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
@@ -99,11 +124,22 @@ class TrialProgress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         attempts = self.failures[trial.trial_id] = self.failures.get(trial.trial_id, 0) + 1
         error = trial_error(trial)
-        self._state(trial, f"errored after {attempts} attempt{'s' if attempts > 1 else ''}: {error}")
+        self._state(
+            trial, f"errored after {attempts} attempt{'s' if attempts > 1 else ''}: {error}"
+        )
         config = self.cells[trial.config["cell"]]
         # its run is closed FAILED once Tune has stopped (executors._trial_failure)
-        self.progress.ended(self._number(trial), ChildOutcome(config.run_name, config.seed, config.config_hash,
-                                                              FAILED, "", f"Ray trial failed: {error}"))
+        self.progress.ended(
+            self._number(trial),
+            ChildOutcome(
+                config.run_name,
+                config.seed,
+                config.config_hash,
+                FAILED,
+                "",
+                f"Ray trial failed: {error}",
+            ),
+        )
 
 
 def trial_error(trial) -> str:
@@ -116,4 +152,6 @@ def trial_error(trial) -> str:
         return "unknown error"
     latest = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]  # the lines after the header
     named = [line.strip() for line in latest if re.match(r"\s*[\w.]+(Error|Exception): ", line)]
-    return first_line(named[-1] if named else next((line for line in latest if line.strip()), "unknown error"))
+    return first_line(
+        named[-1] if named else next((line for line in latest if line.strip()), "unknown error")
+    )

@@ -20,20 +20,25 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus
 
 from resnet_exp import schema as S
-from resnet_exp.tracking import registry
-from resnet_exp.tracking import training_run as tracking
 from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
-from resnet_exp.errors import ConfigError
 from resnet_exp.data.splits import load_splits
 from resnet_exp.disk import check_writable
+from resnet_exp.errors import ConfigError
+from resnet_exp.hardware import resolve_runtime
+from resnet_exp.model.network import load_initial_weights
 from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome, run_child
 from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
-from resnet_exp.hardware import resolve_runtime
-from resnet_exp.model.network import load_initial_weights
+from resnet_exp.tracking import registry
+from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import reap_dead_children
 from resnet_exp.tracking.runs import RunScope, context_tags, run_scope
-from resnet_exp.tracking.store import claim_project_run_id, ensure_experiment, search_all, use_tracking_store
+from resnet_exp.tracking.store import (
+    claim_project_run_id,
+    ensure_experiment,
+    search_all,
+    use_tracking_store,
+)
 
 log = logging.getLogger(__name__)
 CONVERGE_S = 1.0  # seconds a new parent waits for shards that started at the same instant
@@ -70,15 +75,27 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = _preflight(configs)
     # Out of the environment before Ray's processes inherit it: a child must never join it
     launcher = claim_project_run_id()
-    with open_executor(grid, run_child) as executor:  # Ray starts (or is joined) before any run exists
+    with open_executor(
+        grid, run_child
+    ) as executor:  # Ray starts (or is joined) before any run exists
         return _run_under_parent(grid, base, configs, sid, executor, launcher)
 
 
-def _run_under_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], sid: str,
-                      executor: LocalExecutor | RayExecutor, launcher: str | None) -> SweepResult:
+def _run_under_parent(
+    grid: SweepGrid,
+    base: TrainConfig,
+    configs: list[TrainConfig],
+    sid: str,
+    executor: LocalExecutor | RayExecutor,
+    launcher: str | None,
+) -> SweepResult:
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid), launcher)
-    with run_scope(S.KIND_SWEEP, parent_run_name(grid), run_id=parent_id,
-                   tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug}) as scope:
+    with run_scope(
+        S.KIND_SWEEP,
+        parent_run_name(grid),
+        run_id=parent_id,
+        tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug},
+    ) as scope:
         _describe_parent(scope, grid, base, configs, sid)
         # Children left RUNNING by a killed earlier attempt: those with a last.ckpt resume when
         # their cell comes (resume=auto); the others can't and are marked KILLED now.
@@ -90,7 +107,9 @@ def _run_under_parent(grid: SweepGrid, base: TrainConfig, configs: list[TrainCon
             added, stop = _add_seeds(grid, configs, outcomes, parent, executor)
             configs = configs + added
             _record_grid(scope, base, configs, sid)  # analysis selects the added children too
-        result = SweepResult(scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop)
+        result = SweepResult(
+            scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop
+        )
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
         _close_parent(scope, result, grid, configs)
@@ -103,9 +122,11 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
     reuse the caches. Returns the configs with precision resolved once for all cells: runs that
     are compared must agree on it, and a measured `auto` could tip either way per child."""
     if configs[0].resume not in RESUME_MODES:
-        raise ConfigError(f"resume={configs[0].resume!r}: a sweep resumes its children by itself; "
-                          f"expected {' or '.join(RESUME_MODES)} (a run id names one training: "
-                          "use `resnet-exp train --resume RUN_ID`)")
+        raise ConfigError(
+            f"resume={configs[0].resume!r}: a sweep resumes its children by itself; "
+            f"expected {' or '.join(RESUME_MODES)} (a run id names one training: "
+            "use `resnet-exp train --resume RUN_ID`)"
+        )
     check_writable(configs[0].output_dir, S.OUTPUT_DIR)
     check_writable(configs[0].data_dir, S.DATA_DIR)
     precision = resolve_runtime(configs[0]).precision
@@ -115,21 +136,29 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
     return [c.replace(precision=precision) for c in configs]
 
 
-def _add_seeds(grid: SweepGrid, configs: list[TrainConfig], outcomes: list[ChildOutcome],
-               parent: tracking.ParentRun, executor: LocalExecutor | RayExecutor) -> tuple[list[TrainConfig], str]:
+def _add_seeds(
+    grid: SweepGrid,
+    configs: list[TrainConfig],
+    outcomes: list[ChildOutcome],
+    parent: tracking.ParentRun,
+    executor: LocalExecutor | RayExecutor,
+) -> tuple[list[TrainConfig], str]:
     """seeds=auto: the rounds after the first (resnet_exp/sweep/adaptive.py); appends their outcomes."""
     from resnet_exp.sweep.adaptive import add_seeds
 
     def train_child(config: TrainConfig, reason: str) -> tuple[str, bool]:
         outcomes.extend(executor.run([config], parent, [reason]))
         return outcomes[-1].run_id, outcomes[-1].outcome != FAILED
+
     return add_seeds(configs, [o.run_id for o in outcomes], grid.parsed("max_seeds"), train_child)
 
 
 # --- the parent run ------------------------------------------------------------------------------
 
 
-def _open_parent(base: TrainConfig, sid: str, run_name: str, launcher: str | None = None) -> tuple[str, str]:
+def _open_parent(
+    base: TrainConfig, sid: str, run_name: str, launcher: str | None = None
+) -> tuple[str, str]:
     """(run id, experiment id) of the sweep's run: under `mlflow run -e sweep` the one it
     created (`launcher`), else the experiment's run of the same grid (an earlier attempt or
     another shard), else a new one."""
@@ -137,8 +166,9 @@ def _open_parent(base: TrainConfig, sid: str, run_name: str, launcher: str | Non
     if launcher:
         tracking.warn_if_experiment_name_ignored(base)
         return launcher, client.get_run(launcher).info.experiment_id
-    experiment_id = ensure_experiment(client, base.default_experiment_name,
-                                      tracking.experiment_note(base.dataset_slug))
+    experiment_id = ensure_experiment(
+        client, base.default_experiment_name, tracking.experiment_note(base.dataset_slug)
+    )
     earlier = _parents(client, experiment_id, sid)
     if earlier:
         return earlier[0].info.run_id, experiment_id
@@ -156,8 +186,10 @@ def _open_parent(base: TrainConfig, sid: str, run_name: str, launcher: str | Non
 
 
 def _parents(client: MlflowClient, experiment_id: str, sid: str) -> list[Run]:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.{S.TAG_SWEEP_ID} = '{sid}' and "
-                                                             f"tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'")
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{S.TAG_SWEEP_ID} = '{sid}' and tags.{S.TAG_KIND} = '{S.KIND_SWEEP}'",
+    )
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
@@ -165,13 +197,17 @@ def parent_run_name(grid: SweepGrid) -> str:
     """e.g. 'sweep-b2222-f01234-3seeds': reads as the grid in the run list."""
     blocks = "+".join("b" + "".join(map(str, b)) for b in grid.parsed("blocks"))
     freeze = "".join(map(str, grid.parsed(S.FREEZE_BLOCKS)))
-    seeds = (f"auto{len(grid.parsed('seeds'))}to{grid.parsed('max_seeds')}" if grid.adaptive
-             else len(grid.parsed("seeds")))
+    seeds = (
+        f"auto{len(grid.parsed('seeds'))}to{grid.parsed('max_seeds')}"
+        if grid.adaptive
+        else len(grid.parsed("seeds"))
+    )
     return f"sweep-{blocks}-f{freeze}-{seeds}seeds"
 
 
-def _describe_parent(scope: RunScope, grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig],
-                     sid: str) -> None:
+def _describe_parent(
+    scope: RunScope, grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], sid: str
+) -> None:
     """The description, the grid as params and as sweep.json (which analysis selects runs by).
     Shards may differ in execution-only params (num_workers, output_dir): the first one's stay."""
     scope.describe(_parent_note(grid, base, configs, scope.run_id))
@@ -183,37 +219,68 @@ def _describe_parent(scope: RunScope, grid: SweepGrid, base: TrainConfig, config
 
 
 def _record_grid(scope: RunScope, base: TrainConfig, configs: list[TrainConfig], sid: str) -> None:
-    scope.client.log_dict(scope.run_id, {"sweep_id": sid, "dataset": base.dataset_slug, "data": base.data,
-                                         "grid": grid_entries(configs)}, S.SWEEP_GRID_FILE)
+    scope.client.log_dict(
+        scope.run_id,
+        {
+            "sweep_id": sid,
+            "dataset": base.dataset_slug,
+            "data": base.data,
+            "grid": grid_entries(configs),
+        },
+        S.SWEEP_GRID_FILE,
+    )
 
 
-def _parent_note(grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], run_id: str) -> str:
+def _parent_note(
+    grid: SweepGrid, base: TrainConfig, configs: list[TrainConfig], run_id: str
+) -> str:
     seeds = len(grid.parsed("seeds"))
-    extra = (f", then one seed at a time to the configurations still tied with the leader, up to "
-             f"{grid.parsed('max_seeds')} seeds" if grid.adaptive else "")
-    return (f"Depth sweep: {len(configs) // seeds} configurations (blocks {grid.blocks}; freeze_blocks "
-            f"{grid.freeze_blocks}) x {seeds} seeds{extra} on {base.data}, from {describe_weights(base.weights)}. "
-            f"Children are the nested runs; rank them with `resnet-exp analyze --sweep-run-id {run_id}`.")
+    extra = (
+        f", then one seed at a time to the configurations still tied with the leader, up to "
+        f"{grid.parsed('max_seeds')} seeds"
+        if grid.adaptive
+        else ""
+    )
+    return (
+        f"Depth sweep: {len(configs) // seeds} configurations (blocks {grid.blocks}; freeze_blocks "
+        f"{grid.freeze_blocks}) x {seeds} seeds{extra} on {base.data}, from {describe_weights(base.weights)}. "
+        f"Children are the nested runs; rank them with `resnet-exp analyze --sweep-run-id {run_id}`."
+    )
 
 
-def _close_parent(scope: RunScope, result: SweepResult, grid: SweepGrid, configs: list[TrainConfig]) -> None:
+def _close_parent(
+    scope: RunScope, result: SweepResult, grid: SweepGrid, configs: list[TrainConfig]
+) -> None:
     """This shard's outcome as metrics (step = shard index), a JSON summary and the description.
     The parent's status comes from every cell of the grid, not from whichever shard ends last:
     FAILED if a cell's latest attempt failed, FINISHED once every cell has finished, and still
     RUNNING while other shards have cells to train."""
     index, count = grid.parsed("shard")
-    counts = {key: result.count(outcome) for key, outcome in
-              ((S.SWEEP_TRAINED, TRAINED), (S.SWEEP_SKIPPED, SKIPPED), (S.SWEEP_FAILED, FAILED))}
+    counts = {
+        key: result.count(outcome)
+        for key, outcome in (
+            (S.SWEEP_TRAINED, TRAINED),
+            (S.SWEEP_SKIPPED, SKIPPED),
+            (S.SWEEP_FAILED, FAILED),
+        )
+    }
     for key, n in counts.items():
         scope.client.log_metric(scope.run_id, key, n, step=index)
-    scope.client.log_dict(scope.run_id, {"shard": f"{index}/{count}", "children": [
-        vars(o) for o in result.outcomes]}, f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json")
+    scope.client.log_dict(
+        scope.run_id,
+        {"shard": f"{index}/{count}", "children": [vars(o) for o in result.outcomes]},
+        f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json",
+    )
     cells = cell_statuses(scope.client, scope.experiment_id, configs)
-    failed = sorted(name for name, status in cells.items() if status == RunStatus.to_string(RunStatus.FAILED))
+    failed = sorted(
+        name for name, status in cells.items() if status == RunStatus.to_string(RunStatus.FAILED)
+    )
     waiting = sum(status != RunStatus.to_string(RunStatus.FINISHED) for status in cells.values())
-    summary = (f"Shard {index}/{count}: {counts[S.SWEEP_TRAINED]} trained, {counts[S.SWEEP_SKIPPED]} "
-               f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed. Grid: "
-               f"{len(cells) - waiting} of {len(cells)} cells finished.")
+    summary = (
+        f"Shard {index}/{count}: {counts[S.SWEEP_TRAINED]} trained, {counts[S.SWEEP_SKIPPED]} "
+        f"skipped (already finished), {counts[S.SWEEP_FAILED]} failed. Grid: "
+        f"{len(cells) - waiting} of {len(cells)} cells finished."
+    )
     if grid.adaptive:
         summary += " " + adaptive_summary(result)
     scope.describe(f"{scope.note} {summary}")
@@ -229,7 +296,9 @@ def adaptive_summary(result: SweepResult) -> str:
     return f"Added seeds: {added}. Stopped: {result.stop_reason}."
 
 
-def cell_statuses(client: MlflowClient, experiment_id: str, configs: list[TrainConfig]) -> dict[str, str]:
+def cell_statuses(
+    client: MlflowClient, experiment_id: str, configs: list[TrainConfig]
+) -> dict[str, str]:
     """Run name of each (configuration, seed) -> FINISHED if any of its runs finished, else the
     status of its latest run (FAILED, KILLED, RUNNING), or SCHEDULED if it has none yet."""
     wanted = {(c.config_hash, str(c.seed)): c.run_name for c in configs}
@@ -238,8 +307,10 @@ def cell_statuses(client: MlflowClient, experiment_id: str, configs: list[TrainC
         key = (run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED))
         if key in wanted and (key not in latest or _rank(run) > _rank(latest[key])):
             latest[key] = run
-    return {name: latest[key].info.status if key in latest else RunStatus.to_string(RunStatus.SCHEDULED)
-            for key, name in wanted.items()}
+    return {
+        name: latest[key].info.status if key in latest else RunStatus.to_string(RunStatus.SCHEDULED)
+        for key, name in wanted.items()
+    }
 
 
 def _rank(run: Run) -> tuple[bool, int]:

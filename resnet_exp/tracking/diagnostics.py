@@ -26,7 +26,9 @@ from resnet_exp.data.splits import DataSplits
 CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice since Guo et al. (2017)
 
 
-def test_predictions(outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def test_predictions(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, classes) float32, targets (N,)) of the test epoch, in loader order."""
     logits = torch.cat([o[0] for o in outputs]).float()
     return logits, torch.cat([o[1] for o in outputs]).long()
@@ -39,26 +41,48 @@ def diagnostics_tables(logits: torch.Tensor, targets: torch.Tensor, splits: Data
     probs = torch.softmax(logits, dim=1)
     predicted = logits.argmax(dim=1)  # as ExactAccuracy decides, so the counts agree with test_acc
     confusion = MulticlassConfusionMatrix(num_classes=len(names))(predicted, targets).numpy()
-    ece = float(MulticlassCalibrationError(num_classes=len(names), n_bins=CALIBRATION_BINS,
-                                           norm="l1")(probs, targets))
+    ece = float(
+        MulticlassCalibrationError(num_classes=len(names), n_bins=CALIBRATION_BINS, norm="l1")(
+            probs, targets
+        )
+    )
     # The loader is sequential over the test split, so row i of the outputs is image i of it.
     source_split, source_rows = splits.rows["test"]
     n = len(targets)
-    predictions = pd.DataFrame({
-        "image_index": np.arange(n), "source_split": source_split,
-        "source_row": np.asarray(source_rows)[:n], "true_label": targets.numpy(),
-        "predicted_label": predicted.numpy(), "true_class": [names[i] for i in targets.tolist()],
-        "predicted_class": [names[i] for i in predicted.tolist()],
-        **{f"prob_{name}": probs[:, i].numpy() for i, name in enumerate(names)}})
+    predictions = pd.DataFrame(
+        {
+            "image_index": np.arange(n),
+            "source_split": source_split,
+            "source_row": np.asarray(source_rows)[:n],
+            "true_label": targets.numpy(),
+            "predicted_label": predicted.numpy(),
+            "true_class": [names[i] for i in targets.tolist()],
+            "predicted_class": [names[i] for i in predicted.tolist()],
+            **{f"prob_{name}": probs[:, i].numpy() for i, name in enumerate(names)},
+        }
+    )
     correct, total = np.diag(confusion), confusion.sum(axis=1)
-    per_class = pd.DataFrame({"class": names, "label": range(len(names)), "correct": correct,
-                              "total": total,
-                              "accuracy": np.where(total > 0, correct / np.maximum(total, 1), np.nan)})
-    return {"predictions": predictions, "confusion": confusion, "per_class": per_class, "ece": ece,
-            "bins": reliability_bins(probs.max(dim=1).values.numpy(), (predicted == targets).numpy())}
+    per_class = pd.DataFrame(
+        {
+            "class": names,
+            "label": range(len(names)),
+            "correct": correct,
+            "total": total,
+            "accuracy": np.where(total > 0, correct / np.maximum(total, 1), np.nan),
+        }
+    )
+    return {
+        "predictions": predictions,
+        "confusion": confusion,
+        "per_class": per_class,
+        "ece": ece,
+        "bins": reliability_bins(probs.max(dim=1).values.numpy(), (predicted == targets).numpy()),
+    }
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> pd.DataFrame:
     """Per equal-width confidence bin (right-closed, as torchmetrics bins): images, mean
     confidence, accuracy. The count-weighted |accuracy - confidence| is the ECE."""
     edges = np.linspace(0, 1, bins + 1)
@@ -66,9 +90,15 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CA
     rows = []
     for b in range(bins):
         inside = index == b
-        rows.append({"lo": edges[b], "hi": edges[b + 1], "images": int(inside.sum()),
-                     "confidence": confidence[inside].mean() if inside.any() else np.nan,
-                     "accuracy": correct[inside].mean() if inside.any() else np.nan})
+        rows.append(
+            {
+                "lo": edges[b],
+                "hi": edges[b + 1],
+                "images": int(inside.sum()),
+                "confidence": confidence[inside].mean() if inside.any() else np.nan,
+                "accuracy": correct[inside].mean() if inside.any() else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -81,16 +111,27 @@ def draw_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
     size = min(4 + 0.35 * len(names), 30)  # 90 classes stay readable, 2 are not huge
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(confusion, cmap="Blues")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted class",
-           ylabel="true class", title=f"test confusion matrix ({confusion.sum()} images, "
-                                      f"{np.trace(confusion)} correct)")
+    ax.set(
+        xticks=range(len(names)),
+        yticks=range(len(names)),
+        xlabel="predicted class",
+        ylabel="true class",
+        title=f"test confusion matrix ({confusion.sum()} images, {np.trace(confusion)} correct)",
+    )
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_yticklabels(names, fontsize=7)
     if len(names) <= 20:
         for (i, j), n in np.ndenumerate(confusion):
             if n:
-                ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                        color="white" if n > confusion.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(n),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if n > confusion.max() / 2 else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -105,19 +146,32 @@ def draw_reliability(bins: pd.DataFrame, ece: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     width = bins["hi"] - bins["lo"]
-    ax.bar(bins["lo"], bins["accuracy"].fillna(0), width=width, align="edge", edgecolor="black",
-           alpha=0.7, label="accuracy in the bin")
+    ax.bar(
+        bins["lo"],
+        bins["accuracy"].fillna(0),
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy in the bin",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
-           title=f"reliability on the test split, ECE {ece:.3f}")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top-class probability)",
+        ylabel="accuracy",
+        title=f"reliability on the test split, ECE {ece:.3f}",
+    )
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def log_test_diagnostics(outputs: list[tuple[torch.Tensor, torch.Tensor]], splits: DataSplits,
-                         step: int) -> dict:
+def log_test_diagnostics(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]], splits: DataSplits, step: int
+) -> dict:
     """Log the test epoch's diagnostics to the active run; returns the tables (for tests)."""
     logits, targets = test_predictions(outputs)
     tables = diagnostics_tables(logits, targets, splits)
@@ -126,7 +180,9 @@ def log_test_diagnostics(outputs: list[tuple[torch.Tensor, torch.Tensor]], split
         tables["predictions"].to_parquet(folder / S.PREDICTIONS_FILE, index=False)
         tables["per_class"].to_csv(folder / S.PER_CLASS_FILE, index=False)
         names = list(splits.class_names)
-        pd.DataFrame(tables["confusion"], index=names, columns=names).to_csv(folder / S.CONFUSION_FILE)
+        pd.DataFrame(tables["confusion"], index=names, columns=names).to_csv(
+            folder / S.CONFUSION_FILE
+        )
         tables["bins"].to_csv(folder / S.RELIABILITY_FILE, index=False)
         draw_confusion(tables["confusion"], names, folder / S.CONFUSION_PNG)
         draw_reliability(tables["bins"], tables["ece"], folder / S.RELIABILITY_PNG)

@@ -42,10 +42,17 @@ REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),  # over HTTP: base64 text, decoded by MLflow
-    outputs=Schema([
-        ColSpec("string", "label"), ColSpec("long", "label_id"), ColSpec("double", "probability"),
-        ColSpec(Array(Object([Property("label", "string"), Property("probability", "double")])), "top5"),
-    ]),
+    outputs=Schema(
+        [
+            ColSpec("string", "label"),
+            ColSpec("long", "label_id"),
+            ColSpec("double", "probability"),
+            ColSpec(
+                Array(Object([Property("label", "string"), Property("probability", "double")])),
+                "top5",
+            ),
+        ]
+    ),
 )
 
 
@@ -84,7 +91,9 @@ def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> 
     return info.model_uri
 
 
-def register(model_uri: str, config: TrainConfig, tags: dict[str, str], description: str) -> RegisteredVersion:
+def register(
+    model_uri: str, config: TrainConfig, tags: dict[str, str], description: str
+) -> RegisteredVersion:
     """Make the logged model a new version of `config.model_name`, tag and describe it, and
     move the aliases."""
     name = config.model_name
@@ -96,17 +105,23 @@ def register(model_uri: str, config: TrainConfig, tags: dict[str, str], descript
         client.update_registered_model(name, description=model_description(config))
     placed = refresh_aliases(name, depth_labels=[config.depth_label])
     aliases = tuple(alias for alias, v in placed.items() if v == str(version.version))
-    log.info("registered %s version %s%s", name, version.version,
-             f" ({', '.join(aliases)})" if aliases else "")
+    log.info(
+        "registered %s version %s%s",
+        name,
+        version.version,
+        f" ({', '.join(aliases)})" if aliases else "",
+    )
     return RegisteredVersion(name, str(version.version), aliases)
 
 
 def model_description(config: TrainConfig) -> str:
-    return (f"ResNet image classifiers trained on {config.data} by resnet-exp, one version per "
-            f"training run. Alias `{S.CHAMPION}` is the version with the best val_acc; "
-            f"`{S.depth_alias('<depth>')}` the best of one depth configuration (e.g. "
-            f"{S.depth_alias(config.depth_label)}). Input: a DataFrame with an `{IMAGE_COLUMN}` "
-            "column of image files (bytes, or base64 over HTTP); output: label, probability, top 5.")
+    return (
+        f"ResNet image classifiers trained on {config.data} by resnet-exp, one version per "
+        f"training run. Alias `{S.CHAMPION}` is the version with the best val_acc; "
+        f"`{S.depth_alias('<depth>')}` the best of one depth configuration (e.g. "
+        f"{S.depth_alias(config.depth_label)}). Input: a DataFrame with an `{IMAGE_COLUMN}` "
+        "column of image files (bytes, or base64 over HTTP); output: label, probability, top 5."
+    )
 
 
 def refresh_aliases(name: str, depth_labels: list[str] | None = None) -> dict[str, str | None]:
@@ -127,7 +142,9 @@ def refresh_aliases(name: str, depth_labels: list[str] | None = None) -> dict[st
     return placed
 
 
-def move_alias(client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]) -> str | None:
+def move_alias(
+    client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]
+) -> str | None:
     """Point `alias` at the candidate with the best val_acc tag if it beats the version the alias
     points at now (ties keep the current one); returns the version the alias ends on."""
     scored = [v for v in candidates if _val_acc(v) is not None]
@@ -135,7 +152,11 @@ def move_alias(client: MlflowClient, name: str, alias: str, candidates: list[Mod
         return None
     best = max(scored, key=lambda v: (_val_acc(v), -int(v.version)))  # a tie goes to the oldest
     current = _version_by_alias(client, name, alias)
-    if current is not None and _val_acc(current) is not None and _val_acc(current) >= _val_acc(best):
+    if (
+        current is not None
+        and _val_acc(current) is not None
+        and _val_acc(current) >= _val_acc(best)
+    ):
         return str(current.version)
     client.set_registered_model_alias(name, alias, best.version)
     return str(best.version)  # the registry returns int or str versions, depending on the call
@@ -152,7 +173,10 @@ def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) ->
         S.TAG_DEPTH: config.depth_label,
         S.TAG_ARCH: config.arch_name,
         S.TAG_CONFIG_HASH: config.config_hash,
-        **{name: params[name] for name in (S.BLOCK, S.BLOCKS, S.FREEZE_BLOCKS, S.WEIGHTS, S.SEED, S.IMAGE_SIZE)},
+        **{
+            name: params[name]
+            for name in (S.BLOCK, S.BLOCKS, S.FREEZE_BLOCKS, S.WEIGHTS, S.SEED, S.IMAGE_SIZE)
+        },
         **{name: repr(metrics[name]) for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics},
     }
 
@@ -173,8 +197,11 @@ def pip_requirements() -> list[str]:
 def _package_source(folder: Path) -> Path:
     """A copy of the resnet_exp package without bytecode caches, to ship as the model's code."""
     target = folder / "code" / "resnet_exp"
-    shutil.copytree(Path(resnet_exp.__file__).parent, target,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        Path(resnet_exp.__file__).parent,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     return target
 
 

@@ -17,10 +17,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 from mlflow import MlflowClient
@@ -37,8 +37,9 @@ HEARTBEAT_S = 30.0  # how often a training writes its heartbeat tag (one small w
 # a tracking server that is down for a minute or two does not make a live run look dead.
 STALE_S = 5 * HEARTBEAT_S
 LAST_CHECKPOINT = "last.ckpt"  # the latest epoch, resumable (train.py writes it after every epoch)
-RUNNING, FINISHED, KILLED = (RunStatus.to_string(s) for s in (RunStatus.RUNNING, RunStatus.FINISHED,
-                                                               RunStatus.KILLED))
+RUNNING, FINISHED, KILLED = (
+    RunStatus.to_string(s) for s in (RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.KILLED)
+)
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics resume their own step count
 
 
@@ -114,8 +115,12 @@ def checkpoint_of(run: Run) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def plan(config: TrainConfig, experiment_id: str | None, parent_run_id: str | None = None,
-         launcher_run_id: str | None = None) -> ResumePoint | None:
+def plan(
+    config: TrainConfig,
+    experiment_id: str | None,
+    parent_run_id: str | None = None,
+    launcher_run_id: str | None = None,
+) -> ResumePoint | None:
     """The run this training continues, or None for a new run. `auto` takes the latest stopped
     run of the same config hash and seed (under the same sweep parent, or outside any sweep)
     that has a last.ckpt; a run id must be such a run, else a ConfigError says why not."""
@@ -126,22 +131,36 @@ def plan(config: TrainConfig, experiment_id: str | None, parent_run_id: str | No
         return _point(client, _chosen(client, config))
     if experiment_id is None:
         return None
-    candidates = [run for run in _same_cell(client, experiment_id, config)
-                  if run.info.run_id != launcher_run_id and run.info.status != FINISHED
-                  and run.data.tags.get(S.MLFLOW_PARENT_RUN_ID) == parent_run_id
-                  and not is_alive(run) and checkpoint_of(run)]
+    candidates = [
+        run
+        for run in _same_cell(client, experiment_id, config)
+        if run.info.run_id != launcher_run_id
+        and run.info.status != FINISHED
+        and run.data.tags.get(S.MLFLOW_PARENT_RUN_ID) == parent_run_id
+        and not is_alive(run)
+        and checkpoint_of(run)
+    ]
     if not candidates:
         return None
     latest = max(candidates, key=lambda run: run.info.start_time)
-    log.info("resuming run %s (%s, %s) from %s", latest.info.run_id, config.run_name,
-             latest.info.status, checkpoint_of(latest))
+    log.info(
+        "resuming run %s (%s, %s) from %s",
+        latest.info.run_id,
+        config.run_name,
+        latest.info.status,
+        checkpoint_of(latest),
+    )
     return _point(client, latest)
 
 
 def _same_cell(client: MlflowClient, experiment_id: str, config: TrainConfig) -> Iterator[Run]:
-    return search_all(client, experiment_id, f"tags.{S.TAG_CONFIG_HASH} = '{config.config_hash}' and "
-                                             f"params.{S.SEED} = '{config.seed}' and "
-                                             f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+    return search_all(
+        client,
+        experiment_id,
+        f"tags.{S.TAG_CONFIG_HASH} = '{config.config_hash}' and "
+        f"params.{S.SEED} = '{config.seed}' and "
+        f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'",
+    )
 
 
 def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
@@ -153,29 +172,40 @@ def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
         raise ConfigError(f"resume={run_id}: no such run in {tracking_uri()}") from None
     tags, params = run.data.tags, run.data.params
     if tags.get(S.TAG_KIND) != S.KIND_TRAIN:
-        raise ConfigError(f"resume={run_id}: that run is a {tags.get(S.TAG_KIND, 'non-resnet-exp')} run, "
-                          "not a training")
+        raise ConfigError(
+            f"resume={run_id}: that run is a {tags.get(S.TAG_KIND, 'non-resnet-exp')} run, "
+            "not a training"
+        )
     theirs = (tags.get(S.TAG_CONFIG_HASH), params.get(S.SEED))
     if theirs != (config.config_hash, str(config.seed)):
-        raise ConfigError(f"resume={run_id}: that run trained config_hash {theirs[0]} with seed {theirs[1]}, "
-                          f"this command config_hash {config.config_hash} with seed {config.seed}: "
-                          "give the same parameters as that run")
+        raise ConfigError(
+            f"resume={run_id}: that run trained config_hash {theirs[0]} with seed {theirs[1]}, "
+            f"this command config_hash {config.config_hash} with seed {config.seed}: "
+            "give the same parameters as that run"
+        )
     if run.info.status == FINISHED:
         raise ConfigError(f"resume={run_id}: that run already FINISHED; nothing to resume")
     if is_alive(run):
-        raise ConfigError(f"resume={run_id}: that run is still RUNNING in process "
-                          f"{tags.get(S.TAG_PROCESS, '?')} (last heartbeat "
-                          f"{time.time() - float(tags.get(S.TAG_HEARTBEAT) or 0):.0f} s ago)")
+        raise ConfigError(
+            f"resume={run_id}: that run is still RUNNING in process "
+            f"{tags.get(S.TAG_PROCESS, '?')} (last heartbeat "
+            f"{time.time() - float(tags.get(S.TAG_HEARTBEAT) or 0):.0f} s ago)"
+        )
     if checkpoint_of(run) is None:
-        raise ConfigError(f"resume={run_id}: no last.ckpt in {tags.get(S.TAG_CHECKPOINT_DIR, '(no checkpoint_dir tag)')}"
-                          " on this machine: it stopped before its first epoch ended, or its "
-                          "output_dir is not shared with this machine")
+        raise ConfigError(
+            f"resume={run_id}: no last.ckpt in {tags.get(S.TAG_CHECKPOINT_DIR, '(no checkpoint_dir tag)')}"
+            " on this machine: it stopped before its first epoch ended, or its "
+            "output_dir is not shared with this machine"
+        )
     return run
 
 
 def _point(client: MlflowClient, run: Run) -> ResumePoint:
-    steps = {key: max(m.step for m in client.get_metric_history(run.info.run_id, key))
-             for key in run.data.metrics if not key.startswith(SYSTEM_PREFIX)}
+    steps = {
+        key: max(m.step for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+        if not key.startswith(SYSTEM_PREFIX)
+    }
     return ResumePoint(run.info.run_id, checkpoint_of(run), steps)
 
 
@@ -186,16 +216,22 @@ def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: 
     """Mark KILLED the RUNNING children of a sweep whose process is gone and that will not be
     resumed: no last.ckpt here, or their cell has finished in another run. Returns their ids."""
     reaped = []
-    running = search_all(client, experiment_id, f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' "
-                                                f"and attributes.status = '{RUNNING}'")
+    running = search_all(
+        client,
+        experiment_id,
+        f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = '{RUNNING}'",
+    )
     for run in running:
         if is_alive(run):
             continue
         checkpoint = checkpoint_of(run)
-        if checkpoint and not finished_run(client, experiment_id, run.data.tags.get(S.TAG_CONFIG_HASH),
-                                           run.data.params.get(S.SEED)):
+        if checkpoint and not finished_run(
+            client, experiment_id, run.data.tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED)
+        ):
             continue  # the sweep resumes it
-        why = "its process is gone" + ("" if checkpoint else " and it has no last.ckpt to resume from")
+        why = "its process is gone" + (
+            "" if checkpoint else " and it has no last.ckpt to resume from"
+        )
         client.set_tag(run.info.run_id, S.TAG_ERROR, f"marked KILLED by the sweep: {why}")
         client.set_terminated(run.info.run_id, KILLED)
         log.warning("run %s (%s): %s; marked KILLED", run.info.run_id, run.info.run_name, why)
@@ -203,10 +239,16 @@ def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: 
     return reaped
 
 
-def finished_run(client: MlflowClient, experiment_id: str, config_hash: str | None,
-                 seed: str | int | None) -> str | None:
+def finished_run(
+    client: MlflowClient, experiment_id: str, config_hash: str | None, seed: str | int | None
+) -> str | None:
     """The id of a FINISHED run of this (configuration, seed) cell, if the experiment has one."""
-    runs = client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.{S.TAG_CONFIG_HASH} = '{config_hash}' and params.{S.SEED} = '{seed}' and "
-        f"attributes.status = '{FINISHED}'"))
+    runs = client.search_runs(
+        [experiment_id],
+        max_results=1,
+        filter_string=(
+            f"tags.{S.TAG_CONFIG_HASH} = '{config_hash}' and params.{S.SEED} = '{seed}' and "
+            f"attributes.status = '{FINISHED}'"
+        ),
+    )
     return runs[0].info.run_id if runs else None

@@ -11,10 +11,10 @@ import configparser
 import getpass
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import mlflow
 from mlflow import MlflowClient
@@ -34,13 +34,25 @@ PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 def git_tags() -> dict[str, str]:
     """The commit the code came from (also as MLflow's own tag, which the UI shows on the run's
     page), and whether tracked files had changes."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
-        return {S.TAG_GIT_COMMIT: commit, S.MLFLOW_GIT_COMMIT: commit,
-                S.TAG_GIT_DIRTY: str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+        return {
+            S.TAG_GIT_COMMIT: commit,
+            S.MLFLOW_GIT_COMMIT: commit,
+            S.TAG_GIT_DIRTY: str(
+                bool(git("status", "--porcelain", "--untracked-files=no"))
+            ).lower(),
+        }
     except (OSError, subprocess.SubprocessError):
         return {}  # not a git checkout (an installed wheel): nothing to record
 
@@ -69,8 +81,9 @@ class RunScope:
     failure: str = ""  # set by fail(): the run ends FAILED with this error, without an exception
     open_after: bool = False  # set by leave_running(): others still add to the run
 
-    def log_params(self, params: Mapping[str, str],
-                   same: Callable[[str, str], bool] | None = None) -> None:
+    def log_params(
+        self, params: Mapping[str, str], same: Callable[[str, str], bool] | None = None
+    ) -> None:
         """Log the params the run does not have yet: `mlflow run` logged its parameters already,
         another shard may have, and MLflow refuses to change a param's value. With `same`, an
         existing param whose text does not mean the new value is an error (a stale run id)."""
@@ -79,11 +92,13 @@ class RunScope:
             clash = [k for k in params if k in existing and not same(k, existing[k])]
             if clash:
                 k = clash[0]
-                raise ConfigError(f"run {self.run_id} already has {k}={existing[k]!r}, but this one "
-                                  f"has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run")
+                raise ConfigError(
+                    f"run {self.run_id} already has {k}={existing[k]!r}, but this one "
+                    f"has {k}={params[k]!r}: unset MLFLOW_RUN_ID to start a new run"
+                )
         new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(new), PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=new[start:start + PARAMS_PER_BATCH])
+            self.client.log_batch(self.run_id, params=new[start : start + PARAMS_PER_BATCH])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -104,18 +119,27 @@ class RunScope:
 
 
 @contextmanager
-def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
-              experiment_id: str | None = None, experiment_note: str = "", run_id: str | None = None, parent_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None, active: bool = False,
-              system_metrics: bool = False) -> Iterator[RunScope]:
+def run_scope(
+    kind: str,
+    run_name: str,
+    *,
+    experiment_name: str | None = None,
+    experiment_id: str | None = None,
+    experiment_note: str = "",
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    active: bool = False,
+    system_metrics: bool = False,
+) -> Iterator[RunScope]:
     """Open a run of `kind` and always close it: FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED
     (with an `error` tag) on any other error.
 
     The run is `run_id` when given (the one `mlflow run` created, or a sweep's parent found
     again), else a new run in `experiment_id`, or in `experiment_name` (created, with
-    `experiment_note`, if missing), nested under `parent_run_id` if given. `active` makes it MLflow's active run, for code that
-    logs through the fluent API (Lightning's logger, log_model); `system_metrics` starts MLflow's
-    CPU/memory/GPU monitor for it."""
+    `experiment_note`, if missing), nested under `parent_run_id` if given. `active` makes it
+    MLflow's active run, for code that logs through the fluent API (Lightning's logger,
+    log_model); `system_metrics` starts MLflow's CPU/memory/GPU monitor for it."""
     client = MlflowClient(use_tracking_store())
     if run_id:  # its source and user are already set (by `mlflow run`, or when it was created)
         existing = client.get_run(run_id).info
@@ -123,11 +147,13 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
         if existing.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
-        experiment_id = experiment_id or ensure_experiment(client, experiment_name or "Default",
-                                                           experiment_note)
+        experiment_id = experiment_id or ensure_experiment(
+            client, experiment_name or "Default", experiment_note
+        )
         parent = {S.MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
-        run_id = client.create_run(experiment_id, run_name=run_name,
-                                   tags={**context_tags(), **(tags or {}), **parent}).info.run_id
+        run_id = client.create_run(
+            experiment_id, run_name=run_name, tags={**context_tags(), **(tags or {}), **parent}
+        ).info.run_id
     scope = RunScope(run_id, experiment_id, client)
     scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **(tags or {})})
     with sigterm_raises():  # SIGTERM closes the run KILLED instead of leaving it RUNNING
@@ -145,7 +171,9 @@ def run_scope(kind: str, run_name: str, *, experiment_name: str | None = None,
             if signum is not None:
                 raise RunInterrupted(run_id, signum) from err
             failure = tracking_failure(err)
-            if failure is not None and not isinstance(err, TrackingLost):  # the innermost run names it
+            if failure is not None and not isinstance(
+                err, TrackingLost
+            ):  # the innermost run names it
                 error = TrackingLost(failure, run_id)
                 raise error from err
             raise
@@ -162,8 +190,9 @@ def _close(scope: RunScope, error: BaseException | None, active: bool) -> None:
         _end(scope, error, active)
 
 
-def _close_after_server_failure(scope: RunScope, error: BaseException, active: bool,
-                                failure: TrackingFailure) -> None:
+def _close_after_server_failure(
+    scope: RunScope, error: BaseException, active: bool, failure: TrackingFailure
+) -> None:
     """The tracking server failed past its retry budget, or refused us: one quick try to end the
     run FAILED, else it stays RUNNING there. Waiting out the budget again for each closing write
     made a 278-line chain of tracebacks; the CLI prints the failure's one line instead."""
@@ -174,7 +203,9 @@ def _close_after_server_failure(scope: RunScope, error: BaseException, active: b
             if isinstance(error, TrackingLost) and error.run_id == scope.run_id:
                 error.left_running = True
             if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
-                with suppress(Exception):  # leaves MLflow no active run to end at exit, with retries
+                with suppress(
+                    Exception
+                ):  # leaves MLflow no active run to end at exit, with retries
                     mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -184,7 +215,11 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
     if error is None and scope.failure:
         status = RunStatus.to_string(RunStatus.FAILED)
     if status != RunStatus.to_string(RunStatus.FINISHED):
-        what = "was interrupted" if status == RunStatus.to_string(RunStatus.KILLED) else f"failed: {reason}"
+        what = (
+            "was interrupted"
+            if status == RunStatus.to_string(RunStatus.KILLED)
+            else f"failed: {reason}"
+        )
         scope.set_tags({S.TAG_ERROR: reason[:ERROR_TEXT_LIMIT]})
         scope.describe(f"{scope.note} It {what}"[:ERROR_TEXT_LIMIT].strip())
     if error is None and scope.open_after and not scope.failure:
@@ -208,8 +243,12 @@ def context_tags() -> dict[str, str]:
     Source), for the runs MlflowClient.create_run opens: the user, and the source (source_tag(),
     else what MLflow would name: the script, or '-c') of type LOCAL. The commit is in git_tags()."""
     main = sys.argv[0] if sys.argv and sys.argv[0] else "<console>"
-    return {S.MLFLOW_USER: run_user(), S.MLFLOW_SOURCE_NAME: main, **source_tag(),
-            S.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+    return {
+        S.MLFLOW_USER: run_user(),
+        S.MLFLOW_SOURCE_NAME: main,
+        **source_tag(),
+        S.MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+    }
 
 
 def run_user() -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import urlparse
 
 from resnet_exp.compat import rest_endpoint_of_status_error
@@ -73,23 +73,31 @@ class TrackingFailure:
         open) and what to do about it."""
         what = f"could not {self.action}" + (f" ({self.endpoint})" if self.endpoint else "")
         if run_id and left_running:
-            what += (f" of run {run_id}, which stays RUNNING there (the server could not be "
-                     "told); the same command, run again, resumes it")
+            what += (
+                f" of run {run_id}, which stays RUNNING there (the server could not be "
+                "told); the same command, run again, resumes it"
+            )
         elif run_id:
             what += f" of run {run_id} (now marked FAILED)"
         if self.kind == UNREACHABLE:
-            return (f"tracking server {uri} unreachable after {retry_budget()}: {what}. Start the "
-                    f"server or point MLFLOW_TRACKING_URI at it (see {DOCS})")
+            return (
+                f"tracking server {uri} unreachable after {retry_budget()}: {what}. Start the "
+                f"server or point MLFLOW_TRACKING_URI at it (see {DOCS})"
+            )
         from mlflow.environment_variables import MLFLOW_TRACKING_USERNAME
 
         user = MLFLOW_TRACKING_USERNAME.get()  # the user name only: the password is never shown
         if self.kind == UNAUTHENTICATED:
             who = f"user {user!r} and its password" if user else "no credentials"
-            return (f"tracking server {uri} refused {who} (HTTP 401): {what}. Set "
-                    f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server "
-                    f"(see {DOCS})")
-        return (f"tracking server {uri} denied user {user!r} (HTTP 403): {what}. Ask its admin for "
-                f"EDIT on the experiment (see {DOCS})")
+            return (
+                f"tracking server {uri} refused {who} (HTTP 401): {what}. Set "
+                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server "
+                f"(see {DOCS})"
+            )
+        return (
+            f"tracking server {uri} denied user {user!r} (HTTP 403): {what}. Ask its admin for "
+            f"EDIT on the experiment (see {DOCS})"
+        )
 
 
 class TrackingLost(Exception):
@@ -109,10 +117,15 @@ class TrackingLost(Exception):
 
 def retry_budget() -> str:
     """MLflow's retry budget as set now, e.g. '7 retries (about 4 min)'."""
-    from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
-                                              MLFLOW_HTTP_REQUEST_MAX_RETRIES)
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    )
 
-    retries, factor = MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(), MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()
+    retries, factor = (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(),
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get(),
+    )
     # urllib3 waits 0 s before the first retry, then factor * 2**(n-1) s, at most 120 s each
     seconds = sum(min(120, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
     if not retries:
@@ -143,8 +156,11 @@ def _classify(error: BaseException) -> TrackingFailure | None:
     if isinstance(error, unreachable):  # retries spent, or none allowed
         return TrackingFailure(UNREACHABLE, _endpoint(_url(error)), error)
     if isinstance(error, MlflowException) and error.get_http_status_code() in _REFUSED:
-        return TrackingFailure(_REFUSED[error.get_http_status_code()],
-                               _endpoint(rest_endpoint_of_status_error(error)), error)
+        return TrackingFailure(
+            _REFUSED[error.get_http_status_code()],
+            _endpoint(rest_endpoint_of_status_error(error)),
+            error,
+        )
     return None
 
 
@@ -171,7 +187,10 @@ def tracking_failure(error: BaseException) -> TrackingFailure | None:
 def one_attempt() -> Iterator[None]:
     """Requests without retries and with a short timeout, for the last writes of a run whose
     server already failed: MLflow reads both settings at each request."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
     try:
         yield

@@ -8,8 +8,8 @@ working directory) and MLFLOW_RUN_ID, which `mlflow run` sets for the run it cre
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from mlflow import MlflowClient
@@ -44,7 +44,9 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str = ""
     """Every active run of the experiment that matches `filter_string`, page by page."""
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=PAGE_SIZE, page_token=token)
+        page = client.search_runs(
+            [experiment_id], filter_string, max_results=PAGE_SIZE, page_token=token
+        )
         yield from page
         token = page.token
         if not token:

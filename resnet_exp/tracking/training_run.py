@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -22,8 +23,8 @@ from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits
-from resnet_exp.tracking.resume import ResumePoint, heartbeat
 from resnet_exp.signals import interrupts_deferred
+from resnet_exp.tracking.resume import ResumePoint, heartbeat
 from resnet_exp.tracking.runs import RunScope, run_scope
 from resnet_exp.tracking.store import project_run_id, tracking_uri
 
@@ -60,8 +61,9 @@ class ParentRun:
 
 
 @contextmanager
-def training_run(config: TrainConfig, parent: ParentRun | None = None,
-                 point: ResumePoint | None = None) -> Iterator[RunScope]:
+def training_run(
+    config: TrainConfig, parent: ParentRun | None = None, point: ResumePoint | None = None
+) -> Iterator[RunScope]:
     """The training's MLflow run, opened (or, under `mlflow run`, joined; or, to resume, the
     stopped run of `point` reopened) and always closed by the one run scope; the active run,
     so Lightning's logger and log_model write to it. A sweep's training opens a child of
@@ -72,13 +74,18 @@ def training_run(config: TrainConfig, parent: ParentRun | None = None,
         warn_if_experiment_name_ignored(config)  # the experiment is the one `mlflow run` chose
     if launcher and point:
         _point_launcher_to(launcher, point.run_id)
-    with run_scope(S.KIND_TRAIN, config.run_name, experiment_name=config.default_experiment_name,
-                   experiment_id=parent.experiment_id if parent else None,
-                   experiment_note=experiment_note(config.dataset_slug),
-                   run_id=point.run_id if point else launcher,
-                   parent_run_id=parent.run_id if parent else None,
-                   tags={**config_tags(config), **(parent.child_tags if parent else {})},
-                   active=True, system_metrics=True) as scope:
+    with run_scope(
+        S.KIND_TRAIN,
+        config.run_name,
+        experiment_name=config.default_experiment_name,
+        experiment_id=parent.experiment_id if parent else None,
+        experiment_note=experiment_note(config.dataset_slug),
+        run_id=point.run_id if point else launcher,
+        parent_run_id=parent.run_id if parent else None,
+        tags={**config_tags(config), **(parent.child_tags if parent else {})},
+        active=True,
+        system_metrics=True,
+    ) as scope:
         with heartbeat(scope.client, scope.run_id):
             yield scope
 
@@ -101,17 +108,23 @@ def _point_launcher_to(launcher: str, resumed: str) -> None:
     the launcher says so (and, with no run_kind, stays out of analysis); `mlflow run` ends it."""
     client = MlflowClient(tracking_uri())
     client.set_tag(launcher, S.TAG_RESUMED_INTO, resumed)
-    client.set_tag(launcher, S.MLFLOW_NOTE, f"This launch resumed the stopped training run {resumed}; "
-                                            "its metrics, checkpoints and model are there.")
+    client.set_tag(
+        launcher,
+        S.MLFLOW_NOTE,
+        f"This launch resumed the stopped training run {resumed}; "
+        "its metrics, checkpoints and model are there.",
+    )
 
 
 def experiment_note(dataset: str) -> str:
     """The description of a dataset's experiment, shown at the top of it in the UI."""
-    return (f"resnet-exp runs on {dataset}: one run per training (run_kind=train), sweeps as parent "
-            "runs with a nested child per (configuration, seed) (run_kind=sweep), and analyses that "
-            "rank the configurations (run_kind=analysis; open report.html in their artifacts). "
-            f"Open 'Model training' to see the runs; group charts by {S.TAG_DEPTH} for each "
-            "configuration's mean over seeds.")
+    return (
+        f"resnet-exp runs on {dataset}: one run per training (run_kind=train), sweeps as parent "
+        "runs with a nested child per (configuration, seed) (run_kind=sweep), and analyses that "
+        "rank the configurations (run_kind=analysis; open report.html in their artifacts). "
+        f"Open 'Model training' to see the runs; group charts by {S.TAG_DEPTH} for each "
+        "configuration's mean over seeds."
+    )
 
 
 @dataclass(frozen=True)
@@ -125,28 +138,43 @@ class Outcome:
     model_uri: str
 
 
-def describe_training(config: TrainConfig, facts: Mapping[str, str], outcome: Outcome | None = None) -> str:
+def describe_training(
+    config: TrainConfig, facts: Mapping[str, str], outcome: Outcome | None = None
+) -> str:
     """The run's description: configuration, data, initialisation and (once known) outcome."""
-    frozen = (f"the stem and the first {config.freeze_blocks} of 4 stages frozen"
-              if config.freeze_blocks else "every stage trained")
+    frozen = (
+        f"the stem and the first {config.freeze_blocks} of 4 stages frozen"
+        if config.freeze_blocks
+        else "every stage trained"
+    )
     sizes = "/".join(facts.get(S.SPLIT_SIZE.format(split=name), "?") for name in SPLITS)
-    text = (f"{config.arch_name} ({config.block} blocks {config.to_params()[S.BLOCKS]} per stage) with {frozen}, "
-            f"seed {config.seed}, trained on {config.data} ({facts.get(S.NUM_CLASSES, '?')} classes; "
-            f"{sizes} train/validation/test images) from {describe_weights(config.weights)}.")
+    text = (
+        f"{config.arch_name} ({config.block} blocks {config.to_params()[S.BLOCKS]} per stage) with {frozen}, "
+        f"seed {config.seed}, trained on {config.data} ({facts.get(S.NUM_CLASSES, '?')} classes; "
+        f"{sizes} train/validation/test images) from {describe_weights(config.weights)}."
+    )
     if outcome is None:
         return text + " Training..."
-    accuracy = ", ".join(f"{name} {value:.4f}" for name, value in
-                         ((S.VAL_ACC, outcome.val_acc), (S.TEST_ACC, outcome.test_acc)) if value is not None)
-    return (f"{text} Best val_loss at epoch {outcome.best_epoch} (0-based) of {outcome.epochs} trained: "
-            f"{accuracy}. Model: {outcome.model_uri}.")
+    accuracy = ", ".join(
+        f"{name} {value:.4f}"
+        for name, value in ((S.VAL_ACC, outcome.val_acc), (S.TEST_ACC, outcome.test_acc))
+        if value is not None
+    )
+    return (
+        f"{text} Best val_loss at epoch {outcome.best_epoch} (0-based) of {outcome.epochs} trained: "
+        f"{accuracy}. Model: {outcome.model_uri}."
+    )
 
 
 def warn_if_experiment_name_ignored(config: TrainConfig) -> None:
     """Under `mlflow run`, the experiment is already chosen when our code starts."""
     if config.experiment_name != AUTO:
-        log.warning("experiment_name=%r is ignored under `mlflow run`, which already chose the "
-                    "experiment: use `mlflow run --experiment-name %s`", config.experiment_name,
-                    config.experiment_name)
+        log.warning(
+            "experiment_name=%r is ignored under `mlflow run`, which already chose the "
+            "experiment: use `mlflow run --experiment-name %s`",
+            config.experiment_name,
+            config.experiment_name,
+        )
 
 
 def config_tags(config: TrainConfig) -> dict[str, str]:
@@ -167,26 +195,30 @@ def log_dataset_inputs(splits: DataSplits) -> None:
 
     for name, context in zip(SPLITS, ("training", "validation", "testing")):
         if splits.source == "hub":  # a carved split is a part of the Hub's train split
-            source = HuggingFaceDatasetSource(path=splits.location,
-                                              split="train" if name in splits.carved else name)
+            source = HuggingFaceDatasetSource(
+                path=splits.location, split="train" if name in splits.carved else name
+            )
         else:
             source = LocalArtifactDatasetSource(Path(splits.location).as_uri())
         split = splits.split(name)
-        dataset = MetaDataset(source=source, name=f"{Path(splits.location).name}-{name}",
-                              digest=splits.digest(name))
+        dataset = MetaDataset(
+            source=source, name=f"{Path(splits.location).name}-{name}", digest=splits.digest(name)
+        )
         mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
 
 
 def metric_at_step(run_id: str, key: str, step: int) -> float:
     """The value of an epoch metric at one epoch (epoch metrics are stored at step = epoch)."""
-    values = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key) if m.step == step]
+    values = [
+        m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key) if m.step == step
+    ]
     if not values:
         raise RuntimeError(f"run {run_id} has no {key} at step {step}")
     return values[-1]
 
 
 def log_json(data: Any, artifact_file: str) -> None:
-    """A JSON artifact of the active run.""" 
+    """A JSON artifact of the active run."""
     mlflow.log_text(json.dumps(data, indent=2, sort_keys=False), artifact_file)
 
 
@@ -214,9 +246,16 @@ class EpochStepMixin:
         if self.test_epoch is not None:
             epoch = self.test_epoch
         per_step = {k: v for k, v in metrics.items() if k.endswith(S.STEP_SUFFIX)}
-        per_epoch = {k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step}
-        for values, at in ((per_step, step), (per_epoch, int(epoch) if epoch is not None else step)):
-            new = {k: v for k, v in values.items() if at is None or at > self.stored_steps.get(k, -1)}
+        per_epoch = {
+            k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step
+        }
+        for values, at in (
+            (per_step, step),
+            (per_epoch, int(epoch) if epoch is not None else step),
+        ):
+            new = {
+                k: v for k, v in values.items() if at is None or at > self.stored_steps.get(k, -1)
+            }
             if new:
                 super().log_metrics(new, at)
 
@@ -241,11 +280,16 @@ class EpochTensorBoardLogger(EpochStepMixin, TensorBoardLogger):
     """TensorBoard with the same metric names and epoch steps as MLflow."""
 
 
-def make_loggers(config: TrainConfig, run_id: str, stored_steps: Mapping[str, int] | None = None) -> list:
+def make_loggers(
+    config: TrainConfig, run_id: str, stored_steps: Mapping[str, int] | None = None
+) -> list:
     mlflow_logger = EpochMLFlowLogger(run_id=run_id, tracking_uri=tracking_uri())
-    tensorboard = EpochTensorBoardLogger(save_dir=str(logs_dir(config)), name="",
-                                         version=run_folder_name(config, run_id),
-                                         default_hp_metric=False)
+    tensorboard = EpochTensorBoardLogger(
+        save_dir=str(logs_dir(config)),
+        name="",
+        version=run_folder_name(config, run_id),
+        default_hp_metric=False,
+    )
     for logger in (mlflow_logger, tensorboard):
         logger.stored_steps = dict(stored_steps or {})
     return [mlflow_logger, tensorboard]

@@ -1,6 +1,6 @@
 """Training instrumentation: epoch wall time and training throughput, logged once per epoch.
 
-    pytest tests/test_training.py -k direct_run   # checks epoch_time_s and train_images_per_s
+pytest tests/test_training.py -k direct_run   # checks epoch_time_s and train_images_per_s
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ class EpochTimer(pl.Callback):
         self.train_seconds = 0.0
         self.images = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         # Up to the last training batch, data loading included; validation comes after it.
         if batch_idx + 1 == trainer.num_training_batches and pl_module.device.type == "cuda":
             torch.cuda.synchronize()  # count the GPU work still queued, not only its launch
@@ -49,9 +55,9 @@ class EpochTimer(pl.Callback):
         # Printed once Lightning has stored the epoch's metrics (right after this hook), so a
         # Ctrl-C never leaves an epoch shown but unrecorded.
         values = {k: trainer.callback_metrics[k] for k in SUMMARY if k in trainer.callback_metrics}
-        self.pending_line = "epoch %d: %s (%.1f s)" % (
-            trainer.current_epoch, " ".join(f"{k}={float(v):.4f}" for k, v in values.items()),
-            time.perf_counter() - self.epoch_start)
+        shown = " ".join(f"{k}={float(v):.4f}" for k, v in values.items())
+        seconds = time.perf_counter() - self.epoch_start
+        self.pending_line = f"epoch {trainer.current_epoch}: {shown} ({seconds:.1f} s)"
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print_pending_line()

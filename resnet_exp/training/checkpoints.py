@@ -12,7 +12,8 @@ AdamW's state (135 MB) takes 0.35 s here and its best weights (45 MB) 0.06 s, ab
 400 s epoch at 224 px. `seconds` is the time spent writing checkpoints, kept for the run's
 phases.
 
-    python -c "from resnet_exp.training.checkpoints import AtomicCheckpointIO as A; A().save_checkpoint({'a': 1}, '/tmp/x.ckpt')"
+    python -c "from resnet_exp.training.checkpoints import AtomicCheckpointIO as A; \
+A().save_checkpoint({'a': 1}, '/tmp/x.ckpt')"
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.seconds = 0.0
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
-                        storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        path: str | os.PathLike,
+        storage_options: Any | None = None,
+    ) -> None:
         start = time.perf_counter()
         try:
             write_atomically(checkpoint, Path(path))
@@ -76,14 +81,17 @@ def write_atomically(checkpoint: dict[str, Any], target: Path) -> None:
 
 def partial_name(target: Path) -> Path:
     """The temporary file of one write to `target`: host, process id and a random part."""
-    return target.with_name(f"{target.name}.{socket.gethostname()}-{os.getpid()}-"
-                            f"{secrets.token_hex(4)}{TMP_SUFFIX}")
+    return target.with_name(
+        f"{target.name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    )
 
 
 def _remove_abandoned_partials(target: Path) -> None:
     """Remove the temporary files of `target` left by writers of this host whose process is gone
     (killed mid-write); a live writer's file, or another host's, stays."""
-    pattern = re.compile(re.escape(target.name) + r"\.(.+)-(\d+)-[0-9a-f]{8}" + re.escape(TMP_SUFFIX))
+    pattern = re.compile(
+        re.escape(target.name) + r"\.(.+)-(\d+)-[0-9a-f]{8}" + re.escape(TMP_SUFFIX)
+    )
     host = socket.gethostname()
     for path in target.parent.glob(f"{glob.escape(target.name)}.*{TMP_SUFFIX}"):
         match = pattern.fullmatch(path.name)

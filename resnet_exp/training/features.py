@@ -29,11 +29,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from resnet_exp.config import TrainConfig
-from resnet_exp.hardware import Runtime, autocast, available_memory
-from resnet_exp.model.network import StagedResNet
-from resnet_exp.model.classifier import network_input
-from resnet_exp.signals import interrupt_point
 from resnet_exp.data.store import StoredSplit
+from resnet_exp.hardware import Runtime, autocast, available_memory
+from resnet_exp.model.classifier import network_input
+from resnet_exp.model.network import StagedResNet
+from resnet_exp.signals import interrupt_point
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,9 @@ def feature_shape(model: StagedResNet, image_size: int) -> tuple[int, ...]:
         return tuple(model.prefix(probe).shape[1:])
 
 
-def plan_features(config: TrainConfig, model: StagedResNet, images: int,
-                  available: int | None) -> FeaturePlan:
+def plan_features(
+    config: TrainConfig, model: StagedResNet, images: int, available: int | None
+) -> FeaturePlan:
     """Decide before any work whether `images` images' features can be cached."""
     if config.feature_cache == "off":
         return FeaturePlan(False, "feature_cache=off")
@@ -89,15 +90,24 @@ def plan_features(config: TrainConfig, model: StagedResNet, images: int,
         return FeaturePlan(False, "the available memory cannot be read", need)
     budget = int(available * MEMORY_FRACTION)
     if need > budget:
-        return FeaturePlan(False, f"features need {need / 1e9:.2f} GB, over the budget of "
-                                  f"{budget / 1e9:.2f} GB (half the available memory)", need)
+        return FeaturePlan(
+            False,
+            f"features need {need / 1e9:.2f} GB, over the budget of "
+            f"{budget / 1e9:.2f} GB (half the available memory)",
+            need,
+        )
     shape_text = "x".join(map(str, shape))
-    return FeaturePlan(True, f"{images} images x {shape_text} after stage {config.freeze_blocks}, "
-                             f"{need / 1e6:.0f} MB fp16", need)
+    return FeaturePlan(
+        True,
+        f"{images} images x {shape_text} after stage {config.freeze_blocks}, "
+        f"{need / 1e6:.0f} MB fp16",
+        need,
+    )
 
 
-def compute_features(model: StagedResNet, images: StoredSplit, runtime: Runtime,
-                     batch_size: int) -> torch.Tensor | None:
+def compute_features(
+    model: StagedResNet, images: StoredSplit, runtime: Runtime, batch_size: int
+) -> torch.Tensor | None:
     """The frozen prefix's output for every image of a split, as fp16 on the CPU; None if a
     value does not fit in fp16. Runs in inference mode, in the run's precision, on its device."""
     device = model.conv1.weight.device
@@ -111,12 +121,13 @@ def compute_features(model: StagedResNet, images: StoredSplit, runtime: Runtime,
                 return None
             if out is None:
                 out = torch.empty((len(images), *features.shape[1:]), dtype=torch.float16)
-            out[batch[0]:batch[-1] + 1] = features.to("cpu", torch.float16)
+            out[batch[0] : batch[-1] + 1] = features.to("cpu", torch.float16)
     return out
 
 
-def cache_features(images: dict[str, StoredSplit], model: StagedResNet, config: TrainConfig,
-                   runtime: Runtime) -> tuple[dict[str, FeatureSplit] | None, FeaturePlan]:
+def cache_features(
+    images: dict[str, StoredSplit], model: StagedResNet, config: TrainConfig, runtime: Runtime
+) -> tuple[dict[str, FeatureSplit] | None, FeaturePlan]:
     """Per split, its cached features if the plan allows (else None), and the plan."""
     plan = plan_features(config, model, sum(len(s) for s in images.values()), available_memory())
     if not plan.use:
@@ -129,7 +140,9 @@ def cache_features(images: dict[str, StoredSplit], model: StagedResNet, config: 
         interrupt_point("feature_cache")
         features = compute_features(model, split, runtime, config.batch_size)
         if features is None:
-            plan = FeaturePlan(False, f"frozen-stage outputs of the {name} split exceed fp16's range")
+            plan = FeaturePlan(
+                False, f"frozen-stage outputs of the {name} split exceed fp16's range"
+            )
             log.info("feature cache: off (%s)", plan.reason)
             return None, plan
         cached[name] = FeatureSplit(features, split.labels)

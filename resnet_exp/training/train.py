@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import mlflow
 import pytorch_lightning as pl
@@ -24,23 +24,23 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from resnet_exp import schema as S
-from resnet_exp.tracking import diagnostics, registry, resume
-from resnet_exp.tracking import training_run as tracking
-from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped
-from resnet_exp.training.checkpoints import AtomicCheckpointIO
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
+from resnet_exp.data.store import ImageStore, open_image_store
 from resnet_exp.disk import check_writable
-from resnet_exp.training.features import FeaturePlan, cache_features
 from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
-from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.model.classifier import ResNetClassifier
+from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.phases import Phases
 from resnet_exp.signals import interrupt_point
+from resnet_exp.tracking import diagnostics, registry, resume
+from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
 from resnet_exp.tracking.store import project_run_id
-from resnet_exp.data.store import ImageStore, open_image_store
+from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped
+from resnet_exp.training.checkpoints import AtomicCheckpointIO
+from resnet_exp.training.features import FeaturePlan, cache_features
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,23 @@ class TrainResult:
     registered: registry.RegisteredVersion | None  # None when registered_model_name is 'none'
 
 
-def train(config: TrainConfig, parent: tracking.ParentRun | None = None,
-          callbacks: Sequence[pl.Callback] = ()) -> TrainResult:
+def train(
+    config: TrainConfig,
+    parent: tracking.ParentRun | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+) -> TrainResult:
     """Train, test with the best checkpoint, and record everything in one MLflow run (a child
     of `parent` when a sweep runs it). `callbacks` join the Trainer's own (a Ray trial's report
     of each epoch to Tune)."""
     phases = Phases()
     check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
     check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
-    point = resume.plan(config, tracking.resume_experiment_id(config, parent),
-                        parent.run_id if parent else None, None if parent else project_run_id())
+    point = resume.plan(
+        config,
+        tracking.resume_experiment_id(config, parent),
+        parent.run_id if parent else None,
+        None if parent else project_run_id(),
+    )
     with phases.timed(S.PRECISION_TIME):
         runtime = resolve_runtime(config)
     apply_runtime(runtime)
@@ -72,7 +79,9 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None,
     store = open_image_store(splits, config)
     initial = load_initial_weights(config.weights, config.block, config.blocks)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    spec = config.net_spec(splits.class_names)  # the network, built and checkpointed from this alone
+    spec = config.net_spec(
+        splits.class_names
+    )  # the network, built and checkpointed from this alone
     classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
@@ -86,7 +95,9 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None,
         facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
         scope.describe(tracking.describe_training(config, facts))
         _log_input_path(scope, store, plan, first_attempt=point is None)
-        trainer = _build_trainer(config, runtime, run_id, len(splits.train), folder, point, callbacks)
+        trainer = _build_trainer(
+            config, runtime, run_id, len(splits.train), folder, point, callbacks
+        )
         checkpoint_io = trainer.strategy.checkpoint_io
         with _known_warnings_silenced():
             with phases.timed(S.FIT_TIME):
@@ -109,11 +120,23 @@ def train(config: TrainConfig, parent: tracking.ParentRun | None = None,
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
-        model_uri, version = _publish_model(config, run_id, best, best_epoch, splits, metrics, phases)
+        model_uri, version = _publish_model(
+            config, run_id, best, best_epoch, splits, metrics, phases
+        )
         mlflow.log_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, step=0)
-        scope.describe(tracking.describe_training(config, facts, tracking.Outcome(
-            best_epoch, trainer.current_epoch, metrics.get(S.VAL_ACC), metrics.get(S.TEST_ACC),
-            version.uri if version else model_uri)))
+        scope.describe(
+            tracking.describe_training(
+                config,
+                facts,
+                tracking.Outcome(
+                    best_epoch,
+                    trainer.current_epoch,
+                    metrics.get(S.VAL_ACC),
+                    metrics.get(S.TEST_ACC),
+                    version.uri if version else model_uri,
+                ),
+            )
+        )
     return TrainResult(run_id, best, metrics, model_uri, version)
 
 
@@ -123,27 +146,43 @@ def _resumed_note(point: ResumePoint) -> str:
     return f"epoch {epoch + 1} from {point.checkpoint}"
 
 
-def _publish_model(config: TrainConfig, run_id: str, checkpoint: str, best_epoch: int,
-                   splits: DataSplits, metrics: dict[str, float],
-                   phases: Phases) -> tuple[str, registry.RegisteredVersion | None]:
+def _publish_model(
+    config: TrainConfig,
+    run_id: str,
+    checkpoint: str,
+    best_epoch: int,
+    splits: DataSplits,
+    metrics: dict[str, float],
+    phases: Phases,
+) -> tuple[str, registry.RegisteredVersion | None]:
     """Log the best checkpoint as an MLflow Model of this run and register it (unless 'none')."""
     with phases.timed(S.MODEL_LOG_TIME):
         first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
-        model_uri = registry.log_model(checkpoint, registry.example_image(first_test_image, config.image_size),
-                                       best_epoch)
+        model_uri = registry.log_model(
+            checkpoint, registry.example_image(first_test_image, config.image_size), best_epoch
+        )
     phases.add(S.REGISTER_TIME, 0.0)
     if config.model_name is None:
         return model_uri, None
     tags = registry.version_tags(config, run_id, metrics)
-    accuracy = ", ".join(f"{name} {metrics[name]:.4f}" for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics)
-    description = (f"{config.run_name}: the best checkpoint (epoch {best_epoch}) of training run "
-                   f"{run_id}; {accuracy}. Trained on {config.data} from {describe_weights(config.weights)}.")
+    accuracy = ", ".join(
+        f"{name} {metrics[name]:.4f}" for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics
+    )
+    description = (
+        f"{config.run_name}: the best checkpoint (epoch {best_epoch}) of training run "
+        f"{run_id}; {accuracy}. Trained on {config.data} from {describe_weights(config.weights)}."
+    )
     with phases.timed(S.REGISTER_TIME):
         return model_uri, registry.register(model_uri, config, tags, description)
 
 
-def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: ImageStore,
-                    config: TrainConfig, runtime: Runtime) -> tuple[dict, FeaturePlan]:
+def _prepare_inputs(
+    classifier: ResNetClassifier,
+    splits: DataSplits,
+    store: ImageStore,
+    config: TrainConfig,
+    runtime: Runtime,
+) -> tuple[dict, FeaturePlan]:
     """What the loaders serve: the stored images, or the frozen stages' cached outputs."""
     if runtime.channels_last:
         classifier.use_channels_last()
@@ -153,7 +192,9 @@ def _prepare_inputs(classifier: ResNetClassifier, splits: DataSplits, store: Ima
     return (images if features is None else features), plan
 
 
-def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan, first_attempt: bool) -> None:
+def _log_input_path(
+    scope: RunScope, store: ImageStore, plan: FeaturePlan, first_attempt: bool
+) -> None:
     """Which input path the run took, so that runs stay comparable (docs/tracking.md). A
     resumed run keeps the setup times of its first attempt (one value per step)."""
     scope.log_params({S.RESOLVED_FEATURE_CACHE: plan.state})
@@ -173,12 +214,20 @@ def _known_warnings_silenced() -> Iterator[None]:
         # them: exactly the combination this warning describes.
         warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
         # The model summary's size estimate assumes fp32 weights, which they are under bf16-mixed.
-        warnings.filterwarnings("ignore", message=r"Precision bf16-mixed is not supported by the model summary")
+        warnings.filterwarnings(
+            "ignore", message=r"Precision bf16-mixed is not supported by the model summary"
+        )
         yield
 
 
-def _log_run_facts(scope: RunScope, config: TrainConfig, runtime: Runtime, splits: DataSplits,
-                   initial: InitialWeights, classifier: ResNetClassifier) -> dict[str, str]:
+def _log_run_facts(
+    scope: RunScope,
+    config: TrainConfig,
+    runtime: Runtime,
+    splits: DataSplits,
+    initial: InitialWeights,
+    classifier: ResNetClassifier,
+) -> dict[str, str]:
     """The config, the runtime and facts about the data and the network, as params and as
     config.json; returns the facts."""
     trainable, total = classifier.parameter_counts()
@@ -190,33 +239,67 @@ def _log_run_facts(scope: RunScope, config: TrainConfig, runtime: Runtime, split
         S.TOTAL_PARAMS: str(total),
     }
     scope.log_params({**config.to_params(), **runtime.to_params(), **facts}, same=config.same_value)
-    tracking.log_json({"config": config.to_params(), "runtime": runtime.to_params(), **facts,
-                       S.TAG_CONFIG_HASH: config.config_hash,
-                       "data": {"source": splits.source, "location": splits.location,
-                                "carved_splits": list(splits.carved), "sizes": splits.sizes()},
-                       "initial_weights_by_block": initial.report}, S.CONFIG_FILE)
+    tracking.log_json(
+        {
+            "config": config.to_params(),
+            "runtime": runtime.to_params(),
+            **facts,
+            S.TAG_CONFIG_HASH: config.config_hash,
+            "data": {
+                "source": splits.source,
+                "location": splits.location,
+                "carved_splits": list(splits.carved),
+                "sizes": splits.sizes(),
+            },
+            "initial_weights_by_block": initial.report,
+        },
+        S.CONFIG_FILE,
+    )
     tracking.log_json(list(splits.class_names), S.CLASS_NAMES_FILE)
     tracking.log_dataset_inputs(splits)
-    log.info("%s | %s | %d of %d parameters trainable", config.run_name, splits.summary(),
-             trainable, total)
+    log.info(
+        "%s | %s | %d of %d parameters trainable",
+        config.run_name,
+        splits.summary(),
+        trainable,
+        total,
+    )
     return facts
 
 
-def _build_trainer(config: TrainConfig, runtime: Runtime, run_id: str, train_rows: int, folder: Path,
-                   point: ResumePoint | None, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
+def _build_trainer(
+    config: TrainConfig,
+    runtime: Runtime,
+    run_id: str,
+    train_rows: int,
+    folder: Path,
+    point: ResumePoint | None,
+    extra: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
     # `folder` is explicit: loggers must not decide it; a resumed run keeps its own.
     # Two files per run: the best by val_loss as weights only (what test and the registry
     # read), and one resumable last.ckpt with optimizer, scheduler and callback states. Keeping
     # the top 3 in full took 4 files of 112-135 MB per run, 24 GB for a 45-run study.
-    best = ModelCheckpoint(dirpath=folder, filename="epoch{epoch:02d}-val_loss{val_loss:.4f}",
-                           auto_insert_metric_name=False, monitor=S.MONITOR, mode="min", save_top_k=1,
-                           save_weights_only=True)
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="epoch{epoch:02d}-val_loss{val_loss:.4f}",
+        auto_insert_metric_name=False,
+        monitor=S.MONITOR,
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+    )
     # Without a monitor, top-1 is the latest epoch: last.ckpt, overwritten atomically after every
     # epoch. (save_last=True with save_top_k=0 writes it only when fit ends: nothing to resume.)
-    last = ModelCheckpoint(dirpath=folder, filename=LAST_CHECKPOINT.removesuffix(".ckpt"), save_top_k=1,
-                           enable_version_counter=False)
-    early_stopping = EarlyStopping(monitor=S.MONITOR, mode="min",
-                                   patience=config.early_stopping_patience)
+    last = ModelCheckpoint(
+        dirpath=folder,
+        filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(
+        monitor=S.MONITOR, mode="min", patience=config.early_stopping_patience
+    )
     batches = max(1, train_rows // config.batch_size)
     if config.limit_batches:
         batches = min(batches, config.limit_batches)
