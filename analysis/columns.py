@@ -16,9 +16,8 @@ BLOCKS = S.BLOCKS  # '2,2,2,2', as training logs the param
 # bottleneck 2,2,2,2 are different networks, never one series.
 NETWORK = "network"
 FREEZE_BLOCKS = S.FREEZE_BLOCKS
-DEPTH_LABEL = (
-    S.TAG_DEPTH
-)  # 'b2222-f2', 'bn3463-f2' (bottleneck): the tag's name, one name per concept
+# 'b2222-f2', 'bn3463-f2' (bottleneck): the tag's name, one name per concept
+DEPTH_LABEL = S.TAG_DEPTH
 SEED = S.SEED
 TRAINABLE_PARAMS = S.TRAINABLE_PARAMS
 WEIGHTS = S.WEIGHTS  # initial weights: 'imagenet', 'none' (random) or a state_dict file

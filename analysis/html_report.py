@@ -26,9 +26,8 @@ tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
-_RELATIVE_SRC = re.compile(
-    r'src="(?![a-z][a-z0-9+.-]*:)([^"]+)"', re.IGNORECASE
-)  # no scheme: a local file
+# no scheme: a local file
+_RELATIVE_SRC = re.compile(r'src="(?![a-z][a-z0-9+.-]*:)([^"]+)"', re.IGNORECASE)
 
 
 def inline_images(page: str, folder: Path) -> str:

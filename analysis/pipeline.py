@@ -23,9 +23,8 @@ from resnet_exp.atomic import replace_atomically
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    ranking: (
-        pd.DataFrame
-    )  # one row per configuration, ranked (columns: analysis.columns.RANKING_COLUMNS)
+    # one row per configuration, ranked (columns: analysis.columns.RANKING_COLUMNS)
+    ranking: pd.DataFrame
     output_folder: Path  # <output_dir>/<dataset>/analysis
     run_id: str  # the MLflow run holding the same files as artifacts
     excluded: dict[str, int]  # runs left out, by reason (analysis.runs.EXCLUSION_REASONS)

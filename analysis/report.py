@@ -190,10 +190,11 @@ def _block_type_sentences(ranking: pd.DataFrame) -> list[str]:
         [C.BLOCKS, C.FREEZE_BLOCKS, C.WEIGHTS], sort=True
     ):
         if g[C.BLOCK].nunique() >= 2:
+            # 'basic' < 'bottleneck'
             lo, hi = (
                 g.loc[g[C.BLOCK].idxmin()],
                 g.loc[g[C.BLOCK].idxmax()],
-            )  # 'basic' < 'bottleneck'
+            )
             sentences.append(
                 f"With blocks {blocks} and {freeze} frozen stages{weights_note(ranking, weights)}, "
                 f"{hi[C.BLOCK]} blocks instead of {lo[C.BLOCK]} {_change(lo, hi)}."

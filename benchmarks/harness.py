@@ -128,9 +128,8 @@ def bench_model(config: TrainConfig, num_classes: int = len(CLASSES)) -> Bench:
     size = config.image_size
     x = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (config.batch_size,), device=device)
-    optimizer = adamw(
-        [p for p in model.parameters() if p.requires_grad], config.learning_rate
-    )  # the project's
+    # the project's
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], config.learning_rate)
     return Bench(runtime, device, model, x, y, optimizer)
 
 

@@ -189,9 +189,10 @@ def train(**values: Any) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
     """Label image files (or every image in given folders) with a logged or registered model."""
+    # heavy imports after the arguments are checked
     from resnet_exp.model import (
         predict as prediction,
-    )  # heavy imports after the arguments are checked
+    )
 
     try:
         files = prediction.image_files(images)

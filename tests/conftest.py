@@ -317,9 +317,8 @@ def two_trainings(tmp_path_factory, data_dir) -> Trainings:
     results, wall = [], []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv(
-            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1"
-        )  # seconds; MLflow's default is 10
+        # seconds; MLflow's default is 10
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
         patch.chdir(work)
         for config in configs:
             start = time.perf_counter()

@@ -236,11 +236,12 @@ class TrackingServer:
 
     def start(self, timeout: float = 240) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # 5 job workers we do not use
         env.update(
             MLFLOW_AUTH_CONFIG_PATH=str(self.auth_config),
             MLFLOW_FLASK_SERVER_SECRET_KEY="tests-only-csrf-key",  # the auth app's CSRF key
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        )  # 5 job workers we do not use
+        )
         cmd = [
             sys.executable,
             "-m",
@@ -260,9 +261,10 @@ class TrackingServer:
             "1",
         ]
         log = open(self.root / f"server-{self.starts}.log", "w")
+        # its own group: kill takes all
         self.process = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )  # its own group: kill takes all
+        )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -433,9 +433,8 @@ def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
     table, _ = ranked(AnalysisConfig(experiment_name="paired", data="demo"))
     lead, p, q, w = (table.loc[f"b{k[0].replace(',', '')}-f{k[1]}"] for k in (L, P, Q, W))
     assert lead[C.COMPARISON] == "leader" and table.index[0] == "b2222-f2"
-    assert (
-        p[C.TEST_ACC_LO] < lead[C.TEST_ACC_HI] and lead[C.TEST_ACC_LO] < p[C.TEST_ACC_HI]
-    )  # overlap
+    # overlap
+    assert p[C.TEST_ACC_LO] < lead[C.TEST_ACC_HI] and lead[C.TEST_ACC_LO] < p[C.TEST_ACC_HI]
     assert p[C.COMPARISON] == st.PAIRED and p[C.N_PAIRS] == 4 and not p[C.TIED]
     assert p[C.DIFF] == pytest.approx(-0.02) and p[C.DIFF_HI] < 0
     # the differences agree exactly, so their variance is the binomial floor of the test sets
@@ -575,9 +574,8 @@ def test_configurations_sharing_a_depth_label_stay_apart(study):
     table, runs_table = ranked(AnalysisConfig(experiment_name="shared", data="demo"))
     assert len(table) == 2 and all(label.startswith("b2222-f2 (") for label in table.index)
     assert table[C.TEST_ACC_MEAN].round(3).tolist() == [0.705, 0.605]
-    assert math.isnan(
-        table[C.TRAIN_TIME_MEAN].iloc[1]
-    )  # no epoch times: no time, off the time front
+    # no epoch times: no time, off the time front
+    assert math.isnan(table[C.TRAIN_TIME_MEAN].iloc[1])
     assert table[C.PARETO_TIME].tolist() == [True, False]
     from analysis.report import shared_label_notes
 

@@ -74,9 +74,8 @@ def test_text_round_trip():
     assert (
         format_value(3e-5) == "3e-5" and format_value(0.1) == "0.1" and format_value(1e20) == "1e20"
     )
-    assert (
-        format_value(1.2345678e-4) == "0.00012345678"
-    )  # no rounding: the hash sees the real value
+    # no rounding: the hash sees the real value
+    assert format_value(1.2345678e-4) == "0.00012345678"
     assert format_value(2.0) == "2"
 
 

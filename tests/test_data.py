@@ -352,9 +352,8 @@ def test_a_folder_is_read_once_per_process_until_its_files_change(tmp_path):
     folder = make_image_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
     first = _load_folder(folder, _tree_signature(folder))
     again = _load_folder(folder, _tree_signature(folder))
-    assert (
-        again["train"] is first["train"] and again is not first
-    )  # cached; callers get their own dict
+    # cached; callers get their own dict
+    assert again["train"] is first["train"] and again is not first
     save_image(folder / "dog" / "dog_new.png", seed=99)
     changed = _load_folder(folder, _tree_signature(folder))
     assert changed["train"] is not first["train"] and len(changed["train"]) == 7

@@ -50,9 +50,8 @@ def test_a_cells_end_says_how_it_ended_and_what_is_left():
 
 def test_cells_are_numbered_in_order_and_added_seeds_extend_the_count(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger=P.log.name)
-    monkeypatch.setattr(
-        P, "run_summary", lambda run_id: (0.5, 60.0)
-    )  # (test_acc, seconds) from MLflow
+    # (test_acc, seconds) from MLflow
+    monkeypatch.setattr(P, "run_summary", lambda run_id: (0.5, 60.0))
     progress = P.SweepProgress(at_once=2)
     assert progress.add(["a", "b", "c"]) == [1, 2, 3]
     progress.started(2)

@@ -127,13 +127,11 @@ def test_ray_gets_its_settings_and_the_trials_their_variables_but_never_a_passwo
     monkeypatch.delenv("RAY_worker_niceness", raising=False)
     here = ray_settings(start_here=True)
     assert here["RAY_worker_niceness"] == "0" and here["RAY_AIR_NEW_OUTPUT"] == "0"
-    assert "RAY_worker_niceness" not in ray_settings(
-        start_here=False
-    )  # a cluster's nodes have their own
+    # a cluster's nodes have their own
+    assert "RAY_worker_niceness" not in ray_settings(start_here=False)
     monkeypatch.setenv("RAY_worker_niceness", "5")
-    assert (
-        ray_settings(start_here=True)["RAY_worker_niceness"] == "5"
-    )  # a private default, not a rule
+    # a private default, not a rule
+    assert ray_settings(start_here=True)["RAY_worker_niceness"] == "5"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/etc/ssl/tracking.pem")

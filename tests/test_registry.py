@@ -360,9 +360,8 @@ def test_registered_model_name_none_logs_the_model_but_registers_nothing(
     import mlflow
 
     image = next((data_dir / "demo-v1" / "ring").glob("*.png")).read_bytes()
-    model = mlflow.pyfunc.load_model(
-        f"runs:/{result.run_id}/model"
-    )  # MLflow 3: a LoggedModel of the run
+    # MLflow 3: a LoggedModel of the run
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     label = model.predict(pd.DataFrame({"image": [image]}))["label"][0]
     expected = ImageClassifier.from_checkpoint(result.best_checkpoint).predict_uploads([image])[
         "label"

@@ -452,9 +452,8 @@ def test_a_ctrl_c_waits_for_the_store_write_to_finish():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with interrupts_deferred():
-            signal.raise_signal(
-                signal.SIGINT
-            )  # to this thread: its handler runs before the next line
+            # to this thread: its handler runs before the next line
+            signal.raise_signal(signal.SIGINT)
             done.append("the write finished")
     assert done == ["the write finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -373,9 +373,8 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
     first = train(config.replace(resume="never"))
     client = MlflowClient(tracking_uri)
-    client.set_terminated(
-        first.run_id, KILLED
-    )  # as if killed after fit: last.ckpt is the last epoch
+    # as if killed after fit: last.ckpt is the last epoch
+    client.set_terminated(first.run_id, KILLED)
     stored = metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id)
     experiment_id = client.get_run(first.run_id).info.experiment_id
     launcher = client.create_run(experiment_id).info.run_id  # what `mlflow run` creates

@@ -134,9 +134,8 @@ def test_a_scope_can_fail_without_an_exception(tracking_uri, experiment):
 def test_params_are_logged_once_and_a_clash_is_named(tracking_uri, experiment):
     with run_scope(S.KIND_TRAIN, "the-run", experiment_name=experiment) as scope:
         scope.log_params({"learning_rate": "3e-5"})
-        scope.log_params(
-            {"learning_rate": "3e-05", "seed": "0"}
-        )  # already there: kept as first given
+        # already there: kept as first given
+        scope.log_params({"learning_rate": "3e-05", "seed": "0"})
         with pytest.raises(ConfigError, match=r"learning_rate='3e-5'.*MLFLOW_RUN_ID"):
             scope.log_params({"learning_rate": "0.1"}, same=lambda name, text: float(text) == 0.1)
     assert the_run(tracking_uri, experiment, S.KIND_TRAIN).data.params == {

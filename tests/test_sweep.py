@@ -230,9 +230,8 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         assert "2 trained, 0 skipped" in result.output
         # the parent's status comes from every cell: still RUNNING while a shard has cells left
         assert [p.info.status for p in sweeps(client)] == [parent_status]
-        lines = progress_lines(
-            caplog
-        )  # numbered in the shard's grid order, the time left once known
+        # numbered in the shard's grid order, the time left once known
+        lines = progress_lines(caplog)
         assert_progress(lines, names)
         assert "; about " in lines[1] and "; about " not in lines[-1], lines
 
@@ -278,12 +277,13 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         ],
     )
     assert analysis.exit_code == 0, analysis.output
+    # real runs log per-class accuracy; f3 and f4 are two freeze levels
     assert_analysis(
         tmp_path / "results" / "demo" / "analysis",
         {"b1111-f3", "b1111-f4"},
         n_runs=2,
         class_plot=True,
-    )  # real runs log per-class accuracy; f3 and f4 are two freeze levels
+    )
     assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
 
 

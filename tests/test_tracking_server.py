@@ -186,9 +186,8 @@ def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_p
 def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(
     server, tmp_path, data_dir, caplog
 ):
-    caplog.set_level(
-        logging.INFO
-    )  # the training's log lines, which a process would print to stderr
+    # the training's log lines, which a process would print to stderr
+    caplog.set_level(logging.INFO)
     result = train(tmp_path, data_dir, "server-train", "--max-epochs", "2")
     assert result.exit_code == 0, result.output[-4000:]
 

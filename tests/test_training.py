@@ -93,9 +93,8 @@ def test_a_stale_run_id_pointing_at_other_params_is_refused(
         mlflow.log_params({"freeze_blocks": "4", "learning_rate": "0.00003"})
     monkeypatch.setenv("MLFLOW_RUN_ID", old.info.run_id)
     with pytest.raises(ConfigError, match="already has freeze_blocks='4'"):
-        train(
-            tiny_config(data_dir, tmp_path / "results", freeze_blocks=2)
-        )  # 3e-5 == 0.00003: no clash
+        # 3e-5 == 0.00003: no clash
+        train(tiny_config(data_dir, tmp_path / "results", freeze_blocks=2))
     assert MlflowClient(tracking_uri).get_run(old.info.run_id).info.status == "FAILED"
 
 

@@ -45,9 +45,10 @@ def run_child(
 ) -> ChildOutcome:
     """Train one cell as a child of `parent` (or skip it, already FINISHED); a failure is recorded
     and returned, not raised, so that the sweep goes on. `callbacks` go to the Trainer."""
+    # Lightning and torchvision load only when a child trains
     from resnet_exp.training.train import (
         train,
-    )  # Lightning and torchvision load only when a child trains
+    )
 
     interrupt_point("sweep_gap")
     identity = dict(

@@ -54,10 +54,11 @@ CREDENTIAL_VARIABLES = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
 )
+# how to reach the server
 TLS_VARIABLES = (
     "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_TRACKING_SERVER_CERT_PATH",
-)  # how to reach the server
+)
 
 
 @contextmanager

@@ -22,10 +22,11 @@ AUTO_SEEDS = (
     "auto"  # seeds=auto: AUTO_FIRST_SEEDS of everything, then seeds where the ranking is unresolved
 )
 AUTO_FIRST_SEEDS = 3  # the fewest seeds a paired t test with 2 degrees of freedom can use
+# how a sweep runs its cells: one after another here, or as Ray Tune trials
 EXECUTORS = (
     "local",
     "ray",
-)  # how a sweep runs its cells: one after another here, or as Ray Tune trials
+)
 TRIAL_RESOURCE_KEYS = ("cpu", "gpu")
 
 

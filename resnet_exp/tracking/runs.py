@@ -171,9 +171,8 @@ def run_scope(
             if signum is not None:
                 raise RunInterrupted(run_id, signum) from err
             failure = tracking_failure(err)
-            if failure is not None and not isinstance(
-                err, TrackingLost
-            ):  # the innermost run names it
+            # the innermost run names the loss: a sweep's child rather than its parent
+            if failure is not None and not isinstance(err, TrackingLost):
                 error = TrackingLost(failure, run_id)
                 raise error from err
             raise
@@ -203,9 +202,8 @@ def _close_after_server_failure(
             if isinstance(error, TrackingLost) and error.run_id == scope.run_id:
                 error.left_running = True
             if active and mlflow.active_run() and mlflow.active_run().info.run_id == scope.run_id:
-                with suppress(
-                    Exception
-                ):  # leaves MLflow no active run to end at exit, with retries
+                # leaves MLflow no active run to end at exit, with retries
+                with suppress(Exception):
                     mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
 
 

@@ -79,9 +79,8 @@ def train(
     store = open_image_store(splits, config)
     initial = load_initial_weights(config.weights, config.block, config.blocks)
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    spec = config.net_spec(
-        splits.class_names
-    )  # the network, built and checkpointed from this alone
+    # the network, built and checkpointed from this alone
+    spec = config.net_spec(splits.class_names)
     classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
