@@ -138,6 +138,39 @@ def test_a_truncated_file_is_named_when_decoded(tmp_path):
             [data[i] for i in range(len(data))]
 
 
+def bomb(path: Path) -> Path:
+    """A PNG whose header claims 30000 x 30000 pixels (900 million): 110 kB on disk."""
+    Image.new("1", (30000, 30000)).save(path)
+    return path
+
+
+def test_a_decompression_bomb_is_named_with_the_limit_when_decoded(tmp_path):
+    data = bomb(tmp_path / "huge.png").read_bytes()
+    with pytest.raises(
+        DataError, match=r"row 3 .* claims 900,000,000 pixels, over the limit of [\d,]+ pixels"
+    ):
+        decode_image({"bytes": data, "path": None}, "row 3 of the train split")  # as from the Hub
+
+
+def test_a_decompression_bomb_in_a_folder_stops_train_in_one_line(tmp_path, tracking_uri):
+    from click.testing import CliRunner
+
+    from resnet_exp.cli import main
+
+    make_image_folder(tmp_path / "images", {"a": 6, "b": 6})
+    huge = bomb(tmp_path / "images" / "a" / "huge.png")
+    options = ["--data", str(tmp_path / "images"), "--data-dir", str(tmp_path / "store")]
+    options += ["--output-dir", str(tmp_path / "out"), "--weights", "none", "--image-size", "32"]
+    result = CliRunner().invoke(main, ["train", *options, "--precision", "32-true"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(huge) in errors[0] and "pixels for one image" in errors[0], (
+        result.output
+    )
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("images.npy"))
+
+
 def test_one_class_is_an_error(tmp_path):
     make_image_folder(tmp_path, {"only": 6})
     with pytest.raises(DataError, match="at least 2"):
