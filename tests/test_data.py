@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +142,14 @@ def test_a_truncated_file_is_named_when_decoded(tmp_path):
 
 
 def bomb(path: Path) -> Path:
-    """A PNG whose header claims 30000 x 30000 pixels (900 million): 110 kB on disk."""
-    Image.new("1", (30000, 30000)).save(path)
+    """A 1 x 1 PNG whose header claims 30000 x 30000 pixels (900 million): PIL refuses it from
+    the header alone, so nothing bigger is ever written or decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())  # 8-byte signature, then IHDR: length, type, data, CRC
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type + data
+    path.write_bytes(bytes(data))
     return path
 
 
