@@ -5,6 +5,8 @@
   own test split) and the Wilson score interval of all its test predictions pooled (the finite
   test set). Agreeing seeds therefore never give a zero-width interval; a single run gets the
   Wilson interval alone. Wilson (1927); Brown, Cai & DasGupta (2001), Statist. Sci. 16:101-133.
+  Every interval is clipped to the values it can take: [0, 1] for an accuracy, [-1, 1] for a
+  difference of two (a t interval over two far-apart seeds reaches past them otherwise).
 - A configuration is compared with the leader by the per-seed difference in test accuracy over
   the seeds both have (paired Student t), or, with fewer than two common seeds, by Welch's
   unequal-variance t over all their runs (a side with a single run borrows the other side's
@@ -71,7 +73,8 @@ def accuracy_interval(accuracies: Sequence[float], test_sizes: Sequence[float]) 
     Test sizes may be NaN (runs from before they were recorded): then seeds alone decide."""
     acc, sizes = np.asarray(accuracies, float), np.asarray(test_sizes, float)
     mean, half = float(acc.mean()), t_half_width(acc)
-    t_lo, t_hi = mean - half, mean + half
+    # an accuracy lies in [0, 1]: two seeds far apart give a t interval reaching past both ends
+    t_lo, t_hi = max(0.0, mean - half), min(1.0, mean + half)
     if np.isnan(sizes).any():
         return Interval(t_lo, t_hi, SEEDS)
     correct = float(np.round(acc * sizes).sum())  # accuracies are exact fractions of the test size
@@ -159,7 +162,9 @@ def _t_test(
     dist = stats.norm if math.isinf(df) else stats.t(df)
     q = dist.ppf((1 + confidence) / 2)
     p = float(2 * dist.sf(abs(diff) / se))
-    return Comparison(diff, diff - q * se, diff + q * se, p, method, n_pairs)
+    # a difference of two accuracies lies in [-1, 1], whatever the normal approximation says
+    lo, hi = max(-1.0, diff - q * se), min(1.0, diff + q * se)
+    return Comparison(diff, lo, hi, p, method, n_pairs)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

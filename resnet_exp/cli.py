@@ -188,7 +188,8 @@ def train(**values: Any) -> None:
 )
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
-    """Label image files (or every image in given folders) with a logged or registered model."""
+    """Label image files (or every image in given folders) with a logged or registered model.
+    Unreadable files are listed after the labels (exit status 3); if none is readable, exit 1."""
     # heavy imports after the arguments are checked
     from resnet_exp.model import (
         predict as prediction,
@@ -196,10 +197,13 @@ def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
 
     try:
         files = prediction.image_files(images)
-        table = prediction.predict_files(model_uri, files)
+        found = prediction.predict_files(model_uri, files)
     except UserError as err:
         raise click.ClickException(user_message(err)) from None
-    click.echo(prediction.as_json(table) if as_json else prediction.as_text(table))
+    click.echo(prediction.as_json(found) if as_json else prediction.as_text(found))
+    if found.unreadable:
+        click.echo(prediction.unreadable_text(found), err=True)
+        raise SystemExit(prediction.SOME_UNREADABLE_EXIT)
 
 
 @main.command()

@@ -35,6 +35,10 @@ NO_REGISTRATION = "none"  # registered_model_name that logs the model but regist
 # Registered-model names end up in `models:/<name>@<alias>` URIs, so no '/', ':' or '@'.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
 MIN_IMAGE_SIZE = 32  # ResNet downsamples by 32; smaller inputs collapse layer4 to nothing useful
+# A served model refuses images over 40 megapixels (a 6,324 px square: data/images.py), so a
+# larger input only upsamples every image it could be given; and one 8192 px image already
+# keeps over 13 GB of ResNet18 activations in training (hardware.check_memory).
+MAX_IMAGE_SIZE = 8192
 NEVER = "never"
 RESUME_MODES = (AUTO, NEVER)  # or a run id: continue that run
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -388,9 +392,9 @@ def _validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         _check(isinstance(value, int) and value >= 1, f"{name}={value!r}: expected an integer >= 1")
     _check(
-        isinstance(c.image_size, int) and c.image_size >= MIN_IMAGE_SIZE,
-        f"image_size={c.image_size!r}: expected an integer >= {MIN_IMAGE_SIZE} "
-        "(ResNet downsamples its input 32x)",
+        isinstance(c.image_size, int) and MIN_IMAGE_SIZE <= c.image_size <= MAX_IMAGE_SIZE,
+        f"image_size={c.image_size!r}: expected an integer {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} "
+        "(ResNet downsamples its input 32x; a served model takes images of up to 40 megapixels)",
     )
     _check(
         math.isfinite(c.learning_rate) and c.learning_rate > 0,

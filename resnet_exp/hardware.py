@@ -26,6 +26,7 @@ import torch
 
 from resnet_exp.config import AUTO, TrainConfig
 from resnet_exp.errors import ConfigError
+from resnet_exp.model.netspec import network_size
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,65 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return max(0, available)
+
+
+# --- will it fit? ---------------------------------------------------------------------------
+
+# Bytes that training holds per parameter: a trained one its fp32 weight, gradient and AdamW's
+# two moments; a frozen one its weight alone.
+TRAINED_PARAMETER_BYTES, FROZEN_PARAMETER_BYTES = 16, 4
+# Values that autograd keeps per conv output value, at least: the conv's output (BatchNorm's
+# backward needs it) and the normalised, rectified output (the next conv's backward needs it).
+SAVED_PER_CONV_VALUE = 2
+
+
+def training_memory(config: TrainConfig, freeze_blocks: int, batch: int) -> tuple[int, int, int]:
+    """(bytes, parameters, activation bytes) that training the config's network on `batch`
+    images holds at the least, counted from the block counts without building anything. Only
+    stages after the frozen ones keep activations; mixed precision may keep them in 2 bytes."""
+    params, values = network_size(config.block, config.blocks, config.image_size)
+    trained = sum(params[freeze_blocks + 1 :]) if freeze_blocks else sum(params)
+    frozen = sum(params) - trained
+    value_bytes = 4 if config.precision == "32-true" else 2
+    kept = sum(values[freeze_blocks + 1 :]) if freeze_blocks else sum(values)
+    activations = batch * kept * SAVED_PER_CONV_VALUE * value_bytes
+    total = trained * TRAINED_PARAMETER_BYTES + frozen * FROZEN_PARAMETER_BYTES + activations
+    return total, sum(params), activations
+
+
+def memory_for_training() -> tuple[int | None, str]:
+    """(bytes free, where): the GPU's free memory where CUDA trains, else the machine's
+    available memory; None where it cannot be read (Apple's MPS shares the machine's)."""
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0], "the GPU has"
+    return available_memory(), "this machine has"
+
+
+def check_memory(config: TrainConfig) -> None:
+    """Refuse, before any data loads, a run whose network and batch cannot fit in memory: a
+    ConfigError naming the parameters, the estimate (a lower bound, so a refusal is certain)
+    and the memory free. precision=auto on a CPU first trains the whole network on
+    MEASURE_BATCH images to time bf16, so that must fit too."""
+    free, where = memory_for_training()
+    if free is None:
+        return
+    needs = [(training_memory(config, config.freeze_blocks, config.batch_size), "training")]
+    if config.precision == AUTO and not torch.cuda.is_available():
+        measure = min(config.batch_size, MEASURE_BATCH)
+        needs.append((training_memory(config, 0, measure), "precision=auto's bf16 measurement"))
+    (need, params, activations), what = max(needs, key=lambda n: n[0][0])
+    if need <= free:
+        return
+    gb = 1e9
+    names = f"image_size={config.image_size}, batch_size={config.batch_size}"
+    names += f", block={config.block}, blocks={','.join(map(str, config.blocks))}"
+    fix = "lower batch_size or image_size, or use fewer blocks"
+    if what != "training":
+        fix = "set precision to 32-true or bf16-mixed (no measurement), or " + fix
+    raise ConfigError(
+        f"{names}: {what} needs at least {need / gb:.1f} GB of memory ({params:,} parameters; "
+        f"activations {activations / gb:.1f} GB) but {where} {free / gb:.1f} GB free: {fix}"
+    )
 
 
 def resolve_runtime(config: TrainConfig) -> Runtime:

@@ -425,6 +425,19 @@ def test_wilson_interval_by_hand():
     assert lo == 0 and hi > 0.04  # no correct answer is still not certainty
 
 
+def test_intervals_stay_within_what_an_accuracy_can_be():
+    # two seeds 0.075 apart: the t interval over seeds is 0.125 +- 0.476 before clipping
+    nan = math.nan
+    low = st.accuracy_interval([0.0875, 0.1625], [nan, nan])
+    high = st.accuracy_interval([0.8375, 0.9125], [nan, nan])
+    assert (low.lo, high.hi) == (0.0, 1.0) and low.hi < 1 and high.lo > 0
+    assert 0 <= st.accuracy_interval([0.0, 0.5], [4, 4]).lo  # clipped before the widths compare
+    swapped = st.paired({0: (1.0, nan), 1: (0.0, nan)}, {0: (0.0, nan), 1: (1.0, nan)})
+    assert (swapped.lo, swapped.hi) == (-1.0, 1.0)
+    one_each = st.unpaired([1.0, 0.0], [nan, nan], [0.0], [nan])
+    assert -1 <= one_each.lo and one_each.hi <= 1
+
+
 def test_paired_seeds_resolve_what_overlapping_intervals_cannot(study):
     """P is 0.02 below the leader in every one of 4 seeds: the paired test resolves it, while the
     plain intervals (the seeds spread from 0.6 to 0.9) overlap widely."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +139,45 @@ def test_a_truncated_file_is_named_when_decoded(tmp_path):
         for name in ("train", "validation", "test"):
             data = ImageSplit(splits, name, 32)
             [data[i] for i in range(len(data))]
+
+
+def bomb(path: Path) -> Path:
+    """A 1 x 1 PNG whose header claims 30000 x 30000 pixels (900 million): PIL refuses it from
+    the header alone, so nothing bigger is ever written or decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())  # 8-byte signature, then IHDR: length, type, data, CRC
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type + data
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_is_named_with_the_limit_when_decoded(tmp_path):
+    data = bomb(tmp_path / "huge.png").read_bytes()
+    with pytest.raises(
+        DataError, match=r"row 3 .* claims 900,000,000 pixels, over the limit of [\d,]+ pixels"
+    ):
+        decode_image({"bytes": data, "path": None}, "row 3 of the train split")  # as from the Hub
+
+
+def test_a_decompression_bomb_in_a_folder_stops_train_in_one_line(tmp_path, tracking_uri):
+    from click.testing import CliRunner
+
+    from resnet_exp.cli import main
+
+    make_image_folder(tmp_path / "images", {"a": 6, "b": 6})
+    huge = bomb(tmp_path / "images" / "a" / "huge.png")
+    options = ["--data", str(tmp_path / "images"), "--data-dir", str(tmp_path / "store")]
+    options += ["--output-dir", str(tmp_path / "out"), "--weights", "none", "--image-size", "32"]
+    result = CliRunner().invoke(main, ["train", *options, "--precision", "32-true"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(huge) in errors[0] and "pixels for one image" in errors[0], (
+        result.output
+    )
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("images.npy"))
 
 
 def test_one_class_is_an_error(tmp_path):

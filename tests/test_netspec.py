@@ -107,3 +107,29 @@ def test_netspec_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_counted_parameters_and_activations_match_torchvision():
+    import torch
+    from torchvision.models import resnet18, resnet50
+
+    from resnet_exp.model.netspec import network_size
+
+    for build, block, blocks in [
+        (resnet18, "basic", (2, 2, 2, 2)),
+        (resnet50, "bottleneck", (3, 4, 6, 3)),
+    ]:
+        with torch.device("meta"):  # shapes only: nothing allocated
+            network = build(num_classes=7)
+        params, values = network_size(block, blocks, 96, num_classes=7)
+        assert sum(params) == sum(p.numel() for p in network.parameters())
+        convs: list[int] = []
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out, seen=convs: seen.append(out.numel()))
+            for m in network.modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+        network(torch.empty(1, 3, 96, 96, device="meta"))
+        for hook in hooks:
+            hook.remove()
+        assert sum(values) == sum(convs)

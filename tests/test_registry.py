@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from mlflow import MlflowClient
 from conftest import new_store, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
-from resnet_exp.errors import ConfigError
+from resnet_exp.errors import ConfigError, DataError
 from resnet_exp.model.inference import ImageClassifier
+from resnet_exp.model.predict import SOME_UNREADABLE_EXIT, predict_files
 from resnet_exp.schema import CHAMPION
 from resnet_exp.tracking.registry import move_alias
 
@@ -346,6 +348,30 @@ def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(
         result.exit_code != 0
         and "cannot load model 'models:/no-such-model@champion'" in result.stderr
     )
+
+    # one unreadable file among readable ones: the others are labelled, it is listed after them
+    shutil.copy(bad, good.parent / "notes.png")
+    model = ["--model", f"models:/{MODEL}@{CHAMPION}"]
+    table, as_json = predict(*model, str(good.parent)), predict(*model, "--json", str(good.parent))
+    assert table.exit_code == as_json.exit_code == SOME_UNREADABLE_EXIT, table.output[-2000:]
+    lines = table.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith(str(good)) and "Traceback" not in table.output
+    listed = table.stderr.splitlines()
+    assert listed[0] == "could not read 1 of 2 files (no label for them):" and len(listed) == 2
+    assert listed[1].startswith(f"  {good.parent / 'notes.png'}: not an image file")
+    rows = json.loads(as_json.stdout)
+    assert [r["file"] for r in rows] == [str(good), str(good.parent / "notes.png")]
+    assert "label" in rows[0] and rows[1]["error"].startswith("not an image file")
+
+
+def test_predict_with_no_readable_file_names_it_before_loading_any_model(tmp_path):
+    notes, broken = tmp_path / "notes.png", tmp_path / "broken.jpg"
+    notes.write_text("not an image")
+    broken.write_bytes(b"\xff\xd8\xff\xe0 and then nothing")
+    with pytest.raises(
+        DataError, match=r"no readable image: .*notes.png: not an image file.*and 1 more"
+    ):
+        predict_files("models:/never-loaded@champion", [notes, broken])
 
 
 @pytest.mark.slow

@@ -44,6 +44,60 @@ def test_a_text_file_as_weights_says_what_was_expected(tmp_path):
         load_initial_weights(str(garbage), S.BASIC, (2, 2, 2, 2))
 
 
+LAPTOP = 8e9  # bytes free: what the memory check compares with, fixed so the tests agree everywhere
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--block", "bottleneck", "--blocks", "99,99,99,99"], ["blocks=99,99,99,99", "589,"]),
+        (["--image-size", "8192"], ["image_size=8192", "batch_size=32"]),
+        (["--image-size", "100000"], ["image_size=100000", "32..8192"]),
+    ],
+)
+def test_a_network_or_batch_too_big_for_memory_is_refused_in_one_line_before_any_data(
+    tmp_path, tracking_uri, monkeypatch, options, words
+):
+    import time
+
+    from click.testing import CliRunner
+
+    import resnet_exp.training.train  # noqa: F401  (imported before the clock starts)
+    from resnet_exp import hardware
+    from resnet_exp.cli import main
+
+    monkeypatch.setattr(hardware, "memory_for_training", lambda: (LAPTOP, "this machine has"))
+    data = tmp_path / "data"
+    start = time.perf_counter()
+    result = CliRunner().invoke(
+        main, ["train", "--data", "demo", "--data-dir", str(data), *options]
+    )
+    took = time.perf_counter() - start
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code != 0 and len(errors) == 1 and "Traceback" not in result.output
+    assert all(word in errors[0] for word in words), result.output
+    if "32..8192" not in errors[0]:  # refused by the memory check, with the estimate and memory
+        assert "GB of memory" in errors[0] and "this machine has 8.0 GB free" in errors[0]
+    assert not data.exists() and took < 1.0, took  # nothing generated, loaded or measured
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # ResNet18 at 224 px, batch 32: the defaults
+        {"freeze_blocks": 0},
+        {"block": "bottleneck", "blocks": (3, 4, 23, 3)},  # ResNet101, as the README trains it
+        {"block": "bottleneck", "blocks": (3, 4, 23, 3), "freeze_blocks": 0},
+        {"image_size": 32, "batch_size": 16},  # the tests' shrunk runs
+    ],
+)
+def test_the_documented_configurations_fit_a_laptop(monkeypatch, changes):
+    from resnet_exp import hardware
+
+    monkeypatch.setattr(hardware, "memory_for_training", lambda: (LAPTOP, "this machine has"))
+    hardware.check_memory(TrainConfig(data="demo", **changes))
+
+
 def test_atomic_folders_follow_the_umask(tmp_path):
     from resnet_exp.atomic import build_atomically
 

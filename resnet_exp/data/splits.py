@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -310,6 +311,8 @@ def check_image_files(splits: DataSplits) -> None:
                 try:
                     with Image.open(path) as image:
                         image.verify()
+                except Image.DecompressionBombError as err:
+                    raise too_large(f"image file {path}", err) from None
                 except (UnidentifiedImageError, OSError, SyntaxError) as err:
                     raise DataError(f"cannot read image file {path}: {err}") from None
 
@@ -324,8 +327,20 @@ def decode_image(item: dict, where: str) -> Image.Image:
         image = Image.open(source)
         image.load()
         return to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise too_large(f"image {where}", err) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot decode image {where}: {err}") from None
+
+
+def too_large(what: str, err: Image.DecompressionBombError) -> DataError:
+    """PIL's refusal of an image whose header claims more pixels than it will decode (twice
+    Image.MAX_IMAGE_PIXELS: 179 million by default, a 13,400 px square) as one line naming it."""
+    claimed = re.search(r"\((\d+) pixels\)", str(err))  # PIL's text: "Image size (N pixels) ..."
+    size = f"{int(claimed[1]):,} pixels, " if claimed else ""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return DataError(f"{what} claims {size}over the limit of {limit:,} pixels for one image (a "
+                     "decompression bomb?): shrink it or remove it from the data")
 
 
 def describe_row(item: dict, index: int, split: str, location: str) -> str:

@@ -31,6 +31,50 @@ LABEL_PREFIX = {schema.BASIC: "b", schema.BOTTLENECK: "bn"}
 LEGACY_DEFAULTS = {schema.BLOCK: schema.BASIC, schema.FREEZE_BLOCKS: 0}
 
 
+WIDTHS = (64, 128, 256, 512)  # channels of each stage's 3x3 convs (torchvision's ResNet)
+EXPANSION = {schema.BASIC: 1, schema.BOTTLENECK: 4}  # a stage's output channels per width
+
+
+def _half(side: int) -> int:
+    """A side after a stride-2 conv or pool padded as torchvision's are: ceil(side / 2)."""
+    return (side + 1) // 2
+
+
+def network_size(
+    block: str, blocks: tuple[int, ...], image_size: int, num_classes: int = 0
+) -> tuple[list[int], list[int]]:
+    """Counted, not built: ([parameters], [conv output values per image]) of the stem and of
+    each of the 4 stages, the head's parameters added to the last stage. Matches torchvision:
+    ResNet18 with 1000 classes has 11,689,512 parameters, ResNet50 25,557,032."""
+    expansion = EXPANSION[check_block(block)]
+    side = _half(image_size)  # after the 7x7 stride-2 stem conv
+    params, values = [3 * 64 * 49 + 2 * 64], [64 * side * side]  # conv and BatchNorm
+    side, inplanes = _half(side), 64  # the max pool
+    for stage, (width, count) in enumerate(zip(WIDTHS, blocks)):
+        p = v = 0
+        for i in range(count):
+            stride = 2 if stage > 0 and i == 0 else 1
+            out_side, out = (_half(side) if stride == 2 else side), width * expansion
+            convs = (  # (in channels, out channels, kernel side, output side) of each conv
+                [(inplanes, width, 3, out_side), (width, width, 3, out_side)]
+                if expansion == 1
+                else [
+                    (inplanes, width, 1, side),
+                    (width, width, 3, out_side),
+                    (width, out, 1, out_side),
+                ]
+            )
+            if stride != 1 or inplanes != out:
+                convs.append((inplanes, out, 1, out_side))  # the downsampling shortcut
+            p += sum(i * o * k * k + 2 * o for i, o, k, _ in convs)  # weights and BatchNorm
+            v += sum(o * s * s for _, o, _, s in convs)
+            side, inplanes = out_side, out
+        params.append(p)
+        values.append(v)
+    params[-1] += inplanes * num_classes + num_classes
+    return params, values
+
+
 def check_block(block: str) -> str:
     """`block` if it is a known block type, else ConfigError naming it and the accepted ones."""
     if block not in schema.BLOCK_TYPES:

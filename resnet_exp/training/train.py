@@ -28,7 +28,7 @@ from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.data.store import ImageStore, open_image_store
 from resnet_exp.disk import check_writable
-from resnet_exp.hardware import Runtime, apply_runtime, resolve_runtime
+from resnet_exp.hardware import Runtime, apply_runtime, check_memory, resolve_runtime
 from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.phases import Phases
@@ -63,6 +63,7 @@ def train(
     of `parent` when a sweep runs it). `callbacks` join the Trainer's own (a Ray trial's report
     of each epoch to Tune)."""
     phases = Phases()
+    check_memory(config)  # before the precision measurement, which trains the network too
     check_writable(config.output_dir, S.OUTPUT_DIR)  # a folder we cannot write fails now, not
     check_writable(config.data_dir, S.DATA_DIR)  # in the run (demo, store, checkpoints, logs)
     point = resume.plan(
