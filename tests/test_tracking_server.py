@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from conftest import Meanwhile, ray_driver_here
 from resnet_exp import schema as S
 from resnet_exp.cli import main
-from servers import ADMIN, PROJECT, PostgreSQL, TrackingServer
+from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
 TINY = [
@@ -57,8 +57,13 @@ def postgres():
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking-server")
+    # the role and databases of docs/tracking-server.md
+    postgres.create_role(*DB_ROLE)
     server = TrackingServer(
-        root, postgres.create_database("mlflow"), postgres.create_database("mlflow_auth")
+        root,
+        postgres.create_database("mlflow", owner=DB_ROLE[0]),
+        postgres.create_database("mlflow_auth", owner=DB_ROLE[0]),
+        postgres.passfile_line(DB_ROLE),
     )
     server.start()
     server.create_user(*PROJECT)
@@ -156,6 +161,17 @@ def test_an_unreachable_server_is_one_line_naming_it(monkeypatch, tmp_path):
         "MLFLOW_TRACKING_URI",
         "docs/tracking-server.md",
     )
+
+
+@pytest.mark.slow
+def test_the_server_has_no_password_on_its_command_line(server):
+    """The database password reaches `mlflow server` through PGPASSFILE, as the docs say: no
+    process of the server shows it (or the URI's user:password form) to `ps`."""
+    lines = server.command_lines()
+    assert any(server.backend_uri in line for line in lines), lines
+    for line in lines:
+        assert DB_ROLE[1] not in line and SUPERUSER[1] not in line and ADMIN[1] not in line, line
+    assert f"{DB_ROLE[0]}@" in server.backend_uri and f"{DB_ROLE[0]}:" not in server.backend_uri
 
 
 @pytest.mark.slow
