@@ -162,7 +162,9 @@ def train(**values: Any) -> None:
         else f"run {result.run_id} finished"
     )
     click.echo(f"best checkpoint: {result.best_checkpoint}")
-    click.echo(f"compare runs:    mlflow ui --backend-store-uri {tracking.tracking_uri()}")
+    from resnet_exp.tracking.store import browse_hint
+
+    click.echo(f"compare runs:    {browse_hint(tracking.tracking_uri())}")
     click.echo(f"curves:          tensorboard --logdir {tracking.logs_dir(config)}")
     registered = result.registered
     if registered is None:

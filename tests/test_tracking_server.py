@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from conftest import Meanwhile, ray_driver_here
 from resnet_exp import schema as S
 from resnet_exp.cli import main
-from servers import ADMIN, PROJECT, PostgreSQL, TrackingServer
+from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
 TINY = [
@@ -57,8 +57,13 @@ def postgres():
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking-server")
+    # the role and databases of docs/tracking-server.md
+    postgres.create_role(*DB_ROLE)
     server = TrackingServer(
-        root, postgres.create_database("mlflow"), postgres.create_database("mlflow_auth")
+        root,
+        postgres.create_database("mlflow", owner=DB_ROLE[0]),
+        postgres.create_database("mlflow_auth", owner=DB_ROLE[0]),
+        postgres.passfile_line(DB_ROLE),
     )
     server.start()
     server.create_user(*PROJECT)
@@ -158,6 +163,38 @@ def test_an_unreachable_server_is_one_line_naming_it(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("uri", "hint"),
+    [
+        ("http://127.0.0.1:25000", "open http://127.0.0.1:25000 in a browser"),
+        ("https://u:secret@mlflow.example:5000/", "open https://mlflow.example:5000/ in a browser"),
+        ("sqlite:////work/mlflow.db", "mlflow ui --backend-store-uri sqlite:////work/mlflow.db"),
+        (
+            "postgresql+psycopg2://db/mlflow",
+            "mlflow ui --backend-store-uri postgresql+psycopg2://db/mlflow",
+        ),
+    ],
+)
+def test_the_hint_after_a_training_opens_a_server_in_a_browser_and_a_store_with_mlflow_ui(
+    uri, hint
+):
+    """`mlflow ui --backend-store-uri http://...` fails: a server's runs are seen in its own UI."""
+    from resnet_exp.tracking.store import browse_hint
+
+    assert browse_hint(uri) == hint
+
+
+@pytest.mark.slow
+def test_the_server_has_no_password_on_its_command_line(server):
+    """The database password reaches `mlflow server` through PGPASSFILE, as the docs say: no
+    process of the server shows it (or the URI's user:password form) to `ps`."""
+    lines = server.command_lines()
+    assert any(server.backend_uri in line for line in lines), lines
+    for line in lines:
+        assert DB_ROLE[1] not in line and SUPERUSER[1] not in line and ADMIN[1] not in line, line
+    assert f"{DB_ROLE[0]}@" in server.backend_uri and f"{DB_ROLE[0]}:" not in server.backend_uri
+
+
 @pytest.mark.slow
 def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_path, monkeypatch):
     answer = requests.get(
@@ -197,6 +234,7 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(
     for key in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     assert client.search_model_versions(f"run_id='{run.info.run_id}'"), "the model is registered"
+    assert f"open {server.uri} in a browser" in result.output, result.output[-2000:]
     # artifacts went through the server into its --artifacts-destination
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert list((server.root / "artifacts").rglob(S.CONFIG_FILE))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -27,6 +28,18 @@ def tracking_uri() -> str:
     MLFlowLogger pins MLflow's process-wide URI, which would send a later run in the same
     process to an earlier run's store."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def browse_hint(uri: str) -> str:
+    """How to look at the runs stored at `uri`: a tracking server serves its own UI, while
+    `mlflow ui --backend-store-uri http://...` fails ("unsupported URI for model registry"); a
+    local store needs `mlflow ui`. A user name or password in the URI is left out."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return (
+            f"open {parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()} in a browser"
+        )
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def project_run_id() -> str | None:
