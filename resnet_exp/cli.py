@@ -25,7 +25,13 @@ from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
 from resnet_exp.schema import REPORT_HTML, REPORT_MD, TEST_ACC
-from resnet_exp.sweep.grid import GRID_FIELDS, grid_defaults_as_text, grid_help, split_sweep_values
+from resnet_exp.sweep.grid import (
+    GRID_FIELDS,
+    check_ray_address,
+    grid_defaults_as_text,
+    grid_help,
+    split_sweep_values,
+)
 
 # What `--help` shows as each option's value, by the field's type annotation.
 METAVARS = {
@@ -215,6 +221,11 @@ def sweep(**values: Any) -> None:
     """Train every (configuration, seed) of a grid as child runs of one parent run; resumable."""
     try:
         grid, base = split_sweep_values(values)
+        if grid.parsed("executor") == "ray":
+            check_ray_address(grid.parsed("ray_address"))
+        from resnet_exp.tracking.server import check_tracking_server
+
+        check_tracking_server()  # a wrong address or password fails now, before data and Ray
         _check_data_early(base)
         from resnet_exp.sweep.run import run_sweep  # heavy imports after validation
 

@@ -22,6 +22,11 @@ class OfflineError(UserError, ConnectionError):
     """The network is needed but unreachable; the message lists the offline options."""
 
 
+class ServerUnreachable(UserError, ConnectionError):
+    """A server the command needs (a tracking server, a Ray cluster) did not answer within a few
+    seconds; names its address and what to do."""
+
+
 class DiskError(UserError, OSError):
     """A folder that cannot be written, or a disk that is full: names the path (and the space
     needed where known)."""

@@ -39,19 +39,27 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
+    return connect_error(parsed.hostname or "", port, timeout) is None
+
+
+def connect_error(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to host:port did not open within `timeout` seconds ('connection
+    refused', 'no answer', ...), or None when it did."""
+    result: list[str | None] = []
 
     def probe() -> None:  # DNS lookups ignore socket timeouts, hence the thread
         try:
-            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except TimeoutError:
+            result.append("no answer")
+        except OSError as err:
+            result.append((err.strerror or type(err).__name__).lower())
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(result and result[0])
+    return result[0] if result else "no answer"
 
 
 def hub_offline_if_unreachable() -> None:

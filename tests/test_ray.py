@@ -191,6 +191,37 @@ def test_a_trial_that_errors_for_good_ends_its_cell_failed(tmp_path, caplog):
     ]
 
 
+def test_a_ray_address_that_does_not_answer_is_one_line_in_seconds(
+    tmp_path, data_dir, tracking_uri
+):
+    """Ray itself retries an address that does not answer for about 14 minutes."""
+    import time
+
+    from servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            *TINY,
+            "--data-dir",
+            str(data_dir),
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+        ],
+    )
+    assert time.monotonic() - start < 10
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and f"ray_address='{address}'" in errors[0], result.output
+    assert "no Ray cluster answers there" in errors[0] and "ray start --head" in errors[0]
+    assert sweeps(MlflowClient(tracking_uri)) == []
+
+
 def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
     result = CliRunner().invoke(
         main,

@@ -107,6 +107,25 @@ def _parse_ray_address(text: str) -> str:
     return text
 
 
+def check_ray_address(address: str) -> None:
+    """A cluster's address (host:port, ray://host:port) must answer a TCP connection within a few
+    seconds, before anything slow: Ray itself retries an address that does not answer for about
+    14 minutes. '' and 'auto' are Ray's to resolve."""
+    from resnet_exp.errors import ServerUnreachable
+    from resnet_exp.offline import PROBE_TIMEOUT_S, connect_error
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address in ("", AUTO) or not host or not port.isdigit():
+        return
+    why = connect_error(host.strip("[]"), int(port))
+    if why is not None:
+        raise ServerUnreachable(
+            f"ray_address={address!r}: no Ray cluster answers there ({why} within "
+            f"{PROBE_TIMEOUT_S:.0f} s): start its head with `ray start --head`, give the head's "
+            "address, or leave ray_address empty to start Ray here (see docs/cluster.md)"
+        )
+
+
 def _parse_trial_resources(text: str) -> dict[str, float]:
     """'cpu=2,gpu=0.25' -> {'cpu': 2.0, 'gpu': 0.25}; 'auto' -> {} (the executor decides: one CPU,
     plus one GPU where the cluster has GPUs)."""

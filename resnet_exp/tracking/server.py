@@ -134,11 +134,12 @@ def retry_budget() -> str:
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-    """The error and every error it was raised from or during, outermost first."""
+    """The error and every error it was raised from or during, outermost first; `raise ... from
+    None` ends the chain, as it ends the traceback (the error already says what happened)."""
     seen: list[BaseException] = []
     while error is not None and not any(error is e for e in seen):
         seen.append(error)
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return seen
 
 
@@ -202,13 +203,29 @@ def one_attempt() -> Iterator[None]:
                 os.environ[key] = value
 
 
+PROBE_TIMEOUT_S = 10.0  # seconds to connect to a tracking server, and again for its answer
+
+
 def check_tracking_server() -> None:
-    """One request to a tracking server (an http(s) tracking URI) before any work, so that a wrong
-    password or a wrong address fails in seconds, not after the data is prepared."""
+    """Two requests to a tracking server (an http(s) tracking URI) before any work: its health
+    endpoint, bounded in time, so that a wrong address fails in seconds instead of after MLflow's
+    retry budget (about 4 minutes); then one MLflow call, so that a wrong password fails before
+    the data is prepared."""
+    import requests
     from mlflow import MlflowClient
 
+    from resnet_exp.errors import ServerUnreachable
     from resnet_exp.tracking.store import tracking_uri
 
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        MlflowClient(uri).search_experiments(max_results=1)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=(PROBE_TIMEOUT_S, PROBE_TIMEOUT_S))
+    except requests.RequestException as err:
+        why = "no answer" if isinstance(err, requests.Timeout) else "connection refused or failed"
+        raise ServerUnreachable(
+            f"tracking server {uri} unreachable ({why} within {PROBE_TIMEOUT_S:.0f} s): nothing was "
+            f"done. Start the server or point MLFLOW_TRACKING_URI at it (see {DOCS})"
+        ) from None
+    MlflowClient(uri).search_experiments(max_results=1)
