@@ -21,6 +21,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from conftest import resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
@@ -146,7 +147,7 @@ def test_a_sweep_child_resumes_only_under_its_own_parent(store, tmp_path):
         ("finished", ["already FINISHED"]),
         ("alive", ["still RUNNING", socket.gethostname()]),
         ("no checkpoint", ["no last.ckpt"]),
-        ("other seed", ["seed 8", "seed 7", "same parameters"]),
+        ("other seed", ["with seed=8, this training has seed=7", "same parameters"]),
     ],
 )
 def test_resume_of_a_named_run_says_why_it_cannot(store, tmp_path, case, words):
@@ -167,6 +168,23 @@ def test_resume_of_a_named_run_says_why_it_cannot(store, tmp_path, case, words):
     assert f"resume={run_id}" in str(err.value)
     for word in words:
         assert word in str(err.value)
+
+
+def test_resume_of_a_run_of_another_configuration_names_each_parameter_that_differs(
+    store, tmp_path
+):
+    client, experiment_id, config = store
+    theirs = config.replace(freeze_blocks=4, max_epochs=3, num_workers=1)
+    run_id = stopped_run(client, experiment_id, theirs, tmp_path)
+    # 3e-05 is the config's 3e-5 in other words: not a difference
+    params = {**theirs.to_params(), "learning_rate": "3e-05"}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items() if k != S.SEED])
+    with pytest.raises(ConfigError) as err:
+        plan(config.replace(resume=run_id, learning_rate=3e-5), experiment_id)
+    assert str(err.value) == (
+        f"resume={run_id}: that run was trained with freeze_blocks=4, this training has "
+        "freeze_blocks=2 (and max_epochs 3 vs 2): give the same parameters as that run"
+    )
 
 
 def test_resume_must_be_auto_never_or_a_run_id(tmp_path, data_dir):

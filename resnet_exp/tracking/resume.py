@@ -176,13 +176,8 @@ def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
             f"resume={run_id}: that run is a {tags.get(S.TAG_KIND, 'non-resnet-exp')} run, "
             "not a training"
         )
-    theirs = (tags.get(S.TAG_CONFIG_HASH), params.get(S.SEED))
-    if theirs != (config.config_hash, str(config.seed)):
-        raise ConfigError(
-            f"resume={run_id}: that run trained config_hash {theirs[0]} with seed {theirs[1]}, "
-            f"this command config_hash {config.config_hash} with seed {config.seed}: "
-            "give the same parameters as that run"
-        )
+    if (tags.get(S.TAG_CONFIG_HASH), params.get(S.SEED)) != (config.config_hash, str(config.seed)):
+        raise ConfigError(f"resume={run_id}: {_differences(run, config)}")
     if run.info.status == FINISHED:
         raise ConfigError(f"resume={run_id}: that run already FINISHED; nothing to resume")
     if is_alive(run):
@@ -198,6 +193,31 @@ def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
             "output_dir is not shared with this machine"
         )
     return run
+
+
+def _differences(run: Run, config: TrainConfig) -> str:
+    """Why a run of another configuration or seed cannot continue this one, naming each
+    parameter that differs with both values, read from the run's params."""
+    params = run.data.params
+    differ = [
+        (name, params[name], ours)
+        for name, ours in config.to_params().items()
+        if config.__dataclass_fields__[name].metadata["affects_result"]
+        and name in params
+        and not config.same_value(name, params[name])
+    ]
+    if not differ:  # its params were not logged: only the tags tell
+        return (
+            f"that run was trained with config_hash {run.data.tags.get(S.TAG_CONFIG_HASH)} "
+            f"and seed {params.get(S.SEED)}, this training has config_hash {config.config_hash} "
+            f"and seed {config.seed}: give the same parameters as that run"
+        )
+    (name, theirs, ours), more = differ[0], differ[1:]
+    rest = f" (and {', '.join(f'{n} {t} vs {o}' for n, t, o in more)})" if more else ""
+    return (
+        f"that run was trained with {name}={theirs}, this training has {name}={ours}{rest}: "
+        "give the same parameters as that run"
+    )
 
 
 def _point(client: MlflowClient, run: Run) -> ResumePoint:
