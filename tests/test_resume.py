@@ -187,6 +187,22 @@ def test_resume_of_a_run_of_another_configuration_names_each_parameter_that_diff
     )
 
 
+def test_resume_of_a_run_in_another_experiment_names_both_and_changes_nothing(store, tmp_path):
+    client, experiment_id, config = store
+    elsewhere = client.create_experiment("elsewhere")
+    run_id = stopped_run(client, elsewhere, config, tmp_path, status=KILLED)
+    name = client.get_run(run_id).info.run_name
+    for ours, ours_name in [(experiment_id, "resume"), (None, config.default_experiment_name)]:
+        with pytest.raises(ConfigError) as err:
+            plan(config.replace(resume=run_id), ours)
+        assert str(err.value) == (
+            f"resume={run_id}: run {name} is in experiment 'elsewhere', this training would "
+            f"use experiment '{ours_name}': pass --experiment-name 'elsewhere'"
+        )
+    assert client.get_run(run_id).info.status == KILLED
+    assert plan(config.replace(resume=run_id), elsewhere).run_id == run_id
+
+
 def test_resume_must_be_auto_never_or_a_run_id(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"resume='latest'.*'auto', 'never' or a run id"):
         tiny_config(data_dir, tmp_path, resume="latest")

@@ -123,12 +123,13 @@ def plan(
 ) -> ResumePoint | None:
     """The run this training continues, or None for a new run. `auto` takes the latest stopped
     run of the same config hash and seed (under the same sweep parent, or outside any sweep)
-    that has a last.ckpt; a run id must be such a run, else a ConfigError says why not."""
+    that has a last.ckpt; a run id must be such a run in `experiment_id`, else a ConfigError
+    says why not. Both are decided here, before any data loads, and change nothing stored."""
     if config.resume == NEVER:
         return None
     client = MlflowClient(tracking_uri())
     if config.resume != AUTO:
-        return _point(client, _chosen(client, config))
+        return _point(client, _chosen(client, config, experiment_id))
     if experiment_id is None:
         return None
     candidates = [
@@ -163,7 +164,7 @@ def _same_cell(client: MlflowClient, experiment_id: str, config: TrainConfig) ->
     )
 
 
-def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
+def _chosen(client: MlflowClient, config: TrainConfig, experiment_id: str | None) -> Run:
     """resume=<run id>: that run, if it can continue this config; else a ConfigError."""
     run_id = config.resume
     try:
@@ -191,6 +192,19 @@ def _chosen(client: MlflowClient, config: TrainConfig) -> Run:
             f"resume={run_id}: no last.ckpt in {tags.get(S.TAG_CHECKPOINT_DIR, '(no checkpoint_dir tag)')}"
             " on this machine: it stopped before its first epoch ended, or its "
             "output_dir is not shared with this machine"
+        )
+    if run.info.experiment_id != experiment_id:
+        # Reopened from another experiment, the run would fail later on its experiment_name
+        # param, after the data loaded, and end FAILED: refuse while nothing has changed.
+        theirs = client.get_experiment(run.info.experiment_id).name
+        ours = (
+            client.get_experiment(experiment_id).name
+            if experiment_id is not None
+            else config.default_experiment_name
+        )
+        raise ConfigError(
+            f"resume={run_id}: run {run.info.run_name or run_id} is in experiment '{theirs}', "
+            f"this training would use experiment '{ours}': pass --experiment-name '{theirs}'"
         )
     return run
 
