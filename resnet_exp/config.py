@@ -240,8 +240,10 @@ class TrainConfig:
     def same_value(self, name: str, text: str) -> bool:
         """Whether command-line `text` means this config's value of `name` ('3e-5' == 3e-05).
         `mlflow run` logs a value that needed shell quoting as the quoted text ("'/my data'").
-        A name that is not a config field is not this config's to judge: True."""
-        if name not in self.__dataclass_fields__:
+        A name that is not a config field is not this config's to judge: True; nor is
+        experiment_name, since where a run lives is its experiment, not this text (`mlflow run
+        --experiment-name X` logs the param's default, 'auto', for a run it puts in X)."""
+        if name not in self.__dataclass_fields__ or name == "experiment_name":
             return True
         parse = self.__dataclass_fields__[name].metadata["parse"]
         for candidate in dict.fromkeys((text, _shell_unquoted(text))):

@@ -170,6 +170,9 @@ def test_same_value_compares_meaning_not_text():
     )
     assert not spaced.same_value("output_dir", "'/tmp/other results'")
     assert not spaced.same_value("output_dir", "/tmp/my results extra")
+    # a run resumed with --experiment-name X that `mlflow run --experiment-name X` began: its
+    # param is the default text, and the run's experiment, checked on resume, is what counts
+    assert TrainConfig(experiment_name="study").same_value("experiment_name", "auto")
 
 
 def test_the_readme_documents_every_parameter():
