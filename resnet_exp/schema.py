@@ -114,7 +114,9 @@ TAG_DEPTH = "depth_config"  # NetSpec.depth_label, e.g. 'b2222-f2' (runs and ver
 TAG_ARCH = "arch"  # NetSpec.arch_name, e.g. 'r18'
 TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
 TAG_SWEEP_ATTEMPT = "sweep_attempt"  # finds the run of one child attempt
-TAG_ERROR = "error"  # why a run failed
+TAG_ERROR = "error"  # why a run failed (only on a run that is not FINISHED)
+# a run that was resumed and finished: the errors of its earlier attempts, newest last
+TAG_EARLIER_ERRORS = "earlier_errors"
 TAG_RUN_ID = "run_id"  # on a model version: the training run
 TAG_BEST_CHECKPOINT = "best_checkpoint"
 TAG_CHECKPOINT_DIR = "checkpoint_dir"

@@ -154,3 +154,18 @@ def test_a_given_run_is_joined_and_closed(tracking_uri, experiment):
     run = client.get_run(created.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[S.TAG_KIND] == S.KIND_SWEEP
     assert len(client.search_runs([experiment_id])) == 1
+
+
+def test_a_run_that_finishes_after_a_resume_keeps_no_error_tag(tracking_uri, experiment):
+    """The earlier attempts' errors stay readable, but not as the run's state."""
+    with pytest.raises(RunInterrupted):
+        with run_scope(S.KIND_TRAIN, "the-run", experiment_name=experiment) as first:
+            raise KeyboardInterrupt
+    with pytest.raises(RuntimeError):
+        with run_scope(S.KIND_TRAIN, "the-run", run_id=first.run_id):
+            raise RuntimeError("disk full")
+    with run_scope(S.KIND_TRAIN, "the-run", run_id=first.run_id):
+        pass
+    run = MlflowClient(tracking_uri).get_run(first.run_id)
+    assert run.info.status == "FINISHED" and S.TAG_ERROR not in run.data.tags
+    assert run.data.tags[S.TAG_EARLIER_ERRORS] == "KeyboardInterrupt:  | RuntimeError: disk full"

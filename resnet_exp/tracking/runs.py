@@ -212,6 +212,7 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
     reason = f"{type(error).__name__}: {error}" if error is not None else scope.failure
     if error is None and scope.failure:
         status = RunStatus.to_string(RunStatus.FAILED)
+    _retire_error_tag(scope)  # an earlier attempt's error is history, not this attempt's state
     if status != RunStatus.to_string(RunStatus.FINISHED):
         what = (
             "was interrupted"
@@ -226,6 +227,19 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
         mlflow.end_run(status)
     else:
         scope.client.set_terminated(scope.run_id, status)
+
+
+def _retire_error_tag(scope: RunScope) -> None:
+    """A run that is resumed (a training continued, a sweep's parent run again) ends with the
+    `error` tag of this attempt only, and with none when it finishes: an earlier attempt's error
+    would read as the run's state. The earlier attempts' errors move to `earlier_errors`, newest
+    last."""
+    tags = scope.client.get_run(scope.run_id).data.tags
+    if S.TAG_ERROR not in tags:
+        return
+    earlier = [t for t in (tags.get(S.TAG_EARLIER_ERRORS), tags[S.TAG_ERROR]) if t]
+    scope.set_tags({S.TAG_EARLIER_ERRORS: " | ".join(earlier)[-ERROR_TEXT_LIMIT:]})
+    scope.client.delete_tag(scope.run_id, S.TAG_ERROR)
 
 
 def source_tag() -> dict[str, str]:
