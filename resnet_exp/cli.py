@@ -199,9 +199,7 @@ def predict(model_uri: str, as_json: bool, images: tuple[Path, ...]) -> None:
     """Label image files (or every image in given folders) with a logged or registered model.
     Unreadable files are listed after the labels (exit status 3); if none is readable, exit 1."""
     # heavy imports after the arguments are checked
-    from resnet_exp.model import (
-        predict as prediction,
-    )
+    from resnet_exp.model import predict as prediction
 
     try:
         files = prediction.image_files(images)
