@@ -21,8 +21,18 @@ from resnet_exp.atomic import build_atomically
 
 # Bump when the generator changes, so stale folders are never reused.
 DEMO_VERSION = 1
-CLASSES = ("arrow", "circle", "crescent", "cross", "hexagon", "pentagon", "ring", "square",
-           "star", "triangle")
+CLASSES = (
+    "arrow",
+    "circle",
+    "crescent",
+    "cross",
+    "hexagon",
+    "pentagon",
+    "ring",
+    "square",
+    "star",
+    "triangle",
+)
 IMAGES_PER_CLASS = 80  # 800 images: generated in about a second, enough to generalise from
 NATIVE_SIZE = 64  # pixels; the pipeline resizes to image_size like any other data
 _GENERATOR_SEED = 20261128
@@ -86,19 +96,35 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(2, 6)):  # clutter lines that no class owns
         points = [tuple(float(v) for v in rng.uniform(0, size, 2)) for _ in range(2)]
-        draw.line(points, fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
-                  width=int(rng.integers(1, 3)))
+        draw.line(
+            points,
+            fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+            width=int(rng.integers(1, 3)),
+        )
     return image
 
 
 def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
     n = len(radii)
-    return [(cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
-            for k, r in enumerate(radii)]
+    return [
+        (
+            cx + r * math.cos(angle + 2 * math.pi * k / n),
+            cy + r * math.sin(angle + 2 * math.pi * k / n),
+        )
+        for k, r in enumerate(radii)
+    ]
 
 
-def _draw(draw: ImageDraw.ImageDraw, label: str, cx: float, cy: float, r: float, angle: float,
-          colour: tuple[int, ...], background: tuple[int, ...]) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw,
+    label: str,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    colour: tuple[int, ...],
+    background: tuple[int, ...],
+) -> None:
     box = (cx - r, cy - r, cx + r, cy + r)
     if label == "circle":
         draw.ellipse(box, fill=colour)
@@ -117,7 +143,9 @@ def _draw(draw: ImageDraw.ImageDraw, label: str, cx: float, cy: float, r: float,
         w = r / 3
         for a in (angle, angle + math.pi / 2):
             dx, dy = math.cos(a), math.sin(a)
-            draw.line((cx - r * dx, cy - r * dy, cx + r * dx, cy + r * dy), fill=colour, width=int(2 * w))
+            draw.line(
+                (cx - r * dx, cy - r * dy, cx + r * dx, cy + r * dy), fill=colour, width=int(2 * w)
+            )
     elif label == "arrow":
         shaft = _polygon(cx, cy, [r, 0.5 * r, 0.5 * r], angle)
         draw.polygon(shaft, fill=colour)

@@ -69,8 +69,11 @@ def resize_pixels(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def normalise(pixels: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
-              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+def normalise(
+    pixels: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float32 scaled to 0..1 and normalised with ImageNet's mean and
     std, on the device the pixels are on (the GPU, in training on one)."""
     mean_t = torch.tensor(mean, device=pixels.device).view(3, 1, 1)
@@ -80,8 +83,12 @@ def normalise(pixels: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
     return torch.addcmul(-mean_t / std_t, pixels.float(), 1 / (255 * std_t))
 
 
-def image_to_tensor(image: Image.Image, image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
-                    std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image,
+    image_size: int,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
     """RGB PIL image -> normalised float tensor of shape (3, image_size, image_size)."""
     pixels = torch.from_numpy(resize_pixels(image, image_size).copy())  # (H, W, 3)
     return normalise(pixels.permute(2, 0, 1), mean, std)
@@ -101,8 +108,9 @@ def upload_bytes(value: object) -> bytes:
     if not data:
         raise ImageInputError("empty image: expected the bytes of an image file (JPEG, PNG, ...)")
     if len(data) > MAX_IMAGE_BYTES:
-        raise ImageInputError(f"image file of {len(data):,} bytes is over the limit of "
-                              f"{MAX_IMAGE_BYTES:,} bytes")
+        raise ImageInputError(
+            f"image file of {len(data):,} bytes is over the limit of {MAX_IMAGE_BYTES:,} bytes"
+        )
     return data
 
 
@@ -117,9 +125,11 @@ def header_pixels(data: bytes) -> int:
 def check_request_pixels(pixels: int) -> None:
     """Refuse a request whose images hold more than MAX_REQUEST_PIXELS pixels in all."""
     if pixels > MAX_REQUEST_PIXELS:
-        raise ImageInputError(f"the request's images hold {pixels:,} pixels in all, over this model's "
-                              f"limit of {MAX_REQUEST_PIXELS:,} pixels per request: send fewer or "
-                              "smaller images per request")
+        raise ImageInputError(
+            f"the request's images hold {pixels:,} pixels in all, over this model's "
+            f"limit of {MAX_REQUEST_PIXELS:,} pixels per request: send fewer or "
+            "smaller images per request"
+        )
 
 
 def decode_file(data: bytes, fit: int | None = None) -> Image.Image:
@@ -136,7 +146,9 @@ def decode_file(data: bytes, fit: int | None = None) -> Image.Image:
             image = _reduce(image, fit)
         return to_rgb(image)
     except Image.DecompressionBombError as err:
-        raise ImageInputError(f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise ImageInputError(
+            f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)"
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:  # e.g. "image file is truncated"
         raise ImageInputError(f"damaged image file ({len(data):,} bytes): {err}") from None
 
@@ -157,18 +169,24 @@ def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:  # PIL's own, far higher limit
-        raise ImageInputError(f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise ImageInputError(
+            f"{err} (this model's limit is {MAX_IMAGE_PIXELS:,} pixels)"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageInputError(f"not an image file ({len(data):,} bytes starting {data[:8]!r}): "
-                              "expected JPEG, PNG, GIF, BMP, TIFF, WebP or another format PIL reads") from None
+        raise ImageInputError(
+            f"not an image file ({len(data):,} bytes starting {data[:8]!r}): "
+            "expected JPEG, PNG, GIF, BMP, TIFF, WebP or another format PIL reads"
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageInputError(f"damaged image file ({len(data):,} bytes): {err}") from None
 
 
 def _check_pixels(width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageInputError(f"image of {width} x {height} pixels is over the limit of "
-                              f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)")
+        raise ImageInputError(
+            f"image of {width} x {height} pixels is over the limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+        )
 
 
 def _file_bytes(value: object) -> bytes:
@@ -183,7 +201,9 @@ def _file_bytes(value: object) -> bytes:
                 pass  # plain text, not base64: reported below as "not an image file"
         return data
     if not isinstance(value, str):
-        raise ImageInputError(f"expected image file bytes or base64 text, got {type(value).__name__}")
+        raise ImageInputError(
+            f"expected image file bytes or base64 text, got {type(value).__name__}"
+        )
     return _decode_base64(value)
 
 
@@ -196,5 +216,6 @@ def _decode_base64(text: str) -> bytes:
         # whitespace (line breaks from `base64` tools) is removed first.
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as err:
-        raise ImageInputError(f"not base64 text ({len(text):,} characters, starting "
-                              f"{text[:20]!r}): {err}") from None
+        raise ImageInputError(
+            f"not base64 text ({len(text):,} characters, starting {text[:20]!r}): {err}"
+        ) from None

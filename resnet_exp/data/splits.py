@@ -16,10 +16,11 @@ import io
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,25 +29,33 @@ from PIL import Image, UnidentifiedImageError
 
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.demo import ensure_demo_dataset
-from resnet_exp.hardware import Runtime
 from resnet_exp.data.images import image_to_tensor, to_rgb
 from resnet_exp.errors import DataError
+from resnet_exp.hardware import Runtime
+
+if TYPE_CHECKING:  # imported where used: the offline decision comes before `datasets` loads
+    import datasets
 from resnet_exp.offline import hub_offline_if_unreachable, hub_unavailable
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation",
-                 "training": "train", "testing": "test"}
+SPLIT_ALIASES = {
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "training": "train",
+    "testing": "test",
+}
 
 
 @dataclass(frozen=True)
 class DataSplits:
     """The three splits (undecoded `datasets.Dataset`s) and what travels with the run."""
 
-    train: "datasets.Dataset"
-    validation: "datasets.Dataset"
-    test: "datasets.Dataset"
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset
     class_names: tuple[str, ...]
     image_column: str
     label_column: str
@@ -56,13 +65,13 @@ class DataSplits:
     # The splits as the data provides them (before carving), and for each of our three splits
     # the source split and row indices it was taken from: the image store is built per source
     # split, so that every seed's carving reuses one store.
-    sources: Mapping[str, "datasets.Dataset"]
+    sources: Mapping[str, datasets.Dataset]
     rows: Mapping[str, tuple[str, np.ndarray]]
     # For each source split, a key of its images in row order (source_keys() below): the image
     # store's folder name, and with the rows, each split's digest in MLflow.
     keys: Mapping[str, str]
 
-    def split(self, name: str) -> "datasets.Dataset":
+    def split(self, name: str) -> datasets.Dataset:
         return getattr(self, name)
 
     def sizes(self) -> dict[str, int]:
@@ -92,8 +101,11 @@ def load_splits(config: TrainConfig) -> DataSplits:
         location = config.data
         raw = _load_hub(config.data)
     else:
-        location = (ensure_demo_dataset(config.data_dir) if source == "demo"
-                    else Path(config.data).expanduser()).resolve()
+        location = (
+            ensure_demo_dataset(config.data_dir)
+            if source == "demo"
+            else Path(config.data).expanduser()
+        ).resolve()
         files = _tree_signature(location)
         raw = _load_folder(location, files)
     raw = datasets.DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in raw.items()})
@@ -104,30 +116,45 @@ def load_splits(config: TrainConfig) -> DataSplits:
     raw = _drop_unlabelled_splits(_encode_labels(raw, label_column), label_column, location)
     class_names = tuple(raw["train"].features[label_column].names)
     if len(class_names) < 2:
-        raise DataError(f"{location} has {len(class_names)} class ({', '.join(class_names)}): "
-                        "a classifier needs at least 2")
+        raise DataError(
+            f"{location} has {len(class_names)} class ({', '.join(class_names)}): "
+            "a classifier needs at least 2"
+        )
     sources = {k: v.cast_column(image_column, datasets.Image(decode=False)) for k, v in raw.items()}
     rows, carved = _split_rows(sources, label_column, config)
     splits = {name: sources[source].select(idx) for name, (source, idx) in rows.items()}
     for name, split in splits.items():
         if len(split) == 0:
-            raise DataError(f"the {name} split of {location} is empty; add images to it, or let the "
-                            "split be carved from train by removing it (see val_fraction/test_fraction)")
-    result = DataSplits(**splits, class_names=class_names, image_column=image_column,
-                        label_column=label_column, source=source, location=str(location),
-                        carved=carved, sources=sources, rows=rows, keys=keys)
+            raise DataError(
+                f"the {name} split of {location} is empty; add images to it, or let the "
+                "split be carved from train by removing it (see val_fraction/test_fraction)"
+            )
+    result = DataSplits(
+        **splits,
+        class_names=class_names,
+        image_column=image_column,
+        label_column=label_column,
+        source=source,
+        location=str(location),
+        carved=carved,
+        sources=sources,
+        rows=rows,
+        keys=keys,
+    )
     if source != "hub":
         check_image_files(result)
     return result
 
 
-def _load_folder(root: Path, files: tuple) -> "datasets.DatasetDict":
+def _load_folder(root: Path, files: tuple) -> datasets.DatasetDict:
     import datasets
 
     class_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not class_dirs:
-        raise DataError(f"{root} has no subfolders: an image folder needs one subfolder per class "
-                        "(optionally inside train/, validation/ and test/)")
+        raise DataError(
+            f"{root} has no subfolders: an image folder needs one subfolder per class "
+            "(optionally inside train/, validation/ and test/)"
+        )
     _check_no_empty_class_folder(root, class_dirs)
     # A copy: callers may add or drop splits; the datasets themselves are immutable.
     return datasets.DatasetDict(_load_imagefolder(str(root), files))
@@ -139,7 +166,7 @@ def _tree_signature(root: Path) -> tuple:
     return tuple(sorted((str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p, st in stats))
 
 
-def source_keys(raw: "datasets.DatasetDict", location: str, files: tuple | None) -> dict[str, str]:
+def source_keys(raw: datasets.DatasetDict, location: str, files: tuple | None) -> dict[str, str]:
     """For each source split, a key (16 hex digits) of the images it holds in row order, from
     public facts only, so it is the same in every process and changes when the data does.
 
@@ -155,10 +182,19 @@ def source_keys(raw: "datasets.DatasetDict", location: str, files: tuple | None)
         if files is not None:
             facts = {"files": files}
         else:
-            facts = {"hub": location, "rows": split.num_rows, "features": split.features.to_dict(),
-                     "cache_files": [f["filename"] for f in split.cache_files]}
-        keys[name] = _hash(json.dumps({**facts, "split": name, "datasets": datasets.__version__},
-                                      sort_keys=True, default=str))
+            facts = {
+                "hub": location,
+                "rows": split.num_rows,
+                "features": split.features.to_dict(),
+                "cache_files": [f["filename"] for f in split.cache_files],
+            }
+        keys[name] = _hash(
+            json.dumps(
+                {**facts, "split": name, "datasets": datasets.__version__},
+                sort_keys=True,
+                default=str,
+            )
+        )
     return keys
 
 
@@ -167,7 +203,7 @@ def _hash(*parts: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_imagefolder(root: str, signature: tuple) -> "datasets.DatasetDict":
+def _load_imagefolder(root: str, signature: tuple) -> datasets.DatasetDict:
     """`imagefolder` on `root`, once per process while its files stay the same: each call
     resolves 66 split patterns by walking the whole tree (1.5-2 s for the 800-image demo), which
     every child of a sweep paid again, in the same process, for the same folder."""
@@ -180,9 +216,11 @@ def _load_imagefolder(root: str, signature: tuple) -> "datasets.DatasetDict":
     if "train" not in raw:
         # `imagefolder` also matches split words inside file names: one file named
         # 'x_test_1.jpg' turns a plain class folder into a one-row 'test' split.
-        raise DataError(f"{root} yielded splits {sorted(raw)} but no train split. Use class "
-                        "subfolders, optionally inside train/ validation/ test/, and avoid the words "
-                        "train, test, val, valid, dev as separate parts of file names")
+        raise DataError(
+            f"{root} yielded splits {sorted(raw)} but no train split. Use class "
+            "subfolders, optionally inside train/ validation/ test/, and avoid the words "
+            "train, test, val, valid, dev as separate parts of file names"
+        )
     return raw
 
 
@@ -191,16 +229,26 @@ def _check_no_empty_class_folder(root: Path, top: list[Path]) -> None:
     with one class fewer than the folders show: name it instead."""
     split_words = set(SPLITS) | set(SPLIT_ALIASES)
     splits = [p for p in top if p.name.lower() in split_words]
-    class_dirs = [c for split in splits for c in split.iterdir()
-                  if c.is_dir() and not c.name.startswith(".")] if splits else top
+    class_dirs = (
+        [
+            c
+            for split in splits
+            for c in split.iterdir()
+            if c.is_dir() and not c.name.startswith(".")
+        ]
+        if splits
+        else top
+    )
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     for folder in sorted(class_dirs):
         if not any(f.suffix.lower() in extensions for f in folder.rglob("*") if f.is_file()):
-            raise DataError(f"class folder {folder} holds no image files: add images to it or "
-                            "remove it (a class without images cannot be learnt)")
+            raise DataError(
+                f"class folder {folder} holds no image files: add images to it or "
+                "remove it (a class without images cannot be learnt)"
+            )
 
 
-def _load_hub(hub_id: str) -> "datasets.DatasetDict":
+def _load_hub(hub_id: str) -> datasets.DatasetDict:
     import datasets
 
     hub_offline_if_unreachable()
@@ -209,14 +257,16 @@ def _load_hub(hub_id: str) -> "datasets.DatasetDict":
     except ConnectionError:
         raise hub_unavailable(hub_id) from None
     except FileNotFoundError as err:  # DatasetNotFoundError is one
-        raise DataError(f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
-                        f"({err}). Expected a Hub dataset id, an image-folder path, or "
-                        "'demo'") from None
+        raise DataError(
+            f"data={hub_id!r}: no such local folder and no such dataset on the Hub "
+            f"({err}). Expected a Hub dataset id, an image-folder path, or "
+            "'demo'"
+        ) from None
     except ValueError as err:  # e.g. a dataset with several configurations
         raise DataError(f"cannot load Hub dataset {hub_id!r}: {err}") from None
 
 
-def _find_columns(raw: "datasets.DatasetDict", location: object) -> tuple[str, str]:
+def _find_columns(raw: datasets.DatasetDict, location: object) -> tuple[str, str]:
     import datasets
 
     features = raw["train"].features
@@ -229,32 +279,40 @@ def _find_columns(raw: "datasets.DatasetDict", location: object) -> tuple[str, s
         return image_column, "label" if "label" in labels else labels[0]
     if "label" in features:
         return image_column, "label"  # plain ints or strings, encoded by _encode_labels
-    raise DataError(f"{location} has no class labels: an image folder needs at least 2 class "
-                    "subfolders with images in each; a Hub dataset needs a 'label' column")
+    raise DataError(
+        f"{location} has no class labels: an image folder needs at least 2 class "
+        "subfolders with images in each; a Hub dataset needs a 'label' column"
+    )
 
 
-def _encode_labels(raw: "datasets.DatasetDict", label_column: str) -> "datasets.DatasetDict":
+def _encode_labels(raw: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
     import datasets
 
     if isinstance(raw["train"].features[label_column], datasets.ClassLabel):
         return raw
     # Plain ints or strings: one ClassLabel over all splits, so ids agree between splits, and
     # ids 0..n-1 in sorted order of the values (ints sort as numbers: 2 before 10).
-    values = sorted({v for split in raw.values() for v in split[label_column]}, key=lambda v: (str(type(v)), v))
+    values = sorted(
+        {v for split in raw.values() for v in split[label_column]}, key=lambda v: (str(type(v)), v)
+    )
     if None in values:
         raise DataError(f"the '{label_column}' column has empty values: every image needs a label")
     ids = {v: i for i, v in enumerate(values)}
     feature = datasets.ClassLabel(names=[str(v) for v in values])
 
-    def encode(split: "datasets.Dataset") -> "datasets.Dataset":
+    def encode(split: datasets.Dataset) -> datasets.Dataset:
         features = split.features.copy()
         features[label_column] = feature
-        return split.map(lambda b: {label_column: [ids[v] for v in b[label_column]]}, batched=True,
-                         features=features)
+        return split.map(
+            lambda b: {label_column: [ids[v] for v in b[label_column]]},
+            batched=True,
+            features=features,
+        )
+
     return datasets.DatasetDict({k: encode(v) for k, v in raw.items()})
 
 
-def _drop_unlabelled_splits(raw: "datasets.DatasetDict", label_column: str, location: object):
+def _drop_unlabelled_splits(raw: datasets.DatasetDict, label_column: str, location: object):
     """Hub datasets often ship a test split labelled -1 (no labels): treat it as missing, so it
     is carved from train. Labels outside 0..n-1 in part of a split are an error."""
     n = raw["train"].features[label_column].num_classes
@@ -262,17 +320,21 @@ def _drop_unlabelled_splits(raw: "datasets.DatasetDict", label_column: str, loca
     for name, split in raw.items():
         labels = np.asarray(split[label_column])
         if len(labels) and (labels < 0).all() and name != "train":
-            log.warning("the %s split of %s is unlabelled (-1): ignored, carved from train", name, location)
+            log.warning(
+                "the %s split of %s is unlabelled (-1): ignored, carved from train", name, location
+            )
             continue
         bad = labels[(labels < 0) | (labels >= n)]
         if len(bad):
-            raise DataError(f"the {name} split of {location} has {len(bad)} labels outside 0..{n - 1} "
-                            f"(e.g. {bad[0]}): every image needs one of the {n} classes")
+            raise DataError(
+                f"the {name} split of {location} has {len(bad)} labels outside 0..{n - 1} "
+                f"(e.g. {bad[0]}): every image needs one of the {n} classes"
+            )
         kept[name] = split
     return type(raw)(kept)
 
 
-def _split_rows(raw: Mapping[str, "datasets.Dataset"], label_column: str, config: TrainConfig):
+def _split_rows(raw: Mapping[str, datasets.Dataset], label_column: str, config: TrainConfig):
     """For each of our splits: (source split, row indices there). A split the data lacks is
     carved from train; a split it has is used whole."""
     wanted = {"test": config.test_fraction, "validation": config.val_fraction}
@@ -285,7 +347,9 @@ def _split_rows(raw: Mapping[str, "datasets.Dataset"], label_column: str, config
     return rows, tuple(sorted(missing))
 
 
-def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fractions: dict[str, float], seed: int
+) -> dict[str, np.ndarray]:
     """Split row indices per class: each named part takes n * fraction (rounded) of every class, in
     the order given; 'train' gets the rest. Deterministic for a seed, and the parts are disjoint."""
     rng = np.random.default_rng(seed)
@@ -295,7 +359,7 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
         start = 0
         for name, fraction in fractions.items():
             take = int(len(rows) * fraction + 0.5)  # round half up (round() halves to even)
-            parts[name].append(rows[start:start + take])
+            parts[name].append(rows[start : start + take])
             start += take
         parts["train"].append(rows[start:])
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
@@ -339,8 +403,10 @@ def too_large(what: str, err: Image.DecompressionBombError) -> DataError:
     claimed = re.search(r"\((\d+) pixels\)", str(err))  # PIL's text: "Image size (N pixels) ..."
     size = f"{int(claimed[1]):,} pixels, " if claimed else ""
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    return DataError(f"{what} claims {size}over the limit of {limit:,} pixels for one image (a "
-                     "decompression bomb?): shrink it or remove it from the data")
+    return DataError(
+        f"{what} claims {size}over the limit of {limit:,} pixels for one image (a "
+        "decompression bomb?): shrink it or remove it from the data"
+    )
 
 
 def describe_row(item: dict, index: int, split: str, location: str) -> str:
@@ -376,8 +442,9 @@ class ImageDataModule(pl.LightningDataModule):
     store, or cached features). Every path draws the same batches: the train order comes from
     one sampler seeded by `seed`."""
 
-    def __init__(self, inputs: Mapping[str, torch.utils.data.Dataset], config: TrainConfig,
-                 runtime: Runtime):
+    def __init__(
+        self, inputs: Mapping[str, torch.utils.data.Dataset], config: TrainConfig, runtime: Runtime
+    ):
         super().__init__()
         self.inputs, self.config, self.runtime = inputs, config, runtime
         # One generator for the sampler and the loader, as DataLoader(shuffle=True, generator=g)
@@ -395,11 +462,17 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> torch.utils.data.DataLoader:
         dataset = self.inputs[name]
         generator = self.train_order if shuffle else None
-        order = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-                 else torch.utils.data.SequentialSampler(dataset))
+        order = (
+            torch.utils.data.RandomSampler(dataset, generator=generator)
+            if shuffle
+            else torch.utils.data.SequentialSampler(dataset)
+        )
         # A last batch of one image breaks BatchNorm in train mode (1x1 maps in layer4 at 32 px).
-        batches = torch.utils.data.BatchSampler(order, self.config.batch_size,
-                                                drop_last=shuffle and len(dataset) > self.config.batch_size)
+        batches = torch.utils.data.BatchSampler(
+            order,
+            self.config.batch_size,
+            drop_last=shuffle and len(dataset) > self.config.batch_size,
+        )
         workers = self.runtime.num_workers
         return torch.utils.data.DataLoader(
             dataset,

@@ -33,8 +33,8 @@ import torch
 
 from resnet_exp.atomic import build_atomically
 from resnet_exp.config import TrainConfig
-from resnet_exp.data.splits import DataSplits, decode_image, describe_row
 from resnet_exp.data.images import resize_pixels
+from resnet_exp.data.splits import DataSplits, decode_image, describe_row
 from resnet_exp.errors import DataError
 from resnet_exp.signals import interrupt_point
 
@@ -53,7 +53,7 @@ class ImageStore:
     built: tuple[str, ...]  # the source splits this call decoded (empty: everything reused)
     seconds: float  # wall time spent building or opening
 
-    def split(self, splits: DataSplits, name: str) -> "StoredSplit":
+    def split(self, splits: DataSplits, name: str) -> StoredSplit:
         source, rows = splits.rows[name]
         labels = np.asarray(splits.split(name)[splits.label_column], dtype=np.int64)
         return StoredSplit(self.folders[source] / IMAGES, rows, labels)
@@ -79,12 +79,18 @@ def open_image_store(splits: DataSplits, config: TrainConfig) -> ImageStore:
         folder = store_folder(config.data_dir, splits.keys[source], config.image_size)
         if not folder.is_dir():
             _check_disk_space(folder.parent, len(data), config.image_size)
-        fresh = build_atomically(folder, partial(_write, splits=splits, source=source,
-                                                 image_size=config.image_size))
+        fresh = build_atomically(
+            folder, partial(_write, splits=splits, source=source, image_size=config.image_size)
+        )
         if fresh:
             built.append(source)
-        log.info("image store: %s %s (%d images at %d px)", "built" if fresh else "reused", folder,
-                 len(data), config.image_size)
+        log.info(
+            "image store: %s %s (%d images at %d px)",
+            "built" if fresh else "reused",
+            folder,
+            len(data),
+            config.image_size,
+        )
         folders[source] = folder
     return ImageStore(folders, tuple(built), time.perf_counter() - start)
 
@@ -94,14 +100,17 @@ def _check_disk_space(parent: Path, images: int, image_size: int) -> None:
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
     if need > free:
-        raise DataError(f"the image store needs {need / 1e9:.2f} GB in {parent} but only "
-                        f"{free / 1e9:.2f} GB are free: choose another data_dir or a smaller image_size")
+        raise DataError(
+            f"the image store needs {need / 1e9:.2f} GB in {parent} but only "
+            f"{free / 1e9:.2f} GB are free: choose another data_dir or a smaller image_size"
+        )
 
 
 def _write(folder: Path, splits: DataSplits, source: str, image_size: int) -> None:
     data = splits.sources[source].select_columns([splits.image_column])
-    images = np.lib.format.open_memmap(folder / IMAGES, mode="w+", dtype=np.uint8,
-                                       shape=(len(data), image_size, image_size, 3))
+    images = np.lib.format.open_memmap(
+        folder / IMAGES, mode="w+", dtype=np.uint8, shape=(len(data), image_size, image_size, 3)
+    )
     interrupt_point("image_store")
     index = 0
     for batch in data.iter(batch_size=ROWS_PER_READ):
@@ -111,9 +120,15 @@ def _write(folder: Path, splits: DataSplits, source: str, image_size: int) -> No
             index += 1
     images.flush()
     del images  # close the memory map before the folder is renamed
-    meta = {"version": STORE_VERSION, "location": splits.location, "split": source,
-            "key": splits.keys[source], "image_size": image_size,
-            "images": index, "layout": "uint8 (N, H, W, RGB)"}
+    meta = {
+        "version": STORE_VERSION,
+        "location": splits.location,
+        "split": source,
+        "key": splits.keys[source],
+        "image_size": image_size,
+        "images": index,
+        "layout": "uint8 (N, H, W, RGB)",
+    }
     (folder / META).write_text(json.dumps(meta, indent=2))
 
 
