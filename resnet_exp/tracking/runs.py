@@ -80,6 +80,10 @@ class RunScope:
     note: str = ""
     failure: str = ""  # set by fail(): the run ends FAILED with this error, without an exception
     open_after: bool = False  # set by leave_running(): others still add to the run
+    # a run joined again: the tags `earlier_errors` and `error` of its earlier attempts, which
+    # its close moves out of `error`
+    earlier_errors: str = ""
+    earlier_error: str = ""
 
     def log_params(
         self, params: Mapping[str, str], same: Callable[[str, str], bool] | None = None
@@ -142,10 +146,15 @@ def run_scope(
     log_model); `system_metrics` starts MLflow's CPU/memory/GPU monitor for it."""
     client = MlflowClient(use_tracking_store())
     if run_id:  # its source and user are already set (by `mlflow run`, or when it was created)
-        existing = client.get_run(run_id).info
-        experiment_id = existing.experiment_id
-        if existing.status != RunStatus.to_string(RunStatus.RUNNING):
+        existing = client.get_run(run_id)
+        experiment_id = existing.info.experiment_id
+        if existing.info.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        tags = existing.data.tags
+        earlier = {
+            "earlier_errors": tags.get(S.TAG_EARLIER_ERRORS, ""),
+            "earlier_error": tags.get(S.TAG_ERROR, ""),
+        }
     else:
         experiment_id = experiment_id or ensure_experiment(
             client, experiment_name or "Default", experiment_note
@@ -154,7 +163,8 @@ def run_scope(
         run_id = client.create_run(
             experiment_id, run_name=run_name, tags={**context_tags(), **(tags or {}), **parent}
         ).info.run_id
-    scope = RunScope(run_id, experiment_id, client)
+        earlier = {}
+    scope = RunScope(run_id, experiment_id, client, **earlier)
     scope.set_tags({S.TAG_KIND: kind, S.MLFLOW_RUN_NAME: run_name, **git_tags(), **(tags or {})})
     with sigterm_raises():  # SIGTERM closes the run KILLED instead of leaving it RUNNING
         error: BaseException | None = None
@@ -212,7 +222,7 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
     reason = f"{type(error).__name__}: {error}" if error is not None else scope.failure
     if error is None and scope.failure:
         status = RunStatus.to_string(RunStatus.FAILED)
-    _retire_error_tag(scope)  # an earlier attempt's error is history, not this attempt's state
+    _retire_earlier_errors(scope)  # an earlier attempt's error is history, not this one's state
     if status != RunStatus.to_string(RunStatus.FINISHED):
         what = (
             "was interrupted"
@@ -229,16 +239,15 @@ def _end(scope: RunScope, error: BaseException | None, active: bool) -> None:
         scope.client.set_terminated(scope.run_id, status)
 
 
-def _retire_error_tag(scope: RunScope) -> None:
+def _retire_earlier_errors(scope: RunScope) -> None:
     """A run that is resumed (a training continued, a sweep's parent run again) ends with the
     `error` tag of this attempt only, and with none when it finishes: an earlier attempt's error
-    would read as the run's state. The earlier attempts' errors move to `earlier_errors`, newest
-    last."""
-    tags = scope.client.get_run(scope.run_id).data.tags
-    if S.TAG_ERROR not in tags:
+    would read as the run's state. The earlier attempts' errors, read when the run was joined,
+    move to `earlier_errors`, newest last."""
+    if not scope.earlier_error:
         return
-    earlier = [t for t in (tags.get(S.TAG_EARLIER_ERRORS), tags[S.TAG_ERROR]) if t]
-    scope.set_tags({S.TAG_EARLIER_ERRORS: " | ".join(earlier)[-ERROR_TEXT_LIMIT:]})
+    history = " | ".join(e for e in (scope.earlier_errors, scope.earlier_error) if e)
+    scope.set_tags({S.TAG_EARLIER_ERRORS: history[-ERROR_TEXT_LIMIT:]})
     scope.client.delete_tag(scope.run_id, S.TAG_ERROR)
 
 
