@@ -123,13 +123,16 @@ class _Commands(click.Group):
                 raise
             from resnet_exp.tracking.store import tracking_uri
 
-            lost = err if isinstance(err, TrackingLost) else None
-            text = lost.message(tracking_uri()) if lost else failure.message(tracking_uri())
-            raise click.ClickException(text) from None
+            said = err if isinstance(err, TrackingLost) else failure  # a lost run names itself
+            raise click.ClickException(said.message(tracking_uri())) from None
 
 
-def _check_data_early(config: TrainConfig) -> None:
-    """A Hub dataset that cannot be had offline fails in seconds, before the heavy imports."""
+def _check_before_work(config: TrainConfig) -> None:
+    """What fails in seconds, before the heavy imports, the data and Ray: a tracking server with
+    a wrong address or password, and a Hub dataset that cannot be had offline."""
+    from resnet_exp.tracking.server import check_tracking_server
+
+    check_tracking_server()
     if config.data_source == "hub":
         from resnet_exp.offline import check_hub_dataset
 
@@ -149,10 +152,7 @@ def train(**values: Any) -> None:
     """Train one ResNet configuration and record it as one MLflow run."""
     try:
         config = TrainConfig.from_text(values)
-        from resnet_exp.tracking.server import check_tracking_server
-
-        check_tracking_server()  # a wrong address or password fails now, before the data is prepared
-        _check_data_early(config)
+        _check_before_work(config)
         from resnet_exp.tracking import training_run as tracking  # heavy imports after validation
         from resnet_exp.training.train import train as run_training
 
@@ -221,10 +221,7 @@ def sweep(**values: Any) -> None:
         grid, base = split_sweep_values(values)
         if grid.parsed("executor") == "ray":
             check_ray_address(grid.parsed("ray_address"))
-        from resnet_exp.tracking.server import check_tracking_server
-
-        check_tracking_server()  # a wrong address or password fails now, before data and Ray
-        _check_data_early(base)
+        _check_before_work(base)
         from resnet_exp.sweep.run import run_sweep  # heavy imports after validation
 
         result = run_sweep(grid, base)
