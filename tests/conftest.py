@@ -161,6 +161,15 @@ def make_image_folder(root: Path, classes: dict[str, int], suffix: str = ".png")
     return root
 
 
+def cli_options(**values: object) -> list[str]:
+    """Command-line options from keywords: cli_options(image_size=32) == ['--image-size', '32']."""
+    return [
+        text
+        for name, value in values.items()
+        for text in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
 def mlflow_run_command(
     experiment: str, params: Mapping[str, object], entry: str = "main"
 ) -> list[str]:

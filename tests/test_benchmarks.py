@@ -15,21 +15,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cli_options
 
 # 10 classes x 6 JPEGs of 64 px: enough for a train/validation/test carving at batch 8
-TINY = [
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--epochs",
-    "2",
-    "--images-per-class",
-    "6",
-    "--source-size",
-    "64",
-]
+TINY = cli_options(image_size=32, batch_size=8, epochs=2, images_per_class=6, source_size=64)
 # the smallest network and fp32: `auto` would first measure bf16 against fp32 (seconds), which
 # tests/test_resources.py covers; the benchmarks' own code paths are the same at any size
 SMALL = ["--blocks", "1,1,1,1", "--precision", "32-true"]

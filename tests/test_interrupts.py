@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from conftest import cli_options
 from resnet_exp import signals
 from resnet_exp.cli import main
 from resnet_exp.data.demo import demo_root
@@ -37,28 +38,18 @@ def test_sigterm_at_any_point_leaves_every_run_killed_and_no_temporary_folder(
     data = tmp_path / "data"  # its own data_dir: the image store is built (and cut) in this test
     shutil.copytree(demo_root(data_dir), demo_root(data))
     monkeypatch.setenv(SIGNAL_AT_ENV, point)
-    common = [
-        "--data",
-        "demo",
-        "--data-dir",
-        str(data),
-        "--output-dir",
-        str(tmp_path / "results"),
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--max-epochs",
-        "1",
-        "--limit-batches",
-        "2",
-        "--precision",
-        "32-true",
-        "--num-workers",
-        "0",
-    ]
+    common = cli_options(
+        data="demo",
+        data_dir=data,
+        output_dir=tmp_path / "results",
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=1,
+        limit_batches=2,
+        precision="32-true",
+        num_workers=0,
+    )
     command = (
         ["sweep", "--freeze-blocks", "2,4", "--seeds", "1"]
         if point == "sweep_gap"
@@ -95,19 +86,14 @@ def test_ctrl_c_before_any_run_exits_130_in_one_line(tmp_path, data_dir, trackin
     monkeypatch.setenv(SIGNAL_AT_ENV, "image_store:SIGINT")
     result = CliRunner().invoke(
         main,
-        [
-            "train",
-            "--data",
-            "demo",
-            "--data-dir",
-            str(data),
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--output-dir",
-            str(tmp_path / "results"),
-        ],
+        ["train"]
+        + cli_options(
+            data="demo",
+            data_dir=data,
+            weights="none",
+            image_size=32,
+            output_dir=tmp_path / "results",
+        ),
     )
     assert result.exit_code == 128 + signal.SIGINT, result.output
     assert (

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from conftest import resumable_epoch, subprocess_env, tiny_config
+from conftest import cli_options, resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
@@ -255,32 +255,20 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
 def killable(data_dir: Path) -> list[str]:
     """Options of the trainings these tests kill: three short epochs of ResNet10 on the demo,
     no registration, fp32 and no loader workers (nothing measured or forked first)."""
-    return [
-        "--data",
-        "demo",
-        "--data-dir",
-        str(data_dir),
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--max-epochs",
-        "3",
-        "--limit-batches",
-        "3",
-        "--freeze-blocks",
-        "3",
-        "--blocks",
-        "1,1,1,1",
-        "--precision",
-        "32-true",
-        "--num-workers",
-        "0",
-        "--registered-model-name",
-        "none",
-    ]
+    return cli_options(
+        data="demo",
+        data_dir=data_dir,
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=3,
+        limit_batches=3,
+        freeze_blocks=3,
+        blocks="1,1,1,1",
+        precision="32-true",
+        num_workers=0,
+        registered_model_name="none",
+    )
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:

@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, cli_options
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -28,20 +28,9 @@ from resnet_exp.sweep.grid import (
     sweep_id,
 )
 
-TINY = [
-    "--data",
-    "demo",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--max-epochs",
-    "2",
-    "--limit-batches",
-    "3",
-]
+TINY = cli_options(
+    data="demo", weights="none", image_size=32, batch_size=16, max_epochs=2, limit_batches=3
+)
 
 
 def sweep_args(data_dir: Path, tmp_path: Path, *args: str) -> list[str]:

@@ -19,32 +19,23 @@ import requests
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import Meanwhile, ray_driver_here
+from conftest import Meanwhile, cli_options, ray_driver_here
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
-TINY = [
-    "--data",
-    "demo",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--limit-batches",
-    "2",
-    "--freeze-blocks",
-    "0",
-    "--feature-cache",
-    "off",
-    "--precision",
-    "32-true",
-    "--num-workers",
-    "0",
-]
+TINY = cli_options(
+    data="demo",
+    weights="none",
+    image_size=32,
+    batch_size=16,
+    limit_batches=2,
+    freeze_blocks=0,
+    feature_cache="off",
+    precision="32-true",
+    num_workers=0,
+)
 
 
 @pytest.fixture(scope="module")
