@@ -68,13 +68,18 @@ class Interval:
 SEEDS, WILSON = "t over seeds", "Wilson, pooled test images"
 
 
+def clipped(lo: float, hi: float, least: float) -> tuple[float, float]:
+    """An interval cut to [least, 1]; NaN stays NaN (max(0.0, nan) would read 0.0)."""
+    return float(np.clip(lo, least, 1.0)), float(np.clip(hi, least, 1.0))
+
+
 def accuracy_interval(accuracies: Sequence[float], test_sizes: Sequence[float]) -> Interval:
     """The 95% interval of a configuration's mean test accuracy (see the module docstring).
     Test sizes may be NaN (runs from before they were recorded): then seeds alone decide."""
     acc, sizes = np.asarray(accuracies, float), np.asarray(test_sizes, float)
     mean, half = float(acc.mean()), t_half_width(acc)
     # an accuracy lies in [0, 1]: two seeds far apart give a t interval reaching past both ends
-    t_lo, t_hi = max(0.0, mean - half), min(1.0, mean + half)
+    t_lo, t_hi = clipped(mean - half, mean + half, 0.0)
     if np.isnan(sizes).any():
         return Interval(t_lo, t_hi, SEEDS)
     correct = float(np.round(acc * sizes).sum())  # accuracies are exact fractions of the test size
@@ -163,7 +168,7 @@ def _t_test(
     q = dist.ppf((1 + confidence) / 2)
     p = float(2 * dist.sf(abs(diff) / se))
     # a difference of two accuracies lies in [-1, 1], whatever the normal approximation says
-    lo, hi = max(-1.0, diff - q * se), min(1.0, diff + q * se)
+    lo, hi = clipped(diff - q * se, diff + q * se, -1.0)
     return Comparison(diff, lo, hi, p, method, n_pairs)
 
 

@@ -8,6 +8,7 @@ sweep's parent run, and record a failure so that the UI and the next sweep see i
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,37 +39,48 @@ class ChildOutcome:
     run_id: str
     error: str = ""
     reason: str = ""  # why an adaptive sweep added this seed (the child's seed_reason tag)
+    test_acc: float | None = None  # a trained cell's, for the progress line
+    seconds: float | None = None  # a trained cell's whole training call
 
 
 def run_child(
     config: TrainConfig, parent: tracking.ParentRun, reason: str = "", callbacks: Sequence[Any] = ()
 ) -> ChildOutcome:
-    """Train one cell as a child of `parent` (or skip it, already FINISHED); a failure is recorded
-    and returned, not raised, so that the sweep goes on. `callbacks` go to the Trainer."""
-    # Lightning and torchvision load only when a child trains
-    from resnet_exp.training.train import (
-        train,
-    )
+    """One attempt at a cell whose status is not known yet (a Ray trial, perhaps a retry after
+    its worker died): skip it if it already has a FINISHED run, else train_cell."""
+    return skip_if_finished(config, parent, reason) or train_cell(config, parent, reason, callbacks)
+
+
+def train_cell(
+    config: TrainConfig, parent: tracking.ParentRun, reason: str = "", callbacks: Sequence[Any] = ()
+) -> ChildOutcome:
+    """Train one cell as a child of `parent`; a failure is recorded and returned, not raised, so
+    that the sweep goes on. `callbacks` go to the Trainer."""
+    from resnet_exp.training.train import train  # Lightning and torchvision load only here
 
     interrupt_point("sweep_gap")
     identity = dict(
         run_name=config.run_name, seed=config.seed, config_hash=config.config_hash, reason=reason
     )
-    skipped = skip_if_finished(config, parent, reason)
-    if skipped:
-        return skipped
     attempt = new_attempt(parent, reason)
+    start = time.perf_counter()
     try:
         result = train(config, attempt, callbacks)
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
         if tracking_failure(err):  # the server is gone: recording it would wait out the retries
             raise  # again, and every next child would fail the same way
         error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
-        log.error("%s failed: %s", config.run_name, error)
+        log.debug("%s failed: %s", config.run_name, error)  # progress.py says it
         return ChildOutcome(
             **identity, outcome=FAILED, run_id=record_failure(config, attempt, error), error=error
         )
-    return ChildOutcome(**identity, outcome=TRAINED, run_id=result.run_id)
+    return ChildOutcome(
+        **identity,
+        outcome=TRAINED,
+        run_id=result.run_id,
+        test_acc=result.metrics.get(S.TEST_ACC),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def skip_if_finished(
