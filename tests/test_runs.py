@@ -149,10 +149,12 @@ def test_a_given_run_is_joined_and_closed(tracking_uri, experiment):
     experiment_id = client.create_experiment(experiment)
     created = client.create_run(experiment_id, run_name="made-by-mlflow-run")
     client.set_terminated(created.info.run_id, "KILLED")  # e.g. an earlier, interrupted attempt
-    with run_scope(S.KIND_SWEEP, "the-run", run_id=created.info.run_id) as scope:
+    tags = {S.TAG_SWEEP_ID: "abc123"}
+    with run_scope(S.KIND_SWEEP, "the-run", run_id=created.info.run_id, tags=tags) as scope:
         assert client.get_run(scope.run_id).info.status == "RUNNING"
     run = client.get_run(created.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[S.TAG_KIND] == S.KIND_SWEEP
+    assert run.data.tags[S.TAG_SWEEP_ID] == "abc123"  # the scope's tags reach a joined run too
     assert len(client.search_runs([experiment_id])) == 1
 
 

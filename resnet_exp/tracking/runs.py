@@ -150,10 +150,10 @@ def run_scope(
         experiment_id = existing.info.experiment_id
         if existing.info.status != RunStatus.to_string(RunStatus.RUNNING):
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        tags = existing.data.tags
+        found = existing.data.tags  # not `tags`: those are this scope's own, set below
         earlier = {
-            "earlier_errors": tags.get(S.TAG_EARLIER_ERRORS, ""),
-            "earlier_error": tags.get(S.TAG_ERROR, ""),
+            "earlier_errors": found.get(S.TAG_EARLIER_ERRORS, ""),
+            "earlier_error": found.get(S.TAG_ERROR, ""),
         }
     else:
         experiment_id = experiment_id or ensure_experiment(
