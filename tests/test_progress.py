@@ -10,8 +10,8 @@ from resnet_exp.sweep import progress as P
 from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome
 
 
-def outcome(name: str, how: str, run_id: str = "", error: str = "") -> ChildOutcome:
-    return ChildOutcome(name, 0, "0123abcd", how, run_id, error)
+def outcome(name: str, how: str, run_id: str = "", error: str = "", **trained) -> ChildOutcome:
+    return ChildOutcome(name, 0, "0123abcd", how, run_id, error, **trained)
 
 
 def test_time_left_is_the_mean_trained_time_times_the_cells_left_over_those_at_once():
@@ -48,14 +48,12 @@ def test_a_cells_end_says_how_it_ended_and_what_is_left():
     assert P.ended_text(failed) == "FAILED: OSError: [Errno 28] No space left"
 
 
-def test_cells_are_numbered_in_order_and_added_seeds_extend_the_count(monkeypatch, caplog):
+def test_cells_are_numbered_in_order_and_added_seeds_extend_the_count(caplog):
     caplog.set_level(logging.INFO, logger=P.log.name)
-    # (test_acc, seconds) from MLflow
-    monkeypatch.setattr(P, "run_summary", lambda run_id: (0.5, 60.0))
     progress = P.SweepProgress(at_once=2)
     assert progress.add(["a", "b", "c"]) == [1, 2, 3]
     progress.started(2)
-    progress.ended(2, outcome("b", TRAINED, "run-b"))
+    progress.ended(2, outcome("b", TRAINED, "run-b", test_acc=0.5, seconds=60.0))
     progress.ended(1, outcome("a", SKIPPED, "run-a"))
     assert progress.add(["d"]) == [4]  # seeds=auto adds a cell
     progress.started(4, "(ray trial t_00003)")

@@ -1,6 +1,6 @@
 """How a sweep runs its cells: `local` trains them one after another in this process; `ray`
 makes each (configuration, seed) one Ray Tune trial, on this machine or on a cluster
-(docs/cluster.md). Either way each cell goes through the same `sweep._run_child`, so skipping
+(docs/cluster.md). Either way each cell goes through resnet_exp/sweep/cells.py, so skipping
 FINISHED cells, recording failures and resuming a partly trained run hold alike; the driver
 (this process) owns the one parent run. Ray is imported only when executor=ray.
 
@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,9 +35,11 @@ from resnet_exp.sweep.cells import (
     new_attempt,
     record_failure,
     skip_if_finished,
+    train_cell,
 )
 from resnet_exp.sweep.grid import SweepGrid
 from resnet_exp.sweep.progress import SweepProgress, slots
+from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
 from resnet_exp.tracking.store import search_all, tracking_uri
 
 if TYPE_CHECKING:
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
     from resnet_exp.tracking.training_run import ParentRun
 
 log = logging.getLogger(__name__)
-RunChild = Callable[["TrainConfig", "ParentRun", str], "ChildOutcome"]
 # The tracking server's credentials stay in the environment of the processes that start Ray's:
 # Ray writes a runtime_env into its logs (runtime_env_agent.log) and onto each new worker's
 # command line, so they never go there (see trial_variables).
@@ -62,12 +63,12 @@ TLS_VARIABLES = (
 
 
 @contextmanager
-def open_executor(grid: SweepGrid, run_child: RunChild) -> Iterator[LocalExecutor | RayExecutor]:
+def open_executor(grid: SweepGrid) -> Iterator[LocalExecutor | RayExecutor]:
     """The grid's executor, ready to run cells; Ray (if this process started it) stops at the end."""
     if grid.parsed("executor") == "local":
-        yield LocalExecutor(run_child)
+        yield LocalExecutor()
         return
-    executor = RayExecutor(grid, run_child)
+    executor = RayExecutor(grid)
     try:
         yield executor
     finally:
@@ -77,8 +78,7 @@ def open_executor(grid: SweepGrid, run_child: RunChild) -> Iterator[LocalExecuto
 class LocalExecutor:
     """The cells one after another, in this process."""
 
-    def __init__(self, run_child: RunChild) -> None:
-        self.run_child = run_child
+    def __init__(self) -> None:
         self.progress = SweepProgress(at_once=1)
 
     def run(
@@ -92,7 +92,7 @@ class LocalExecutor:
             outcome = skip_if_finished(config, parent, reason)  # a finished cell never "starts"
             if outcome is None:
                 self.progress.started(number)
-                outcome = self.run_child(config, parent, reason)
+                outcome = train_cell(config, parent, reason)
             self.progress.ended(number, outcome)
             outcomes.append(outcome)
         return outcomes
@@ -137,8 +137,7 @@ def trial_variables(cpus: float) -> dict[str, str]:
 class RayExecutor:
     """One Ray Tune trial per cell; cells already FINISHED are skipped here, without a trial."""
 
-    def __init__(self, grid: SweepGrid, run_child: RunChild) -> None:
-        self.run_child = run_child
+    def __init__(self, grid: SweepGrid) -> None:
         self.address = grid.parsed("ray_address")
         self.resources = grid.parsed("trial_resources")
         self.resources_text = grid.trial_resources.strip()
@@ -176,31 +175,19 @@ class RayExecutor:
                 "ray: the trials read the tracking server's credentials from the environment "
                 "of each node's `ray start`; the driver does not send them (docs/cluster.md)"
             )
-        self._check_resources()
-        wanted = self.trial_resources()
-        fit = slots(self._nodes(), wanted.get("cpu", 1.0), wanted.get("gpu", 0.0))
-        self.progress = SweepProgress(at_once=min(fit, self.max_concurrent or fit))
-
-    def _nodes(self) -> list[dict[str, float]]:
-        import ray
-
-        return [node["Resources"] for node in ray.nodes() if node["Alive"]]
-
-    def _check_resources(self) -> None:
-        """Tune would wait for ever for a trial that no node can hold: say so now, before any run."""
-        wanted = {
-            "CPU": self.trial_resources().get("cpu", 1.0),
-            "GPU": self.trial_resources().get("gpu", 0.0),
-        }
-        nodes = self._nodes()
-        if not any(all(node.get(k, 0.0) >= v for k, v in wanted.items()) for node in nodes):
+        self.wanted = self.trial_resources()
+        cpu, gpu = self.wanted.get("cpu", 1.0), self.wanted.get("gpu", 0.0)
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        fit = slots(nodes, cpu, gpu)
+        if fit == 0:  # Tune would wait for ever for a trial that no node can hold: say so now
             largest = ", ".join(f"cpu={n.get('CPU', 0):g} gpu={n.get('GPU', 0):g}" for n in nodes)
             self.shutdown()
             raise ConfigError(
-                f"trial_resources={self.resources_text} asks for cpu={wanted['CPU']:g} "
-                f"gpu={wanted['GPU']:g} per trial, more than any node of the Ray cluster has "
-                f"({largest}): ask for less, or add nodes"
+                f"trial_resources={self.resources_text} asks for cpu={cpu:g} gpu={gpu:g} per "
+                f"trial, more than any node of the Ray cluster has ({largest}): ask for less, or "
+                "add nodes"
             )
+        self.progress = SweepProgress(at_once=min(fit, self.max_concurrent or fit))
 
     def shutdown(self) -> None:
         import ray
@@ -248,7 +235,7 @@ class RayExecutor:
         sid = parent.child_tags.get(S.TAG_SWEEP_ID, "sweep")
         storage = Path(cells[0].output_dir).resolve() / "ray" / sid
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # this driver's trials
-        resources = self.trial_resources()
+        resources = self.wanted
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial,
@@ -257,7 +244,6 @@ class RayExecutor:
                 parent=parent,
                 cwd=os.getcwd(),
                 experiment_dir=str(storage / name),
-                run_child=self.run_child,
             ),
             {"cpu": resources.get("cpu", 1.0), "gpu": resources.get("gpu", 0.0)},
         )
@@ -317,10 +303,8 @@ def _trial_failure(
     """A trial that ended without an outcome (its worker died more than max_failures times):
     its child run, left RUNNING by the dead worker, ends FAILED; if none was opened, one is
     recorded FAILED so that the UI and the next sweep see it."""
-    from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
-
     error = error[:ERROR_TEXT_LIMIT]
-    log.error("%s failed: %s", config.run_name, error)
+    log.debug("%s failed: %s", config.run_name, error)  # TrialProgress said it
     closed = _close_open_children(parent, experiment, RunStatus.FAILED, error, config)
     run_id = closed[-1] if closed else record_failure(config, new_attempt(parent, reason), error)
     return ChildOutcome(

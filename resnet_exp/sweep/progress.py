@@ -17,11 +17,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from mlflow import MlflowClient
-
-from resnet_exp import schema as S
 from resnet_exp.sweep.cells import SKIPPED, TRAINED, ChildOutcome
-from resnet_exp.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +71,6 @@ def ended_text(
     return text + (f"; about {format_seconds(left_s)} left" if left_s else "")
 
 
-def run_summary(run_id: str) -> tuple[float | None, float | None]:
-    """(test_acc, seconds) of a finished training run: the whole training call (run_s, its setup
-    before the run opened included), else the run's own start to end."""
-    run = MlflowClient(tracking_uri()).get_run(run_id)
-    start, end = run.info.start_time, run.info.end_time
-    seconds = run.data.metrics.get(S.RUN_TIME) or ((end - start) / 1000 if start and end else None)
-    return run.data.metrics.get(S.TEST_ACC), seconds
-
-
 class SweepProgress:
     """Numbers the cells as executors hand them over and logs their starts and ends. An adaptive
     sweep's added seeds extend the count (their number is known only once they are added)."""
@@ -106,15 +93,13 @@ class SweepProgress:
         log.info("%s started%s", self.label(number), f" {how}" if how else "")
 
     def ended(self, number: int, outcome: ChildOutcome) -> None:
-        """Log how the cell ended; a trained one's test_acc and time come from its run."""
-        test_acc = seconds = None
-        if outcome.outcome == TRAINED and outcome.run_id:
-            test_acc, seconds = run_summary(outcome.run_id)
-            if seconds is not None:
-                self.trained_s.append(seconds)
+        """Log how the cell ended, with a trained cell's test_acc and time."""
+        if outcome.outcome == TRAINED and outcome.seconds is not None:
+            self.trained_s.append(outcome.seconds)
         self.ended_count += 1
         left = seconds_left(self.trained_s, len(self.names) - self.ended_count, self.at_once)
-        log.info("%s %s", self.label(number), ended_text(outcome, test_acc, seconds, left))
+        text = ended_text(outcome, outcome.test_acc, outcome.seconds, left)
+        log.info("%s %s", self.label(number), text)
 
 
 def slots(nodes: Sequence[dict[str, float]], cpu: float, gpu: float) -> int:

@@ -1,6 +1,7 @@
 """The Tune side of a sweep (executor=ray): what runs inside one trial, and the driver's view of
 its trials. A trial works in the driver's working directory, reports the node it landed on,
-then calls the same `_run_child` the local executor calls, with each epoch's val_loss and
+then calls cells.run_child (the local executor's train_cell, after a check for a FINISHED run:
+a retry may follow a worker that died once its run had finished), with each epoch's val_loss and
 val_acc also reported to Tune. Its environment (tracking store, CPUs for torch threads) comes
 from ray.init's runtime_env (resnet_exp/sweep/executors.py); it writes none. The module imports
 Ray at the top: the driver imports it only once Ray runs (executors.py starts the trials).
@@ -23,7 +24,7 @@ import ray
 from ray import tune
 
 from resnet_exp import schema as S
-from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome
+from resnet_exp.sweep.cells import FAILED, OUTCOME_KEY, ChildOutcome, run_child
 from resnet_exp.sweep.progress import SweepProgress, first_line, log
 from resnet_exp.tracking.training_run import ParentRun
 
@@ -50,7 +51,6 @@ def run_trial(
     parent: ParentRun,
     cwd: str,
     experiment_dir: str,
-    run_child,
 ) -> None:
     """Train cell `trial['cell']` as a child of `parent`; the last result holds its outcome."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

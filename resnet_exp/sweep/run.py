@@ -26,7 +26,7 @@ from resnet_exp.disk import check_writable
 from resnet_exp.errors import ConfigError
 from resnet_exp.hardware import resolve_runtime
 from resnet_exp.model.network import load_initial_weights
-from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome, run_child
+from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome
 from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.tracking import registry
@@ -75,9 +75,8 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = _preflight(configs)
     # Out of the environment before Ray's processes inherit it: a child must never join it
     launcher = claim_project_run_id()
-    with open_executor(
-        grid, run_child
-    ) as executor:  # Ray starts (or is joined) before any run exists
+    # Ray starts (or is joined) before any run exists
+    with open_executor(grid) as executor:
         return _run_under_parent(grid, base, configs, sid, executor, launcher)
 
 
