@@ -18,6 +18,8 @@ Kept:
   process, which the local executor's training never does. Worth: with one other busy process on
   2 cores, a 2-CPU trial trained 13-17 images/s at nice 15 against 41-50 at nice 0 (2.5-3x).
   tests/test_ray.py checks that a trial's worker runs at nice 0.
+- `pixels_of_bomb_error`: the pixel count in the text of PIL's DecompressionBombError, which
+  carries no attribute for it; without a match the message leaves the count out.
 
     python -c "from resnet_exp.compat import rest_endpoint_of_status_error as f; \
 print(f(Exception('API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200')))"
@@ -37,6 +39,18 @@ def ray_worker_priority(environ: dict[str, str]) -> dict[str, str]:
     Ray's processes start with, where the sweep starts Ray itself (a cluster's nodes take it from
     their own `ray start`)."""
     return {"RAY_worker_niceness": environ.get("RAY_worker_niceness", "0")}
+
+
+# Pillow, PIL/Image.py _decompression_bomb_check: f"Image size ({pixels} pixels) exceeds limit ..."
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def pixels_of_bomb_error(error: BaseException) -> int | None:
+    """The pixel count an image's header claimed, from the text of PIL's DecompressionBombError
+    (raised before the image object exists, so nothing else holds it); None if the text does not
+    say. Worth: the one-line error names how large the image claims to be."""
+    match = _BOMB_PIXELS.search(str(error))
+    return int(match.group(1)) if match else None
 
 
 def rest_endpoint_of_status_error(error: BaseException) -> str | None:

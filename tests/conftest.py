@@ -6,12 +6,15 @@ weights lookup fail fast, and the caches (datasets, torchvision) point into a te
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sqlite3
+import struct
 import sys
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,6 +162,18 @@ def make_image_folder(root: Path, classes: dict[str, int], suffix: str = ".png")
         for i in range(n):
             save_image(root / name / f"{name}_{i:03d}{suffix}", seed=100 * c + i)
     return root
+
+
+def bomb(path: Path) -> Path:
+    """A 1 x 1 PNG whose header claims 30000 x 30000 pixels (900 million): PIL refuses it from
+    the header alone, so nothing bigger is ever written or decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())  # 8-byte signature, then IHDR: length, type, data, CRC
+    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type + data
+    path.write_bytes(bytes(data))
+    return path
 
 
 def cli_options(**values: object) -> list[str]:

@@ -26,3 +26,15 @@ def test_mlflow_still_names_the_endpoint_in_the_text_of_a_refusal(monkeypatch, s
 
 def test_a_text_without_the_endpoint_gives_none():
     assert rest_endpoint_of_status_error(RuntimeError("UNAUTHENTICATED: who are you")) is None
+
+
+def test_pil_still_states_the_claimed_pixels_in_its_bomb_error(tmp_path):
+    """If this fails, Pillow changed DecompressionBombError's text: adapt compat._BOMB_PIXELS."""
+    from PIL import Image
+
+    from conftest import bomb
+    from resnet_exp.compat import pixels_of_bomb_error
+
+    with pytest.raises(Image.DecompressionBombError) as err:
+        Image.open(bomb(tmp_path / "huge.png"))
+    assert pixels_of_bomb_error(err.value) == 30000 * 30000

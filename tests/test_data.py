@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder, offline_failure, save_image
+from conftest import bomb, make_image_folder, offline_failure, save_image
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.demo import CLASSES, IMAGES_PER_CLASS
 from resnet_exp.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, to_rgb
@@ -139,18 +136,6 @@ def test_a_truncated_file_is_named_when_decoded(tmp_path):
         for name in ("train", "validation", "test"):
             data = ImageSplit(splits, name, 32)
             [data[i] for i in range(len(data))]
-
-
-def bomb(path: Path) -> Path:
-    """A 1 x 1 PNG whose header claims 30000 x 30000 pixels (900 million): PIL refuses it from
-    the header alone, so nothing bigger is ever written or decoded."""
-    buffer = io.BytesIO()
-    Image.new("1", (1, 1)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())  # 8-byte signature, then IHDR: length, type, data, CRC
-    data[16:24] = struct.pack(">II", 30000, 30000)  # IHDR's width and height
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # its CRC over type + data
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_a_decompression_bomb_is_named_with_the_limit_when_decoded(tmp_path):

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from resnet_exp.compat import pixels_of_bomb_error
 from resnet_exp.config import TrainConfig
 from resnet_exp.data.demo import ensure_demo_dataset
 from resnet_exp.data.images import image_to_tensor, to_rgb
@@ -400,8 +400,8 @@ def decode_image(item: dict, where: str) -> Image.Image:
 def too_large(what: str, err: Image.DecompressionBombError) -> DataError:
     """PIL's refusal of an image whose header claims more pixels than it will decode (twice
     Image.MAX_IMAGE_PIXELS: 179 million by default, a 13,400 px square) as one line naming it."""
-    claimed = re.search(r"\((\d+) pixels\)", str(err))  # PIL's text: "Image size (N pixels) ..."
-    size = f"{int(claimed[1]):,} pixels, " if claimed else ""
+    claimed = pixels_of_bomb_error(err)
+    size = f"{claimed:,} pixels, " if claimed else ""
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return DataError(
         f"{what} claims {size}over the limit of {limit:,} pixels for one image (a "
