@@ -120,10 +120,11 @@ def training_memory(config: TrainConfig, freeze_blocks: int, batch: int) -> tupl
     images holds at the least, counted from the block counts without building anything. Only
     stages after the frozen ones keep activations; mixed precision may keep them in 2 bytes."""
     params, values = network_size(config.block, config.blocks, config.image_size)
-    trained = sum(params[freeze_blocks + 1 :]) if freeze_blocks else sum(params)
+    first = freeze_blocks + 1 if freeze_blocks else 0  # the first trained part (0: the stem)
+    trained = sum(params[first:])
     frozen = sum(params) - trained
     value_bytes = 4 if config.precision == "32-true" else 2
-    kept = sum(values[freeze_blocks + 1 :]) if freeze_blocks else sum(values)
+    kept = sum(values[first:])
     activations = batch * kept * SAVED_PER_CONV_VALUE * value_bytes
     total = trained * TRAINED_PARAMETER_BYTES + frozen * FROZEN_PARAMETER_BYTES + activations
     return total, sum(params), activations

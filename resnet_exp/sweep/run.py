@@ -24,7 +24,7 @@ from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
 from resnet_exp.data.splits import load_splits
 from resnet_exp.disk import check_writable
 from resnet_exp.errors import ConfigError
-from resnet_exp.hardware import resolve_runtime
+from resnet_exp.hardware import check_memory, resolve_runtime
 from resnet_exp.model.network import load_initial_weights
 from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome
 from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
@@ -128,6 +128,8 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
         )
     check_writable(configs[0].output_dir, S.OUTPUT_DIR)
     check_writable(configs[0].data_dir, S.DATA_DIR)
+    for config in configs:  # each network and freeze level, before precision=auto measures one
+        check_memory(config)
     precision = resolve_runtime(configs[0]).precision
     load_splits(configs[0])
     for blocks in dict.fromkeys(c.blocks for c in configs):
