@@ -28,13 +28,14 @@ print(f(Exception('API request to endpoint /api/2.0/mlflow/runs/create failed wi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 # MLflow 3.17, mlflow/utils/rest_utils.py verify_rest_response:
 #   f"API request to endpoint {endpoint} failed with error code {response.status_code} != ..."
 _STATUS_ERROR = re.compile(r"API request to endpoint (\S+) failed with error code \d+ ")
 
 
-def ray_worker_priority(environ: dict[str, str]) -> dict[str, str]:
+def ray_worker_priority(environ: Mapping[str, str]) -> dict[str, str]:
     """Ray's workers at normal priority, unless the user chose a niceness: for the environment
     Ray's processes start with, where the sweep starts Ray itself (a cluster's nodes take it from
     their own `ray start`)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, NUM_STAGES, TrainConfig, format_value, parse_blocks
-from resnet_exp.errors import ConfigError
+from resnet_exp.errors import ConfigError, ServerUnreachable
 
 GRID_FIELDS = (S.FREEZE_BLOCKS, S.BLOCKS, S.SEED)  # TrainConfig fields the grid decides
 AUTO_SEEDS = (
@@ -111,7 +111,6 @@ def check_ray_address(address: str) -> None:
     """A cluster's address (host:port, ray://host:port) must answer a TCP connection within a few
     seconds, before anything slow: Ray itself retries an address that does not answer for about
     14 minutes. '' and 'auto' are Ray's to resolve."""
-    from resnet_exp.errors import ServerUnreachable
     from resnet_exp.offline import PROBE_TIMEOUT_S, connect_error
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
