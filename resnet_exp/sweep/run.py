@@ -158,7 +158,7 @@ def _add_seeds(
 
 
 def _open_parent(
-    base: TrainConfig, sid: str, run_name: str, launcher: str | None
+    base: TrainConfig, sid: str, run_name: str, launcher: str | None = None
 ) -> tuple[str, str]:
     """(run id, experiment id) of the sweep's run: under `mlflow run -e sweep` the one it
     created (`launcher`), else the experiment's run of the same grid (an earlier attempt or
