@@ -26,6 +26,7 @@ from harness import (
     project_run,
     scratch_space,
     steady,
+    work_dir_option,
 )
 
 from resnet_exp.hardware import resolve_runtime
@@ -44,9 +45,7 @@ from resnet_exp.hardware import resolve_runtime
 @click.option(
     "--allow-cpu", is_flag=True, help="run on the CPU when there is no GPU (a smoke test)"
 )
-@click.option(
-    "--work-dir", default="data/benchmarks", show_default=True, type=click.Path(path_type=Path)
-)
+@work_dir_option
 def main(
     image_size: int,
     batch_size: int,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -45,6 +46,16 @@ WARMUP_STEPS = 2  # allocator and kernel selection, not timed
 
 
 # --- inputs -----------------------------------------------------------------------------------
+
+
+# The folder of generated JPEGs every benchmark reuses between runs.
+work_dir_option = click.option(
+    "--work-dir",
+    default="data/benchmarks",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="where the JPEG folder is kept between runs",
+)
 
 
 def jpeg_folder(work_dir: Path, per_class: int, size: int, classes: int = len(CLASSES)) -> Path:

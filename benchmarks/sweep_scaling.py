@@ -38,7 +38,7 @@ from typing import NamedTuple
 import click
 import psutil
 import torch
-from harness import bench_config, jpeg_folder, print_table, scratch_space
+from harness import bench_config, jpeg_folder, print_table, scratch_space, work_dir_option
 from mlflow import MlflowClient
 
 from resnet_exp import schema as S
@@ -68,13 +68,7 @@ PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared
 @click.option(
     "--precision", default="32-true", show_default=True, help="fixed: no measurement in the timing"
 )
-@click.option(
-    "--work-dir",
-    default="data/benchmarks",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="where the JPEG folder is kept between runs",
-)
+@work_dir_option
 def main(
     image_size: int,
     epochs: int,

@@ -32,6 +32,7 @@ from harness import (
     scratch_space,
     seed_style_run,
     steady,
+    work_dir_option,
 )
 
 from resnet_exp.config import parse_blocks
@@ -60,13 +61,7 @@ from resnet_exp.hardware import resolve_runtime
 @click.option(
     "--bound-steps", default=5, show_default=True, help="timed steps per compute-bound measurement"
 )
-@click.option(
-    "--work-dir",
-    default="data/benchmarks",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="where the JPEG folder is kept between runs",
-)
+@work_dir_option
 def main(
     image_size: int,
     blocks: str,

@@ -31,6 +31,7 @@ from harness import (
     scratch_space,
     seed_style_run,
     steady,
+    work_dir_option,
 )
 
 from resnet_exp.config import parse_blocks
@@ -50,13 +51,7 @@ from resnet_exp.hardware import resolve_runtime
 @click.option("--steps", default=8, show_default=True, help="timed compute-only steps")
 @click.option("--precision", default="auto", show_default=True, help="project and compute only")
 @click.option("--baseline-precision", default="32-true", show_default=True)
-@click.option(
-    "--work-dir",
-    default="data/benchmarks",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="where the JPEG folder is kept between runs",
-)
+@work_dir_option
 def main(
     image_size: int,
     blocks: str,
