@@ -191,6 +191,13 @@ def test_a_trial_that_errors_for_good_ends_its_cell_failed(tmp_path, caplog):
     ]
 
 
+def ray_sweep_command(data_dir, *options: str):
+    """`resnet-exp sweep --executor ray` of the tiny grid, in this process."""
+    return CliRunner().invoke(
+        main, ["sweep", *TINY, "--data-dir", str(data_dir), "--executor", "ray", *options]
+    )
+
+
 def test_a_ray_address_that_does_not_answer_is_one_line_in_seconds(
     tmp_path, data_dir, tracking_uri
 ):
@@ -201,19 +208,7 @@ def test_a_ray_address_that_does_not_answer_is_one_line_in_seconds(
 
     address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
-    result = CliRunner().invoke(
-        main,
-        [
-            "sweep",
-            *TINY,
-            "--data-dir",
-            str(data_dir),
-            "--executor",
-            "ray",
-            "--ray-address",
-            address,
-        ],
-    )
+    result = ray_sweep_command(data_dir, "--ray-address", address)
     assert time.monotonic() - start < 10
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
@@ -223,19 +218,7 @@ def test_a_ray_address_that_does_not_answer_is_one_line_in_seconds(
 
 
 def test_a_bad_trial_resource_stops_the_sweep_before_any_run(tmp_path, data_dir, tracking_uri):
-    result = CliRunner().invoke(
-        main,
-        [
-            "sweep",
-            *TINY,
-            "--data-dir",
-            str(data_dir),
-            "--executor",
-            "ray",
-            "--trial-resources",
-            "cpu=1,gpu=-1",
-        ],
-    )
+    result = ray_sweep_command(data_dir, "--trial-resources", "cpu=1,gpu=-1")
     assert (
         result.exit_code != 0 and "'gpu=-1'" in result.output and "Traceback" not in result.output
     )

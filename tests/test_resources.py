@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from conftest import make_image_folder
+from conftest import cli_options, make_image_folder
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.errors import DataError, WeightsError
@@ -337,27 +337,18 @@ def test_the_cli_reports_a_full_disk_in_one_line(
 
     result = CliRunner().invoke(
         main,
-        [
-            "train",
-            "--data",
-            "demo",
-            "--data-dir",
-            str(data_dir),
-            "--output-dir",
-            str(tiny_disk),
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--max-epochs",
-            "1",
-            "--limit-batches",
-            "2",
-            "--freeze-blocks",
-            "4",
-            "--registered-model-name",
-            "none",
-        ],
+        ["train"]
+        + cli_options(
+            data="demo",
+            data_dir=str(data_dir),
+            output_dir=str(tiny_disk),
+            weights="none",
+            image_size="32",
+            max_epochs="1",
+            limit_batches="2",
+            freeze_blocks="4",
+            registered_model_name="none",
+        ),
     )
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.exception
     last = result.stderr.strip().splitlines()[-1]
@@ -532,28 +523,19 @@ def test_ctrl_c_ends_the_process_in_2_s_with_one_line_and_keeps_the_epochs_it_sh
         "-m",
         "resnet_exp",
         "train",
-        "--data",
-        "demo",
-        "--data-dir",
-        str(data_dir),
-        "--output-dir",
-        str(tmp_path / "results"),
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--max-epochs",
-        "200",
-        "--early-stopping-patience",
-        "200",
-        "--limit-batches",
-        "2",
-        "--freeze-blocks",
-        "2",
-        "--registered-model-name",
-        "none",
-        "--precision",
-        "32-true",
+        *cli_options(
+            data="demo",
+            data_dir=str(data_dir),
+            output_dir=str(tmp_path / "results"),
+            weights="none",
+            image_size="32",
+            max_epochs="200",
+            early_stopping_patience="200",
+            limit_batches="2",
+            freeze_blocks="2",
+            registered_model_name="none",
+            precision="32-true",
+        ),
     ]
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
