@@ -8,7 +8,9 @@ kill it run last and the next user starts it again.
 
 from __future__ import annotations
 
+import configparser
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import requests
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import Meanwhile, cli_options, ray_driver_here
+from conftest import REPO, Meanwhile, cli_options, ray_driver_here
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
@@ -401,3 +403,23 @@ def test_a_server_gone_for_good_ends_the_training_with_one_line(
     # What a process of its own would add: MLflow ends the active run when Python exits, with the
     # full retry budget against the dead server; the run scope left it none to end.
     assert mlflow.active_run() is None
+
+
+def test_the_tested_server_runs_the_configuration_the_docs_give(tmp_path):
+    """docs/tracking-server.md's basic_auth.ini is the one the server fixture runs: every setting
+    (the auth cache's TTL among them) the same, only the hosts and database names differ."""
+    docs = (REPO / "docs" / "tracking-server.md").read_text()
+    block = re.search(r"cat > basic_auth\.ini <<'EOF'\n(.*?)\nEOF", docs, re.S)
+    assert block, "docs/tracking-server.md lost its basic_auth.ini block"
+    documented, tested = configparser.ConfigParser(), configparser.ConfigParser()
+    documented.read_string(block.group(1))
+    server = TrackingServer(tmp_path, "unused", "postgresql+psycopg2://u@h/db", "h:1:*:u:pw\n")
+    tested.read(server.auth_config)
+    host_specific = {"database_uri"}
+    assert {k: v for k, v in documented["mlflow"].items() if k not in host_specific} == {
+        k: v for k, v in tested["mlflow"].items() if k not in host_specific
+    }
+    assert (
+        "@" in documented["mlflow"]["database_uri"]
+        and ":" not in (documented["mlflow"]["database_uri"].split("//")[1].split("@")[0])
+    ), "the documented database URI must carry no password"
