@@ -263,6 +263,27 @@ def test_a_trial_whose_node_died_is_one_line_and_its_retry_resumes_the_run_on_an
     assert point is not None and point.run_id == dead
 
 
+def test_a_trial_below_normal_priority_is_named_with_the_setting_that_fixes_it(caplog):
+    """A node started without RAY_worker_niceness=0 runs trials at nice 15 (2.5-3x slower
+    beside any busy process): the driver says so when the trial reports where it runs."""
+    from types import SimpleNamespace
+
+    from resnet_exp.sweep.progress import SweepProgress
+    from resnet_exp.sweep.ray_trial import NICE_KEY, NODE_KEY, TrialProgress
+
+    caplog.set_level(logging.INFO, logger=PROGRESS)
+    cells = SweepGrid(**GRID).expand(TrainConfig(data="demo"))
+    progress = SweepProgress()
+    callback = TrialProgress(progress, cells, progress.add([c.run_name for c in cells]), 0)
+    trial = SimpleNamespace(trial_id="abc_00000", config={"cell": 0}, last_result={})
+    for nice in (0, 15):
+        result = {NODE_KEY: "a1b2c3d4" + "0" * 48, NICE_KEY: nice, "node_ip": "10.0.0.12"}
+        callback.on_trial_result(0, [], trial, {**result, "pid": 7})
+    warnings = [m for m in caplog.messages if "nice" in m]
+    assert len(warnings) == 1 and "at nice 15" in warnings[0]
+    assert "RAY_worker_niceness=0" in warnings[0]
+
+
 def ray_sweep_command(data_dir, *options: str):
     """`resnet-exp sweep --executor ray` of the tiny grid, in this process."""
     return CliRunner().invoke(

@@ -206,7 +206,11 @@ class TrialProgress(tune.Callback):
         """What the retry does: resume the dead attempt's run, or start the cell over."""
         if self.parent is None:
             return "retries the cell"
-        run = dead_attempt(self.parent, self.experiment_dir, trial.trial_id)
+        try:
+            run = dead_attempt(self.parent, self.experiment_dir, trial.trial_id)
+        except Exception:  # noqa: BLE001 - a line of progress must not end the sweep; the retry
+            log.debug("the dead attempt's run not found", exc_info=True)  # looks for it again
+            return "retries the cell"
         if run is None:
             return "starts the cell (its attempt opened no run)"
         epoch = resume_epoch(run)
