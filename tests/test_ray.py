@@ -635,8 +635,9 @@ def test_a_hand_started_cluster_continues_a_trial_whose_node_died_and_stops_on_s
     """Two worker nodes under their own hostnames: the node that trains the cell dies (its
     `ray start` and every process of it killed) once epoch 0 is saved; the retry on the other
     node continues the same run from the shared last.ckpt although the dead node's heartbeat is
-    fresh, and the driver says so in one line. Then a second sweep gets SIGTERM while Tune waits:
-    exit 143 within 2 s, every run KILLED. Then the cluster stops as the docs say."""
+    fresh, and the driver says so in one line. Meanwhile a second sweep, waiting in Tune for a
+    CPU, gets SIGTERM: exit 143 within 2 s, its parent KILLED. Then the cluster stops as the
+    docs say, leaving no process."""
     import re
     import signal
     import time
@@ -660,14 +661,30 @@ def test_a_hand_started_cluster_continues_a_trial_whose_node_died_and_stops_on_s
         assert os.getpriority(os.PRIO_PROCESS, worker) == 0, "trials at normal priority"
         dead = cluster.node_of(worker)
         os.killpg(cluster.nodes[dead].pid, signal.SIGKILL)  # the node dies, all of it
+
+        # Meanwhile, SIGTERM to a second sweep once Tune waits (for the one CPU left, or its trial)
+        stopped_log = tmp_path / "sigterm.log"
+        stopped = sweep_on(cluster, data_dir, tmp_path, stopped_log, seed=2)
+        deadline = time.monotonic() + 300
+        while "ray: 1 trials of" not in stopped_log.read_text() and time.monotonic() < deadline:
+            assert stopped.poll() is None, stopped_log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(2)  # into Tune's loop
+        sent = time.monotonic()
+        stopped.send_signal(signal.SIGTERM)
+        code = stopped.wait(timeout=60)
+        took = time.monotonic() - sent
+        assert code == 143 and took < 2, (code, took, stopped_log.read_text()[-3000:])
+
         assert sweep.wait(timeout=300) == 0, log.read_text()[-3000:]
         console = log.read_text()
-
         client = MlflowClient(tracking_uri)
-        runs = children(client)
+        assert sorted(r.info.status for r in sweeps(client)) == ["FINISHED", "KILLED"]
+        runs = [r for r in children(client) if r.info.run_name.endswith("-s1")]
         assert [r.info.run_id for r in runs] == [killed_run], "resumed, not started over"
         [run] = runs
-        assert run.info.status == "FINISHED" and sweeps(client)[0].info.status == "FINISHED"
+        assert run.info.status == "FINISHED"
+        assert not [r for r in children(client) if r.info.status == "RUNNING"]
         assert re.match(r"epoch [1-5] from ", run.data.tags[S.TAG_RESUMED]), "resumed mid-training"
         nodes = run.data.tags[S.TAG_RAY_NODES].split(",")
         assert (
@@ -684,23 +701,6 @@ def test_a_hand_started_cluster_continues_a_trial_whose_node_died_and_stops_on_s
             rf"; attempt 2/3 resumes run {killed_run} from epoch [1-5]$", died[0]
         ), console[-3000:]
         assert "Traceback" not in console and "ActorDiedError" not in console, console[-3000:]
-
-        # SIGTERM while Tune waits for the trial
-        log = tmp_path / "sigterm.log"
-        sweep = sweep_on(cluster, data_dir, tmp_path, log, seed=2)
-        deadline = time.monotonic() + 120
-        while "started (ray trial" not in log.read_text() and time.monotonic() < deadline:
-            assert sweep.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.1)
-        time.sleep(1)
-        sent = time.monotonic()
-        sweep.send_signal(signal.SIGTERM)
-        code = sweep.wait(timeout=60)
-        took = time.monotonic() - sent
-        assert code == 143 and took < 2, (code, took, log.read_text()[-3000:])
-        stopped = [r for r in sweeps(client) if r.info.status != "FINISHED"]
-        assert [r.info.status for r in stopped] == ["KILLED"]
-        assert not [r for r in children(client) if r.info.status == "RUNNING"]
     finally:
         left = cluster.stop()
     assert not left, f"processes of the cluster left after `kill <ray start pid>`: {left}"
