@@ -56,9 +56,12 @@ class TuneReport(pl.Callback):
         if run is None or not self.node:
             return
         client = MlflowClient(tracking_uri())
-        earlier = client.get_run(run.info.run_id).data.tags.get(S.TAG_RAY_NODES, "")
-        nodes = [n for n in earlier.split(",") if n] + [self.node]
-        client.set_tag(run.info.run_id, S.TAG_RAY_NODES, ",".join(nodes))
+        try:
+            earlier = client.get_run(run.info.run_id).data.tags.get(S.TAG_RAY_NODES, "")
+            nodes = [n for n in earlier.split(",") if n] + [self.node]
+            client.set_tag(run.info.run_id, S.TAG_RAY_NODES, ",".join(nodes))
+        except Exception:  # noqa: BLE001 - bookkeeping never ends a training; ray_node_id stays
+            log.debug("ray_nodes of run %s not written", run.info.run_id, exc_info=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {
