@@ -133,6 +133,8 @@ TAG_RESUMED_INTO = "resumed_into"  # on the run `mlflow run` created when it res
 # on a child a sweep with executor=ray trained: the Ray node it ran on and its Tune trial's folder
 TAG_RAY_NODE_ID = "ray_node_id"
 TAG_RAY_TRIAL_DIR = "ray_trial_dir"
+# every Ray node the run trained on, comma-separated in order: a retry on another node adds one
+TAG_RAY_NODES = "ray_nodes"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
 LEGACY_TAG_DEPTH = "depth_label"

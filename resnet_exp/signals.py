@@ -141,3 +141,32 @@ def catch_sigterm():
         signal.signal(signal.SIGTERM, _raise_terminated)
         return previous
     return None  # an enclosing scope (a sweep around its children) already catches it
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, then leaves it as `Terminated`.
+
+    For a block that waits in native code which lets only KeyboardInterrupt through (Ray's
+    waits in a Tune driver turn any other exception raised by a signal handler into a
+    KeyboardInterrupt, or lose it): the block unwinds as it does for Ctrl-C, and the process
+    still exits 143, not 130. Main thread only; a no-op where SIGTERM is not ours to handle."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if caught:
+            raise Terminated() from err
+        raise
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)

@@ -104,3 +104,27 @@ def test_ctrl_c_before_any_run_exits_130_in_one_line(tmp_path, data_dir, trackin
     assert not MlflowClient(tracking_uri).search_runs(
         [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]
     )
+
+
+def test_sigterm_through_a_wait_that_lets_only_ctrl_c_through_still_exits_143():
+    """Inside `sigterm_as_ctrl_c` (a Tune driver waiting on Ray) SIGTERM unwinds the block as a
+    KeyboardInterrupt, which such a wait lets through, then leaves it as Terminated (143); Ctrl-C
+    stays Ctrl-C, and the handler from before the block is back afterwards."""
+    import os
+
+    before = signal.getsignal(signal.SIGTERM)
+    unwound = []
+    with pytest.raises(signals.Terminated) as stopped:
+        with signals.sigterm_as_ctrl_c():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs before this returns
+            except KeyboardInterrupt:  # what Ray's waits re-raise
+                unwound.append("ctrl-c")
+                raise
+    assert unwound == ["ctrl-c"] and stopped.value.code == 143
+    with pytest.raises(KeyboardInterrupt):
+        with signals.sigterm_as_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -28,6 +28,7 @@ from mlflow.entities import RunStatus
 from resnet_exp import schema as S
 from resnet_exp.compat import ray_worker_priority
 from resnet_exp.errors import ConfigError
+from resnet_exp.signals import sigterm_as_ctrl_c
 from resnet_exp.sweep.cells import (
     FAILED,
     OUTCOME_KEY,
@@ -113,6 +114,9 @@ def ray_settings(start_here: bool) -> dict[str, str]:
         # verbose=0 silences only the old output engine: the new one still prints its
         # configuration box, where results go, and a table per errored trial.
         "RAY_AIR_NEW_OUTPUT": "0",
+        # A trial's error is one line of TrialProgress's (ray_trial.py), not a 30-line traceback
+        # per failed attempt from Tune's controller.
+        "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
     }
     if start_here:  # trials at normal priority: a private Ray setting (resnet_exp/compat.py)
         settings = {**ray_worker_priority(os.environ), **settings}
@@ -162,8 +166,8 @@ class RayExecutor:
             )
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
                 # ray.init makes SIGTERM a sys.exit(15), with a stack dump from Ray's failure-signal
-                # handler; the run scope's handler ends the parent KILLED and exits 143 (130 when
-                # it comes while Ray waits, which turns it into a KeyboardInterrupt)
+                # handler; the run scope's handler ends the parent KILLED and exits 143 (while
+                # Tune waits, through signals.sigterm_as_ctrl_c)
                 signal.signal(signal.SIGTERM, sigterm)
         else:
             log.warning(
@@ -259,7 +263,16 @@ class RayExecutor:
                 name=name,
                 storage_path=str(storage),
                 verbose=0,
-                callbacks=[TrialProgress(self.progress, cells, numbers, self.max_failures)],
+                callbacks=[
+                    TrialProgress(
+                        self.progress,
+                        cells,
+                        numbers,
+                        self.max_failures,
+                        parent,
+                        str(storage / name),
+                    )
+                ],
                 failure_config=tune.FailureConfig(max_failures=self.max_failures),
             ),
         )
@@ -271,7 +284,9 @@ class RayExecutor:
             storage / name,
         )
         try:
-            results = tuner.fit()
+            # Ray's waits let only Ctrl-C through: SIGTERM unwinds as Ctrl-C and still exits 143
+            with sigterm_as_ctrl_c():
+                results = tuner.fit()
         except BaseException:
             # Ctrl-C, SIGTERM or a Tune error: stop the trials, then close the runs they left open.
             ray.shutdown()

@@ -31,7 +31,7 @@ from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.tracking import registry
 from resnet_exp.tracking import training_run as tracking
-from resnet_exp.tracking.resume import reap_dead_children
+from resnet_exp.tracking.resume import is_alive, process_tag, reap_dead_children
 from resnet_exp.tracking.runs import RunScope, context_tags, run_scope
 from resnet_exp.tracking.store import (
     claim_project_run_id,
@@ -272,6 +272,7 @@ def _close_parent(
         {"shard": f"{index}/{count}", "children": [vars(o) for o in result.outcomes]},
         f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json",
     )
+    running = close_dead_children(scope.client, scope.experiment_id, scope.run_id)
     cells = cell_statuses(scope.client, scope.experiment_id, configs)
     failed = sorted(
         name for name, status in cells.items() if status == RunStatus.to_string(RunStatus.FAILED)
@@ -284,11 +285,35 @@ def _close_parent(
     )
     if grid.adaptive:
         summary += " " + adaptive_summary(result)
+    if running:
+        summary += f" Still RUNNING in another process: {', '.join(running)}."
     scope.describe(f"{scope.note} {summary}")
     if failed:
         scope.fail(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
-    elif waiting:
+    elif waiting or running:
         scope.leave_running()
+
+
+def close_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[str]:
+    """At a sweep's end, mark KILLED each RUNNING child whose process is gone (this process's
+    own, or a dead one: the sweep had its chance to resume it), so that no run stays RUNNING for
+    ever under a closed parent. Returns 'name (run id)' of the children that still run in
+    another live process (another shard's, or a Ray worker whose heartbeat is fresh): while
+    they do, the parent is not FINISHED."""
+    running = []
+    for run in search_all(
+        client,
+        experiment_id,
+        f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+    ):
+        if run.data.tags.get(S.TAG_PROCESS) != process_tag() and is_alive(run):
+            running.append(f"{run.info.run_name} ({run.info.run_id})")
+            continue
+        why = "marked KILLED by the sweep at its end: its process is gone"
+        client.set_tag(run.info.run_id, S.TAG_ERROR, why)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, why)
+    return running
 
 
 def adaptive_summary(result: SweepResult) -> str:
