@@ -22,6 +22,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import (
@@ -119,7 +120,9 @@ def register(
     name = config.model_name
     client = MlflowClient()
     digest = MlflowClient().get_logged_model(model_id(model_uri)).tags.get(S.TAG_MODEL_DIGEST)
-    version = mlflow.register_model(model_uri, name, tags={**tags, S.TAG_MODEL_DIGEST: digest})
+    if digest:  # the version carries the logged model's record of its files (digests.py)
+        tags = {**tags, S.TAG_MODEL_DIGEST: digest}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     interrupt_point("register")  # a version exists, its aliases are not moved yet
     client.update_model_version(name, version.version, description=description)
     if not client.get_registered_model(name).description:
@@ -221,7 +224,7 @@ def record_digests(logged_model_id: str) -> str:
     files back rather than hashing the local ones: what is checked at load is what was stored."""
     client = MlflowClient()
     with tempfile.TemporaryDirectory(prefix="resnet-exp-digests-") as tmp:
-        local = mlflow.artifacts.download_artifacts(f"models:/{logged_model_id}", dst_path=tmp)
+        local = _download(f"models:/{logged_model_id}", Path(tmp))
         digest = write_digests(local)
         client.log_model_artifact(logged_model_id, str(Path(local) / S.DIGESTS_FILE))
     client.set_logged_model_tags(logged_model_id, {S.TAG_MODEL_DIGEST: digest})
@@ -249,9 +252,24 @@ def verified_copy(model_uri: str, folder: Path) -> Path:
     against the registry's record); returns the model's local folder, to load from. Raises
     ModelIntegrityError naming the first altered file, before any of the model's code runs."""
     uri, expected = recorded_digest(model_uri)
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(folder)))
+    local = _download(uri, folder)
     verify_model_files(local, expected)
     return local
+
+
+def _download(model_uri: str, folder: Path) -> Path:
+    """The model's files, downloaded into `folder` without MLflow's progress bar per file: a
+    command's stderr keeps to one line per problem."""
+    bar = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    previous = bar.get_raw()
+    bar.set("false")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
+    finally:
+        if previous is None:
+            bar.unset()
+        else:
+            bar.set(previous)
 
 
 def model_id(model_uri: str) -> str:
