@@ -629,9 +629,10 @@ def cpu_seconds(process: subprocess.Popen) -> float:
 
 
 def idle_after(process: subprocess.Popen) -> float:
-    """CPU seconds the server spends in the 2 s after an answer: about 0 once its work stopped."""
+    """CPU seconds the server spends in the second after an answer: about 0 once its work
+    stopped (the flood's 100,000 images kept a core busy for minutes after a 504)."""
     before = cpu_seconds(process)
-    time.sleep(2)
+    time.sleep(1)
     return cpu_seconds(process) - before
 
 
@@ -652,14 +653,14 @@ def test_requests_are_bounded_in_time_and_memory_returns_to_idle(server, images)
     }
     many = {"dataframe_records": [{"image": b64(p)} for p in images] * 40}  # 240 images
     idle = resident_memory(process)
-    for _ in range(3):
+    for _ in range(2):
         start = time.monotonic()
         status, body = post(port, flood)
         assert status == 400 and "(max_request_images)" in body["message"], body
-        assert time.monotonic() - start < 20 and idle_after(process) < 0.3
+        assert time.monotonic() - start < 20 and idle_after(process) < 0.15
         status, body = post(port, {**many, "params": {"request_seconds": 0.01}})
         assert status == 504 and "time budget of 0.01 s (request_seconds)" in body["message"], body
-        assert idle_after(process) < 0.3
+        assert idle_after(process) < 0.15
         status, body = post(port, many)
         assert status == 200 and len(body["predictions"]) == 240
     grown = resident_memory(process) - idle
