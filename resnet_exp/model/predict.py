@@ -30,9 +30,8 @@ from resnet_exp.model.digests import ModelIntegrityError
 from resnet_exp.model.inference import IMAGE_COLUMN
 
 FILE_COLUMN = "file"
-LOCAL_REQUEST_SECONDS = (
-    24 * 3600
-)  # a model's time budget when this command loads it: none, in effect
+# A model's time budget when this command loads it: none, in effect (a day).
+LOCAL_REQUEST_SECONDS = 24 * 3600
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:

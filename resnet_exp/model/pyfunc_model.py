@@ -53,8 +53,8 @@ class ResNetImageModel(PythonModel):
             context.artifacts["weights"], context.artifacts["spec"]
         )
 
-    # The DataFrame hint tells MLflow to check input against the logged signature (a hint it cannot
-    # turn into a schema); `{"inputs": ...}` requests still arrive as a dict of arrays.
+    # The logged signature has no input schema (registry.py says why), so MLflow hands the
+    # request's columns over as they came; `{"inputs": ...}` requests arrive as a dict of arrays.
     def predict(self, context, model_input: pd.DataFrame, params=None):
         # Bad input must become INVALID_PARAMETER_VALUE: the scoring server answers it with
         # HTTP 400 and this message, and goes on serving the next request. A spent time budget
