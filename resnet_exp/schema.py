@@ -118,6 +118,7 @@ TAG_ERROR = "error"  # why a run failed (only on a run that is not FINISHED)
 # a run that was resumed and finished: the errors of its earlier attempts, newest last
 TAG_EARLIER_ERRORS = "earlier_errors"
 TAG_RUN_ID = "run_id"  # on a model version: the training run
+TAG_MODEL_DIGEST = "model_sha256"  # on a logged model and its versions: sha256 of DIGESTS_FILE
 TAG_BEST_CHECKPOINT = "best_checkpoint"
 TAG_CHECKPOINT_DIR = "checkpoint_dir"
 TAG_IMAGE_STORE = "image_store"
@@ -153,6 +154,7 @@ CONFIG_FILE = "config.json"  # a training run's resolved config, runtime and dat
 CLASS_NAMES_FILE = "class_names.json"
 NETSPEC_FILE = "netspec.json"  # the network spec, in training runs and in the registered model
 LEGACY_NETSPEC_FILE = "classifier.json"  # its name (and a subset of its fields) in older models
+DIGESTS_FILE = "digests.json"  # in a logged model: the sha256 of each of its other files
 # ResNetClassifier's hyper-parameter holding NetSpec.to_dict() in a checkpoint; it is also the
 # argument name, because Lightning's load_from_checkpoint passes hparams back as arguments.
 CKPT_NETSPEC = "spec"

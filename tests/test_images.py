@@ -68,7 +68,7 @@ def test_uploads_are_accepted_as_bytes_or_base64(wrap):
     [
         (b"", "empty image"),
         ("", "empty image"),
-        ("not base64!!", "not base64 text"),
+        ("not base64!!", "not valid base64"),
         (base64.b64encode(b"hello world, not an image").decode(), "not an image file"),
         (b"GIF89a\x00\x00 but nothing more", "not an image file"),
         (encoded(fmt="JPEG")[:200], "damaged image file"),

@@ -364,6 +364,62 @@ def test_resnet_exp_predict_names_a_bad_file_and_an_unknown_model(
     assert "label" in rows[0] and rows[1]["error"].startswith("not an image file")
 
 
+@pytest.mark.slow
+def test_an_altered_model_is_refused_naming_the_file(registry, data_dir, tmp_path, predict):
+    """A copy of the champion with a line appended to its pyfunc_model.py is refused by
+    `resnet-exp predict` before that line runs; one with a flipped byte in its weights is refused
+    by the model's load_context (what `mlflow models serve` runs); one whose digests.json was
+    rewritten to match is refused against the registry's record."""
+    import mlflow
+
+    from resnet_exp.errors import UserError
+    from resnet_exp.model.digests import ModelIntegrityError, write_digests
+
+    uri, client, _, _ = registry
+    mlflow.set_tracking_uri(uri)
+    champion = client.get_model_version_by_alias(MODEL, CHAMPION)
+    assert len(champion.tags[S.TAG_MODEL_DIGEST]) == 64
+    image = next((data_dir / "demo-v1" / "ring").glob("*.png"))
+    model = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{MODEL}@{CHAMPION}", dst_path=str(tmp_path))
+    )
+    original = (model / "pyfunc_model.py").read_text()
+    ran = tmp_path / "ran"
+    (model / "pyfunc_model.py").write_text(original + f"open({str(ran)!r}, 'w').close()\n")
+    result = predict("--model", str(model), str(image))
+    assert result.exit_code == 1 and not ran.exists(), result.output
+    assert (
+        result.stderr.strip().endswith(
+            "model file pyfunc_model.py does not match the sha256 recorded when the model was "
+            "logged: the model was altered; refusing to load it"
+        )
+        and len(result.stderr.strip().splitlines()) == 1
+    ), result.stderr
+
+    (model / "pyfunc_model.py").write_text(original)
+    weights = model / "artifacts" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        ModelIntegrityError, match="^model file artifacts/model.safetensors does not match"
+    ):
+        mlflow.pyfunc.load_model(str(model))
+
+    # the same copy with its digests rewritten, registered with the champion's record
+    write_digests(model)
+    store = new_store(tmp_path / "copy.db")
+    copy = MlflowClient(store)
+    copy.create_registered_model("copy")
+    copy.create_model_version("copy", str(model), tags=champion.tags)
+    mlflow.set_tracking_uri(store)
+    try:
+        with pytest.raises(UserError, match="model file digests.json does not match the sha256"):
+            predict_files("models:/copy/1", [image])
+    finally:
+        mlflow.set_tracking_uri(uri)
+
+
 def test_predict_with_no_readable_file_names_it_before_loading_any_model(tmp_path):
     notes, broken = tmp_path / "notes.png", tmp_path / "broken.jpg"
     notes.write_text("not an image")
@@ -493,7 +549,7 @@ def test_the_server_labels_png_and_jpeg_like_the_checkpoint(registry, server, im
             "not an image file",
         ),
         ({"dataframe_records": [{"image": ""}]}, "empty image"),
-        ({"dataframe_records": [{"picture": "aGVsbG8="}]}, "missing inputs ['image']"),
+        ({"dataframe_records": [{"picture": "aGVsbG8="}]}, "missing column 'image'"),
         (b"{not json", ""),
     ],
     ids=["not-base64", "not-an-image", "empty", "missing-column", "malformed-json"],
@@ -518,7 +574,97 @@ def test_the_server_refuses_a_decompression_bomb(server, images):
         ]
     }
     status, body = post(port, payload)
-    assert status == 400 and "image 1:" in body["message"] and "limit" in body["message"]
+    assert status == 400 and "image 2 of 2:" in body["message"] and "limit" in body["message"]
+
+
+SECRET = "SECRETSECRET"  # marks request data that an error answer must not quote
+
+
+@pytest.mark.slow
+def test_serving_errors_name_the_image_and_never_quote_the_request(server, images):
+    port, _ = server
+    data = [[b64(images[i % len(images)])] for i in range(10)]
+    data[2] = [f"{SECRET}!!"]
+    status, body = post(port, {"dataframe_split": {"columns": ["image"], "data": data}})
+    assert status == 400 and body["message"].startswith("image 3 of 10: not valid base64"), body
+    for payload in (
+        {"dataframe_split": {"columns": ["image"], "data": data}},
+        {
+            "dataframe_records": [
+                {"image": b64(images[0])},
+                {"image": base64.b64encode(SECRET.encode()).decode()},
+            ]
+        },
+        {"dataframe_records": [{"picture": SECRET}]},
+        {"inputs": {"image": [SECRET * 100]}},
+    ):
+        status, body = post(port, payload)
+        assert (
+            status == 400
+            and SECRET not in json.dumps(body)
+            and "Failed to predict" not in json.dumps(body)
+        ), body
+    # no rows is no predictions, however the request says it
+    for payload in (
+        {"dataframe_records": []},
+        {"dataframe_split": {"columns": ["image"], "data": []}},
+        {"inputs": {"image": []}},
+    ):
+        assert post(port, payload) == (200, {"predictions": []}), payload
+
+
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """CPU time (user + system) of the server process and all its children so far."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    total = 0.0
+    for member in [root, *root.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def idle_after(process: subprocess.Popen) -> float:
+    """CPU seconds the server spends in the second after an answer: about 0 once its work
+    stopped (the flood's 100,000 images kept a core busy for minutes after a 504)."""
+    before = cpu_seconds(process)
+    time.sleep(1)
+    return cpu_seconds(process) - before
+
+
+@pytest.mark.slow
+def test_requests_are_bounded_in_time_and_memory_returns_to_idle(server, images):
+    """A flood of tiny images (100,000 PNGs of 1 x 1, 9.3 MB of JSON) is refused at once; a
+    request that runs out of its time budget is answered 504 by the model and its work stops;
+    after rounds of both, resident memory is within 100 MiB of idle."""
+    import io
+
+    from PIL import Image
+
+    port, process = server
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    flood = {
+        "dataframe_records": [{"image": base64.b64encode(buffer.getvalue()).decode()}] * 100_000
+    }
+    many = {"dataframe_records": [{"image": b64(p)} for p in images] * 40}  # 240 images
+    idle = resident_memory(process)
+    for _ in range(2):
+        start = time.monotonic()
+        status, body = post(port, flood)
+        assert status == 400 and "(max_request_images)" in body["message"], body
+        assert time.monotonic() - start < 20 and idle_after(process) < 0.15
+        status, body = post(port, {**many, "params": {"request_seconds": 0.01}})
+        assert status == 504 and "time budget of 0.01 s (request_seconds)" in body["message"], body
+        assert idle_after(process) < 0.15
+        status, body = post(port, many)
+        assert status == 200 and len(body["predictions"]) == 240
+    grown = resident_memory(process) - idle
+    assert grown < 100 * 2**20, f"resident memory stayed {grown / 2**20:.0f} MiB above idle"
 
 
 def resident_memory(process: subprocess.Popen) -> int:

@@ -122,12 +122,12 @@ def header_pixels(data: bytes) -> int:
     return width * height
 
 
-def check_request_pixels(pixels: int) -> None:
-    """Refuse a request whose images hold more than MAX_REQUEST_PIXELS pixels in all."""
-    if pixels > MAX_REQUEST_PIXELS:
+def check_request_pixels(pixels: int, limit: int = MAX_REQUEST_PIXELS) -> None:
+    """Refuse a request whose images hold more than `limit` pixels in all."""
+    if pixels > limit:
         raise ImageInputError(
             f"the request's images hold {pixels:,} pixels in all, over this model's "
-            f"limit of {MAX_REQUEST_PIXELS:,} pixels per request: send fewer or "
+            f"limit of {limit:,} pixels per request (max_request_pixels): send fewer or "
             "smaller images per request"
         )
 
@@ -174,7 +174,7 @@ def _open(data: bytes) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise ImageInputError(
-            f"not an image file ({len(data):,} bytes starting {data[:8]!r}): "
+            f"not an image file ({len(data):,} bytes): "
             "expected JPEG, PNG, GIF, BMP, TIFF, WebP or another format PIL reads"
         ) from None
     except (OSError, ValueError, SyntaxError) as err:
@@ -216,6 +216,5 @@ def _decode_base64(text: str) -> bytes:
         # whitespace (line breaks from `base64` tools) is removed first.
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as err:
-        raise ImageInputError(
-            f"not base64 text ({len(text):,} characters, starting {text[:20]!r}): {err}"
-        ) from None
+        # The message names no character of the text: an error answer never echoes a request.
+        raise ImageInputError(f"not valid base64 ({len(text):,} characters): {err}") from None

@@ -31,6 +31,7 @@ from resnet_exp.data.images import (
     image_to_tensor,
     upload_bytes,
 )
+from resnet_exp.model.budget import RequestBudget
 from resnet_exp.model.netspec import NetSpec
 from resnet_exp.model.network import StagedResNet, build_resnet
 
@@ -100,20 +101,29 @@ class ImageClassifier:
         write_spec(self.spec, spec)
         return {"weights": str(weights), "spec": str(spec)}
 
-    def predict_uploads(self, values: Sequence[object]) -> pd.DataFrame:
+    def predict_uploads(
+        self, values: Sequence[object], budget: RequestBudget | None = None
+    ) -> pd.DataFrame:
         """Image files given as bytes or base64 text -> one prediction row per image, in batches.
-        Raises ImageInputError naming the first bad image by its position, or saying that the
-        images hold more than MAX_REQUEST_PIXELS in all (checked from their headers, before any
-        is decoded). Each image is decoded straight to near the model's size before the next is
-        touched, so memory stays bounded whatever the images' sizes."""
-        files = [_checked_upload(v, i) for i, v in enumerate(values)]
-        check_request_pixels(sum(pixels for _, pixels in files))
+        Raises ImageInputError naming the first bad image by its position ("image 3 of 10"),
+        or saying which of the request's limits (RequestBudget: images, bytes, pixels from the
+        headers, all checked before any image is decoded) it exceeds; RequestTimeout when the
+        time budget is spent, checked before each image so that the work stops there. Each image
+        is decoded straight to near the model's size before the next is touched, so memory stays
+        bounded whatever the images' sizes."""
+        meter = (budget or RequestBudget()).meter(len(values))
+        files = []
+        for i, value in enumerate(values):
+            meter.check_time(i)
+            files.append(_checked_upload(value, meter.where(i)))
+            meter.add_bytes(i, len(files[-1][0]))
+        check_request_pixels(sum(pixels for _, pixels in files), meter.budget.max_request_pixels)
         rows = []
         for start in range(0, len(files), BATCH_SIZE):
-            batch = [
-                _decode_upload(data, start + i, self.spec.image_size)
-                for i, (data, _) in enumerate(files[start : start + BATCH_SIZE])
-            ]
+            batch = []
+            for i, (data, _) in enumerate(files[start : start + BATCH_SIZE], start):
+                meter.check_time(i)
+                batch.append(_decode_upload(data, meter.where(i), self.spec.image_size))
             rows.extend(self._rows(self.probabilities(batch)))
         return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
@@ -149,17 +159,17 @@ def _network(spec: NetSpec, state: dict[str, torch.Tensor]) -> StagedResNet:
     return network
 
 
-def _checked_upload(value: object, index: int) -> tuple[bytes, int]:
+def _checked_upload(value: object, where: str) -> tuple[bytes, int]:
     """(file bytes, pixels its header claims), or ImageInputError naming the image."""
     try:
         data = upload_bytes(value)
         return data, header_pixels(data)
     except ImageInputError as err:
-        raise ImageInputError(f"{IMAGE_COLUMN} {index}: {err}") from None
+        raise ImageInputError(f"{where}: {err}") from None
 
 
-def _decode_upload(data: bytes, index: int, fit: int) -> Image.Image:
+def _decode_upload(data: bytes, where: str, fit: int) -> Image.Image:
     try:
         return decode_file(data, fit)
     except ImageInputError as err:
-        raise ImageInputError(f"{IMAGE_COLUMN} {index}: {err}") from None
+        raise ImageInputError(f"{where}: {err}") from None

@@ -1,5 +1,6 @@
 """`resnet-exp predict`: label image files with a logged or registered model, through MLflow's
-pyfunc loader, exactly as any other client of the model would.
+pyfunc loader, exactly as any other client of the model would, once its files match the digests
+recorded when it was logged (digests.py): an altered model is refused before its code runs.
 
     resnet-exp predict --model models:/resnet-demo@champion data/demo-v1/circle
 
@@ -10,6 +11,7 @@ unreadable ones are listed after the table, with their reason (exit status 3).
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +19,19 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.pyfunc import FLAVOR_NAME
 from PIL import Image
 
-from resnet_exp.data.images import (
-    MAX_REQUEST_PIXELS,
-    ImageInputError,
-    header_pixels,
-    image_from_upload,
-)
+from resnet_exp.data.images import ImageInputError, header_pixels, image_from_upload
 from resnet_exp.errors import DataError, UserError
+from resnet_exp.model.budget import RequestBudget
+from resnet_exp.model.digests import ModelIntegrityError
 from resnet_exp.model.inference import IMAGE_COLUMN
 
 FILE_COLUMN = "file"
+# A model's time budget when this command loads it: none, in effect (a day).
+LOCAL_REQUEST_SECONDS = 24 * 3600
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:
@@ -76,17 +79,14 @@ def predict_files(model_uri: str, files: list[Path]) -> Predictions:
         first, why = next(iter(unreadable.items()))
         more = f" (and {len(files) - 1} more unreadable files)" if len(files) > 1 else ""
         raise DataError(f"no readable image: {first}: {why}{more}")
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as err:
-        raise UserError(
-            f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: {err.message}"
-        ) from None
-    # One call per group of files under the model's per-request pixel limit.
-    groups = _requests(list(contents.values()))
-    table = pd.concat(
-        [model.predict(pd.DataFrame({IMAGE_COLUMN: group})) for group in groups], ignore_index=True
-    )
+    with tempfile.TemporaryDirectory(prefix="resnet-exp-model-") as folder:
+        model = _load_verified(model_uri, Path(folder))
+        # One call per group of files within the model's per-request limits.
+        groups = _requests(list(contents.values()))
+        table = pd.concat(
+            [model.predict(pd.DataFrame({IMAGE_COLUMN: group})) for group in groups],
+            ignore_index=True,
+        )
     table.insert(0, FILE_COLUMN, [str(path) for path in contents])
     return Predictions(files, table, unreadable)
 
@@ -120,17 +120,42 @@ def as_json(found: Predictions) -> str:
     return json.dumps(rows, indent=2)
 
 
+def _load_verified(model_uri: str, folder: Path):
+    """The model, downloaded into `folder` and loaded only once its files match the digests
+    recorded when it was logged (the registry's record of them for a models:/ URI), so that
+    an altered model's code never runs here. UserError in one line naming the altered file."""
+    from resnet_exp.tracking.registry import verified_copy
+
+    try:
+        local = verified_copy(model_uri, folder)
+        # A model that records its request budget (budget.py) gets no time limit here: no client
+        # waits on the answer, and Ctrl-C stops the command.
+        has_budget = bool(Model.load(str(local)).flavors[FLAVOR_NAME].get("config"))
+        config = {"request_seconds": LOCAL_REQUEST_SECONDS} if has_budget else None
+        return mlflow.pyfunc.load_model(str(local), model_config=config)
+    except (MlflowException, ModelIntegrityError) as err:
+        why = err.message if isinstance(err, MlflowException) else str(err)
+        raise UserError(
+            f"cannot load model {model_uri!r} from {mlflow.get_tracking_uri()}: {why}"
+        ) from None
+
+
 def _requests(contents: list[bytes]) -> list[list[bytes]]:
-    """Consecutive groups of files whose pixels stay within MAX_REQUEST_PIXELS each."""
+    """Consecutive groups of files within a request's limits on images, bytes and pixels."""
+    limits = RequestBudget()
     groups: list[list[bytes]] = [[]]
-    total = 0
+    size = pixels = 0
     for data in contents:
-        pixels = header_pixels(data)
-        if groups[-1] and total + pixels > MAX_REQUEST_PIXELS:
+        more = header_pixels(data)
+        if groups[-1] and (
+            len(groups[-1]) == limits.max_request_images
+            or size + len(data) > limits.max_request_bytes
+            or pixels + more > limits.max_request_pixels
+        ):
             groups.append([])
-            total = 0
+            size = pixels = 0
         groups[-1].append(data)
-        total += pixels
+        size, pixels = size + len(data), pixels + more
     return groups
 
 

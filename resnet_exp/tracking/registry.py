@@ -22,14 +22,25 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+from mlflow.types.schema import (
+    Array,
+    ColSpec,
+    Object,
+    ParamSchema,
+    ParamSpec,
+    Property,
+    Schema,
+)
 from PIL import Image
 
 import resnet_exp
 from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
+from resnet_exp.model.budget import RequestBudget
+from resnet_exp.model.digests import verify_model_files, write_digests
 from resnet_exp.model.inference import IMAGE_COLUMN, ImageClassifier
 from resnet_exp.signals import interrupt_point
 
@@ -41,7 +52,13 @@ PYFUNC_FILE = Path(__file__).parents[1] / "model" / "pyfunc_model.py"
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),  # over HTTP: base64 text, decoded by MLflow
+    # No input schema: MLflow then passes the request's columns through as they came (base64
+    # text over HTTP, bytes from Python) and the model checks them, naming each bad image by its
+    # position. With a "binary" column MLflow decoded base64 itself, leniently and with an error
+    # that named no image; with any column schema it refused or emptied requests before the
+    # model saw them (`dataframe_records: []` refused, a misnamed column dropped) and echoed the
+    # request in its error. The input is described in the registered model's description.
+    inputs=None,
     outputs=Schema(
         [
             ColSpec("string", "label"),
@@ -53,6 +70,8 @@ SIGNATURE = ModelSignature(
             ),
         ]
     ),
+    # A request may ask for a shorter time budget than the model's (budget.py), never a longer one.
+    params=ParamSchema([ParamSpec("request_seconds", "double", None)]),
 )
 
 
@@ -87,7 +106,9 @@ def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> 
             pip_requirements=pip_requirements(),
             signature=SIGNATURE,
             input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
+            model_config=RequestBudget().to_config(),
         )
+    record_digests(info.model_id)
     return info.model_uri
 
 
@@ -98,6 +119,9 @@ def register(
     move the aliases."""
     name = config.model_name
     client = MlflowClient()
+    digest = MlflowClient().get_logged_model(model_id(model_uri)).tags.get(S.TAG_MODEL_DIGEST)
+    if digest:  # the version carries the logged model's record of its files (digests.py)
+        tags = {**tags, S.TAG_MODEL_DIGEST: digest}
     version = mlflow.register_model(model_uri, name, tags=tags)
     interrupt_point("register")  # a version exists, its aliases are not moved yet
     client.update_model_version(name, version.version, description=description)
@@ -192,6 +216,65 @@ def pip_requirements() -> list[str]:
     """The pyfunc's requirements, pinned to this environment's versions (without local tags
     such as '+cpu', which only exist on the index they came from)."""
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def record_digests(logged_model_id: str) -> str:
+    """Add digests.json (the sha256 of each of the logged model's files, as stored) to the
+    model, and tag the logged model with digests.json's own sha256; returns it. Reads the stored
+    files back rather than hashing the local ones: what is checked at load is what was stored."""
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="resnet-exp-digests-") as tmp:
+        local = _download(f"models:/{logged_model_id}", Path(tmp))
+        digest = write_digests(local)
+        client.log_model_artifact(logged_model_id, str(Path(local) / S.DIGESTS_FILE))
+    client.set_logged_model_tags(logged_model_id, {S.TAG_MODEL_DIGEST: digest})
+    return digest
+
+
+def recorded_digest(model_uri: str) -> tuple[str, str | None]:
+    """(the URI to download, the sha256 of digests.json that the registry recorded for it).
+    An alias is resolved to its version first, so that what is checked is what is loaded. URIs
+    outside the registry (runs:/, a folder) and models logged before digests have none."""
+    if not model_uri.startswith("models:/"):
+        return model_uri, None
+    ref, client = model_uri.removeprefix("models:/"), MlflowClient()
+    if "@" in ref:
+        version = client.get_model_version_by_alias(*ref.split("@", 1))
+    elif "/" in ref:
+        version = client.get_model_version(*ref.rsplit("/", 1))
+    else:  # a logged model's id, m-...
+        return model_uri, client.get_logged_model(ref).tags.get(S.TAG_MODEL_DIGEST)
+    return f"models:/{version.name}/{version.version}", version.tags.get(S.TAG_MODEL_DIGEST)
+
+
+def verified_copy(model_uri: str, folder: Path) -> Path:
+    """Download the model into `folder` and check its files against their digests (and those
+    against the registry's record); returns the model's local folder, to load from. Raises
+    ModelIntegrityError naming the first altered file, before any of the model's code runs."""
+    uri, expected = recorded_digest(model_uri)
+    local = _download(uri, folder)
+    verify_model_files(local, expected)
+    return local
+
+
+def _download(model_uri: str, folder: Path) -> Path:
+    """The model's files, downloaded into `folder` without MLflow's progress bar per file: a
+    command's stderr keeps to one line per problem."""
+    bar = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    previous = bar.get_raw()
+    bar.set("false")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
+    finally:
+        if previous is None:
+            bar.unset()
+        else:
+            bar.set(previous)
+
+
+def model_id(model_uri: str) -> str:
+    """The logged model's id in the URI log_model returns ('models:/m-...')."""
+    return model_uri.removeprefix("models:/")
 
 
 def _package_source(folder: Path) -> Path:
