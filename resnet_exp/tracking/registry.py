@@ -100,9 +100,10 @@ def log_model(
         params=client.get_run(run.info.run_id).data.params,
     )
     try:
-        client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=best_epoch)])
         link_metrics(client, run.info.run_id, model.model_id, best_epoch, test_dataset)
         _log_model_files(client, model, checkpoint, example_image)
+        # the run lists the model once its files are there: a dead attempt's stays off the list
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=best_epoch)])
     except BaseException:
         # An interrupt or error: FAILED at once (MLflow's own log_model leaves a PENDING model
         # on Ctrl-C or SIGTERM); a kill leaves it PENDING, and the resume deletes it.
