@@ -73,6 +73,40 @@ def test_versions_without_val_acc_never_become_champion(tmp_path):
     assert not client.get_registered_model(MODEL).aliases
 
 
+def add_version(client: MlflowClient, tmp_path: Path, val_acc: float, **setting: str) -> str:
+    tags = {S.VAL_ACC: str(val_acc), S.TAG_DATA: "demo", S.IMAGE_SIZE: "64", S.WEIGHTS: "none"}
+    return str(client.create_model_version(MODEL, str(tmp_path), tags={**tags, **setting}).version)
+
+
+def test_a_version_of_another_image_size_or_weights_never_takes_champion_unasked(tmp_path):
+    """The study's champion stays when a better-scoring quick run at 32 px, or one from ImageNet
+    weights, is registered; a better version of the study's own setting still takes it."""
+    client = make_versions(tmp_path, [])
+    study = add_version(client, tmp_path, 0.6)
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == study
+    add_version(client, tmp_path, 0.9, image_size="32")
+    add_version(client, tmp_path, 0.95, weights="imagenet")
+    add_version(client, tmp_path, 0.99, data="other/folder")
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == study
+    better = add_version(client, tmp_path, 0.7)
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == better
+
+
+def test_champion_pointed_by_hand_at_another_setting_competes_there(tmp_path):
+    """Asking for it: the user points champion at a version of another setting (the UI or
+    MlflowClient.set_registered_model_alias); later versions of that setting compete with it,
+    and the old setting no longer does."""
+    client = make_versions(tmp_path, [])
+    add_version(client, tmp_path, 0.6)
+    move_alias(client, MODEL, CHAMPION, all_versions(client))
+    chosen = add_version(client, tmp_path, 0.5, image_size="128")
+    client.set_registered_model_alias(MODEL, CHAMPION, chosen)
+    add_version(client, tmp_path, 0.8)  # the old setting, better, but not asked for
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == chosen
+    better = add_version(client, tmp_path, 0.55, image_size="128")
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == better
+
+
 @pytest.mark.parametrize(
     "name, model_name", [("auto", "resnet-demo"), ("none", None), ("my-model.v2", "my-model.v2")]
 )

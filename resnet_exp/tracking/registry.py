@@ -42,6 +42,9 @@ PYFUNC_FILE = Path(__file__).parents[1] / "model" / "pyfunc_model.py"
 # What the pyfunc imports (directly or through resnet_exp.model.inference/images/model). MLflow's
 # requirement inference misses torch and pillow for models from code, so the list is explicit.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
+# Versions compete for an alias only within one setting (same_setting): a quick run at another
+# image size, or from other weights, must not replace the study's champion unasked.
+SETTING_TAGS = (S.TAG_DATA, S.IMAGE_SIZE, S.WEIGHTS)
 SCRATCH_PREFIX = "resnet-exp-model-"  # the model's files while they are written and uploaded
 
 SIGNATURE = ModelSignature(
@@ -251,12 +254,16 @@ def move_alias(
     client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]
 ) -> str | None:
     """Point `alias` at the candidate with the best val_acc tag if it beats the version the alias
-    points at now (ties keep the current one); returns the version the alias ends on."""
+    points at now (ties keep the current one); returns the version the alias ends on. Only
+    candidates trained in the current version's setting (same_setting) compete: a version of
+    another image size or weights takes the alias only if someone points the alias at it."""
+    current = _version_by_alias(client, name, alias)
+    if current is not None:
+        candidates = [v for v in candidates if same_setting(v, current)]
     scored = [v for v in candidates if _val_acc(v) is not None]
     if not scored:
-        return None
+        return None if current is None else str(current.version)
     best = max(scored, key=lambda v: (_val_acc(v), -int(v.version)))  # a tie goes to the oldest
-    current = _version_by_alias(client, name, alias)
     if (
         current is not None
         and _val_acc(current) is not None
@@ -265,6 +272,16 @@ def move_alias(
         return str(current.version)
     client.set_registered_model_alias(name, alias, best.version)
     return str(best.version)  # the registry returns int or str versions, depending on the call
+
+
+def same_setting(a: ModelVersion, b: ModelVersion) -> bool:
+    """Whether two versions were trained on the same data, at the same image size, from the
+    same initial weights: only then are their val_acc a fair contest. A tag that either lacks
+    (versions registered before these tags existed, hand-made ones) does not separate them."""
+    return all(
+        a.tags.get(key) is None or b.tags.get(key) is None or a.tags[key] == b.tags[key]
+        for key in SETTING_TAGS
+    )
 
 
 def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
