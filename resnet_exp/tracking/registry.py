@@ -78,11 +78,12 @@ def log_model(
     checkpoint: str | Path,
     example_image: bytes,
     best_epoch: int,
+    name: str,
     description: str,
     test_dataset: Dataset | None = None,
 ) -> str:
-    """Log the checkpoint to the active run as an MLflow Model named for the run, with
-    `description`; returns its model URI.
+    """Log the checkpoint to the active run as an MLflow Model called `name` (the run's name),
+    with `description`; returns its model URI.
 
     The model is linked to the run at `best_epoch` and to that epoch's train/val metrics and the
     test metrics (tied to `test_dataset`), never to `system/*` samples: `log_model(step=...)`
@@ -97,7 +98,7 @@ def log_model(
     if earlier is not None:
         return f"models:/{earlier.model_id}"
     model = mlflow.initialize_logged_model(
-        name=run.info.run_name,
+        name=name,
         source_run_id=run.info.run_id,
         tags={S.MLFLOW_NOTE: description},
         params=client.get_run(run.info.run_id).data.params,

@@ -170,6 +170,7 @@ def _publish_model(
             checkpoint,
             registry.example_image(first_test_image, config.image_size),
             best_epoch,
+            config.run_name,
             description,
             tracking.split_dataset(splits, "test"),
         )
