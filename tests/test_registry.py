@@ -213,6 +213,7 @@ def test_the_logged_model_carries_the_best_epochs_metrics(registry):
         linked = {m.key: m for m in model.metrics}
         assert {S.VAL_ACC, S.VAL_LOSS, S.TRAIN_ACC, S.TEST_ACC, S.TEST_LOSS} <= set(linked)
         assert not [k for k in linked if k.startswith(S.SYSTEM)], sorted(linked)
+        assert S.TRAIN_THROUGHPUT not in linked and S.LR not in linked  # learning metrics only
         assert len(model.metrics) == len(linked)  # one value per metric
         assert {m.step for m in model.metrics} == {best_epoch}
         val_acc = [

@@ -156,12 +156,14 @@ def link_metrics(
     step: int,
     test_dataset: Dataset | None = None,
 ) -> None:
-    """Link the run's train_*, val_* and test_* values at `step` (epoch values only, not
-    Lightning's per-step series) to the logged model, test_* tied to the test split's dataset.
+    """Link the run's train_loss, train_acc, val_* and test_* values at `step` (epoch values
+    only, not Lightning's per-step series) to the logged model, test_* tied to the test split's
+    dataset.
     The run's own history is unchanged: MLflow stores a metric it already has only once."""
     metrics = []
     for key in client.get_run(run_id).data.metrics:
-        if key.split("_")[0] not in S.SPLIT_PREFIXES or key.endswith(S.STEP_SUFFIX):
+        learning = key in S.SPLIT_METRICS[S.TRAIN] or key.startswith((f"{S.VAL}_", f"{S.TEST}_"))
+        if not learning or key.endswith(S.STEP_SUFFIX):  # not throughput, not per-step series
             continue
         tied = key.startswith(f"{S.TEST}_") and test_dataset is not None
         metrics += [
