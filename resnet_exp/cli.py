@@ -189,7 +189,7 @@ def train(**values: Any) -> None:
     "model_uri",
     required=True,
     metavar="URI",
-    help="An MLflow model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model.",
+    help="An MLflow model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<id>/<run name>.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object per image, with the top 5."

@@ -160,7 +160,6 @@ DIGESTS_FILE = "digests.json"  # in a logged model: the sha256 of each of its ot
 CKPT_NETSPEC = "spec"
 SWEEP_GRID_FILE = "sweep.json"  # a sweep parent's grid, which analysis selects runs by
 SHARDS_FOLDER = "shards"  # a sweep parent's per-shard summaries
-MODEL_ARTIFACT = "model"  # the logged MLflow Model of a training run
 RANKING_FILE = "ranking.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it

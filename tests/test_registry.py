@@ -73,6 +73,40 @@ def test_versions_without_val_acc_never_become_champion(tmp_path):
     assert not client.get_registered_model(MODEL).aliases
 
 
+def add_version(client: MlflowClient, tmp_path: Path, val_acc: float, **setting: str) -> str:
+    tags = {S.VAL_ACC: str(val_acc), S.TAG_DATA: "demo", S.IMAGE_SIZE: "64", S.WEIGHTS: "none"}
+    return str(client.create_model_version(MODEL, str(tmp_path), tags={**tags, **setting}).version)
+
+
+def test_a_version_of_another_image_size_or_weights_never_takes_champion_unasked(tmp_path):
+    """The study's champion stays when a better-scoring quick run at 32 px, or one from ImageNet
+    weights, is registered; a better version of the study's own setting still takes it."""
+    client = make_versions(tmp_path, [])
+    study = add_version(client, tmp_path, 0.6)
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == study
+    add_version(client, tmp_path, 0.9, image_size="32")
+    add_version(client, tmp_path, 0.95, weights="imagenet")
+    add_version(client, tmp_path, 0.99, data="other/folder")
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == study
+    better = add_version(client, tmp_path, 0.7)
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == better
+
+
+def test_champion_pointed_by_hand_at_another_setting_competes_there(tmp_path):
+    """Asking for it: the user points champion at a version of another setting (the UI or
+    MlflowClient.set_registered_model_alias); later versions of that setting compete with it,
+    and the old setting no longer does."""
+    client = make_versions(tmp_path, [])
+    add_version(client, tmp_path, 0.6)
+    move_alias(client, MODEL, CHAMPION, all_versions(client))
+    chosen = add_version(client, tmp_path, 0.5, image_size="128")
+    client.set_registered_model_alias(MODEL, CHAMPION, chosen)
+    add_version(client, tmp_path, 0.8)  # the old setting, better, but not asked for
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == chosen
+    better = add_version(client, tmp_path, 0.55, image_size="128")
+    assert move_alias(client, MODEL, CHAMPION, all_versions(client)) == better
+
+
 @pytest.mark.parametrize(
     "name, model_name", [("auto", "resnet-demo"), ("none", None), ("my-model.v2", "my-model.v2")]
 )
@@ -169,7 +203,8 @@ def test_two_trainings_make_two_tagged_versions_and_a_champion(registry):
 @pytest.mark.slow
 def test_the_logged_model_carries_the_best_epochs_metrics(registry):
     """The UI's model page shows the metrics linked to the logged model: those of the best
-    checkpoint's epoch, test_acc and test_loss included, never epoch 0's."""
+    checkpoint's epoch, test_acc and test_loss included, never epoch 0's, and no system/*
+    sample (log_model(step=best_epoch) linked the system samples of that index too)."""
     uri, client, results, _ = registry
     best_epochs = [int(client.get_run(r.run_id).data.metrics[S.BEST_EPOCH]) for r in results]
     assert max(best_epochs) > 0  # else step 0 (MLflow's default) would pass unnoticed
@@ -177,7 +212,10 @@ def test_the_logged_model_carries_the_best_epochs_metrics(registry):
         model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
         linked = {m.key: m for m in model.metrics}
         assert {S.VAL_ACC, S.VAL_LOSS, S.TRAIN_ACC, S.TEST_ACC, S.TEST_LOSS} <= set(linked)
-        assert {linked[k].step for k in (S.VAL_ACC, S.TEST_ACC, S.TEST_LOSS)} == {best_epoch}
+        assert not [k for k in linked if k.startswith(S.SYSTEM)], sorted(linked)
+        assert S.TRAIN_THROUGHPUT not in linked and S.LR not in linked  # learning metrics only
+        assert len(model.metrics) == len(linked)  # one value per metric
+        assert {m.step for m in model.metrics} == {best_epoch}
         val_acc = [
             m.value
             for m in client.get_metric_history(result.run_id, S.VAL_ACC)
@@ -187,6 +225,40 @@ def test_the_logged_model_carries_the_best_epochs_metrics(registry):
         # test_* describe the best epoch's network, and are stored at its step
         [test_acc] = client.get_metric_history(result.run_id, S.TEST_ACC)
         assert test_acc.step == best_epoch and linked[S.TEST_ACC].value == test_acc.value
+
+
+@pytest.mark.slow
+def test_logged_models_are_named_for_their_run_and_describe_themselves(registry):
+    """Each logged model has its run's name (not six models called 'model'), a description,
+    and its test metrics tied to the test split, the dataset the run logged as 'testing'."""
+    uri, client, results, _ = registry
+    for result in results:
+        run = client.get_run(result.run_id)
+        model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
+        assert model.name == run.info.run_name == f"r18-b2222-f2-s{run.data.params[S.SEED]}"
+        assert model.source_run_id == result.run_id and str(model.status) == "READY"
+        note = model.tags[S.MLFLOW_NOTE]
+        assert model.name in note and result.run_id in note and "test_acc" in note
+        [testing] = [
+            i.dataset
+            for i in run.inputs.dataset_inputs
+            if {(t.key, t.value) for t in i.tags} >= {("mlflow.data.context", "testing")}
+        ]
+        tied = {m.key: (m.dataset_name, m.dataset_digest) for m in model.metrics}
+        assert {k for k, d in tied.items() if d != (None, None)} == {
+            S.TEST_ACC,
+            S.TEST_LOSS,
+            S.TEST_ECE,
+        }
+        assert tied[S.TEST_ACC] == (testing.name, testing.digest)
+        # the run's own output: this model, at the best epoch
+        [output] = run.outputs.model_outputs
+        assert output.model_id == model.model_id
+        assert output.step == int(run.data.metrics[S.BEST_EPOCH])
+        # the run's history holds each step of each metric once, linking added none
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(result.run_id, key)]
+            assert len(steps) == len(set(steps)), key
 
 
 @pytest.mark.slow
@@ -436,14 +508,15 @@ def test_registered_model_name_none_logs_the_model_but_registers_nothing(
 ):
     from resnet_exp.training.train import train
 
-    result = train(tiny_config(data_dir, tmp_path / "results", registered_model_name="none"))
+    config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
+    result = train(config)
     client = MlflowClient(tracking_uri)
     assert result.registered is None and client.search_registered_models() == []
     import mlflow
 
     image = next((data_dir / "demo-v1" / "ring").glob("*.png")).read_bytes()
-    # MLflow 3: a LoggedModel of the run
-    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    # MLflow 3: a LoggedModel of the run, named for the run
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/{config.run_name}")
     label = model.predict(pd.DataFrame({"image": [image]}))["label"][0]
     expected = ImageClassifier.from_checkpoint(result.best_checkpoint).predict_uploads([image])[
         "label"

@@ -12,6 +12,7 @@ Everything goes to the run's `diagnostics/` artifact folder (names in schema.py)
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -170,9 +171,13 @@ def draw_reliability(bins: pd.DataFrame, ece: float, path: Path) -> None:
 
 
 def log_test_diagnostics(
-    outputs: list[tuple[torch.Tensor, torch.Tensor]], splits: DataSplits, step: int
+    outputs: list[tuple[torch.Tensor, torch.Tensor]],
+    splits: DataSplits,
+    step: int,
+    stored_steps: Mapping[str, int] | None = None,
 ) -> dict:
-    """Log the test epoch's diagnostics to the active run; returns the tables (for tests)."""
+    """Log the test epoch's diagnostics to the active run; returns the tables (for tests).
+    `stored_steps`: a resumed run's latest step per metric; test_ece is logged only if new."""
     logits, targets = test_predictions(outputs)
     tables = diagnostics_tables(logits, targets, splits)
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,5 +192,6 @@ def log_test_diagnostics(
         draw_confusion(tables["confusion"], names, folder / S.CONFUSION_PNG)
         draw_reliability(tables["bins"], tables["ece"], folder / S.RELIABILITY_PNG)
         mlflow.log_artifacts(str(folder), S.DIAGNOSTICS_FOLDER)
-    mlflow.log_metric(S.TEST_ECE, tables["ece"], step=step)
+    if step > (stored_steps or {}).get(S.TEST_ECE, -1):
+        mlflow.log_metric(S.TEST_ECE, tables["ece"], step=step)
     return tables

@@ -14,6 +14,7 @@ import io
 import logging
 import shutil
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,10 +22,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.dataset import Dataset
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import (
     Array,
     ColSpec,
@@ -50,6 +53,10 @@ PYFUNC_FILE = Path(__file__).parents[1] / "model" / "pyfunc_model.py"
 # What the pyfunc imports (directly or through resnet_exp.model.inference/images/model). MLflow's
 # requirement inference misses torch and pillow for models from code, so the list is explicit.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "safetensors")
+# Versions compete for an alias only within one setting (same_setting): a quick run at another
+# image size, or from other weights, must not replace the study's champion unasked.
+SETTING_TAGS = (S.TAG_DATA, S.IMAGE_SIZE, S.WEIGHTS)
+SCRATCH_PREFIX = "resnet-exp-model-"  # the model's files while they are written and uploaded
 
 SIGNATURE = ModelSignature(
     # No input schema: MLflow then passes the request's columns through as they came (base64
@@ -86,20 +93,65 @@ class RegisteredVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> str:
-    """Log the checkpoint to the active run as an MLflow Model; returns its model URI.
+def log_model(
+    checkpoint: str | Path,
+    example_image: bytes,
+    best_epoch: int,
+    name: str,
+    description: str,
+    test_dataset: Dataset | None = None,
+) -> str:
+    """Log the checkpoint to the active run as an MLflow Model called `name` (the run's name),
+    with `description`; returns its model URI.
 
-    MLflow links the run's metrics at `step` to the logged model, and the UI's model page
-    shows them: at the best epoch they are that checkpoint's (test_* included, which training
-    logs at that step); the default step 0 would show the first epoch's."""
+    The model is linked to the run at `best_epoch` and to that epoch's train/val metrics and the
+    test metrics (tied to `test_dataset`), never to `system/*` samples: `log_model(step=...)`
+    would link every metric of that step, system samples included. An earlier attempt of the
+    run (a resumed training) that died while logging left a PENDING or FAILED model: it is
+    deleted; one that finished logging is the model, as is. The files are written in a folder
+    beside the checkpoint, so that a killed attempt leaves nothing in the temp folder and the
+    next attempt removes what it left."""
+    client = MlflowClient()
+    run = mlflow.active_run()
+    earlier = _earlier_model(client, run.info.experiment_id, run.info.run_id)
+    if earlier is not None:
+        return f"models:/{earlier.model_id}"
+    model = mlflow.initialize_logged_model(
+        name=name,
+        source_run_id=run.info.run_id,
+        tags={S.MLFLOW_NOTE: description},
+        params=client.get_run(run.info.run_id).data.params,
+    )
+    try:
+        link_metrics(client, run.info.run_id, model.model_id, best_epoch, test_dataset)
+        _log_model_files(client, model, checkpoint, example_image)
+        record_digests(model.model_id)
+        # the run lists the model once its files are there: a dead attempt's stays off the list
+        client.log_outputs(run.info.run_id, [LoggedModelOutput(model.model_id, step=best_epoch)])
+    except BaseException:
+        # An interrupt or error: FAILED at once (MLflow's own log_model leaves a PENDING model
+        # on Ctrl-C or SIGTERM); a kill leaves it PENDING, and the resume deletes it.
+        with suppress(Exception):
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return f"models:/{model.model_id}"
+
+
+def _log_model_files(
+    client: MlflowClient, model: LoggedModel, checkpoint: str | Path, example_image: bytes
+) -> None:
+    """Write the pyfunc model's files (beside the checkpoint) and upload them to `model`."""
     classifier = ImageClassifier.from_checkpoint(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="resnet-exp-model-") as tmp:
+    parent = Path(checkpoint).parent
+    for stale in parent.glob(f"{SCRATCH_PREFIX}*"):  # a killed attempt's files
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent) as tmp:
         folder = Path(tmp)
         artifacts = classifier.save(folder)
-        interrupt_point("model_log")
-        info = mlflow.pyfunc.log_model(
-            name=S.MODEL_ARTIFACT,
-            step=best_epoch,
+        interrupt_point("model_log")  # a PENDING logged model and a folder of files exist
+        mlflow.pyfunc.save_model(
+            path=str(folder / "model"),
             python_model=str(PYFUNC_FILE),
             artifacts=artifacts,
             code_paths=[str(_package_source(folder))],
@@ -107,9 +159,65 @@ def log_model(checkpoint: str | Path, example_image: bytes, best_epoch: int) -> 
             signature=SIGNATURE,
             input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
             model_config=RequestBudget().to_config(),
+            # what MLflow's log_model writes into MLmodel: where the model lives and its run
+            mlflow_model=Model(
+                artifact_path=model.artifact_location,
+                model_uuid=model.model_id,
+                run_id=model.source_run_id,
+                model_id=model.model_id,
+            ),
         )
-    record_digests(info.model_id)
-    return info.model_uri
+        client.log_model_artifacts(model.model_id, str(folder / "model"))
+
+
+def link_metrics(
+    client: MlflowClient,
+    run_id: str,
+    model_id: str,
+    step: int,
+    test_dataset: Dataset | None = None,
+) -> None:
+    """Link the run's train_loss, train_acc, val_* and test_* values at `step` (epoch values
+    only, not Lightning's per-step series) to the logged model, test_* tied to the test split's
+    dataset.
+    The run's own history is unchanged: MLflow stores a metric it already has only once."""
+    metrics = []
+    for key in client.get_run(run_id).data.metrics:
+        learning = key in S.SPLIT_METRICS[S.TRAIN] or key.startswith((f"{S.VAL}_", f"{S.TEST}_"))
+        if not learning or key.endswith(S.STEP_SUFFIX):  # not throughput, not per-step series
+            continue
+        tied = key.startswith(f"{S.TEST}_") and test_dataset is not None
+        metrics += [
+            Metric(
+                m.key,
+                m.value,
+                m.timestamp,
+                m.step,
+                model_id=model_id,
+                dataset_name=test_dataset.name if tied else None,
+                dataset_digest=test_dataset.digest if tied else None,
+                run_id=run_id,
+            )
+            for m in client.get_metric_history(run_id, key)
+            if m.step == step
+        ][-1:]  # one value per key: the latest, should an epoch have been stored twice
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _earlier_model(client: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel | None:
+    """The logged model an earlier attempt of this run finished, if any; the ones it did not
+    finish (PENDING: killed; FAILED) are deleted, so that a run has one model."""
+    models = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    for model in models:
+        if model.status != LoggedModelStatus.READY:
+            client.delete_logged_model(model.model_id)
+            log.info(
+                "deleted the %s logged model %s of an earlier attempt", model.status, model.model_id
+            )
+    return max(ready, key=lambda m: m.creation_timestamp) if ready else None
 
 
 def register(
@@ -119,10 +227,13 @@ def register(
     move the aliases."""
     name = config.model_name
     client = MlflowClient()
-    digest = MlflowClient().get_logged_model(model_id(model_uri)).tags.get(S.TAG_MODEL_DIGEST)
+    digest = client.get_logged_model(model_id(model_uri)).tags.get(S.TAG_MODEL_DIGEST)
     if digest:  # the version carries the logged model's record of its files (digests.py)
         tags = {**tags, S.TAG_MODEL_DIGEST: digest}
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    # An earlier attempt of this run (resumed) may have registered its model already: one
+    # version per run.
+    earlier = client.search_model_versions(f"name = '{name}' and run_id = '{tags[S.TAG_RUN_ID]}'")
+    version = earlier[0] if earlier else mlflow.register_model(model_uri, name, tags=tags)
     interrupt_point("register")  # a version exists, its aliases are not moved yet
     client.update_model_version(name, version.version, description=description)
     if not client.get_registered_model(name).description:
@@ -170,12 +281,16 @@ def move_alias(
     client: MlflowClient, name: str, alias: str, candidates: list[ModelVersion]
 ) -> str | None:
     """Point `alias` at the candidate with the best val_acc tag if it beats the version the alias
-    points at now (ties keep the current one); returns the version the alias ends on."""
+    points at now (ties keep the current one); returns the version the alias ends on. Only
+    candidates trained in the current version's setting (same_setting) compete: a version of
+    another image size or weights takes the alias only if someone points the alias at it."""
+    current = _version_by_alias(client, name, alias)
+    if current is not None:
+        candidates = [v for v in candidates if same_setting(v, current)]
     scored = [v for v in candidates if _val_acc(v) is not None]
     if not scored:
-        return None
+        return None if current is None else str(current.version)
     best = max(scored, key=lambda v: (_val_acc(v), -int(v.version)))  # a tie goes to the oldest
-    current = _version_by_alias(client, name, alias)
     if (
         current is not None
         and _val_acc(current) is not None
@@ -184,6 +299,16 @@ def move_alias(
         return str(current.version)
     client.set_registered_model_alias(name, alias, best.version)
     return str(best.version)  # the registry returns int or str versions, depending on the call
+
+
+def same_setting(a: ModelVersion, b: ModelVersion) -> bool:
+    """Whether two versions were trained on the same data, at the same image size, from the
+    same initial weights: only then are their val_acc a fair contest. A tag that either lacks
+    (versions registered before these tags existed, hand-made ones) does not separate them."""
+    return all(
+        a.tags.get(key) is None or b.tags.get(key) is None or a.tags[key] == b.tags[key]
+        for key in SETTING_TAGS
+    )
 
 
 def version_tags(config: TrainConfig, run_id: str, metrics: dict[str, float]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -27,6 +27,9 @@ from resnet_exp.signals import interrupts_deferred
 from resnet_exp.tracking.resume import ResumePoint, heartbeat
 from resnet_exp.tracking.runs import RunScope, run_scope
 from resnet_exp.tracking.store import project_run_id, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.data.meta_dataset import MetaDataset
 
 log = logging.getLogger(__name__)
 
@@ -186,25 +189,40 @@ def config_tags(config: TrainConfig) -> dict[str, str]:
     }
 
 
-def log_dataset_inputs(splits: DataSplits) -> None:
-    """Record the three splits as MLflow dataset inputs (name, source, digest, size): a Hub
-    dataset's source is its id and split, a folder's its file URI (source type 'local')."""
+def split_dataset(splits: DataSplits, name: str) -> MetaDataset:
+    """One split as an MLflow dataset (name, source, digest): a Hub dataset's source is its id
+    and split, a folder's its file URI (source type 'local')."""
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    for name, context in zip(SPLITS, ("training", "validation", "testing")):
-        if splits.source == "hub":  # a carved split is a part of the Hub's train split
-            source = HuggingFaceDatasetSource(
-                path=splits.location, split="train" if name in splits.carved else name
-            )
-        else:
-            source = LocalArtifactDatasetSource(Path(splits.location).as_uri())
-        split = splits.split(name)
-        dataset = MetaDataset(
-            source=source, name=f"{Path(splits.location).name}-{name}", digest=splits.digest(name)
+    if splits.source == "hub":  # a carved split is a part of the Hub's train split
+        source = HuggingFaceDatasetSource(
+            path=splits.location, split="train" if name in splits.carved else name
         )
-        mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
+    else:
+        source = LocalArtifactDatasetSource(Path(splits.location).as_uri())
+    return MetaDataset(
+        source=source, name=f"{Path(splits.location).name}-{name}", digest=splits.digest(name)
+    )
+
+
+def log_dataset_inputs(splits: DataSplits) -> None:
+    """Record the three splits as MLflow dataset inputs (name, source, digest, size)."""
+    for name, context in zip(SPLITS, ("training", "validation", "testing")):
+        mlflow.log_input(
+            split_dataset(splits, name),
+            context=context,
+            tags={"rows": str(len(splits.split(name)))},
+        )
+
+
+def log_new_metrics(metrics: Mapping[str, float], step: int, stored: Mapping[str, int]) -> None:
+    """Log to the active run the metrics not already stored at `step` or later (`stored`: a
+    resumed run's latest step per metric), so that no step of a metric is stored twice."""
+    new = {key: value for key, value in metrics.items() if step > stored.get(key, -1)}
+    if new:
+        mlflow.log_metrics(new, step=step)
 
 
 def metric_at_step(run_id: str, key: str, step: int) -> float:

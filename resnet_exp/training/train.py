@@ -87,6 +87,7 @@ def train(
     datamodule = ImageDataModule(inputs, config, runtime)
     with tracking.training_run(config, parent, point) as scope:
         run_id = scope.run_id
+        stored = point.stored_steps if point else {}  # what an earlier attempt already logged
         folder = point.folder if point else tracking.checkpoint_dir(config, run_id).resolve()
         scope.set_tags({S.TAG_CHECKPOINT_DIR: str(folder)})  # where a resume finds last.ckpt
         if point:
@@ -114,8 +115,8 @@ def train(
             with phases.timed(S.TEST_TIME):
                 interrupt_point("test")
                 trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
-            diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch)
-        mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
+            diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch, stored)
+        tracking.log_new_metrics({S.BEST_EPOCH: best_epoch}, best_epoch, stored)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
@@ -123,7 +124,7 @@ def train(
         model_uri, version = _publish_model(
             config, run_id, best, best_epoch, splits, metrics, phases
         )
-        mlflow.log_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, step=0)
+        tracking.log_new_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, 0, stored)
         scope.describe(
             tracking.describe_training(
                 config,
@@ -156,15 +157,6 @@ def _publish_model(
     phases: Phases,
 ) -> tuple[str, registry.RegisteredVersion | None]:
     """Log the best checkpoint as an MLflow Model of this run and register it (unless 'none')."""
-    with phases.timed(S.MODEL_LOG_TIME):
-        first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
-        model_uri = registry.log_model(
-            checkpoint, registry.example_image(first_test_image, config.image_size), best_epoch
-        )
-    phases.add(S.REGISTER_TIME, 0.0)
-    if config.model_name is None:
-        return model_uri, None
-    tags = registry.version_tags(config, run_id, metrics)
     accuracy = ", ".join(
         f"{name} {metrics[name]:.4f}" for name in (S.VAL_ACC, S.TEST_ACC) if name in metrics
     )
@@ -172,6 +164,20 @@ def _publish_model(
         f"{config.run_name}: the best checkpoint (epoch {best_epoch}) of training run "
         f"{run_id}; {accuracy}. Trained on {config.data} from {describe_weights(config.weights)}."
     )
+    with phases.timed(S.MODEL_LOG_TIME):
+        first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
+        model_uri = registry.log_model(
+            checkpoint,
+            registry.example_image(first_test_image, config.image_size),
+            best_epoch,
+            config.run_name,
+            description,
+            tracking.split_dataset(splits, "test"),
+        )
+    phases.add(S.REGISTER_TIME, 0.0)
+    if config.model_name is None:
+        return model_uri, None
+    tags = registry.version_tags(config, run_id, metrics)
     with phases.timed(S.REGISTER_TIME):
         return model_uri, registry.register(model_uri, config, tags, description)
 
