@@ -76,10 +76,12 @@ SCROLL = """([text, right]) => {
     while (walk.nextNode()) if (walk.currentNode.textContent.includes(text)) nodes.push(walk.currentNode);
     const node = nodes.find(n => n.textContent.trim() === text) || nodes[0];
     if (node) node.parentElement.scrollIntoView({block: "start"});
+    if (!node) return false;
   }
   if (right) for (const e of document.querySelectorAll("*"))
     if (e.scrollWidth > e.clientWidth + 20 && /auto|scroll/.test(getComputedStyle(e).overflowX))
       e.scrollLeft = right;
+  return true;
 }"""
 
 
@@ -137,6 +139,7 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
         Shot("chart-view-val-acc", "/runs?compareRunsMode=CHART", charts, search=S.VAL_ACC),
         Shot("child-overview", run),
         Shot("child-model-metrics", f"{run}/model-metrics"),
+        Shot("child-learning-curves", f"{run}/model-metrics", scroll_to=S.BEST_EPOCH),
         Shot("parent-overview", f"/runs/{parent_id}"),
         Shot("parent-artifacts", f"/runs/{parent_id}/artifacts"),
         Shot("models", "/models"),
@@ -230,14 +233,28 @@ def capture(base: str, experiment: str, pages: list[Shot], out: Path, chromium: 
                 page.get_by_placeholder("Search metric charts").fill(shot.search)
                 settle(page, PlaywrightTimeout)
             if shot.scroll_to or shot.scroll_right:
-                for frame in page.frames:  # report.html is drawn in an iframe
-                    frame.evaluate(SCROLL, [shot.scroll_to, shot.scroll_right])
-                page.wait_for_timeout(1_000)
+                scroll(page, shot)
             path = out / f"{shot.name}.png"
             page.screenshot(path=str(path))
             report(shot, page.inner_text("body"), shrink(path))
             context.close()
         browser.close()
+
+
+def scroll(page, shot: Shot) -> None:
+    """Scroll to the shot's text or right; charts below the fold are drawn only once scrolled
+    near, so the page is wheeled down until the text exists."""
+    for _ in range(20):
+        # report.html is drawn in an iframe
+        if any(
+            [frame.evaluate(SCROLL, [shot.scroll_to, shot.scroll_right]) for frame in page.frames]
+        ):
+            break
+        page.mouse.move(VIEWPORT["width"] // 2, VIEWPORT["height"] // 2)
+        page.mouse.wheel(0, 600)
+        page.wait_for_timeout(500)
+    page.mouse.move(2, VIEWPORT["height"] // 2)  # off the charts: a hovered chart shows a toolbar
+    page.wait_for_timeout(1_500)
 
 
 def settle(page, timeout_error) -> None:
@@ -270,10 +287,19 @@ def report(shot: Shot, text: str, size: int) -> None:
 @click.option(
     "--chromium", default="/usr/bin/chromium", show_default=True, help="The browser binary."
 )
-def main(out: str, work_dir: str, chromium: str) -> None:
+@click.option(
+    "--only", default="", help="Comma-separated shot names to redraw (needs a --work-dir study)."
+)
+def main(out: str, work_dir: str, chromium: str, only: str) -> None:
     """Train a tiny demo study, open it in `mlflow ui` and save screenshots of its pages."""
     if not Path(chromium).exists():
         raise click.BadParameter(f"{chromium} does not exist; install chromium or pass its path")
+    try:
+        import playwright  # noqa: F401  (checked here, not after minutes of training)
+    except ImportError:
+        raise click.ClickException("playwright is not installed: pip install playwright") from None
+    if only and not work_dir:
+        raise click.BadParameter("--only needs --work-dir: the folder of an earlier run's study")
     work = Path(work_dir or tempfile.mkdtemp(prefix="resnet-exp-shots-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -284,8 +310,18 @@ def main(out: str, work_dir: str, chromium: str) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     client = MlflowClient(uri)
     if not runs_of_kind(client, S.KIND_SWEEP):
+        if only:
+            raise click.BadParameter(f"--only needs --work-dir holding a study; {work} has none")
         study(work, env)
     experiment, pages = shots(client)
+    if only:
+        names = {shot.name for shot in pages}
+        unknown = set(only.split(",")) - names
+        if unknown:
+            raise click.BadParameter(
+                f"--only {only}: unknown {sorted(unknown)}; shots: {sorted(names)}"
+            )
+        pages = [shot for shot in pages if shot.name in only.split(",")]
     with mlflow_ui(uri, work, env) as base:
         capture(base, experiment, pages, Path(out), chromium)
     print(f"store: {uri}", file=sys.stderr)
