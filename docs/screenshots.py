@@ -40,6 +40,8 @@ from resnet_exp import schema as S
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "resnet-exp-demo"
+# this interpreter's project and MLflow, whether or not its environment is activated
+RESNET_EXP = [sys.executable, "-m", "resnet_exp"]
 # 1400x900 fits every page's first screen and keeps a 256-colour PNG near 100 KB
 VIEWPORT = {"width": 1400, "height": 900}
 # Shrunk as the tests shrink a study: random init, 32 px, 4 batches per split, fp32 (no bf16
@@ -100,10 +102,10 @@ class Shot:
 def study(work: Path, env: dict[str, str]) -> None:
     """Train the demo sweep, then analyse it unless the sweep already did."""
     common = ["--data-dir", str(work / "data"), "--output-dir", str(work / "results")]
-    subprocess.run(["resnet-exp", "sweep", *SWEEP, *common], cwd=work, env=env, check=True)
+    subprocess.run([*RESNET_EXP, "sweep", *SWEEP, *common], cwd=work, env=env, check=True)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     if not runs_of_kind(client, S.KIND_ANALYSIS):
-        analyze = ["resnet-exp", "analyze", "--data", "demo", "--output-dir", common[3]]
+        analyze = [*RESNET_EXP, "analyze", "--data", "demo", "--output-dir", common[3]]
         subprocess.run(analyze, cwd=work, env=env, check=True)
 
 
@@ -166,7 +168,16 @@ def mlflow_ui(uri: str, work: Path, env: dict[str, str]) -> Iterator[str]:
     """`mlflow ui` on a free loopback port, healthy; its whole process group stopped after."""
     port = free_port()
     log = (work / "mlflow-ui.log").open("w")
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+    ]
     command += ["--port", str(port), "--workers", "1"]
     # Without this, `mlflow ui` starts 7 job consumers that keep both cores busy and outlive
     # SIGTERM by minutes; a viewer needs none of them.
