@@ -1,13 +1,13 @@
 """Redraw the screenshots of docs/mlflow-ui.md: a tiny demo study, the MLflow UI, headless Chromium.
 
-It trains a shrunk demo sweep (3 configurations x 2 seeds, 32 px, a few batches; about two
-minutes on 2 CPU cores) and its analysis into a SQLite store in a work folder, starts
+It trains a shrunk demo sweep (3 configurations x 2 seeds, 4 epochs of 4 batches at 32 px;
+1.5-6 minutes on 2 shared CPU cores) and its analysis into a SQLite store in a work folder, starts
 `mlflow ui` on a free loopback port, and drives Debian's `chromium` through Playwright to each
 page the doc shows, as a user sees it in a 1400x900 window: the experiment's runs (parent
 expanded) and chart views (grouped by `depth_config`), a child run, the sweep's parent, a logged
-model, the analysis report and a child's diagnostics. Each PNG is reduced to 256 colours (a
-screen of text loses nothing readable and drops from ~250 to ~80 KB). It prints, per page, the
-chart sections in the order the UI shows them.
+model, the analysis report and a child's diagnostics (about 20 s a page, 5-6 minutes in all).
+Each PNG is reduced to 256 colours: text stays readable and a page takes 20-80 KB. It prints,
+per page, the chart sections in the order the UI shows them.
 
 Playwright is not a project dependency; no browser is downloaded (Chromium comes from the system):
 
