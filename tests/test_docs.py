@@ -76,3 +76,32 @@ def test_every_recorded_name_is_documented():
         and not k.startswith("MLFLOW_")
     }
     assert not {k: v for k, v in names.items() if f"`{v}" not in docs}
+
+
+UI_PAGE = REPO / "docs" / "mlflow-ui.md"
+SCREENSHOT_SCRIPT = REPO / "docs" / "screenshots.py"
+# A 1400x900 screen in 256 colours is 20-80 KB; a full-colour or full-page capture is several
+# times that, and every regeneration adds its size to the repository's history.
+MAX_SCREENSHOT_BYTES = 300 * 1024
+
+
+def test_the_ui_page_shows_every_screenshot_that_its_script_draws():
+    """docs/screenshots.py and docs/mlflow-ui.md name the same figures: a shot renamed, added or
+    dropped in one is in the other too (read from the script's `Shot("name", ...)` calls, so that
+    no browser or store is needed)."""
+    import ast
+
+    drawn = {
+        f"images/{node.args[0].value}.png"
+        for node in ast.walk(ast.parse(SCREENSHOT_SCRIPT.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", "") == "Shot"
+        and isinstance(node.args[0], ast.Constant)
+    }
+    shown = {t for t in relative_links(UI_PAGE) if t.startswith("images/")}
+    assert drawn and drawn == shown
+
+
+def test_screenshots_stay_small():
+    sizes = {p.name: p.stat().st_size for p in (REPO / "docs" / "images").glob("*.png")}
+    assert not {name: size for name, size in sizes.items() if size > MAX_SCREENSHOT_BYTES}
