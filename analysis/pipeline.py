@@ -60,7 +60,7 @@ def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
     def write(folder: Path) -> None:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
         # the shown columns, formatted, in the JSON layout of MlflowClient.log_table
-        report.shown_table(ranking).to_json(folder / S.RANKING_TABLE, orient="split", index=False)
+        report.preview_table(ranking).to_json(folder / S.RANKING_TABLE, orient="split", index=False)
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
         changes.to_csv(folder / S.CLASS_CHANGES_FILE, index=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from conftest import http_answering
+from conftest import http_answering, mlflow_table
 from resnet_exp.compat import rest_endpoint_of_status_error
 
 
@@ -56,7 +56,7 @@ def test_a_table_marked_by_hand_is_the_table_mlflow_logs_and_is_replaced_not_dou
     logged = client.create_run(experiment).info.run_id
     client.log_table(logged, frame, "t/ranking.json")
     client.log_table(logged, frame, "t/ranking.json")  # appends: the rows twice
-    assert len(client.load_table(experiment, "t/ranking.json", run_ids=[logged])) == 4
+    assert len(mlflow_table(client, logged, "t/ranking.json", tmp_path / "logged")) == 4
 
     ours = client.create_run(experiment).info.run_id
     for _ in range(2):  # logged again, as a resumed run or a sweep analysed again does
@@ -66,4 +66,4 @@ def test_a_table_marked_by_hand_is_the_table_mlflow_logs_and_is_replaced_not_dou
     assert pd.read_json(tmp_path / "ranking.json", orient="split").equals(frame)
     tags = [client.get_run(r).data.tags[LOGGED_ARTIFACTS_TAG] for r in (logged, ours)]
     assert tags[0] == tags[1]
-    assert client.load_table(experiment, "t/ranking.json", run_ids=[ours]).equals(frame)
+    assert mlflow_table(client, ours, "t/ranking.json", tmp_path / "ours").equals(frame)

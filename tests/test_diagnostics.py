@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import mlflow_table, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.data.splits import SPLITS, ImageDataModule, load_splits
 from resnet_exp.data.store import open_image_store
@@ -117,7 +117,7 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
     listed = json.loads(run.data.tags["mlflow.loggedArtifacts"])
     assert [{"path": t, "type": "table"} for t in tables] == listed
     shown_classes, shown = (
-        client.load_table(run.info.experiment_id, t, run_ids=[result.run_id]) for t in tables
+        mlflow_table(client, result.run_id, t, tmp_path / "tables") for t in tables
     )
     assert shown_classes["class"].tolist() == classes
     assert shown_classes["correct"].sum() / shown_classes["total"].sum() == test_acc

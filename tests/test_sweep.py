@@ -5,7 +5,6 @@ sweep runs on Ray: one `mlflow run` sweep covers both)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -16,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, cli_options
+from conftest import REPO, cli_options, mlflow_table
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -316,12 +315,9 @@ def assert_parent_states_its_result(client: MlflowClient, parent, tmp_path: Path
     assert f"[{S.REPORT_HTML}]{link}{S.REPORT_HTML})" in note
 
     table = f"{S.ANALYSIS_FOLDER}/{S.RANKING_TABLE}"
-    shown = client.load_table(experiment, table, run_ids=[run_id])
+    shown = mlflow_table(client, run_id, table, tmp_path / "table")
     assert shown["config"].tolist() == ranking["label"].tolist()  # one row each, not doubled
-    assert shown.columns[:5].tolist() == ["rank", "config", "n", "test_acc", "95% interval"]
-    assert {"path": table, "type": "table"} in json.loads(
-        parent.data.tags["mlflow.loggedArtifacts"]
-    )
+    assert shown.columns[:5].tolist() == ["rank", "config", "test_acc", "95% interval", "n"]
     assert not client.search_runs([experiment], f"tags.{S.TAG_KIND} = '{S.KIND_ANALYSIS}'")
 
 
