@@ -178,7 +178,8 @@ def preview_tables(tables: dict) -> dict[str, pd.DataFrame]:
     """Per-class accuracy and the predictions as a reader scans them in the UI: class names,
     accuracies to 4 decimals (a test set of 10,000 resolves no finer), the top-class confidence
     instead of one probability column per class."""
-    per_class = tables["per_class"][["class", "correct", "total", "accuracy"]].round(4)
+    per_class = tables["per_class"][["class", "correct", "total", "accuracy"]]
+    per_class = per_class.assign(accuracy=per_class["accuracy"].astype(np.float64).round(4))
     p = tables["predictions"]
     probs = p[[c for c in p.columns if c.startswith("prob_")]].to_numpy()
     predictions = pd.DataFrame(
@@ -186,7 +187,8 @@ def preview_tables(tables: dict) -> dict[str, pd.DataFrame]:
             "image_index": p["image_index"],
             "true_class": p["true_class"],
             "predicted_class": p["predicted_class"],
-            "confidence": probs.max(axis=1).round(4),
+            # float64 before rounding: a rounded float32 prints as 0.1066000015 in JSON
+            "confidence": probs.max(axis=1).astype(np.float64).round(4),
             "correct": p["true_label"] == p["predicted_label"],
         }
     )
