@@ -12,6 +12,7 @@ of one sweep: ranking.csv, report.md, report.html and plots, locally and as an M
     report.py    the verdict, the plain-language answer, report.md, the terminal table
     html_report.py  report.html: report.md with its plots inline, for MLflow's artifact viewer
     output.py    the MLflow run holding the folder (swapped in whole by resnet_exp.atomic)
+    rollup.py    a sweep's parent stating its result: leader, ties, metric, report link, table
     pipeline.py  analyze(): all of the above in order
 
     python -c "from analysis import AnalysisConfig, analyze, format_ranking; \

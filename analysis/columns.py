@@ -60,6 +60,11 @@ P_VALUE = "p_value"  # two-sided, of a zero difference
 P_HOLM = "p_holm"  # Holm-adjusted across the configurations compared with the leader
 COMPARISON = "comparison"  # 'paired t', 'Welch t (no common seeds)', ... (analysis.stats)
 N_PAIRS = "n_paired_seeds"  # seeds this configuration and the leader both have
+# Guessing's accuracy, 1 / num_classes (NaN where the runs did not record one class count), and
+# whether the configuration beats it: its 95% interval lies above it (analysis.rank.beats_chance).
+# A configuration that does not is reported as "did not learn", never as fast or slow to converge.
+CHANCE = "chance_acc"
+BEATS_CHANCE = "beats_chance"
 MAX_SEED = "max_seed"  # the highest seed a configuration has (adaptive sweeps add the next)
 BEST_VAL_ACC_MEAN = f"{BEST_VAL_ACC}_mean"
 EPOCHS_TO_95_MEAN = f"{EPOCHS_TO_95}_mean"
@@ -70,10 +75,18 @@ TRAIN_TIME_MEAN = f"{TRAIN_TIME}_mean"
 PARETO_TIME = "pareto_time"  # not beaten on both test_acc mean and training time
 PARETO_PARAMS = "pareto_params"  # ... on both test_acc mean and trainable parameters
 
+# The reader's columns first (the UI previews a CSV's first five): rank, configuration, test_acc
+# and its interval
 RANKING_COLUMNS = [
     RANK,
-    TIED,
     LABEL,
+    TEST_ACC_MEAN,
+    TEST_ACC_LO,
+    TEST_ACC_HI,
+    N_RUNS,
+    TIED,
+    BEATS_CHANCE,
+    CHANCE,
     DEPTH_LABEL,
     NETWORK,
     BLOCK,
@@ -82,13 +95,9 @@ RANKING_COLUMNS = [
     TRAINABLE_BLOCKS,
     WEIGHTS,
     CONFIG_HASH,
-    N_RUNS,
     TEST_IMAGES,
-    TEST_ACC_MEAN,
     TEST_ACC_STD,
     TEST_ACC_SEED_CI,
-    TEST_ACC_LO,
-    TEST_ACC_HI,
     TEST_ACC_INTERVAL,
     DIFF,
     DIFF_LO,

@@ -1,6 +1,7 @@
 """report.html: report.md as one self-contained page, its plots inline as base64 data URIs.
-MLflow's artifact viewer renders .html artifacts, but its markdown viewer drops relative images,
-so report.md alone shows no plots there; report.md stays for GitHub and terminals.
+MLflow's artifact viewer renders .html artifacts (in a sandboxed frame, where data URIs still
+load), but its markdown viewer drops relative images, so the MLflow run gets report.html alone;
+report.md stays in the local folder for GitHub and terminals. Wide tables scroll sideways.
 
     python -c "from analysis.html_report import to_html; from pathlib import Path; \
 print(to_html('| a |\\n|---|\\n| 1 |', Path('.')))"
@@ -19,7 +20,9 @@ import markdown
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 75em; margin: 1em auto; padding: 0 1em;
        line-height: 1.45; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+/* a table wider than the page scrolls on its own, inside MLflow's artifact viewer too */
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; display: block;
+        max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }

@@ -1,6 +1,7 @@
-"""Where an analysis ends up: the same files as the local folder (written with
-resnet_exp.atomic.replace_atomically), as artifacts of an MLflow run of kind 'analysis', opened
-and closed by the run scope that training and sweeps use too.
+"""Where an analysis ends up: the local folder (written with resnet_exp.atomic.replace_atomically)
+and, as artifacts, an MLflow run of kind 'analysis' opened and closed by the run scope that
+training and sweeps use too. The run gets report.html, not report.md: MLflow's markdown viewer
+shows report.md's plots as text, so one report format (plots inline) is what the UI offers.
 
     python -c "import inspect, analysis.output as o; print(inspect.signature(o.record_run))"
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from resnet_exp import schema as S
-from resnet_exp.tracking.runs import run_scope
+from resnet_exp.tracking.runs import mark_tables, run_scope
 from resnet_exp.tracking.store import project_run_id
 
 
@@ -37,5 +39,19 @@ def record_run(
         scope.client.log_batch(
             scope.run_id, metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
         )
-        scope.client.log_artifacts(scope.run_id, str(folder))
+        log_folder(scope.client, scope.run_id, folder)
+        mark_tables(scope.client, scope.run_id, [S.RANKING_TABLE])
     return scope.run_id
+
+
+def log_folder(
+    client: MlflowClient, run_id: str, folder: Path, artifact_path: str | None = None
+) -> None:
+    """The analysis folder's files as the run's artifacts (under `artifact_path`), but report.md,
+    which stays in the local folder for terminals and GitHub."""
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            sub = f"{artifact_path}/{entry.name}" if artifact_path else entry.name
+            client.log_artifacts(run_id, str(entry), sub)
+        elif entry.name != S.REPORT_MD:
+            client.log_artifact(run_id, str(entry), artifact_path)

@@ -1,5 +1,6 @@
-"""One analysis from end to end: select runs, rank configurations, write ranking.csv, report.md,
-report.html and the plots to a local folder, and log that folder as an MLflow run of kind 'analysis'.
+"""One analysis from end to end: select runs, rank configurations, write ranking.csv, ranking.json,
+report.md, report.html and the plots to a local folder, and log that folder as an MLflow run of
+kind 'analysis', or on the sweep's parent when the sweep asks (analysis/rollup.py).
 
     python -c "from analysis import AnalysisConfig, analyze; print(analyze(AnalysisConfig(data='demo')).verdict)"
 """
@@ -16,6 +17,7 @@ from analysis import columns as C
 from analysis.config import AnalysisConfig
 from analysis.html_report import to_html
 from analysis.output import record_run
+from analysis.rollup import roll_up
 from analysis.study import study_of
 from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
@@ -30,11 +32,13 @@ class AnalysisResult:
     excluded: dict[str, int]  # runs left out, by reason (analysis.runs.EXCLUSION_REASONS)
     answer: str  # the plain-language paragraph
     verdict: str  # 'Winner: ...' or 'A tie between ...'
+    summary: str = ""  # on_parent: the paragraph that opens the sweep parent's description
 
 
-def analyze(config: AnalysisConfig) -> AnalysisResult:
+def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
     """Rank the depth configurations of an experiment (or of one sweep). User errors (unknown
-    experiment, bad sweep run id, no usable runs) are raised before any file or run is made."""
+    experiment, bad sweep run id, no usable runs) are raised before any file or run is made.
+    `on_parent`: log the result on the sweep's parent run instead of a new analysis run."""
     selection = runs.select(config)
     table = runs.load_runs(selection)
     ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
@@ -55,6 +59,8 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
 
     def write(folder: Path) -> None:
         ranking.to_csv(folder / S.RANKING_FILE, index=False)
+        # the shown columns, formatted, in the JSON layout of MlflowClient.log_table
+        report.preview_table(ranking).to_json(folder / S.RANKING_TABLE, orient="split", index=False)
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
         changes.to_csv(folder / S.CLASS_CHANGES_FILE, index=False)
@@ -66,7 +72,12 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
         )
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
-    run_id = _record(config, selection, ranking, table, folder)
+    summary = ""
+    if on_parent and selection.sweep_run_id:
+        run_id = selection.sweep_run_id
+        summary = roll_up(selection.experiment_id, run_id, ranking, folder)
+    else:
+        run_id = _record(config, selection, ranking, table, folder)
     return AnalysisResult(
         ranking,
         folder,
@@ -74,6 +85,7 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
         table.excluded,
         report.answer(ranking, selection.dataset),
         report.verdict(ranking),
+        summary,
     )
 
 

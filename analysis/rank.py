@@ -66,6 +66,21 @@ def ci_half_width(values: Sequence[float], confidence: float = CONFIDENCE) -> fl
     return st.t_half_width(values, confidence)
 
 
+def beats_chance(lo: float, mean: float, chance: float) -> bool:
+    """Whether a configuration learned: the lower bound of its 95% accuracy interval lies above
+    guessing's accuracy (1 / classes). Without an interval its mean decides; without a known
+    class count nothing can be said against it (True)."""
+    if math.isnan(chance):
+        return True
+    return bool((mean if math.isnan(lo) else lo) > chance)
+
+
+def _chance(runs: pd.DataFrame) -> float:
+    """1 / num_classes where the runs recorded one class count, else NaN."""
+    counts = set(runs[C.NUM_CLASSES].dropna()) if C.NUM_CLASSES in runs else set()
+    return 1 / float(counts.pop()) if len(counts) == 1 else math.nan
+
+
 def trainable_blocks(blocks: str, freeze_blocks: int) -> int:
     """Residual blocks that learn: those of the stages after the frozen ones ('2,2,2,2', 1 -> 6)."""
     return sum(int(b) for b in blocks.split(",")[freeze_blocks:])
@@ -78,7 +93,7 @@ def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
     def summary(config_hash: str, g: pd.DataFrame) -> dict:
         acc, half = g[C.TEST_ACC], ci_half_width(g[C.TEST_ACC].tolist())
         interval = st.accuracy_interval(acc.tolist(), _test_sizes(g))
-        first = g.iloc[0]
+        first, chance = g.iloc[0], _chance(g)
         return {
             C.CONFIG_HASH: config_hash,
             C.NETWORK: first[C.NETWORK],
@@ -95,6 +110,8 @@ def aggregate(measured: pd.DataFrame) -> pd.DataFrame:
             C.TEST_ACC_LO: interval.lo,
             C.TEST_ACC_HI: interval.hi,
             C.TEST_ACC_INTERVAL: interval.method,
+            C.CHANCE: chance,
+            C.BEATS_CHANCE: beats_chance(interval.lo, acc.mean(), chance),
             C.TEST_IMAGES: _test_images(g),
             C.BEST_VAL_ACC_MEAN: g[C.BEST_VAL_ACC].mean(),
             C.EPOCHS_TO_95_MEAN: g[C.EPOCHS_TO_95].mean(),

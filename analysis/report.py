@@ -27,6 +27,8 @@ QUESTION = (
 )
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
 INTERVAL, DIFF_SHOWN = "_interval", "_diff"  # formatted columns of the shown table
+DID_NOT_LEARN = "did not learn"  # a configuration whose accuracy interval does not beat chance
+EPOCHS_SHOWN = ("epochs to 95%", "± std")  # convergence cells, meaningless where nothing learned
 
 # The table shown in the terminal and in report.md: (column, heading, format)
 SHOWN = [
@@ -78,9 +80,20 @@ def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
             ],
         }
     )
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {heading: [_cell(v, fmt) for v in ranking[col].tolist()] for col, heading, fmt in shown}
     )
+    stuck = ~ranking[C.BEATS_CHANCE].astype(bool).to_numpy()
+    table.loc[stuck, EPOCHS_SHOWN[0]], table.loc[stuck, EPOCHS_SHOWN[1]] = DID_NOT_LEARN, "–"
+    return table
+
+
+def preview_table(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The shown table for MLflow's table viewer, which fits about four columns beside its file
+    tree: rank, config, test_acc and its interval first."""
+    table = shown_table(ranking)
+    first = ["rank", "config", "test_acc", "95% interval"]
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def format_ranking(ranking: pd.DataFrame) -> str:
@@ -101,7 +114,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 # --- the answer ------------------------------------------------------------------------------------
 
 
-def _acc(row: pd.Series) -> str:
+def accuracy_text(row: pd.Series) -> str:
     """'0.861 (95% interval 0.790–0.920, n=2)'; 'no interval' only where the runs recorded
     neither a second seed nor their test size."""
     runs = "one run" if row[C.N_RUNS] == 1 else f"n={row[C.N_RUNS]}"
@@ -117,6 +130,11 @@ def _names(labels: list[str]) -> str:
 def verdict(ranking: pd.DataFrame) -> str:
     """'Winner: b2222-f2 (...)' or 'A tie between b2222-f2 and b1111-f3 (...)'."""
     tied, leader = ranking[ranking[C.TIED]], ranking[C.LABEL].iloc[0]
+    if len(tied) > 1 and (tied[C.COMPARISON].iloc[1:] == st.NO_TEST).all():
+        return (
+            f"A tie between {_names(tied[C.LABEL].tolist())} (a single run of each: no test can "
+            f"tell them from the leader, {leader})"
+        )
     if len(tied) == 1:
         return (
             f"Winner: {leader} (every other configuration's difference from it is significant: "
@@ -130,7 +148,7 @@ def verdict(ranking: pd.DataFrame) -> str:
 
 def _leader_sentence(ranking: pd.DataFrame) -> str:
     leader, tied = ranking.iloc[0], ranking[ranking[C.TIED]].iloc[1:]
-    text = f"{leader[C.LABEL]} has the highest mean test accuracy, {_acc(leader)}"
+    text = f"{leader[C.LABEL]} has the highest mean test accuracy, {accuracy_text(leader)}"
     if tied.empty:
         return (
             text + ", and every other configuration is significantly below it (Holm-corrected "
@@ -144,6 +162,24 @@ def _leader_sentence(ranking: pd.DataFrame) -> str:
         text + f"; {_names(tied[C.LABEL].tolist())} cannot be told apart from it (differences "
         f"from the leader: {differences}), so these are tied. A tie means the data cannot "
         "order them, not that they are equal."
+    )
+
+
+def chance_sentence(ranking: pd.DataFrame) -> str:
+    """Which configurations did not learn: their 95% interval does not lie above chance."""
+    stuck = ranking[~ranking[C.BEATS_CHANCE].astype(bool)]
+    if stuck.empty:
+        return ""
+    chance = f"chance ({stuck[C.CHANCE].iloc[0]:.3f}, guessing among the classes)"
+    if len(stuck) == len(ranking):
+        return (
+            f"No configuration learned: the lower end of every 95% interval is at or below "
+            f"{chance}, so their epochs to converge say nothing of speed."
+        )
+    one = len(stuck) == 1
+    return (
+        f"{_names(stuck[C.LABEL].tolist())} did not learn: the lower end of "
+        f"{'its' if one else 'their'} 95% interval is at or below {chance}."
     )
 
 
@@ -203,12 +239,25 @@ def _block_type_sentences(ranking: pd.DataFrame) -> list[str]:
 
 
 def _change(lo: pd.Series, hi: pd.Series) -> str:
-    """What changes from configuration `lo` to `hi`: accuracy, convergence and epoch time."""
-    return (
+    """What changes from configuration `lo` to `hi`: accuracy, convergence and epoch time.
+    Convergence only where both learned: a network stuck at chance reaches 95% of its own
+    (chance-level) best at once, which is no speed."""
+    moves = (
         f"moves test accuracy from {lo[C.TEST_ACC_MEAN]:.3f} to {hi[C.TEST_ACC_MEAN]:.3f}"
-        f"{_difference_caveat(lo, hi)}, epochs to {CONVERGENCE_FRACTION:.0%} of the best val_acc "
-        f"from {lo[C.EPOCHS_TO_95_MEAN]:.1f} to {hi[C.EPOCHS_TO_95_MEAN]:.1f}, and the mean epoch "
-        f"time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s"
+        f"{_difference_caveat(lo, hi)}"
+    )
+    seconds = (
+        f"the mean epoch time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s"
+    )
+    stuck = [row[C.LABEL] for row in (lo, hi) if not row[C.BEATS_CHANCE]]
+    if stuck:
+        return (
+            f"{moves} and {seconds}; {' and '.join(stuck)} did not learn (test accuracy not above "
+            f"chance, {lo[C.CHANCE]:.3f}), so no convergence speed is compared"
+        )
+    return (
+        f"{moves}, epochs to {CONVERGENCE_FRACTION:.0%} of the best val_acc from "
+        f"{lo[C.EPOCHS_TO_95_MEAN]:.1f} to {hi[C.EPOCHS_TO_95_MEAN]:.1f}, and {seconds}"
     )
 
 
@@ -229,11 +278,13 @@ def _difference_caveat(a: pd.Series, b: pd.Series) -> str:
 
 def _cheapest_sentences(ranking: pd.DataFrame) -> list[str]:
     leader, sentences = ranking.iloc[0], []
+    if not leader[C.BEATS_CHANCE]:
+        return []  # cheaper ways of not learning are no trade-off
     for flag, cost, unit, front_name in (
         (C.PARETO_TIME, C.TRAIN_TIME_MEAN, "s of training", "training time"),
         (C.PARETO_PARAMS, C.TRAINABLE_PARAMS, "trainable parameters", "trainable parameters"),
     ):
-        front = ranking[ranking[flag]]
+        front = ranking[ranking[flag] & ranking[C.BEATS_CHANCE].astype(bool)]
         if front.empty:
             continue
         cheap = front.loc[front[cost].idxmin()]
@@ -271,6 +322,7 @@ def answer(ranking: pd.DataFrame, dataset: str) -> str:
     """One paragraph answering the study's question from the ranking's numbers only."""
     parts = [
         f"On {dataset}, {_leader_sentence(ranking)}",
+        chance_sentence(ranking),
         *_trend_sentences(ranking),
         *_cheapest_sentences(ranking),
         _caveat(ranking),
@@ -333,6 +385,10 @@ DEFINITIONS = f"""\
   per run, then averaged over seeds.
 - **plots**: epochs count from 0, as in MLflow and TensorBoard; the dotted **chance** line is
   1 / number of classes, the accuracy of guessing (drawn when the runs recorded `{C.NUM_CLASSES}`).
+- **did not learn**: the lower end of the configuration's 95% interval of test_acc is at or
+  below chance, 1 / number of classes (`{C.BEATS_CHANCE}` false and `{C.CHANCE}` in ranking.csv; a
+  single run without its test size: its test_acc). Its accuracy is no evidence that it learned, so
+  its epochs to 95% are no convergence speed and are shown as "did not learn".
 - **front**: on the Pareto front of test_acc mean against total training time, or against
   trainable parameters: no other configuration is at least as accurate and at most as costly.
 """

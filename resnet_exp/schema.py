@@ -75,6 +75,9 @@ SWEEP_SKIPPED = f"{SWEEP}children_skipped"  # already FINISHED
 SWEEP_FAILED = f"{SWEEP}children_failed"
 ANALYSIS_EXCLUDED = f"{ANALYSIS}excluded_"  # + reason, e.g. analysis/excluded_failed
 ANALYSIS_LEADER_ACC = f"{ANALYSIS}leader_test_acc_mean"
+# A sweep's parent, once its grid has ended: the leading configuration's mean test_acc. A result,
+# not bookkeeping, so no prefix: it sits with the learning curves in the UI.
+LEADER_ACC = "leader_test_acc_mean"
 SYSTEM = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
 
 # --- params: the user's words, equal to the TrainConfig fields and MLproject parameters ----------
@@ -163,6 +166,9 @@ SHARDS_FOLDER = "shards"  # a sweep parent's per-shard summaries
 RANKING_FILE = "ranking.csv"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained (plots inline): MLflow's artifact viewer renders it
+# the ranking's shown columns as an MLflow table (JSON, split orient): the UI previews it as a table
+RANKING_TABLE = "ranking.json"
+ANALYSIS_FOLDER = "analysis"  # a sweep's parent: its analysis's files, logged when the grid ends
 PLOTS_FOLDER = "plots"
 CLASS_CHANGES_FILE = (
     "class_changes.csv"  # analysis: classes whose accuracy moves most with freeze_blocks
@@ -175,6 +181,9 @@ CONFUSION_FILE = "confusion_matrix.csv"  # counts; rows: true class, columns: pr
 CONFUSION_PNG = "confusion_matrix.png"
 RELIABILITY_FILE = "reliability.csv"  # per confidence bin: images, confidence, accuracy
 RELIABILITY_PNG = "reliability_diagram.png"
+# ... and as MLflow tables that the UI previews (the files above stay for analysis and pandas)
+PER_CLASS_TABLE = "per_class_accuracy.json"  # class, correct, total, accuracy
+PREDICTIONS_TABLE = "predictions.json"  # image_index, true and predicted class, confidence, correct
 
 # --- registry aliases -----------------------------------------------------------------------------
 CHAMPION = "champion"  # the version with the best val_acc of a registered model

@@ -108,6 +108,20 @@ def new_store(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def mlflow_table(client, run_id: str, path: str, folder: Path):
+    """A JSON artifact that the UI shows as a table (listed in the run's mlflow.loggedArtifacts
+    tag), read as a DataFrame. Not MlflowClient.load_table: it searches the runs through the
+    fluent API, i.e. the process's tracking URI, not the client's."""
+    import json
+
+    import pandas as pd
+
+    listed = json.loads(client.get_run(run_id).data.tags.get("mlflow.loggedArtifacts", "[]"))
+    assert {"path": path, "type": "table"} in listed, listed
+    folder.mkdir(parents=True, exist_ok=True)
+    return pd.read_json(client.download_artifacts(run_id, path, str(folder)), orient="split")
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite tracking store for this test, also seen by subprocesses."""

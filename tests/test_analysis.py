@@ -29,7 +29,7 @@ from analysis import AnalysisConfig, analyze, format_ranking, plots, rank, runs
 from analysis import columns as C
 from analysis import stats as st
 from analysis.plots import PLOT_FILES
-from conftest import REPO, new_store, subprocess_env
+from conftest import REPO, mlflow_table, new_store, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import ConfigError, DataError
@@ -636,10 +636,16 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     }
     assert {
         S.RANKING_FILE,
-        S.REPORT_MD,
+        S.RANKING_TABLE,
         S.REPORT_HTML,
         *(f"{S.PLOTS_FOLDER}/{n}" for n in PLOT_FILES),
     } <= stored
+    # one report format in the UI: report.html (report.md's plots would show as text there)
+    assert S.REPORT_MD not in stored and (result.output_folder / S.REPORT_MD).exists()
+    # the ranking as a table the UI previews, its first columns the ones a reader wants
+    shown = mlflow_table(client, result.run_id, S.RANKING_TABLE, tmp_path / "table")
+    assert shown.columns[:5].tolist() == ["rank", "config", "test_acc", "95% interval", "n"]
+    assert len(shown) == 4
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
@@ -685,9 +691,13 @@ def test_user_errors_name_the_value_and_create_nothing(study, tmp_path, values, 
 
 def synthetic_ranking(
     cases: dict[tuple[str, str, int], list[float]],
+    num_classes: float = math.nan,
+    test_size: float = math.nan,
+    curve=lambda acc: [acc / 2, acc],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ranking and curves of runs given as {(block, blocks, freeze_blocks): test_acc per seed},
-    without MLflow; each run's val_acc is half its test_acc at epoch 0, then equal to it."""
+    without MLflow; each run's val_acc per epoch is `curve(test_acc)`: half its test_acc at
+    epoch 0, then equal to it, unless told otherwise."""
     run_rows, curve_rows = [], []
     for (block, blocks, freeze), accs in cases.items():
         for seed, acc in enumerate(accs):
@@ -709,6 +719,8 @@ def synthetic_ranking(
                     C.TRAINABLE_PARAMS: 1000.0 * 10 ** (4 - freeze) + 1,
                     C.TEST_ACC: acc,
                     C.END_TIME: 0,
+                    C.NUM_CLASSES: num_classes,
+                    C.TEST_SIZE: test_size,
                 }
             )
             curve_rows += [
@@ -720,7 +732,7 @@ def synthetic_ranking(
                     C.VAL_ACC: v,
                     C.EPOCH_TIME: 10.0 - 2 * freeze,
                 }
-                for e, v in enumerate([acc / 2, acc])
+                for e, v in enumerate(curve(acc))
             ]
     curves = pd.DataFrame(curve_rows)
     return rank.rank(pd.DataFrame(run_rows), curves), curves
@@ -757,6 +769,71 @@ def test_the_answer_follows_every_dial_of_depth():
     assert (
         "bottleneck 2,2,2,2 network" not in text and "(2,2,2,2) instead of 4 (2,2,2,2)" not in text
     )
+
+
+def test_beats_chance_by_the_lower_end_of_the_interval():
+    assert rank.beats_chance(lo=0.11, mean=0.3, chance=0.1)
+    assert not rank.beats_chance(lo=0.1, mean=0.3, chance=0.1)  # at chance is not above it
+    assert not rank.beats_chance(lo=math.nan, mean=0.1, chance=0.1)  # no interval: the mean
+    assert rank.beats_chance(lo=0.0, mean=0.05, chance=math.nan)  # classes unknown: no claim
+
+
+def test_a_configuration_at_chance_did_not_learn_and_is_never_called_fast():
+    """freeze_blocks=4 at test_acc ~0.10 with 10 classes reaches 95% of its own best at once
+    (epochs to 95% 1.0 against 2.0): it did not learn, and nothing calls it faster to converge
+    or the cheap choice."""
+    from analysis.report import DID_NOT_LEARN, answer, shown_table
+
+    cases = {
+        (S.BASIC, "2,2,2,2", 0): [0.45, 0.47, 0.46],
+        (S.BASIC, "2,2,2,2", 4): [0.10, 0.11, 0.09],
+    }
+    flat_at_chance = lambda acc: [acc / 2, acc] if acc > 0.2 else [acc, acc * 0.9]  # noqa: E731
+    ranking, _ = synthetic_ranking(cases, 10, 200, flat_at_chance)
+    by_label = ranking.set_index(C.LABEL)
+    assert by_label[C.BEATS_CHANCE].to_dict() == {"b2222-f0": True, "b2222-f4": False}
+    assert by_label.loc["b2222-f4", C.EPOCHS_TO_95_MEAN] == 1.0  # what the old answer called fast
+    assert by_label.loc["b2222-f4", C.CHANCE] == pytest.approx(0.1)
+    text = answer(ranking, "demo")
+    assert "b2222-f4 did not learn: the lower end of its 95% interval is at or below chance" in text
+    assert "b2222-f4 did not learn (test accuracy not above chance, 0.100)" in text
+    assert "epochs to 95%" not in text and "cheapest configuration" not in text, text
+    table = shown_table(ranking).set_index("config")
+    assert table.loc["b2222-f4", "epochs to 95%"] == DID_NOT_LEARN
+    assert table.loc["b2222-f0", "epochs to 95%"] == "2.0"
+
+    nothing, _ = synthetic_ranking({k: [0.1, 0.12, 0.08] for k in cases}, 10, 200)
+    assert "No configuration learned" in answer(nothing, "demo")
+    assert "cheapest" not in answer(nothing, "demo")
+
+
+def test_a_sweep_parent_states_a_winner_a_tie_or_what_single_runs_cannot_tell():
+    """The paragraph that opens a sweep parent's description (analysis/rollup.py), from the
+    ranking alone: one seed per configuration is still ranked, and says why nothing is resolved."""
+    from analysis.report import verdict
+    from analysis.rollup import summary
+
+    single, _ = synthetic_ranking(
+        {(S.BASIC, "1,1,1,1", 0): [0.5], (S.BASIC, "1,1,1,1", 4): [0.3]}, 10, 200
+    )
+    text = summary(single, "7", "abc")
+    assert text.startswith("**Result: b1111-f0 leads** with mean test_acc 0.500 (95% interval ")
+    assert (
+        "tied with it: b1111-f4 (0.300) (a single run of each: no test can tell them apart)" in text
+    )
+    assert "did not learn" not in text  # both intervals lie above chance (0.1)
+    assert "[report.html](#/experiments/7/runs/abc/artifacts/analysis/report.html)" in text
+    assert "[ranking.json](#/experiments/7/runs/abc/artifacts/analysis/ranking.json)" in text
+    assert "no test can tell them from the leader" in verdict(single)
+
+    apart, _ = synthetic_ranking(
+        {(S.BASIC, "1,1,1,1", 0): [0.5, 0.52, 0.51], (S.BASIC, "1,1,1,1", 4): [0.1, 0.11, 0.09]},
+        10,
+        200,
+    )
+    text = summary(apart, "7", "abc")
+    assert "every other configuration is significantly below it" in text
+    assert "b1111-f4 did not learn" in text
 
 
 @pytest.mark.slow  # the whole pipeline: report, plots, report.html

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from conftest import http_answering
+from conftest import http_answering, mlflow_table
 from resnet_exp.compat import rest_endpoint_of_status_error
 
 
@@ -38,3 +38,32 @@ def test_pil_still_states_the_claimed_pixels_in_its_bomb_error(tmp_path):
     with pytest.raises(Image.DecompressionBombError) as err:
         Image.open(bomb(tmp_path / "huge.png"))
     assert pixels_of_bomb_error(err.value) == 30000 * 30000
+
+
+def test_a_table_marked_by_hand_is_the_table_mlflow_logs_and_is_replaced_not_doubled(
+    tracking_uri, tmp_path
+):
+    """If this fails, MLflow changed how log_table marks a table for the UI (the tag's name or
+    its entries) or the file's layout: adapt compat.logged_tables_tag and the writers."""
+    import pandas as pd
+
+    from resnet_exp.compat import LOGGED_ARTIFACTS_TAG
+    from resnet_exp.tracking.runs import mark_tables
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("tables")
+    frame = pd.DataFrame({"rank": [1, 2], "config": ["b1111-f0", "b1111-f4"]})
+    logged = client.create_run(experiment).info.run_id
+    client.log_table(logged, frame, "t/ranking.json")
+    client.log_table(logged, frame, "t/ranking.json")  # appends: the rows twice
+    assert len(mlflow_table(client, logged, "t/ranking.json", tmp_path / "logged")) == 4
+
+    ours = client.create_run(experiment).info.run_id
+    for _ in range(2):  # logged again, as a resumed run or a sweep analysed again does
+        (tmp_path / "ranking.json").write_text(frame.to_json(orient="split", index=False))
+        client.log_artifact(ours, str(tmp_path / "ranking.json"), "t")
+        mark_tables(client, ours, ["t/ranking.json"])
+    assert pd.read_json(tmp_path / "ranking.json", orient="split").equals(frame)
+    tags = [client.get_run(r).data.tags[LOGGED_ARTIFACTS_TAG] for r in (logged, ours)]
+    assert tags[0] == tags[1]
+    assert mlflow_table(client, ours, "t/ranking.json", tmp_path / "ours").equals(frame)

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import mlflow_table, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.data.splits import SPLITS, ImageDataModule, load_splits
 from resnet_exp.data.store import open_image_store
@@ -84,6 +84,8 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
         S.CONFUSION_PNG,
         S.RELIABILITY_FILE,
         S.RELIABILITY_PNG,
+        S.PER_CLASS_TABLE,
+        S.PREDICTIONS_TABLE,
     }
 
     confusion = pd.read_csv(folder / S.CONFUSION_FILE, index_col=0).to_numpy()
@@ -108,6 +110,33 @@ def test_a_run_logs_diagnostics_that_agree_with_its_test_acc(tmp_path, two_train
     assert per_class["class"].tolist() == classes
     assert per_class["correct"].sum() / per_class["total"].sum() == test_acc
     assert (per_class["total"].to_numpy() == confusion.sum(axis=1)).all()
+
+    # the same, as tables the UI previews (a JSON file listed in mlflow.loggedArtifacts), read
+    # back as MLflow reads a table
+    tables = [f"{S.DIAGNOSTICS_FOLDER}/{n}" for n in (S.PER_CLASS_TABLE, S.PREDICTIONS_TABLE)]
+    listed = json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    assert [{"path": t, "type": "table"} for t in tables] == listed
+    shown_classes, shown = (
+        mlflow_table(client, result.run_id, t, tmp_path / "tables") for t in tables
+    )
+    assert shown_classes["class"].tolist() == classes
+    assert shown_classes["correct"].sum() / shown_classes["total"].sum() == test_acc
+    assert list(shown.columns) == [
+        "image_index",
+        "true_class",
+        "predicted_class",
+        "confidence",
+        "correct",
+    ]
+    assert len(shown) == len(predictions) and shown["correct"].mean() == test_acc
+    assert (shown["predicted_class"] == predictions["predicted_class"]).all()
+    # four decimals, without float32 noise once written as JSON text
+    text = Path(
+        client.download_artifacts(result.run_id, tables[1], str(tmp_path / "tables"))
+    ).read_text()
+    assert all(len(str(c).split(".")[-1]) <= 4 for c in json.loads(text)["data"][0][3:4]), text[
+        :300
+    ]
 
     # ECE from the reliability bins (count-weighted |accuracy - confidence|) is torchmetrics' value
     bins = pd.read_csv(folder / S.RELIABILITY_FILE).dropna()

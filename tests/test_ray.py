@@ -514,7 +514,7 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
     assert_analysis(tmp_path / "results" / "demo" / "analysis", {"b1111-f4", "b1121-f4"}, n_runs=2)
     [run] = client.search_runs([parent.info.experiment_id], f"tags.{S.TAG_KIND} = 'analysis'")
     assert run.info.status == "FINISHED"
-    assert {"ranking.csv", "report.md", "plots"} <= {
+    assert {"ranking.csv", "ranking.json", "report.html", "plots"} <= {
         a.path for a in client.list_artifacts(run.info.run_id)
     }
 

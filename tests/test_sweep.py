@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, cli_options
+from conftest import REPO, cli_options, mlflow_table
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -223,6 +223,10 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         lines = progress_lines(caplog)
         assert_progress(lines, names)
         assert "; about " in lines[1] and "; about " not in lines[-1], lines
+        [parent] = sweeps(client)
+        if shard == "0/2":  # the grid has not ended: nothing to state yet
+            assert S.LEADER_ACC not in parent.data.metrics
+            assert "**Result" not in parent.data.tags[S.MLFLOW_NOTE]
 
     [parent] = sweeps(client)
     runs = children(client, parent.info.run_id)
@@ -239,6 +243,7 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
     assert parent.data.params["freeze_blocks"] == "3,4" and parent.data.params["max_epochs"] == "2"
     grid_file = client.download_artifacts(parent.info.run_id, S.SWEEP_GRID_FILE, str(tmp_path))
     assert len(yaml.safe_load(Path(grid_file).read_text())["grid"]) == 4
+    assert_parent_states_its_result(client, parent, tmp_path / "first", runs)
 
     again = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid))
     assert again.exit_code == 0 and "0 trained, 4 skipped" in again.output, again.output
@@ -248,6 +253,7 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         ended="skipped",
     )
     assert len(children(client)) == 4 and len(sweeps(client)) == 1
+    assert_parent_states_its_result(client, sweeps(client)[0], tmp_path / "again", runs)
 
     aliases = client.get_registered_model("resnet-demo").aliases
     assert {"champion", "best-b1111-f3", "best-b1111-f4"} <= set(aliases)
@@ -274,6 +280,45 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         class_plot=True,
     )
     assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
+
+
+def assert_parent_states_its_result(client: MlflowClient, parent, tmp_path: Path, runs) -> None:
+    """Once its grid has ended (and again after a rerun that skipped every cell), a sweep's
+    parent carries its analysis: the leader, its ties and what did not learn opening the
+    description, with a link to report.html that the UI resolves; the leader's mean test_acc
+    as a metric; the ranking as one table the UI previews (replaced, never appended to); no
+    separate analysis run."""
+    import pandas as pd
+
+    run_id, experiment = parent.info.run_id, parent.info.experiment_id
+    parent = client.get_run(run_id)
+    (tmp_path / "rollup").mkdir(parents=True)
+    folder = Path(client.download_artifacts(run_id, S.ANALYSIS_FOLDER, str(tmp_path / "rollup")))
+    ranking = pd.read_csv(folder / S.RANKING_FILE)
+    assert (folder / S.REPORT_HTML).is_file() and not (folder / S.REPORT_MD).exists()
+    # the metric is the leader's mean test_acc over its children, as the client reads them
+    by_config: dict[str, list[float]] = {}
+    for run in runs:
+        by_config.setdefault(run.data.tags[S.TAG_DEPTH], []).append(run.data.metrics[S.TEST_ACC])
+    best = max(sum(accs) / len(accs) for accs in by_config.values())
+    assert parent.data.metrics[S.LEADER_ACC] == round(best, 4)
+    assert ranking["test_acc_mean"].iloc[0] == pytest.approx(best, abs=1e-9)
+
+    note = parent.data.tags[S.MLFLOW_NOTE]
+    assert note.count("**Result") == 1 and note.startswith(f"**Result: {ranking['label'][0]} leads")
+    assert "Depth sweep: 2 configurations" in note  # the sweep's own description follows
+    tied = ranking[ranking["tied_with_leader"]]["label"].tolist()[1:]
+    assert ("tied with it: " in note) == bool(tied) and all(label in note for label in tied)
+    for label in ranking[~ranking["beats_chance"]]["label"]:  # at chance: said, never "fast"
+        assert f"{label} did not learn" in note or "No configuration learned" in note, note
+    link = f"(#/experiments/{experiment}/runs/{run_id}/artifacts/{S.ANALYSIS_FOLDER}/"
+    assert f"[{S.REPORT_HTML}]{link}{S.REPORT_HTML})" in note
+
+    table = f"{S.ANALYSIS_FOLDER}/{S.RANKING_TABLE}"
+    shown = mlflow_table(client, run_id, table, tmp_path / "table")
+    assert shown["config"].tolist() == ranking["label"].tolist()  # one row each, not doubled
+    assert shown.columns[:5].tolist() == ["rank", "config", "test_acc", "95% interval", "n"]
+    assert not client.search_runs([experiment], f"tags.{S.TAG_KIND} = '{S.KIND_ANALYSIS}'")
 
 
 def assert_analysis(folder: Path, labels: set[str], n_runs: int, class_plot: bool = False) -> None:

@@ -5,7 +5,9 @@ Resumable: a child whose config hash and seed already have a FINISHED run in the
 skipped; failed ones are trained again. `--shard i/n` trains every n-th child, so machines
 pointed at one tracking server share a sweep; they find (or create) one parent run by the grid's
 `sweep_id`. A failing child is recorded FAILED and the sweep goes on. With `--seeds auto`,
-seeds are then added where the ranking is unresolved (resnet_exp/sweep/adaptive.py).
+seeds are then added where the ranking is unresolved (resnet_exp/sweep/adaptive.py). Once no
+cell is left to train, the sweep's analysis is logged on the parent, whose description then
+opens with the result (analysis/rollup.py).
 
     resnet-exp sweep --data demo --weights none --image-size 64 --max-epochs 3 --freeze-blocks 2,4 --seeds 2
 """
@@ -23,7 +25,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
 from resnet_exp.data.splits import load_splits
 from resnet_exp.disk import check_writable
-from resnet_exp.errors import ConfigError
+from resnet_exp.errors import ConfigError, UserError
 from resnet_exp.hardware import check_memory, resolve_runtime
 from resnet_exp.model.network import load_initial_weights
 from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome
@@ -111,7 +113,7 @@ def _run_under_parent(
         )
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
-        _close_parent(scope, result, grid, configs)
+        _close_parent(scope, result, grid, base, configs)
     return result
 
 
@@ -250,12 +252,17 @@ def _parent_note(
 
 
 def _close_parent(
-    scope: RunScope, result: SweepResult, grid: SweepGrid, configs: list[TrainConfig]
+    scope: RunScope,
+    result: SweepResult,
+    grid: SweepGrid,
+    base: TrainConfig,
+    configs: list[TrainConfig],
 ) -> None:
-    """This shard's outcome as metrics (step = shard index), a JSON summary and the description.
-    The parent's status comes from every cell of the grid, not from whichever shard ends last:
-    FAILED if a cell's latest attempt failed, FINISHED once every cell has finished, and still
-    RUNNING while other shards have cells to train."""
+    """This shard's outcome as metrics (step = shard index), a JSON summary and the description,
+    which opens with the sweep's result once no cell is left to train. The parent's status
+    comes from every cell of the grid, not from whichever shard ends last: FAILED if a cell's
+    latest attempt failed, FINISHED once every cell has finished, and still RUNNING while other
+    shards have cells to train."""
     index, count = grid.parsed("shard")
     counts = {
         key: result.count(outcome)
@@ -287,7 +294,11 @@ def _close_parent(
         summary += " " + adaptive_summary(result)
     if running:
         summary += f" Still RUNNING in another process: {', '.join(running)}."
-    scope.describe(f"{scope.note} {summary}")
+    # a cell another shard still trains, or has yet to start
+    untrained = (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))
+    ended = not running and not any(status in untrained for status in cells.values())
+    result_paragraph = f"{state_result(scope.run_id, base)}\n\n" if ended else ""
+    scope.describe(f"{result_paragraph}{scope.note} {summary}")
     if failed:
         scope.fail(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
     elif waiting or running:
@@ -314,6 +325,20 @@ def close_dead_children(client: MlflowClient, experiment_id: str, parent_run_id:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         log.warning("run %s (%s): %s", run.info.run_id, run.info.run_name, why)
     return running
+
+
+def state_result(parent_run_id: str, base: TrainConfig) -> str:
+    """The sweep's analysis, logged on its parent; returns the paragraph that states the result,
+    or why there is none (no finished child: every cell failed)."""
+    from analysis import AnalysisConfig, analyze  # pandas, scipy, matplotlib: once, at the end
+
+    config = AnalysisConfig(data=base.data, sweep_run_id=parent_run_id, output_dir=base.output_dir)
+    try:
+        return analyze(config, on_parent=True).summary
+    except UserError as err:
+        from analysis.rollup import NOT_RANKED
+
+        return f"{NOT_RANKED} {err}"
 
 
 def adaptive_summary(result: SweepResult) -> str:

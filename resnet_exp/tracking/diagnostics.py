@@ -4,7 +4,9 @@ calibration error and a reliability diagram). The metrics come from torchmetrics
 collects the test epoch's logits (ResNetClassifier.test_outputs).
 
 Everything goes to the run's `diagnostics/` artifact folder (names in schema.py), and
-`test_ece` is a metric at the best epoch's step, next to test_acc.
+`test_ece` is a metric at the best epoch's step, next to test_acc. Per-class accuracy and the
+predictions are also MLflow tables (JSON) that the UI's artifact viewer previews; the parquet
+and CSV files beside them are what analysis and pandas read.
 
     pytest tests/test_diagnostics.py
 """
@@ -19,10 +21,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
 from torchmetrics.classification import MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from resnet_exp import schema as S
 from resnet_exp.data.splits import DataSplits
+from resnet_exp.tracking.runs import mark_tables
+from resnet_exp.tracking.store import use_tracking_store
 
 CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice since Guo et al. (2017)
 
@@ -170,6 +175,27 @@ def draw_reliability(bins: pd.DataFrame, ece: float, path: Path) -> None:
     plt.close(fig)
 
 
+def preview_tables(tables: dict) -> dict[str, pd.DataFrame]:
+    """Per-class accuracy and the predictions as a reader scans them in the UI: class names,
+    accuracies to 4 decimals (a test set of 10,000 resolves no finer), the top-class confidence
+    instead of one probability column per class."""
+    per_class = tables["per_class"][["class", "correct", "total", "accuracy"]]
+    per_class = per_class.assign(accuracy=per_class["accuracy"].astype(np.float64).round(4))
+    p = tables["predictions"]
+    probs = p[[c for c in p.columns if c.startswith("prob_")]].to_numpy()
+    predictions = pd.DataFrame(
+        {
+            "image_index": p["image_index"],
+            "true_class": p["true_class"],
+            "predicted_class": p["predicted_class"],
+            # float64 before rounding: a rounded float32 prints as 0.1066000015 in JSON
+            "confidence": probs.max(axis=1).astype(np.float64).round(4),
+            "correct": p["true_label"] == p["predicted_label"],
+        }
+    )
+    return {S.PER_CLASS_TABLE: per_class, S.PREDICTIONS_TABLE: predictions}
+
+
 def log_test_diagnostics(
     outputs: list[tuple[torch.Tensor, torch.Tensor]],
     splits: DataSplits,
@@ -191,7 +217,15 @@ def log_test_diagnostics(
         tables["bins"].to_csv(folder / S.RELIABILITY_FILE, index=False)
         draw_confusion(tables["confusion"], names, folder / S.CONFUSION_PNG)
         draw_reliability(tables["bins"], tables["ece"], folder / S.RELIABILITY_PNG)
+        previews = preview_tables(tables)
+        for name, frame in previews.items():  # the JSON layout of MlflowClient.log_table
+            frame.to_json(folder / name, orient="split", index=False)
         mlflow.log_artifacts(str(folder), S.DIAGNOSTICS_FOLDER)
+    mark_tables(
+        MlflowClient(use_tracking_store()),
+        mlflow.active_run().info.run_id,
+        [f"{S.DIAGNOSTICS_FOLDER}/{name}" for name in previews],
+    )
     if step > (stored_steps or {}).get(S.TEST_ECE, -1):
         mlflow.log_metric(S.TEST_ECE, tables["ece"], step=step)
     return tables

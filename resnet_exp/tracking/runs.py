@@ -11,7 +11,7 @@ import configparser
 import getpass
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus, RunTag, SourceType
 
 from resnet_exp import schema as S
+from resnet_exp.compat import LOGGED_ARTIFACTS_TAG, logged_tables_tag
 from resnet_exp.errors import ConfigError
 from resnet_exp.signals import RunInterrupted, interrupt_signal, interrupts_deferred, sigterm_raises
 from resnet_exp.tracking.server import TrackingFailure, TrackingLost, one_attempt, tracking_failure
@@ -120,6 +121,14 @@ class RunScope:
         """The run's description in the UI (one paragraph: what it is and how it ended)."""
         self.note = text
         self.client.set_tag(self.run_id, S.MLFLOW_NOTE, text)
+
+
+def mark_tables(client: MlflowClient, run_id: str, paths: Iterable[str]) -> None:
+    """Make the UI show these JSON artifacts of the run (pandas' split orient, as
+    `MlflowClient.log_table` writes) as tables. Unlike log_table, which appends to a file of the
+    same name, the caller uploads the file itself, so logging it again replaces it."""
+    current = client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG)
+    client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, logged_tables_tag(current, paths))
 
 
 @contextmanager
