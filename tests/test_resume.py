@@ -27,6 +27,7 @@ from conftest import cli_options, resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
+from resnet_exp.signals import SIGNAL_AT_ENV
 from resnet_exp.tracking.resume import (
     LAST_CHECKPOINT,
     STALE_S,
@@ -420,3 +421,63 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     ] == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
     pointer = client.get_run(launcher).data.tags
     assert pointer[S.TAG_RESUMED_INTO] == first.run_id and S.TAG_KIND not in pointer
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_a_training_stopped_twice_follows_the_schedule_and_stopping_of_an_uninterrupted_one(
+    tracking_uri, data_dir, tmp_path, monkeypatch
+):
+    """Seven epochs at most, in which val_loss never beats epoch 0: ReduceLROnPlateau (patience
+    3) halves the rate after epoch 4, and early stopping (patience 5) ends the fit after epoch 5.
+    Stopped by SIGTERM at the start of epochs 2 and 4 and run again each time, the training
+    continues its run with the same lr, val_loss and train_loss at every epoch as one never
+    stopped, to the last bit, and stops at the same epoch. The CLI runs in this process (see the
+    kill -9 test above for why that is a fresh process's numbers)."""
+    args = [
+        "train",
+        *cli_options(
+            data="demo",
+            data_dir=data_dir,
+            weights="none",
+            image_size=32,
+            batch_size=16,
+            max_epochs=7,
+            early_stopping_patience=5,
+            limit_batches=3,
+            freeze_blocks=3,
+            feature_cache="off",  # computing it for every image costs more than 3 batches
+            blocks="1,1,1,1",
+            precision="32-true",
+            num_workers=0,
+            registered_model_name="none",
+            seed=8,
+        ),
+    ]
+    reference = CliRunner().invoke(
+        main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"]
+    )
+    assert reference.exit_code == 0, reference.output[-3000:]
+    command = args + ["--output-dir", str(tmp_path / "results")]
+    for epoch in (2, 4):
+        monkeypatch.setenv(SIGNAL_AT_ENV, f"fit@{epoch}")
+        stopped = CliRunner().invoke(main, command)
+        assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output[-3000:]
+    monkeypatch.delenv(SIGNAL_AT_ENV)
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    assert [r.info.status for r in runs] == [FINISHED, FINISHED]
+    ours, theirs = runs[1].info.run_id, runs[0].info.run_id
+    assert runs[1].data.tags[S.TAG_RESUMED].startswith("epoch 4 from ")
+    lrs = history(client, theirs, S.LR)
+    assert [step for step, _ in lrs] == list(range(6))  # early stopping after epoch 5
+    assert lrs[4][1] == 2 * lrs[5][1]  # the scheduler fired
+    for key in (S.LR, S.VAL_LOSS, S.TRAIN_LOSS):
+        assert history(client, ours, key) == history(client, theirs, key), key

@@ -38,7 +38,11 @@ from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
 from resnet_exp.tracking.store import project_run_id
-from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped
+from resnet_exp.training.callbacks import (
+    EpochTimer,
+    PlateauStepBeforeCheckpoint,
+    StoppedStaysStopped,
+)
 from resnet_exp.training.checkpoints import AtomicCheckpointIO
 from resnet_exp.training.features import FeaturePlan, cache_features
 
@@ -311,7 +315,15 @@ def _build_trainer(
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
-        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *extra],
+        callbacks=[
+            best,
+            last,
+            early_stopping,
+            PlateauStepBeforeCheckpoint(),
+            EpochTimer(),
+            StoppedStaysStopped(),
+            *extra,
+        ],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,
