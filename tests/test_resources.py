@@ -164,6 +164,20 @@ def test_a_read_only_folder_is_refused(tmp_path):
         check_writable(folder, "output_dir")
 
 
+def test_a_finished_runs_folder_keeps_only_its_best_weights(tmp_path):
+    from resnet_exp.training.checkpoints import keep_only
+
+    names = ["epoch01-val_loss2.18.ckpt", "epoch01-val_loss2.18-v1.ckpt", "last.ckpt"]
+    names += ["last.ckpt.host-1-0123abcd.tmp", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    best = tmp_path / "epoch01-val_loss2.18-v1.ckpt"
+    assert sorted(p.name for p in keep_only(tmp_path, best)) == sorted(
+        set(names) - {best.name, "notes.txt"}
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [best.name, "notes.txt"]
+
+
 def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(
     tmp_path, monkeypatch
 ):
