@@ -27,7 +27,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.data.store import ImageStore, open_image_store
-from resnet_exp.disk import check_writable
+from resnet_exp.disk import check_writable, disk_errors_in_one_line
 from resnet_exp.hardware import Runtime, apply_runtime, check_memory, resolve_runtime
 from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
@@ -103,7 +103,8 @@ def train(
             config, runtime, run_id, len(splits.train), folder, point, callbacks
         )
         checkpoint_io = trainer.strategy.checkpoint_io
-        with _known_warnings_silenced():
+        # checkpoints and TensorBoard logs: a folder turned read-only or full is one line
+        with _known_warnings_silenced(), disk_errors_in_one_line():
             with phases.timed(S.FIT_TIME):
                 trainer.fit(classifier, datamodule=datamodule, ckpt_path=point and point.checkpoint)
             phases.add(S.FIT_TIME, -checkpoint_io.seconds)  # counted apart, as checkpoint_s
