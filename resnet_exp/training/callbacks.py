@@ -83,13 +83,15 @@ class PlateauStepBeforeCheckpoint(pl.Callback):
     """ReduceLROnPlateau steps when validation ends, before last.ckpt is written (Lightning runs
     checkpoint callbacks last), so the checkpoint holds the schedule the next epoch trains with.
     Lightning steps it after the epoch's end instead, and a fit resumed from a checkpoint written
-    at validation end skips that epoch's end: each resume lost one step of the schedule (the
-    rate halved one epoch late per resume). ResNetClassifier.lr_scheduler_step leaves plateau
-    schedulers to this callback."""
+    at validation end skips that epoch's end: each resume would lose one step of the schedule
+    (the rate halved one epoch later per resume). ResNetClassifier.lr_scheduler_step leaves
+    plateau schedulers to this callback."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         for config in trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau:
-                config.scheduler.step(trainer.callback_metrics[config.monitor])
+            value = trainer.callback_metrics.get(config.monitor)
+            # without it, EarlyStopping (strict, same monitor) has already said so
+            if config.reduce_on_plateau and value is not None:
+                config.scheduler.step(value)
