@@ -11,12 +11,16 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from resnet_exp.errors import DiskError
 
 # The errors a user fixes by freeing space or choosing another folder, not by changing code.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}  # space is missing; for the others, the right to write
 
 
 def check_writable(folder: str | os.PathLike, name: str) -> Path:
@@ -47,14 +51,45 @@ def is_disk_error(err: BaseException) -> bool:
 def disk_error(
     err: OSError, need: int | None = None, path: str | os.PathLike | None = None
 ) -> DiskError:
-    """One line for an OSError of the disk: what happened, where, and what it needed."""
+    """One line for an OSError of the disk: what happened, where, and what it needed (space),
+    or what to do (a folder that cannot be written)."""
     where = path or err.filename
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)  # TensorBoard's writer names its files as bytes
     text = f"{err.strerror or err}" + (f": {where}" if where else "")
+    if err.errno not in FULL_ERRNOS:
+        folder = Path(where).parent if where else "the folder"
+        return DiskError(f"{text}: make {folder} writable again, then run the same command")
     if need is not None:
         text += f" (needs {need / 1e6:,.1f} MB{_free(where)})"
-    elif err.errno == errno.ENOSPC and where:
+    elif where:
         text += f" ({_free(where).removeprefix('; ')})"
     return DiskError(text)
+
+
+@contextmanager
+def disk_errors_in_one_line() -> Iterator[None]:
+    """In the block, an OSError of the disk becomes a DiskError (one line naming the path), and
+    TensorBoard's background writer thread, which meets the error first when a folder turns
+    read-only or fills up, prints no traceback of its own ("Exception in thread Thread-1", 17
+    lines): its writer raises the same error again in this thread at the next write or flush,
+    where it becomes that one line. Other threads' errors are printed as before."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        writer = type(args.thread).__module__.startswith("tensorboard.")
+        if not (writer and args.exc_value is not None and is_disk_error(args.exc_value)):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    except OSError as err:
+        if is_disk_error(err):
+            raise disk_error(err) from None
+        raise
+    finally:
+        threading.excepthook = previous
 
 
 def _free(where: str | os.PathLike | None) -> str:

@@ -61,9 +61,12 @@ def interrupt_signal(error: BaseException) -> int | None:
 
 
 # Fault injection: RESNET_EXP_SIGNAL_AT=<point> makes the process send itself SIGTERM when it
-# reaches that point (<point>:SIGINT sends Ctrl-C's signal instead), so tests can check that an
+# reaches that point (<point>:SIGINT sends Ctrl-C's signal instead, <point>:SIGKILL is a
+# `kill -9`), so tests can check that an
 # interrupt anywhere leaves no RUNNING run and no temporary folder, and is answered at once
-# (tests/test_interrupts.py). The points, in the order a sweep meets them:
+# (tests/test_interrupts.py). <point>@<n> signals only where the point is reached with index n:
+# `fit@3` at the start of epoch 3, so that a test can stop a training at any epoch. The points,
+# in the order a sweep meets them:
 SIGNAL_AT_ENV = "RESNET_EXP_SIGNAL_AT"
 INTERRUPT_POINTS = (
     "image_store",
@@ -77,10 +80,12 @@ INTERRUPT_POINTS = (
 injected_at: float | None = None  # time.monotonic() of the last injected signal
 
 
-def interrupt_point(name: str) -> None:
-    """Mark a point where an interrupt must be handled cleanly (see SIGNAL_AT_ENV)."""
-    point, _, signame = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
-    if point == name:
+def interrupt_point(name: str, index: int | None = None) -> None:
+    """Mark a point where an interrupt must be handled cleanly (see SIGNAL_AT_ENV); `index`
+    tells apart the times a point is reached (the epoch for `fit`)."""
+    where, _, signame = os.environ.get(SIGNAL_AT_ENV, "").partition(":")
+    point, _, at = where.partition("@")
+    if point == name and (not at or at == str(index)):
         global injected_at
         injected_at = time.monotonic()
         os.kill(os.getpid(), signal.Signals[signame or "SIGTERM"])

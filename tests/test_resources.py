@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +165,34 @@ def test_a_read_only_folder_is_refused(tmp_path):
     folder.mkdir(mode=0o555)
     with pytest.raises(DiskError, match="output_dir=.*ro' is not a writable folder"):
         check_writable(folder, "output_dir")
+
+
+def test_a_folder_that_cannot_be_written_is_named_with_what_to_do_not_the_space(tmp_path):
+    """TensorBoard's writer names its files as bytes: the line shows the path, not b'...'."""
+    import errno
+
+    from resnet_exp.disk import disk_error
+
+    events = tmp_path / "logs" / "events.out.tfevents.1"
+    error = OSError(errno.EROFS, "Read-only file system", os.fsencode(events))
+    assert str(disk_error(error, need=10**6)) == (
+        f"Read-only file system: {events}: make {events.parent} writable again, then run the "
+        "same command"
+    )
+
+
+def test_a_finished_runs_folder_keeps_only_its_best_weights(tmp_path):
+    from resnet_exp.training.checkpoints import keep_only
+
+    names = ["epoch01-val_loss2.18.ckpt", "epoch01-val_loss2.18-v1.ckpt", "last.ckpt"]
+    names += ["last.ckpt.host-1-0123abcd.tmp", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    best = tmp_path / "epoch01-val_loss2.18-v1.ckpt"
+    assert sorted(p.name for p in keep_only(tmp_path, best)) == sorted(
+        set(names) - {best.name, "notes.txt"}
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [best.name, "notes.txt"]
 
 
 def test_a_checkpoint_that_does_not_fit_leaves_no_file_and_names_path_and_size(
@@ -360,6 +391,108 @@ def test_the_cli_reports_a_full_disk_in_one_line(
     client = MlflowClient(tracking_uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 100 MiB filesystem (tmpfs; needs root, skipped where mounting is refused), and a
+    function that remounts it with other options ("ro", "rw", "size=300m"): a disk that fills
+    up, is made larger, turns read-only (even for root) and writable again."""
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+
+    def remount(option: str) -> None:
+        for _ in range(100):  # EBUSY while a file is open for writing: a moment later it is not
+            done = subprocess.run(
+                ["mount", "-o", f"remount,{option}", str(folder)], capture_output=True
+            )
+            if done.returncode == 0:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"remount,{option} failed: {done.stderr.decode()}")
+
+    mount = ["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield folder, remount
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_then_turns_read_only_fails_in_one_line_and_leaves_one_best_file(
+    small_disk, data_dir, tmp_path, tracking_uri, monkeypatch
+):
+    """Three attempts of one training on a real small disk. 1: the disk fills while last.ckpt
+    of epoch 1 is written, after that epoch's better best file (20 MB) was written; the disk is
+    then made larger. 2: the resume writes epoch 1's best file again beside the stale one, and
+    the folder turns read-only during epoch 2: one line naming the folder and what to do, no
+    thread traceback (TensorBoard's writer meets it first), the run FAILED with that line. 3:
+    writable again, the same command finishes the run, which keeps one file: its best weights."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from conftest import Meanwhile, resumable_epoch
+    from resnet_exp.cli import main
+
+    disk, remount = small_disk
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    # best file 19.7 MB, last.ckpt 49.1 MB: 100 MiB holds epoch 1's new best beside epoch 0's
+    # files (88.5 MB) but not a second last.ckpt while the first is replaced (118 MB)
+    command = ["train"] + cli_options(
+        data="demo",
+        data_dir=data_dir,
+        output_dir=disk,
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=4,
+        limit_batches=2,
+        freeze_blocks=3,
+        feature_cache="off",
+        blocks="1,1,1,1",
+        learning_rate=1e-3,  # val_loss 2.2181, then 2.1851 at epoch 1: a new best file
+        precision="32-true",
+        num_workers=0,
+        registered_model_name="none",
+    )
+    thread_errors = []  # what Python would print as "Exception in thread ..."
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+
+    full = CliRunner().invoke(main, command)
+    assert full.exit_code == 1, full.output[-3000:]
+    assert "No space left on device: " in full.output and "last.ckpt (needs 49" in full.output
+    [folder] = (disk / "demo" / "checkpoints").iterdir()
+    [stale] = folder.glob("epoch01-*.ckpt")  # the failed attempt's best file
+
+    remount("size=300m")
+
+    def read_only_after_epoch_1(done: threading.Event) -> None:
+        while not done.is_set() and not resumable_epoch(db, 1):
+            time.sleep(0.05)
+        remount("ro")
+
+    watcher = Meanwhile(read_only_after_epoch_1)
+    watcher.start()
+    read_only = CliRunner().invoke(main, command)
+    watcher.join()
+    assert read_only.exit_code == 1, read_only.output[-3000:]
+    [line] = [x for x in read_only.output.splitlines() if x.startswith("Error: ")]
+    assert line.startswith("Error: Read-only file system: " + str(disk)), line
+    assert line.endswith("writable again, then run the same command") and "b'" not in line
+    assert "Traceback" not in read_only.output and thread_errors == []
+    client = MlflowClient(tracking_uri)
+    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FAILED"
+    assert run.data.tags[S.TAG_ERROR] == "DiskError: " + line.removeprefix("Error: ")
+
+    remount("rw")
+    finished = CliRunner().invoke(main, command)
+    assert finished.exit_code == 0, finished.output[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert list(folder.iterdir()) == [Path(run.data.tags[S.TAG_BEST_CHECKPOINT])] != [stale]
 
 
 # --- phases ------------------------------------------------------------------------------------

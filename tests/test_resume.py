@@ -27,6 +27,7 @@ from conftest import cli_options, resumable_epoch, subprocess_env, tiny_config
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
+from resnet_exp.signals import SIGNAL_AT_ENV, RunInterrupted
 from resnet_exp.tracking.resume import (
     LAST_CHECKPOINT,
     STALE_S,
@@ -350,8 +351,9 @@ def test_a_training_killed_after_epoch_1_continues_its_own_run_and_ends_as_an_un
     # Bit-identical on this CPU (same threads, data order restored from the checkpoint); the
     # stated tolerance leaves room for other BLAS builds.
     assert ours == pytest.approx(theirs, abs=1e-6)
-    folder = Path(run.data.tags[S.TAG_CHECKPOINT_DIR])
-    assert (folder / LAST_CHECKPOINT).is_file() and not list(folder.glob("*.tmp"))
+    # FINISHED: the resumable last.ckpt is gone, the best weights stay
+    best = Path(run.data.tags[S.TAG_BEST_CHECKPOINT])
+    assert list(Path(run.data.tags[S.TAG_CHECKPOINT_DIR]).iterdir()) == [best]
 
 
 @pytest.mark.slow
@@ -393,12 +395,15 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     from resnet_exp.training.train import train
 
     config = tiny_config(data_dir, tmp_path / "results", registered_model_name="none")
-    first = train(config.replace(resume="never"))
+    monkeypatch.setenv(SIGNAL_AT_ENV, "model_log")
+    with pytest.raises(RunInterrupted) as stopped:
+        train(config.replace(resume="never"))
+    monkeypatch.delenv(SIGNAL_AT_ENV)
     client = MlflowClient(tracking_uri)
-    # as if killed after fit: last.ckpt is the last epoch
-    client.set_terminated(first.run_id, KILLED)
+    first = client.get_run(stopped.value.run_id).info
+    assert first.status == KILLED
     stored = metric_rows(Path(tracking_uri.removeprefix("sqlite:///")), first.run_id)
-    experiment_id = client.get_run(first.run_id).info.experiment_id
+    experiment_id = first.experiment_id
     launcher = client.create_run(experiment_id).info.run_id  # what `mlflow run` creates
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
 
@@ -420,3 +425,67 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     ] == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
     pointer = client.get_run(launcher).data.tags
     assert pointer[S.TAG_RESUMED_INTO] == first.run_id and S.TAG_KIND not in pointer
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_a_training_stopped_twice_follows_the_schedule_and_stopping_of_an_uninterrupted_one(
+    tracking_uri, data_dir, tmp_path, monkeypatch
+):
+    """Seven epochs at most, in which val_loss never beats epoch 0: ReduceLROnPlateau (patience
+    3) halves the rate after epoch 4, and early stopping (patience 5) ends the fit after epoch 5.
+    Stopped by SIGTERM at the start of epochs 2 and 4 and run again each time, the training
+    continues its run with the same lr, val_loss and train_loss at every epoch as one never
+    stopped, to the last bit, and stops at the same epoch. Each finished run keeps only its best
+    weights. The CLI runs in this process (see the kill -9 test above for why that is a fresh
+    process's numbers)."""
+    args = [
+        "train",
+        *cli_options(
+            data="demo",
+            data_dir=data_dir,
+            weights="none",
+            image_size=32,
+            batch_size=16,
+            max_epochs=7,
+            early_stopping_patience=5,
+            limit_batches=3,
+            freeze_blocks=3,
+            feature_cache="off",  # computing it for every image costs more than 3 batches
+            blocks="1,1,1,1",
+            precision="32-true",
+            num_workers=0,
+            registered_model_name="none",
+            seed=8,
+        ),
+    ]
+    reference = CliRunner().invoke(
+        main, args + ["--output-dir", str(tmp_path / "reference"), "--resume", "never"]
+    )
+    assert reference.exit_code == 0, reference.output[-3000:]
+    command = args + ["--output-dir", str(tmp_path / "results")]
+    for epoch in (2, 4):
+        monkeypatch.setenv(SIGNAL_AT_ENV, f"fit@{epoch}")
+        stopped = CliRunner().invoke(main, command)
+        assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output[-3000:]
+    monkeypatch.delenv(SIGNAL_AT_ENV)
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    assert [r.info.status for r in runs] == [FINISHED, FINISHED]
+    ours, theirs = runs[1].info.run_id, runs[0].info.run_id
+    assert runs[1].data.tags[S.TAG_RESUMED].startswith("epoch 4 from ")
+    lrs = history(client, theirs, S.LR)
+    assert [step for step, _ in lrs] == list(range(6))  # early stopping after epoch 5
+    assert lrs[4][1] == 2 * lrs[5][1]  # the scheduler fired
+    for key in (S.LR, S.VAL_LOSS, S.TRAIN_LOSS):
+        assert history(client, ours, key) == history(client, theirs, key), key
+    for run in runs:
+        best = Path(client.get_run(run.info.run_id).data.tags[S.TAG_BEST_CHECKPOINT])
+        assert list(best.parent.iterdir()) == [best]

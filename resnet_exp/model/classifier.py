@@ -119,6 +119,13 @@ class ResNetClassifier(pl.LightningModule):
         lr = torch.tensor(self.optimizers().param_groups[0]["lr"], dtype=dtype)
         self.log(S.LR, lr, on_step=False, on_epoch=True)
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        # ReduceLROnPlateau steps when validation ends, before last.ckpt is written
+        # (training.callbacks.PlateauStepBeforeCheckpoint); Lightning's later step would be a
+        # second one.
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            super().lr_scheduler_step(scheduler, metric)
+
     def configure_optimizers(self) -> dict[str, Any]:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = adamw(trainable, self.hparams.learning_rate)

@@ -28,7 +28,7 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print_pending_line()
-        interrupt_point("fit")
+        interrupt_point("fit", trainer.current_epoch)
         self.epoch_start = time.perf_counter()
         self.train_seconds = 0.0
         self.images = 0
@@ -77,3 +77,21 @@ class StoppedStaysStopped(pl.Callback):
         stopping = trainer.early_stopping_callback
         if stopping is not None and stopping.stopped_epoch > 0:
             trainer.should_stop = True
+
+
+class PlateauStepBeforeCheckpoint(pl.Callback):
+    """ReduceLROnPlateau steps when validation ends, before last.ckpt is written (Lightning runs
+    checkpoint callbacks last), so the checkpoint holds the schedule the next epoch trains with.
+    Lightning steps it after the epoch's end instead, and a fit resumed from a checkpoint written
+    at validation end skips that epoch's end: each resume would lose one step of the schedule
+    (the rate halved one epoch later per resume). ResNetClassifier.lr_scheduler_step leaves
+    plateau schedulers to this callback."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        for config in trainer.lr_scheduler_configs:
+            value = trainer.callback_metrics.get(config.monitor)
+            # without it, EarlyStopping (strict, same monitor) has already said so
+            if config.reduce_on_plateau and value is not None:
+                config.scheduler.step(value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import io
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from resnet_exp.disk import disk_error, is_disk_error
 
+log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"
 
 
@@ -97,6 +99,21 @@ def _remove_abandoned_partials(target: Path) -> None:
         match = pattern.fullmatch(path.name)
         if match and match.group(1) == host and not _alive(int(match.group(2))):
             path.unlink(missing_ok=True)
+
+
+def keep_only(folder: Path, kept: Path) -> list[Path]:
+    """Remove every checkpoint of a finished run's `folder` but `kept` (its best weights): the
+    resumable last.ckpt, a failed attempt's best file that its resume wrote again beside it,
+    temporary files of killed writers. Returns what was removed."""
+    removed = []
+    try:
+        for path in folder.iterdir():
+            if path.name.endswith((".ckpt", TMP_SUFFIX)) and path.resolve() != kept.resolve():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    except OSError as err:  # the run has finished: a folder that turned read-only only warns
+        log.warning("could not remove the resumable checkpoints in %s: %s", folder, err)
+    return removed
 
 
 def _alive(pid: int) -> bool:

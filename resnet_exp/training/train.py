@@ -27,7 +27,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig, describe_weights
 from resnet_exp.data.splits import SPLITS, DataSplits, ImageDataModule, decode_image, load_splits
 from resnet_exp.data.store import ImageStore, open_image_store
-from resnet_exp.disk import check_writable
+from resnet_exp.disk import check_writable, disk_errors_in_one_line
 from resnet_exp.hardware import Runtime, apply_runtime, check_memory, resolve_runtime
 from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
@@ -38,8 +38,12 @@ from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
 from resnet_exp.tracking.store import project_run_id
-from resnet_exp.training.callbacks import EpochTimer, StoppedStaysStopped
-from resnet_exp.training.checkpoints import AtomicCheckpointIO
+from resnet_exp.training.callbacks import (
+    EpochTimer,
+    PlateauStepBeforeCheckpoint,
+    StoppedStaysStopped,
+)
+from resnet_exp.training.checkpoints import AtomicCheckpointIO, keep_only
 from resnet_exp.training.features import FeaturePlan, cache_features
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,8 @@ def train(
             config, runtime, run_id, len(splits.train), folder, point, callbacks
         )
         checkpoint_io = trainer.strategy.checkpoint_io
-        with _known_warnings_silenced():
+        # checkpoints and TensorBoard logs: a folder turned read-only or full is one line
+        with _known_warnings_silenced(), disk_errors_in_one_line():
             with phases.timed(S.FIT_TIME):
                 trainer.fit(classifier, datamodule=datamodule, ckpt_path=point and point.checkpoint)
             phases.add(S.FIT_TIME, -checkpoint_io.seconds)  # counted apart, as checkpoint_s
@@ -138,6 +143,9 @@ def train(
                 ),
             )
         )
+    # FINISHED, its model logged (and registered): nothing resumes it, so only the best weights
+    # stay (ResNet18's last.ckpt: 112 MB beside 45 MB of weights; docs/resources.md).
+    keep_only(folder, Path(best))
     return TrainResult(run_id, best, metrics, model_uri, version)
 
 
@@ -317,7 +325,15 @@ def _build_trainer(
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
         logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
-        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *extra],
+        callbacks=[
+            best,
+            last,
+            early_stopping,
+            PlateauStepBeforeCheckpoint(),
+            EpochTimer(),
+            StoppedStaysStopped(),
+            *extra,
+        ],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,
