@@ -92,12 +92,15 @@ def _record(
         "experiment": selection.experiment_name,
         "n_configs": str(len(ranking)),
         "n_runs": str(len(table.runs)),
+        # counts and the leader's accuracy as params: as metrics, each would be a chart of one
+        # bar before the training runs' learning curves in the experiment's chart view
+        **{
+            f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": str(n)
+            for reason, n in table.excluded.items()
+        },
+        S.ANALYSIS_LEADER_ACC: str(S.readable(ranking[C.TEST_ACC_MEAN].iloc[0])),
     }
-    metrics = {
-        f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": n
-        for reason, n in table.excluded.items()
-    }
-    metrics[S.ANALYSIS_LEADER_ACC] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    metrics: dict[str, float] = {}
     scope = (
         f"sweep run {selection.sweep_run_id}" if selection.sweep_run_id else "every training run"
     )

@@ -629,7 +629,7 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert run.data.tags[S.TAG_KIND] == S.KIND_ANALYSIS
     assert (
         run.data.params["n_configs"] == "4"
-        and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
+        and run.data.params[S.ANALYSIS_EXCLUDED + "duplicate"] == "2"
     )
     stored = {f.path for f in client.list_artifacts(result.run_id)} | {
         f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)

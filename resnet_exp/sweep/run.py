@@ -252,7 +252,8 @@ def _parent_note(
 def _close_parent(
     scope: RunScope, result: SweepResult, grid: SweepGrid, configs: list[TrainConfig]
 ) -> None:
-    """This shard's outcome as metrics (step = shard index), a JSON summary and the description.
+    """This shard's outcome as a JSON summary (its counts included) and the description (counts
+    are no metrics: a chart per count would come before the children's learning curves).
     The parent's status comes from every cell of the grid, not from whichever shard ends last:
     FAILED if a cell's latest attempt failed, FINISHED once every cell has finished, and still
     RUNNING while other shards have cells to train."""
@@ -265,11 +266,9 @@ def _close_parent(
             (S.SWEEP_FAILED, FAILED),
         )
     }
-    for key, n in counts.items():
-        scope.client.log_metric(scope.run_id, key, n, step=index)
     scope.client.log_dict(
         scope.run_id,
-        {"shard": f"{index}/{count}", "children": [vars(o) for o in result.outcomes]},
+        {"shard": f"{index}/{count}", **counts, "children": [vars(o) for o in result.outcomes]},
         f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json",
     )
     cells = cell_statuses(scope.client, scope.experiment_id, configs)

@@ -187,5 +187,5 @@ def log_test_diagnostics(
         draw_confusion(tables["confusion"], names, folder / S.CONFUSION_PNG)
         draw_reliability(tables["bins"], tables["ece"], folder / S.RELIABILITY_PNG)
         mlflow.log_artifacts(str(folder), S.DIAGNOSTICS_FOLDER)
-    mlflow.log_metric(S.TEST_ECE, tables["ece"], step=step)
+    mlflow.log_metric(S.TEST_ECE, S.readable(tables["ece"]), step=step)
     return tables

@@ -33,7 +33,7 @@ from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.phases import Phases
 from resnet_exp.signals import interrupt_point
-from resnet_exp.tracking import diagnostics, registry, resume
+from resnet_exp.tracking import diagnostics, registry, resume, timing
 from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
@@ -43,6 +43,9 @@ from resnet_exp.training.checkpoints import AtomicCheckpointIO
 from resnet_exp.training.features import FeaturePlan, cache_features
 
 log = logging.getLogger(__name__)
+# Per-step values every 50 optimizer steps (Lightning's default): step-level curves appear when an
+# epoch has at least 100 batches (about 134 on the Animals data at batch 32).
+STEP_LOG_INTERVAL = 50
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ def train(
         tracking.log_json(spec.to_dict(), S.NETSPEC_FILE)
         facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
         scope.describe(tracking.describe_training(config, facts))
-        _log_input_path(scope, store, plan, first_attempt=point is None)
+        _log_input_path(scope, store, plan)
+        phases.add(S.IMAGE_STORE_TIME, store.seconds)
+        phases.add(S.FEATURE_CACHE_TIME, plan.seconds)
         trainer = _build_trainer(
             config, runtime, run_id, len(splits.train), folder, point, callbacks
         )
@@ -123,7 +128,8 @@ def train(
         model_uri, version = _publish_model(
             config, run_id, best, best_epoch, splits, metrics, phases
         )
-        mlflow.log_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, step=0)
+        times = {name: phases.seconds.get(name, 0.0) for name in S.PHASE_TIMES}
+        timing.log_phase_times(run_id, {**times, S.RUN_TIME: phases.elapsed()})
         scope.describe(
             tracking.describe_training(
                 config,
@@ -192,15 +198,10 @@ def _prepare_inputs(
     return (images if features is None else features), plan
 
 
-def _log_input_path(
-    scope: RunScope, store: ImageStore, plan: FeaturePlan, first_attempt: bool
-) -> None:
-    """Which input path the run took, so that runs stay comparable (docs/tracking.md). A
-    resumed run keeps the setup times of its first attempt (one value per step)."""
+def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan) -> None:
+    """Which input path the run took, so that runs stay comparable (docs/tracking.md)."""
     scope.log_params({S.RESOLVED_FEATURE_CACHE: plan.state})
     scope.set_tags({S.TAG_IMAGE_STORE: str(store.root), S.TAG_FEATURE_CACHE_REASON: plan.reason})
-    if first_attempt:
-        mlflow.log_metrics({S.IMAGE_STORE_TIME: store.seconds, S.FEATURE_CACHE_TIME: plan.seconds})
 
 
 @contextmanager
@@ -303,6 +304,7 @@ def _build_trainer(
     batches = max(1, train_rows // config.batch_size)
     if config.limit_batches:
         batches = min(batches, config.limit_batches)
+    every = min(STEP_LOG_INTERVAL, batches)  # at least once per epoch, even on tiny data
     limit = config.limit_batches or 1.0  # Lightning reads an int as a batch count, 1.0 as "all"
     return pl.Trainer(
         accelerator=runtime.accelerator,
@@ -310,13 +312,22 @@ def _build_trainer(
         precision=runtime.precision,
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
-        logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
-        callbacks=[best, last, early_stopping, EpochTimer(), StoppedStaysStopped(), *extra],
+        logger=tracking.make_loggers(
+            config, run_id, point.stored_steps if point else None, step_curves=batches >= 2 * every
+        ),
+        callbacks=[
+            best,
+            last,
+            early_stopping,
+            EpochTimer(run_id, timing.epoch_rows(run_id) if point else None),
+            StoppedStaysStopped(),
+            *extra,
+        ],
         plugins=[AtomicCheckpointIO()],  # no truncated checkpoint under a finished name
         limit_train_batches=limit,
         limit_val_batches=limit,
         limit_test_batches=limit,
-        log_every_n_steps=min(50, batches),  # at least once per epoch, even on tiny data
+        log_every_n_steps=every,
         enable_progress_bar=sys.stderr.isatty(),  # elsewhere EpochTimer logs a line per epoch
         default_root_dir=str(tracking.results_dir(config)),
     )
