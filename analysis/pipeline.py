@@ -54,10 +54,15 @@ def analyze(config: AnalysisConfig) -> AnalysisResult:
     )
 
     def write(folder: Path) -> None:
-        ranking.to_csv(folder / S.RANKING_FILE, index=False)
+        # 6 significant digits, as the runs record them: 0.0220971, not 0.02209708691207961
+        ranking.to_csv(
+            folder / S.RANKING_FILE, index=False, float_format=f"%.{S.SIGNIFICANT_DIGITS}g"
+        )
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
-        changes.to_csv(folder / S.CLASS_CHANGES_FILE, index=False)
+        changes.to_csv(
+            folder / S.CLASS_CHANGES_FILE, index=False, float_format=f"%.{S.SIGNIFICANT_DIGITS}g"
+        )
         if len(changes):
             plots.save(classes.changes_plot(changes), folder / S.PLOTS_FOLDER / classes.CLASS_PLOT)
         # after the plots, which it inlines; titled by report.md's first heading
