@@ -97,6 +97,8 @@ SEED = "seed"
 IMAGE_SIZE = "image_size"
 OUTPUT_DIR = "output_dir"
 DATA_DIR = "data_dir"
+PRECISION = "precision"  # as given ('auto'); what ran is resolved/precision
+RESUME = "resume"  # as given: how the run's first attempt was launched ('auto', 'never', a run id)
 # facts the training logs next to its config
 NUM_CLASSES = "num_classes"
 INITIAL_WEIGHTS = "initial_weights"  # where the backbone came from: 'none', 'resnet18', a file

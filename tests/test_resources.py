@@ -483,7 +483,7 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     base = TrainConfig(
         data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32
     )
-    configs = sweep._preflight(grid.expand(base))
+    configs, _ = sweep._preflight(grid.expand(base))
     assert len(calls) == 1 and len(configs) == 4
     assert {c.precision for c in configs} == {"bf16-mixed"}
 

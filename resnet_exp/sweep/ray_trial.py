@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def run_trial(
     }
     outcome = run_child(
         cells[index],
-        ParentRun(parent.run_id, parent.experiment_id, tags),
+        replace(parent, child_tags=tags),
         reasons[index],
         callbacks=[TuneReport()],
     )

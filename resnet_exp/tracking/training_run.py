@@ -59,6 +59,10 @@ class ParentRun:
     run_id: str
     experiment_id: str
     child_tags: dict[str, str] = field(default_factory=dict)
+    # Params a child logs in place of its own config's: a sweep resolves precision=auto once for
+    # all its children (their configs carry the result), but the params say what the user gave,
+    # as on every other path, plus what the sweep measured (resolved/bf16_speedup).
+    child_params: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,7 @@ def train(
     classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
+    given = parent.child_params if parent else {}
     with tracking.training_run(config, parent, point) as scope:
         run_id = scope.run_id
         folder = point.folder if point else tracking.checkpoint_dir(config, run_id).resolve()
@@ -95,7 +96,7 @@ def train(
         if point:
             scope.set_tags({S.TAG_RESUMED: _resumed_note(point)})
         tracking.log_json(spec.to_dict(), S.NETSPEC_FILE)
-        facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
+        facts = _log_run_facts(scope, config, runtime, splits, initial, classifier, given)
         scope.describe(tracking.describe_training(config, facts))
         _log_input_path(scope, store, plan)
         phases.add(S.IMAGE_STORE_TIME, store.seconds)
@@ -122,7 +123,7 @@ def train(
             diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch)
         mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: S.readable(float(v)) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
         model_uri, version = _publish_model(
@@ -228,9 +229,11 @@ def _log_run_facts(
     splits: DataSplits,
     initial: InitialWeights,
     classifier: ResNetClassifier,
+    given: Mapping[str, str],
 ) -> dict[str, str]:
     """The config, the runtime and facts about the data and the network, as params and as
-    config.json; returns the facts."""
+    config.json; returns the facts. `given` replaces params that a sweep resolved for its
+    children (ParentRun.child_params): the params are the user's values on every path."""
     trainable, total = classifier.parameter_counts()
     facts = {
         S.NUM_CLASSES: str(len(splits.class_names)),
@@ -239,7 +242,10 @@ def _log_run_facts(
         S.TRAINABLE_PARAMS: str(trainable),
         S.TOTAL_PARAMS: str(total),
     }
-    scope.log_params({**config.to_params(), **runtime.to_params(), **facts}, same=config.same_value)
+    params = {**config.to_params(), **runtime.to_params(), **facts, **given}
+    scope.log_params(
+        params, same=lambda k, text: given.get(k) == text or config.same_value(k, text)
+    )
     tracking.log_json(
         {
             "config": config.to_params(),
