@@ -81,8 +81,9 @@ SWEEP_FAILED = "children_failed"
 # mean test_acc
 ANALYSIS_EXCLUDED = "excluded_"
 ANALYSIS_LEADER_ACC = "leader_test_acc_mean"
-# Readable numbers: losses, accuracies and rates keep 6 significant digits (no float32 noise),
-# seconds 3 decimals (milliseconds)
+# Readable numbers: losses and rates keep 6 significant digits (no float32 noise), seconds 3
+# decimals (milliseconds); accuracies are exact fractions (correct / total in double precision)
+# and stay as they are
 SIGNIFICANT_DIGITS = 6
 SECONDS_DECIMALS = 3
 SYSTEM = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
@@ -205,6 +206,14 @@ def readable(value: float) -> float:
     """A loss, accuracy or rate as recorded: 6 significant digits, so that a float32 value
     shows as 2.31006, not 2.3100564479827881 (exact fractions such as 0.3125 stay exact)."""
     return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def recorded(name: str, value: float) -> float:
+    """A metric's value as stored: an accuracy (also its _step/_epoch form) exactly, any other
+    value readable()."""
+    base = name.removesuffix(STEP_SUFFIX).removesuffix(EPOCH_SUFFIX)
+    exact = base in {acc for _, acc in SPLIT_METRICS.values()}
+    return float(value) if exact else readable(float(value))
 
 
 def seconds(value: float) -> float:

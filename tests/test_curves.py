@@ -82,6 +82,12 @@ def test_a_resumed_run_fills_in_no_rate_twice(tmp_path, run_id):
 )
 def test_numbers_keep_six_significant_digits(value, shown):
     assert S.readable(value) == shown and repr(S.readable(value)) == repr(shown)
+    assert S.recorded(S.VAL_LOSS, value) == shown
+
+
+def test_accuracies_stay_exact_fractions():
+    for name in (S.VAL_ACC, f"{S.TRAIN_ACC}{S.STEP_SUFFIX}", f"{S.TEST_ACC}{S.EPOCH_SUFFIX}"):
+        assert S.recorded(name, 1 / 3) == 1 / 3
 
 
 def test_timing_tables_read_back_rounded_and_old_runs_read_from_metrics(tmp_path, run_id):

@@ -60,7 +60,7 @@ def test_a_direct_run_names_its_experiment_and_run_from_the_config(
     results = {S.TEST_LOSS, S.TEST_ACC, S.TEST_ECE, S.BEST_EPOCH}
     ours = {k: v for k, v in run.data.metrics.items() if not k.startswith(S.SYSTEM)}
     assert set(ours) == curves | results
-    assert all(S.readable(v) == v for v in ours.values())  # no float32 noise
+    assert all(S.recorded(k, v) == v for k, v in ours.items())  # no float32 noise
     assert [e for e, _ in sorted(history_steps(client, run.info.run_id, S.VAL_LOSS))] == [0, 1]
     assert len(timing.epoch_times(run.info.run_id)) == 2
     assert all(0 < t for t in timing.epoch_times(run.info.run_id, S.TRAIN_THROUGHPUT))

@@ -236,9 +236,10 @@ class EpochStepMixin:
     Lightning logs every metric at step = global step and names the epoch value of an
     on_step+on_epoch metric `<name>_epoch`; the UI's x-axis should read epochs, and analysis
     measures convergence in epochs. Per-step values keep their `_step` name and global step,
-    and are stored only where an epoch has several of them. Values keep 6 significant digits
-    (schema.readable). `lr` waits until the schedule moves it from `initial_lr`, then fills in
-    the epochs before: a rate that never moves is the `learning_rate` param, not a flat curve."""
+    and are stored only where an epoch has several of them. Losses and rates keep 6 significant
+    digits, accuracies stay exact (schema.recorded). `lr` waits until the schedule moves it from
+    `initial_lr`, then fills in the epochs before: a rate that never moves is the
+    `learning_rate` param, not a flat curve."""
 
     # The epoch that test metrics describe: the best checkpoint's, set before trainer.test
     # (Lightning would log them at the epoch after the last one).
@@ -254,7 +255,7 @@ class EpochStepMixin:
     lr_moved: bool = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        metrics = {k: S.readable(float(v)) for k, v in metrics.items()}
+        metrics = {k: S.recorded(k, v) for k, v in metrics.items()}
         epoch = metrics.pop("epoch", None)
         if self.test_epoch is not None:
             epoch = self.test_epoch

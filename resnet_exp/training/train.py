@@ -123,7 +123,7 @@ def train(
             diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch)
         mlflow.log_metric(S.BEST_EPOCH, best_epoch, step=best_epoch)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
-        metrics = {k: S.readable(float(v)) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: S.recorded(k, v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
         model_uri, version = _publish_model(
