@@ -483,9 +483,14 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     base = TrainConfig(
         data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32
     )
-    configs, _ = sweep._preflight(grid.expand(base))
+    configs, runtime = sweep._preflight(grid.expand(base))
     assert len(calls) == 1 and len(configs) == 4
     assert {c.precision for c in configs} == {"bf16-mixed"}
+    # ... while the children's params say what the user gave, and what the sweep measured
+    assert sweep._as_given(base, runtime) == {"precision": "auto", "resolved/bf16_speedup": "1.5"}
+    assert sweep._as_given(base.replace(precision="bf16-mixed"), runtime) == {
+        "resolved/bf16_speedup": "1.5"
+    }
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------

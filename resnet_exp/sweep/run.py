@@ -73,14 +73,7 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
     configs, runtime = _preflight(configs)
-    # the children's params say what the user gave; the configs carry the resolved precision
-    given = (
-        {S.PRECISION: base.to_params()[S.PRECISION]} if base.precision != runtime.precision else {}
-    )
-    child_params = {
-        **given,
-        **{k: v for k, v in runtime.to_params().items() if k == S.RESOLVED_BF16_SPEEDUP},
-    }
+    child_params = _as_given(base, runtime)
     # Out of the environment before Ray's processes inherit it: a child must never join it
     launcher = claim_project_run_id()
     # Ray starts (or is joined) before any run exists
@@ -124,6 +117,16 @@ def _run_under_parent(
             registry.refresh_aliases(base.model_name)
         _close_parent(scope, result, grid, configs)
     return result
+
+
+def _as_given(base: TrainConfig, runtime: Runtime) -> dict[str, str]:
+    """What the children log in place of their configs' resolved precision: the user's value,
+    and the sweep's measurement (tracking.ParentRun.child_params)."""
+    given = (
+        {S.PRECISION: base.to_params()[S.PRECISION]} if base.precision != runtime.precision else {}
+    )
+    speedup = runtime.to_params().get(S.RESOLVED_BF16_SPEEDUP)
+    return {**given, **({S.RESOLVED_BF16_SPEEDUP: speedup} if speedup else {})}
 
 
 def _preflight(configs: list[TrainConfig]) -> tuple[list[TrainConfig], Runtime]:
