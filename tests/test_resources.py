@@ -366,7 +366,7 @@ def test_the_cli_reports_a_full_disk_in_one_line(
 
 
 @pytest.mark.slow
-def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_trainings):
+def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_trainings, monkeypatch):
     """Read from the session's first tiny training (conftest.two_trainings: train() as here,
     its wall time taken around the call), not a training of its own."""
     from mlflow import MlflowClient
@@ -374,6 +374,7 @@ def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_training
     from resnet_exp import schema as S
     from resnet_exp.tracking import timing
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", two_trainings.uri)  # where timing reads
     result, wall = two_trainings.results[0], two_trainings.wall_s[0]
     assert not set(MlflowClient(two_trainings.uri).get_run(result.run_id).data.metrics) & {
         *S.PHASE_TIMES,

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from resnet_exp import schema as S
 from resnet_exp.tracking.store import tracking_uri
@@ -52,11 +51,12 @@ def log_phase_times(run_id: str, phases: Mapping[str, float]) -> None:
 
 def _table(run_id: str, path: str) -> list[dict[str, str]]:
     """A timing table's rows as text; [] if the run has none (older runs, or none written yet)."""
+    client = MlflowClient(tracking_uri())
+    # listed first: a missing file is an HTTPError from a tracking server, not an MlflowException
+    if path not in {f.path for f in client.list_artifacts(run_id, S.TIMING_FOLDER)}:
+        return []
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = MlflowClient(tracking_uri()).download_artifacts(run_id, path, tmp)
-        except (MlflowException, OSError):
-            return []
+        local = client.download_artifacts(run_id, path, tmp)
         return list(csv.DictReader(io.StringIO(Path(local).read_text())))
 
 
