@@ -58,12 +58,17 @@ def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
     )
 
     def write(folder: Path) -> None:
-        ranking.to_csv(folder / S.RANKING_FILE, index=False)
+        # 6 significant digits, as the runs record them: 0.0220971, not 0.02209708691207961
+        ranking.to_csv(
+            folder / S.RANKING_FILE, index=False, float_format=f"%.{S.SIGNIFICANT_DIGITS}g"
+        )
         # the shown columns, formatted, in the JSON layout of MlflowClient.log_table
         report.preview_table(ranking).to_json(folder / S.RANKING_TABLE, orient="split", index=False)
         (folder / S.REPORT_MD).write_text(text)
         plots.draw_all(ranking, table.curves, folder, study.chance)
-        changes.to_csv(folder / S.CLASS_CHANGES_FILE, index=False)
+        changes.to_csv(
+            folder / S.CLASS_CHANGES_FILE, index=False, float_format=f"%.{S.SIGNIFICANT_DIGITS}g"
+        )
         if len(changes):
             plots.save(classes.changes_plot(changes), folder / S.PLOTS_FOLDER / classes.CLASS_PLOT)
         # after the plots, which it inlines; titled by report.md's first heading
@@ -104,12 +109,15 @@ def _record(
         "experiment": selection.experiment_name,
         "n_configs": str(len(ranking)),
         "n_runs": str(len(table.runs)),
+        # counts and the leader's accuracy as params: as metrics, each would be a chart of one
+        # bar before the training runs' learning curves in the experiment's chart view
+        **{
+            f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": str(n)
+            for reason, n in table.excluded.items()
+        },
+        S.ANALYSIS_LEADER_ACC: str(S.readable(ranking[C.TEST_ACC_MEAN].iloc[0])),
     }
-    metrics = {
-        f"{S.ANALYSIS_EXCLUDED}{reason.replace(' ', '_')}": n
-        for reason, n in table.excluded.items()
-    }
-    metrics[S.ANALYSIS_LEADER_ACC] = ranking[C.TEST_ACC_MEAN].iloc[0]
+    metrics: dict[str, float] = {}
     scope = (
         f"sweep run {selection.sweep_run_id}" if selection.sweep_run_id else "every training run"
     )

@@ -374,7 +374,7 @@ DEFINITIONS = f"""\
   tied" at most {st.ALPHA:.0%} across all of them.
 - **rank / tied**: the leader has the highest test_acc mean (equal means: fewer trainable
   parameters first). **Tied with the leader** means the Holm-corrected test does not reject a
-  zero difference at {st.ALPHA:.0%} (p (Holm) ≥ {st.ALPHA}), or no test can be made. Tied rows share
+  zero difference at {st.ALPHA:.0%} (p (Holm) ≥ {st.ALPHA:.2g}), or no test can be made. Tied rows share
   rank 1 and come first, then the rest by test_acc mean, ranked by their position (1, 1, 1, 4, 5).
 - **epochs to 95%**: epochs trained until val_acc first reached {CONVERGENCE_FRACTION:.0%} of that run's
   best val_acc (convergence speed; lower is faster). A count: 1 means after the first epoch,

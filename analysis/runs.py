@@ -26,6 +26,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import AUTO, DEFAULT_DATA, dataset_slug, format_value, parse_blocks
 from resnet_exp.errors import ConfigError, DataError
 from resnet_exp.tracking.store import project_run_id, search_all, tracking_uri
+from resnet_exp.tracking.timing import epoch_times
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def run_row(run: Run) -> dict:
 
 
 def _curve_rows(row: dict) -> list[dict]:
-    val_acc, epoch_time = history(row[C.RUN_ID], S.VAL_ACC), history(row[C.RUN_ID], S.EPOCH_TIME)
+    val_acc, epoch_time = history(row[C.RUN_ID], S.VAL_ACC), epoch_times(row[C.RUN_ID])
     epoch_time += [float("nan")] * (len(val_acc) - len(epoch_time))  # a run without timings
     return [
         {
@@ -260,7 +261,8 @@ def _curve_rows(row: dict) -> list[dict]:
 
 
 def load_runs(selection: Selection) -> RunTable:
-    """Read the selection's runs and their curves (two metric histories per usable run)."""
+    """Read the selection's runs and their curves (val_acc's history and the epochs table of
+    each usable run)."""
     usable, excluded = sort_runs(list(all_runs(selection.experiment_id)), selection)
     if not usable:
         raise DataError(

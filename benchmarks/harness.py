@@ -37,6 +37,7 @@ from resnet_exp.data.splits import ImageSplit, load_splits
 from resnet_exp.hardware import Runtime, apply_runtime, autocast, resolve_runtime
 from resnet_exp.model.classifier import adamw
 from resnet_exp.model.network import build_resnet
+from resnet_exp.tracking import timing
 
 JPEG_QUALITY = 90
 # Lightning's per-run banners (model summary, "fit stopped") would bury the tables.
@@ -241,12 +242,13 @@ def project_run(config: TrainConfig) -> ProjectRun:
     result = train(config)
     wall = time.perf_counter() - start
     run = MlflowClient().get_run(result.run_id)
+    phases = timing.phase_times(result.run_id)
     return ProjectRun(
-        _history(result.run_id, S.TRAIN_THROUGHPUT),
+        timing.epoch_times(result.run_id, S.TRAIN_THROUGHPUT),
         _history(result.run_id, S.VAL_ACC),
         wall,
-        run.data.metrics[S.IMAGE_STORE_TIME],
-        run.data.metrics[S.FEATURE_CACHE_TIME],
+        phases[S.IMAGE_STORE_TIME],
+        phases[S.FEATURE_CACHE_TIME],
         run.data.params["resolved/feature_cache"],
     )
 

@@ -46,9 +46,10 @@ from resnet_exp.data.splits import load_splits
 from resnet_exp.data.store import open_image_store
 from resnet_exp.hardware import usable_cores
 from resnet_exp.sweep.grid import SweepGrid
+from resnet_exp.tracking import timing
 
 STUDY_TRIALS = 45  # 5 freeze_blocks x 3 block lists x 3 seeds: the study the README describes
-PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phase metrics, compared Ray against local
+PHASES = (*S.PHASE_TIMES, S.RUN_TIME)  # the child runs' phases, compared Ray against local
 
 
 @click.command()
@@ -224,7 +225,7 @@ class Timeline(NamedTuple):
     first: float  # when the first child run started (Unix time)
     last: float  # when the last child run ended
     trainers: set[int]  # pids of the processes that trained the child runs
-    phases: dict[str, float]  # mean seconds per phase metric (PHASES) of the child runs
+    phases: dict[str, float]  # mean seconds per phase (PHASES) of the child runs
 
     @property
     def in_run(self) -> float:
@@ -251,7 +252,8 @@ def _timeline(result) -> Timeline:
         last=max(r.end_time for r in infos) / 1000,
         trainers=set(first_cell_of),
         phases={
-            name: sum(r.data.metrics.get(name, 0.0) for r in runs) / len(runs) for name in PHASES
+            name: sum(timing.phase_times(r.info.run_id).get(name, 0.0) for r in runs) / len(runs)
+            for name in PHASES
         },
     )
 

@@ -209,14 +209,14 @@ class TrainConfig:
         "Root of checkpoints and TensorBoard logs (<output_dir>/<dataset>/...).",
         affects_result=False,
     )
-    # How this launch starts, not what the run is: never a param (a resumed run keeps its own).
+    # How this launch starts, not what the run is: logged as given by the run's first attempt
+    # (`mlflow run` logs every MLproject parameter, so every path does), never compared.
     resume: str = _option(
         AUTO,
         "'auto': continue a stopped run of the same configuration and "
         "seed from its last.ckpt, in that run (docs/resume.md); 'never': "
         "always a new run; or the id of the run to continue.",
         affects_result=False,
-        logged=False,
     )
 
     def __post_init__(self) -> None:
@@ -242,8 +242,9 @@ class TrainConfig:
         `mlflow run` logs a value that needed shell quoting as the quoted text ("'/my data'").
         A name that is not a config field is not this config's to judge: True; nor is
         experiment_name, since where a run lives is its experiment, not this text (`mlflow run
-        --experiment-name X` logs the param's default, 'auto', for a run it puts in X)."""
-        if name not in self.__dataclass_fields__ or name == "experiment_name":
+        --experiment-name X` logs the param's default, 'auto', for a run it puts in X); nor is
+        resume, how the run's first attempt was launched (a later one may name the run)."""
+        if name not in self.__dataclass_fields__ or name in ("experiment_name", schema.RESUME):
             return True
         parse = self.__dataclass_fields__[name].metadata["parse"]
         for candidate in dict.fromkeys((text, _shell_unquoted(text))):

@@ -1,9 +1,9 @@
-"""Where a run's wall time goes: named phases timed with a context manager and logged as
-`time/*` metrics (schema.PHASE_TIMES), so a short run shows its fixed costs (data, checkpoints,
-model logging, registration) next to the fit itself.
+"""Where a run's wall time goes: named phases timed with a context manager and written to the
+run's `timing/phases.csv` (schema.PHASE_TIMES; tracking/timing.py), so a short run shows its
+fixed costs (data, checkpoints, model logging, registration) next to the fit itself.
 
     python -c "from resnet_exp.phases import Phases; p = Phases(); \
-exec('with p.timed(\"time/fit_s\"): pass'); print(p.seconds)"
+exec('with p.timed(\"fit\"): pass'); print(p.seconds)"
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ tests take names from here. Where a name changed, the old one is kept as `LEGACY
 runs recorded before the change still read.
 
 Epoch-level series are stored with step = epoch index (0-based, as in TensorBoard); `test_*`
-is stored at the step of the best checkpoint's epoch, the epoch it measures. Bookkeeping
-(setup times, sweep counts, analysis counts) sits under a prefix, so that MLflow's chart view
-groups it apart from the learning curves.
+is stored at the step of the best checkpoint's epoch, the epoch it measures. MLflow's chart
+view (3.17) puts every prefixed metric section ('setup/...') before the unprefixed "Model
+metrics" and sorts charts by name inside a section, so the metrics are the learning curves and
+the test results only: timings are artifact tables, counts are params or JSON summaries.
 
     python -c "from resnet_exp import schema; print(schema.TAG_DEPTH, schema.depth_alias('b2222-f2'))"
 """
@@ -27,9 +28,9 @@ SPLIT_METRICS = {
     VAL: (VAL_LOSS, VAL_ACC),
     TEST: (TEST_LOSS, TEST_ACC),
 }
-LR = "lr"  # the learning rate in force during the epoch
-EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
-TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
+# The learning rate in force during the epoch, logged once the schedule has moved it (the epochs
+# before are filled in then); while it stays at the `learning_rate` param, a flat curve says nothing.
+LR = "lr"
 TEST_ECE = (
     f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = best_epoch
 )
@@ -39,25 +40,28 @@ MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule wat
 STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric
 EPOCH_SUFFIX = "_epoch"  # ... and for the epoch value, which we store under the bare name
 
-# --- metrics: bookkeeping, grouped by prefix -------------------------------------------------------
-SETUP, SWEEP, ANALYSIS = "setup/", "sweep/", "analysis/"
-IMAGE_STORE_TIME = f"{SETUP}image_store_s"  # seconds to build (first run) or open the image store
-FEATURE_CACHE_TIME = f"{SETUP}feature_cache_s"  # seconds to compute frozen-stage outputs (0: none)
-# Where a training run's wall time goes, in seconds (logged at step 0). Setup happens before
-# the run opens (data, image store, feature cache); the rest inside it. fit_s excludes the
-# checkpoint writes made during the fit, which checkpoint_s counts, so the phases add up to no
-# more than run_s, the wall time of the whole training call.
-PHASE = "time/"
-PRECISION_TIME = (
-    f"{PHASE}precision_s"  # resolving precision=auto: measured on first use, then cached
-)
-DATA_TIME = f"{PHASE}data_s"  # loading and checking the data (demo generation included)
-FIT_TIME = f"{PHASE}fit_s"  # trainer.fit, checkpoint writes excluded
-TEST_TIME = f"{PHASE}test_s"  # trainer.test with the best checkpoint
-CHECKPOINT_TIME = f"{PHASE}checkpoint_s"  # writing checkpoint files (during fit)
-MODEL_LOG_TIME = f"{PHASE}model_log_s"  # logging the best checkpoint as an MLflow Model
-REGISTER_TIME = f"{PHASE}register_s"  # registering it and moving the aliases (0: not registered)
-RUN_TIME = f"{PHASE}run_s"  # the whole training call, from config to registered model
+# --- timing: where a run's time goes, as two artifact tables (CSV, previewed in the UI) -----
+TIMING_FOLDER = "timing"
+EPOCH_TIMES_FILE = f"{TIMING_FOLDER}/epochs.csv"  # one row per epoch, written as each one ends
+EPOCH = "epoch"  # 0-based, as the metrics' step
+EPOCH_TIME = "epoch_time_s"  # wall seconds of one epoch, its validation included
+TRAIN_THROUGHPUT = "train_images_per_s"  # training images per second, data loading included
+# One row per phase of the attempt that finished the run, in seconds. Setup happens before the run
+# opens (data, image store, feature cache); the rest inside it. fit excludes the checkpoint writes
+# made during the fit, which checkpoint counts, so the phases add up to no more than run, the
+# wall time of the whole training call.
+PHASE_TIMES_FILE = f"{TIMING_FOLDER}/phases.csv"
+PHASE, SECONDS = "phase", "seconds"  # its columns
+PRECISION_TIME = "precision"  # resolving precision=auto: measured on first use, then cached
+DATA_TIME = "data"  # loading and checking the data (demo generation included)
+IMAGE_STORE_TIME = "image_store"  # building (first run) or opening the image store
+FEATURE_CACHE_TIME = "feature_cache"  # computing frozen-stage outputs (0: none)
+FIT_TIME = "fit"  # trainer.fit, checkpoint writes excluded
+TEST_TIME = "test"  # trainer.test with the best checkpoint
+CHECKPOINT_TIME = "checkpoint"  # writing checkpoint files (during fit)
+MODEL_LOG_TIME = "model_log"  # logging the best checkpoint as an MLflow Model
+REGISTER_TIME = "register"  # registering it and moving the aliases (0: not registered)
+RUN_TIME = "run"  # the whole training call, from config to registered model
 PHASE_TIMES = (
     PRECISION_TIME,
     DATA_TIME,
@@ -69,15 +73,22 @@ PHASE_TIMES = (
     MODEL_LOG_TIME,
     REGISTER_TIME,
 )
-# A sweep's parent run, per shard (step = shard index)
-SWEEP_TRAINED = f"{SWEEP}children_trained"
-SWEEP_SKIPPED = f"{SWEEP}children_skipped"  # already FINISHED
-SWEEP_FAILED = f"{SWEEP}children_failed"
-ANALYSIS_EXCLUDED = f"{ANALYSIS}excluded_"  # + reason, e.g. analysis/excluded_failed
-ANALYSIS_LEADER_ACC = f"{ANALYSIS}leader_test_acc_mean"
+# A sweep's parent: each shard's counts, in its summary under SHARDS_FOLDER
+SWEEP_TRAINED = "children_trained"
+SWEEP_SKIPPED = "children_skipped"  # already FINISHED
+SWEEP_FAILED = "children_failed"
+# An analysis run's params: runs left out, per reason (e.g. excluded_failed), and the leader's
+# mean test_acc
+ANALYSIS_EXCLUDED = "excluded_"
 # A sweep's parent, once its grid has ended: the leading configuration's mean test_acc. A result,
 # not bookkeeping, so no prefix: it sits with the learning curves in the UI.
 LEADER_ACC = "leader_test_acc_mean"
+ANALYSIS_LEADER_ACC = LEADER_ACC
+# Readable numbers: losses and rates keep 6 significant digits (no float32 noise), seconds 3
+# decimals (milliseconds); accuracies are exact fractions (correct / total in double precision)
+# and stay as they are
+SIGNIFICANT_DIGITS = 6
+SECONDS_DECIMALS = 3
 SYSTEM = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
 
 # --- params: the user's words, equal to the TrainConfig fields and MLproject parameters ----------
@@ -90,6 +101,8 @@ SEED = "seed"
 IMAGE_SIZE = "image_size"
 OUTPUT_DIR = "output_dir"
 DATA_DIR = "data_dir"
+PRECISION = "precision"  # as given ('auto'); what ran is resolved/precision
+RESUME = "resume"  # as given: how the run's first attempt was launched ('auto', 'never', a run id)
 # facts the training logs next to its config
 NUM_CLASSES = "num_classes"
 INITIAL_WEIGHTS = "initial_weights"  # where the backbone came from: 'none', 'resnet18', a file
@@ -199,3 +212,22 @@ def tag(tags: dict, name: str, default: str | None = None) -> str | None:
     """A tag's value under its current name, else under the name it had before (old runs)."""
     legacy = {TAG_DEPTH: LEGACY_TAG_DEPTH}.get(name)
     return tags.get(name, tags.get(legacy, default) if legacy else default)
+
+
+def readable(value: float) -> float:
+    """A loss, accuracy or rate as recorded: 6 significant digits, so that a float32 value
+    shows as 2.31006, not 2.3100564479827881 (exact fractions such as 0.3125 stay exact)."""
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def recorded(name: str, value: float) -> float:
+    """A metric's value as stored: an accuracy (also its _step/_epoch form) exactly, any other
+    value readable()."""
+    base = name.removesuffix(STEP_SUFFIX).removesuffix(EPOCH_SUFFIX)
+    exact = base in {acc for _, acc in SPLIT_METRICS.values()}
+    return float(value) if exact else readable(float(value))
+
+
+def seconds(value: float) -> float:
+    """A duration as recorded: seconds to the millisecond."""
+    return round(value, SECONDS_DECIMALS)

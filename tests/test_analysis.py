@@ -608,6 +608,11 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
         with Image.open(result.output_folder / S.PLOTS_FOLDER / name) as image:
             assert image.format == "PNG" and min(image.size) > 100
     text = (result.output_folder / "report.md").read_text()
+    # numbers as people read them: at most 6 significant digits in the report and the table
+    assert "p (Holm) ≥ 0.05)" in text
+    for shown in (text, (result.output_folder / "ranking.csv").read_text()):
+        numbers = re.findall(r"\d+\.\d+", shown)
+        assert numbers and all(len(n.replace(".", "").lstrip("0")) <= 6 for n in numbers)
     assert (
         "A tie between b2222-f2, b1111-f3, b2222-f4 and b2222-f0" in text and result.verdict in text
     )
@@ -629,7 +634,7 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     assert run.data.tags[S.TAG_KIND] == S.KIND_ANALYSIS
     assert (
         run.data.params["n_configs"] == "4"
-        and run.data.metrics[S.ANALYSIS_EXCLUDED + "duplicate"] == 2
+        and run.data.params[S.ANALYSIS_EXCLUDED + "duplicate"] == "2"
     )
     stored = {f.path for f in client.list_artifacts(result.run_id)} | {
         f.path for f in client.list_artifacts(result.run_id, S.PLOTS_FOLDER)

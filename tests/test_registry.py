@@ -274,12 +274,9 @@ def test_accuracies_are_exact_fractions(registry):
         for m in client.get_metric_history(run.info.run_id, key):
             fraction = Fraction(m.value).limit_denominator(test_size)
             assert float(fraction) == m.value, (key, m.value)
-    assert {m.value for m in client.get_metric_history(run.info.run_id, S.LR)} <= {
-        3e-5,
-        1.5e-5,
-        7.5e-6,
-    }
-    assert client.get_metric_history(run.info.run_id, S.LR)[0].value == 3e-5
+    rates = client.get_metric_history(run.info.run_id, S.LR)  # only once the schedule moved it
+    assert {m.value for m in rates} <= {3e-5, 1.5e-5, 7.5e-6}
+    assert not rates or min(rates, key=lambda m: m.step).value == 3e-5
 
 
 @pytest.mark.slow

@@ -499,15 +499,21 @@ def test_a_disk_that_fills_then_turns_read_only_fails_in_one_line_and_leaves_one
 
 
 @pytest.mark.slow
-def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_trainings):
+def test_a_run_records_every_phase_and_they_add_up_to_its_wall_time(two_trainings, monkeypatch):
     """Read from the session's first tiny training (conftest.two_trainings: train() as here,
     its wall time taken around the call), not a training of its own."""
     from mlflow import MlflowClient
 
     from resnet_exp import schema as S
+    from resnet_exp.tracking import timing
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", two_trainings.uri)  # where timing reads
     result, wall = two_trainings.results[0], two_trainings.wall_s[0]
-    metrics = MlflowClient(two_trainings.uri).get_run(result.run_id).data.metrics
+    assert not set(MlflowClient(two_trainings.uri).get_run(result.run_id).data.metrics) & {
+        *S.PHASE_TIMES,
+        S.RUN_TIME,
+    }  # a table, not charts
+    metrics = timing.phase_times(result.run_id)
     missing = [name for name in (*S.PHASE_TIMES, S.RUN_TIME) if name not in metrics]
     assert not missing
     assert all(metrics[name] >= 0 for name in S.PHASE_TIMES)
@@ -611,9 +617,14 @@ def test_a_sweep_resolves_precision_once_for_every_cell(monkeypatch, data_dir, t
     base = TrainConfig(
         data="demo", data_dir=str(data_dir), output_dir=str(tmp_path), weights="none", image_size=32
     )
-    configs = sweep._preflight(grid.expand(base))
+    configs, runtime = sweep._preflight(grid.expand(base))
     assert len(calls) == 1 and len(configs) == 4
     assert {c.precision for c in configs} == {"bf16-mixed"}
+    # ... while the children's params say what the user gave, and what the sweep measured
+    assert sweep._as_given(base, runtime) == {"precision": "auto", "resolved/bf16_speedup": "1.5"}
+    assert sweep._as_given(base.replace(precision="bf16-mixed"), runtime) == {
+        "resolved/bf16_speedup": "1.5"
+    }
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------

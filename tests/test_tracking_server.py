@@ -26,7 +26,7 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
 
-EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC, S.LR, S.EPOCH_TIME)
+EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
 TINY = cli_options(
     data="demo",
     weights="none",

@@ -7,6 +7,7 @@ sweep's parent run, and record a failure so that the UI and the next sweep see i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -101,10 +102,8 @@ def new_attempt(parent: tracking.ParentRun, reason: str = "") -> tracking.Parent
     """The parent as one attempt at a cell sees it: its child tags plus a fresh attempt id (which
     finds the attempt's run again) and, for a seed an adaptive round added, why."""
     why = {S.TAG_SEED_REASON: reason} if reason else {}
-    return tracking.ParentRun(
-        parent.run_id,
-        parent.experiment_id,
-        {**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex},
+    return dataclasses.replace(
+        parent, child_tags={**parent.child_tags, **why, S.TAG_SWEEP_ATTEMPT: uuid.uuid4().hex}
     )
 
 
@@ -129,7 +128,8 @@ def record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str)
         run_id = client.create_run(
             attempt.experiment_id, run_name=config.run_name, tags=tags
         ).info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in config.to_params().items()])
+        params = {**config.to_params(), **attempt.child_params}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     client.set_tag(run_id, S.TAG_ERROR, error)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     return run_id

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def run_trial(
         config = config.replace(resume=earlier.info.run_id)
     outcome = run_child(
         config,
-        ParentRun(parent.run_id, parent.experiment_id, tags),
+        replace(parent, child_tags=tags),
         reasons[index],
         callbacks=[TuneReport(node)],
     )

@@ -26,7 +26,7 @@ from resnet_exp.config import RESUME_MODES, TrainConfig, describe_weights
 from resnet_exp.data.splits import load_splits
 from resnet_exp.disk import check_writable
 from resnet_exp.errors import ConfigError, UserError
-from resnet_exp.hardware import check_memory, resolve_runtime
+from resnet_exp.hardware import Runtime, check_memory, resolve_runtime
 from resnet_exp.model.network import load_initial_weights
 from resnet_exp.sweep.cells import FAILED, SKIPPED, TRAINED, ChildOutcome
 from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
@@ -74,12 +74,13 @@ def run_sweep(grid: SweepGrid, base: TrainConfig) -> SweepResult:
     # shards on other machines share its parent even where they resolve another precision.
     configs = grid.expand(base)
     sid = sweep_id(configs, f"auto:{grid.parsed('max_seeds')}" if grid.adaptive else "")
-    configs = _preflight(configs)
+    configs, runtime = _preflight(configs)
+    child_params = _as_given(base, runtime)
     # Out of the environment before Ray's processes inherit it: a child must never join it
     launcher = claim_project_run_id()
     # Ray starts (or is joined) before any run exists
     with open_executor(grid) as executor:
-        return _run_under_parent(grid, base, configs, sid, executor, launcher)
+        return _run_under_parent(grid, base, configs, sid, executor, launcher, child_params)
 
 
 def _run_under_parent(
@@ -89,6 +90,7 @@ def _run_under_parent(
     sid: str,
     executor: LocalExecutor | RayExecutor,
     launcher: str | None,
+    child_params: dict[str, str],
 ) -> SweepResult:
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid), launcher)
     with run_scope(
@@ -101,7 +103,9 @@ def _run_under_parent(
         # Children left RUNNING by a killed earlier attempt: those with a last.ckpt resume when
         # their cell comes (resume=auto); the others can't and are marked KILLED now.
         reap_dead_children(scope.client, scope.experiment_id, scope.run_id)
-        parent = tracking.ParentRun(scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid})
+        parent = tracking.ParentRun(
+            scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid}, child_params
+        )
         outcomes = executor.run(grid.shard_of(configs), parent)
         stop = ""
         if grid.adaptive:
@@ -117,11 +121,22 @@ def _run_under_parent(
     return result
 
 
-def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
+def _as_given(base: TrainConfig, runtime: Runtime) -> dict[str, str]:
+    """What the children log in place of their configs' resolved precision: the user's value,
+    and the sweep's measurement (tracking.ParentRun.child_params)."""
+    given = (
+        {S.PRECISION: base.to_params()[S.PRECISION]} if base.precision != runtime.precision else {}
+    )
+    speedup = runtime.to_params().get(S.RESOLVED_BF16_SPEEDUP)
+    return {**given, **({S.RESOLVED_BF16_SPEEDUP: speedup} if speedup else {})}
+
+
+def _preflight(configs: list[TrainConfig]) -> tuple[list[TrainConfig], Runtime]:
     """Fail on a bad precision, unwritable folders, unusable data or unavailable weights before
     any run exists, instead of once per child. Loads each distinct input once; the children
-    reuse the caches. Returns the configs with precision resolved once for all cells: runs that
-    are compared must agree on it, and a measured `auto` could tip either way per child."""
+    reuse the caches. Returns the configs with precision resolved once for all cells (runs that
+    are compared must agree on it, and a measured `auto` could tip either way per child), and
+    the runtime that resolved it."""
     if configs[0].resume not in RESUME_MODES:
         raise ConfigError(
             f"resume={configs[0].resume!r}: a sweep resumes its children by itself; "
@@ -132,11 +147,11 @@ def _preflight(configs: list[TrainConfig]) -> list[TrainConfig]:
     check_writable(configs[0].data_dir, S.DATA_DIR)
     for config in configs:  # each network and freeze level, before precision=auto measures one
         check_memory(config)
-    precision = resolve_runtime(configs[0]).precision
+    runtime = resolve_runtime(configs[0])
     load_splits(configs[0])
     for blocks in dict.fromkeys(c.blocks for c in configs):
         load_initial_weights(configs[0].weights, configs[0].block, blocks)
-    return [c.replace(precision=precision) for c in configs]
+    return [c.replace(precision=runtime.precision) for c in configs], runtime
 
 
 def _add_seeds(
@@ -258,11 +273,12 @@ def _close_parent(
     base: TrainConfig,
     configs: list[TrainConfig],
 ) -> None:
-    """This shard's outcome as metrics (step = shard index), a JSON summary and the description,
-    which opens with the sweep's result once no cell is left to train. The parent's status
-    comes from every cell of the grid, not from whichever shard ends last: FAILED if a cell's
-    latest attempt failed, FINISHED once every cell has finished, and still RUNNING while other
-    shards have cells to train."""
+    """This shard's outcome as a JSON summary (its counts included) and the description, which
+    opens with the sweep's result once no cell is left to train (counts are no metrics: a chart
+    per count would come before the children's learning curves). The parent's status comes from
+    every cell of the grid, not from whichever shard ends last: FAILED if a cell's latest attempt
+    failed, FINISHED once every cell has finished, and still RUNNING while other shards have
+    cells to train."""
     index, count = grid.parsed("shard")
     counts = {
         key: result.count(outcome)
@@ -272,11 +288,9 @@ def _close_parent(
             (S.SWEEP_FAILED, FAILED),
         )
     }
-    for key, n in counts.items():
-        scope.client.log_metric(scope.run_id, key, n, step=index)
     scope.client.log_dict(
         scope.run_id,
-        {"shard": f"{index}/{count}", "children": [vars(o) for o in result.outcomes]},
+        {"shard": f"{index}/{count}", **counts, "children": [vars(o) for o in result.outcomes]},
         f"{S.SHARDS_FOLDER}/shard-{index}-of-{count}.json",
     )
     running = close_dead_children(scope.client, scope.experiment_id, scope.run_id)

@@ -227,5 +227,5 @@ def log_test_diagnostics(
         [f"{S.DIAGNOSTICS_FOLDER}/{name}" for name in previews],
     )
     if step > (stored_steps or {}).get(S.TEST_ECE, -1):
-        mlflow.log_metric(S.TEST_ECE, tables["ece"], step=step)
+        mlflow.log_metric(S.TEST_ECE, S.readable(tables["ece"]), step=step)
     return tables

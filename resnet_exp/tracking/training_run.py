@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class ParentRun:
     run_id: str
     experiment_id: str
     child_tags: dict[str, str] = field(default_factory=dict)
+    # Params a child logs in place of its own config's: a sweep resolves precision=auto once for
+    # all its children (their configs carry the result), but the params say what the user gave,
+    # as on every other path, plus what the sweep measured (resolved/bf16_speedup).
+    child_params: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -248,7 +253,11 @@ class EpochStepMixin:
 
     Lightning logs every metric at step = global step and names the epoch value of an
     on_step+on_epoch metric `<name>_epoch`; the UI's x-axis should read epochs, and analysis
-    measures convergence in epochs. Per-step values keep their `_step` name and global step."""
+    measures convergence in epochs. Per-step values keep their `_step` name and global step,
+    and are stored only where an epoch has several of them. Losses and rates keep 6 significant
+    digits, accuracies stay exact (schema.recorded). `lr` waits until the schedule moves it from
+    `initial_lr`, then fills in the epochs before: a rate that never moves is the
+    `learning_rate` param, not a flat curve."""
 
     # The epoch that test metrics describe: the best checkpoint's, set before trainer.test
     # (Lightning would log them at the epoch after the last one).
@@ -257,9 +266,14 @@ class EpochStepMixin:
     # was in when it stopped may have stored some metrics; training that epoch again must not
     # store them twice (a deterministic resume computes the same values).
     stored_steps: Mapping[str, int] = {}
+    # Per-step values (train_loss_step, ...) only when an epoch logs several: a single one per
+    # epoch (global steps 19, 39, 59 on the demo) repeats the epoch curve on another x-axis.
+    step_curves: bool = True
+    initial_lr: float | None = None  # the `learning_rate` param
+    lr_moved: bool = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        metrics = dict(metrics)
+        metrics = {k: S.recorded(k, v) for k, v in metrics.items()}
         epoch = metrics.pop("epoch", None)
         if self.test_epoch is not None:
             epoch = self.test_epoch
@@ -267,15 +281,31 @@ class EpochStepMixin:
         per_epoch = {
             k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step
         }
+        at_epoch = int(epoch) if epoch is not None else step
         for values, at in (
-            (per_step, step),
-            (per_epoch, int(epoch) if epoch is not None else step),
+            (per_step if self.step_curves else {}, step),
+            *self._lr_until_now(per_epoch, at_epoch),
+            (per_epoch, at_epoch),
         ):
             new = {
                 k: v for k, v in values.items() if at is None or at > self.stored_steps.get(k, -1)
             }
             if new:
                 super().log_metrics(new, at)
+
+    def _lr_until_now(
+        self, per_epoch: dict[str, float], epoch: int | None
+    ) -> list[tuple[dict[str, float], int]]:
+        """Hold `lr` back (taking it out of `per_epoch`) while it is the initial rate; when it
+        first moves, the initial rate at each earlier epoch. A resumed run whose rate had moved
+        fills in again, and stored_steps drops what is already there."""
+        if S.LR not in per_epoch or self.lr_moved or self.initial_lr is None or epoch is None:
+            return []
+        if math.isclose(per_epoch[S.LR], self.initial_lr, rel_tol=1e-6):  # float32 on MPS
+            del per_epoch[S.LR]
+            return []
+        self.lr_moved = True
+        return [({S.LR: S.readable(self.initial_lr)}, e) for e in range(epoch)]
 
 
 class EpochMLFlowLogger(EpochStepMixin, MLFlowLogger):
@@ -299,7 +329,10 @@ class EpochTensorBoardLogger(EpochStepMixin, TensorBoardLogger):
 
 
 def make_loggers(
-    config: TrainConfig, run_id: str, stored_steps: Mapping[str, int] | None = None
+    config: TrainConfig,
+    run_id: str,
+    stored_steps: Mapping[str, int] | None = None,
+    step_curves: bool = True,
 ) -> list:
     mlflow_logger = EpochMLFlowLogger(run_id=run_id, tracking_uri=tracking_uri())
     tensorboard = EpochTensorBoardLogger(
@@ -310,4 +343,6 @@ def make_loggers(
     )
     for logger in (mlflow_logger, tensorboard):
         logger.stored_steps = dict(stored_steps or {})
+        logger.step_curves = step_curves
+        logger.initial_lr = config.learning_rate
     return [mlflow_logger, tensorboard]

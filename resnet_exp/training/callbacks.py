@@ -1,4 +1,5 @@
-"""Training instrumentation: epoch wall time and training throughput, logged once per epoch.
+"""Training instrumentation: epoch wall time and training throughput, a row of the run's
+`timing/epochs.csv` per epoch.
 
 pytest tests/test_training.py -k direct_run   # checks epoch_time_s and train_images_per_s
 """
@@ -14,17 +15,23 @@ import torch
 
 from resnet_exp import schema as S
 from resnet_exp.signals import interrupt_point
+from resnet_exp.tracking import timing
 
 log = logging.getLogger(__name__)
 SUMMARY = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
 
 
 class EpochTimer(pl.Callback):
-    """Logs `epoch_time_s` (the whole epoch, validation included: what an epoch costs) and
+    """Records `epoch_time_s` (the whole epoch, validation included: what an epoch costs) and
     `train_images_per_s` (training images per second of the epoch's training part, data
-    loading included)."""
+    loading included) in the run's epochs table. A resumed run passes the rows it has: those
+    of the epochs before the one it restarts stay."""
 
     pending_line = ""
+
+    def __init__(self, run_id: str, earlier: list[dict] | None = None) -> None:
+        self.run_id = run_id
+        self.rows = list(earlier or [])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print_pending_line()
@@ -48,9 +55,11 @@ class EpochTimer(pl.Callback):
         self.images += len(batch[1])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log(S.EPOCH_TIME, time.perf_counter() - self.epoch_start, on_epoch=True)
-        if self.train_seconds > 0:
-            pl_module.log(S.TRAIN_THROUGHPUT, self.images / self.train_seconds, on_epoch=True)
+        epoch = trainer.current_epoch
+        rate = self.images / self.train_seconds if self.train_seconds > 0 else None
+        row = timing.epoch_row(epoch, time.perf_counter() - self.epoch_start, rate)
+        self.rows = [r for r in self.rows if int(r[S.EPOCH]) < epoch] + [row]
+        timing.log_epoch_times(self.run_id, self.rows)
         # One line per epoch, readable where the progress bar is off (logs, CI, pipes).
         # Printed once Lightning has stored the epoch's metrics (right after this hook), so a
         # Ctrl-C never leaves an epoch shown but unrecorded.

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -33,7 +32,7 @@ from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.phases import Phases
 from resnet_exp.signals import interrupt_point
-from resnet_exp.tracking import diagnostics, registry, resume
+from resnet_exp.tracking import diagnostics, registry, resume, timing
 from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
@@ -47,6 +46,9 @@ from resnet_exp.training.checkpoints import AtomicCheckpointIO, keep_only
 from resnet_exp.training.features import FeaturePlan, cache_features
 
 log = logging.getLogger(__name__)
+# Per-step values every 50 optimizer steps (Lightning's default): step-level curves appear when an
+# epoch has at least 100 batches (about 134 on the Animals data at batch 32).
+STEP_LOG_INTERVAL = 50
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def train(
     classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
     inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
     datamodule = ImageDataModule(inputs, config, runtime)
+    given = parent.child_params if parent else {}
     with tracking.training_run(config, parent, point) as scope:
         run_id = scope.run_id
         stored = point.stored_steps if point else {}  # what an earlier attempt already logged
@@ -97,9 +100,11 @@ def train(
         if point:
             scope.set_tags({S.TAG_RESUMED: _resumed_note(point)})
         tracking.log_json(spec.to_dict(), S.NETSPEC_FILE)
-        facts = _log_run_facts(scope, config, runtime, splits, initial, classifier)
+        facts = _log_run_facts(scope, config, runtime, splits, initial, classifier, given)
         scope.describe(tracking.describe_training(config, facts))
-        _log_input_path(scope, store, plan, first_attempt=point is None)
+        _log_input_path(scope, store, plan)
+        phases.add(S.IMAGE_STORE_TIME, store.seconds)
+        phases.add(S.FEATURE_CACHE_TIME, plan.seconds)
         trainer = _build_trainer(
             config, runtime, run_id, len(splits.train), folder, point, callbacks
         )
@@ -123,13 +128,14 @@ def train(
             diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch, stored)
         tracking.log_new_metrics({S.BEST_EPOCH: best_epoch}, best_epoch, stored)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: S.recorded(k, v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
         metrics[S.VAL_ACC] = tracking.metric_at_step(run_id, S.VAL_ACC, best_epoch)
         model_uri, version = _publish_model(
             config, run_id, best, best_epoch, splits, metrics, phases
         )
-        tracking.log_new_metrics({**phases.seconds, S.RUN_TIME: phases.elapsed()}, 0, stored)
+        times = {name: phases.seconds.get(name, 0.0) for name in S.PHASE_TIMES}
+        timing.log_phase_times(run_id, {**times, S.RUN_TIME: phases.elapsed()})
         scope.describe(
             tracking.describe_training(
                 config,
@@ -206,15 +212,10 @@ def _prepare_inputs(
     return (images if features is None else features), plan
 
 
-def _log_input_path(
-    scope: RunScope, store: ImageStore, plan: FeaturePlan, first_attempt: bool
-) -> None:
-    """Which input path the run took, so that runs stay comparable (docs/tracking.md). A
-    resumed run keeps the setup times of its first attempt (one value per step)."""
+def _log_input_path(scope: RunScope, store: ImageStore, plan: FeaturePlan) -> None:
+    """Which input path the run took, so that runs stay comparable (docs/tracking.md)."""
     scope.log_params({S.RESOLVED_FEATURE_CACHE: plan.state})
     scope.set_tags({S.TAG_IMAGE_STORE: str(store.root), S.TAG_FEATURE_CACHE_REASON: plan.reason})
-    if first_attempt:
-        mlflow.log_metrics({S.IMAGE_STORE_TIME: store.seconds, S.FEATURE_CACHE_TIME: plan.seconds})
 
 
 @contextmanager
@@ -241,9 +242,11 @@ def _log_run_facts(
     splits: DataSplits,
     initial: InitialWeights,
     classifier: ResNetClassifier,
+    given: Mapping[str, str],
 ) -> dict[str, str]:
     """The config, the runtime and facts about the data and the network, as params and as
-    config.json; returns the facts."""
+    config.json; returns the facts. `given` replaces params that a sweep resolved for its
+    children (ParentRun.child_params): the params are the user's values on every path."""
     trainable, total = classifier.parameter_counts()
     facts = {
         S.NUM_CLASSES: str(len(splits.class_names)),
@@ -252,7 +255,10 @@ def _log_run_facts(
         S.TRAINABLE_PARAMS: str(trainable),
         S.TOTAL_PARAMS: str(total),
     }
-    scope.log_params({**config.to_params(), **runtime.to_params(), **facts}, same=config.same_value)
+    params = {**config.to_params(), **runtime.to_params(), **facts, **given}
+    scope.log_params(
+        params, same=lambda k, text: given.get(k) == text or config.same_value(k, text)
+    )
     tracking.log_json(
         {
             "config": config.to_params(),
@@ -317,6 +323,7 @@ def _build_trainer(
     batches = max(1, train_rows // config.batch_size)
     if config.limit_batches:
         batches = min(batches, config.limit_batches)
+    every = min(STEP_LOG_INTERVAL, batches)  # at least once per epoch, even on tiny data
     limit = config.limit_batches or 1.0  # Lightning reads an int as a batch count, 1.0 as "all"
     return pl.Trainer(
         accelerator=runtime.accelerator,
@@ -324,13 +331,15 @@ def _build_trainer(
         precision=runtime.precision,
         benchmark=runtime.accelerator == "cuda",  # cuDNN picks the fastest kernels: sizes are fixed
         max_epochs=config.max_epochs,
-        logger=tracking.make_loggers(config, run_id, point.stored_steps if point else None),
+        logger=tracking.make_loggers(
+            config, run_id, point.stored_steps if point else None, step_curves=batches >= 2 * every
+        ),
         callbacks=[
             best,
             last,
             early_stopping,
             PlateauStepBeforeCheckpoint(),
-            EpochTimer(),
+            EpochTimer(run_id, timing.epoch_rows(run_id) if point else None),
             StoppedStaysStopped(),
             *extra,
         ],
@@ -338,7 +347,7 @@ def _build_trainer(
         limit_train_batches=limit,
         limit_val_batches=limit,
         limit_test_batches=limit,
-        log_every_n_steps=min(50, batches),  # at least once per epoch, even on tiny data
+        log_every_n_steps=every,
         enable_progress_bar=sys.stderr.isatty(),  # elsewhere EpochTimer logs a line per epoch
         default_root_dir=str(tracking.results_dir(config)),
     )
