@@ -420,3 +420,68 @@ def test_under_mlflow_run_a_resume_continues_the_stopped_run_and_the_launch_poin
     ] == [r for r in stored if r[0] in epochs]  # nothing trained or tested twice
     pointer = client.get_run(launcher).data.tags
     assert pointer[S.TAG_RESUMED_INTO] == first.run_id and S.TAG_KIND not in pointer
+
+
+def resume_together(command: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """The same `resnet-exp` command started twice at the same instant; both results."""
+    processes = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def assert_one_resumed_the_other_refused(
+    results: list[subprocess.CompletedProcess], run_id: str
+) -> None:
+    """Exactly one resumer finished the run; the other stopped in one line naming the run and
+    the process holding it (host and pid)."""
+    won = [r for r in results if r.returncode == 0]
+    lost = [r for r in results if r.returncode != 0]
+    assert len(won) == 1 and len(lost) == 1, [(r.returncode, r.stderr[-2000:]) for r in results]
+    assert f"run {run_id} finished" in won[0].stdout, won[0].stdout[-2000:]
+    errors = [line for line in lost[0].stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in lost[0].stderr, lost[0].stderr[-3000:]
+    assert f"run {run_id} " in errors[0] and f"{socket.gethostname()} pid " in errors[0], errors
+
+
+@pytest.mark.slow
+def test_two_resumers_of_a_killed_training_started_together_leave_one_run_trained_once(
+    tracking_uri, data_dir, tmp_path
+):
+    """kill -9 during a training, then the same command twice at once: one resumes the run and
+    finishes it, the other refuses in one line; the run holds each epoch once and one model."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    command = [
+        sys.executable,
+        "-m",
+        "resnet_exp",
+        "train",
+        *killable(data_dir),
+        "--seed",
+        "6",
+        "--output-dir",
+        str(tmp_path / "results"),
+    ]
+    kill_after_epoch(command, db, 0)
+    [(run_id,)] = sqlite3.connect(db).execute("SELECT run_uuid FROM runs").fetchall()
+
+    results = resume_together(command, subprocess_env())
+
+    assert_one_resumed_the_other_refused(results, run_id)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == FINISHED
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # no second run of the cell
+    keys_steps = [(key, step) for key, step, _ in metric_rows(db, run_id)]
+    assert len(keys_steps) == len(set(keys_steps)), "a metric stored twice at one step"
+    assert [step for key, step in keys_steps if key == S.VAL_LOSS] == [0, 1, 2]
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+    [claimed] = [v for k, v in run.data.params.items() if k == S.RESUME_ATTEMPT.format(n=2)]
+    assert f"{socket.gethostname()} pid " in claimed
