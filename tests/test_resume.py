@@ -23,7 +23,13 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from conftest import cli_options, resumable_epoch, subprocess_env, tiny_config
+from conftest import (
+    cli_options,
+    mlflow_run_command,
+    resumable_epoch,
+    subprocess_env,
+    tiny_config,
+)
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
@@ -272,12 +278,18 @@ def killable(data_dir: Path) -> list[str]:
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
-    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch` and
-    saved it in its last.ckpt."""
+    """Run `command` and `kill -9` it, with every process it started, once a run other than
+    `not_run` has stored `epoch` and saved it in its last.ckpt."""
     # from this test's folder: the experiment this process creates puts its artifacts under
     # ./mlruns, which must never be the checkout
+    # a session of its own: `mlflow run` and the command it started die together, as on a
+    # machine that fails
     process = subprocess.Popen(
-        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -288,7 +300,7 @@ def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = ""
         ):
             time.sleep(0.05)
         assert process.poll() is None, "it ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
@@ -485,3 +497,61 @@ def test_two_resumers_of_a_killed_training_started_together_leave_one_run_traine
     assert len(client.search_logged_models([run.info.experiment_id])) == 1
     [claimed] = [v for k, v in run.data.params.items() if k == S.RESUME_ATTEMPT.format(n=2)]
     assert f"{socket.gethostname()} pid " in claimed
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_through_mlflow_run_continues_its_killed_child_and_closes_the_old_parent(
+    tracking_uri, data_dir, tmp_path
+):
+    """`mlflow run . -e sweep` killed with -9 during a child, then run again: `mlflow run` makes a
+    new parent, and the child continues in its own run, found by its cell (sweep id,
+    configuration, seed) rather than by its parent; the old parent is closed and says by what."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    params = dict(
+        data="demo",
+        data_dir=data_dir,
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=3,
+        limit_batches=3,
+        freeze_blocks=3,
+        blocks="1,1,1,1",
+        precision="32-true",
+        num_workers=0,
+        registered_model_name="none",
+        seeds="1",
+        output_dir=tmp_path / "results",
+    )
+    command = mlflow_run_command("sweep-rerun", params, entry="sweep")
+    kill_after_epoch(command, db, 1)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name("sweep-rerun").experiment_id
+    [child] = client.search_runs([experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+    old_parent = child.data.tags[S.MLFLOW_PARENT_RUN_ID]
+
+    again = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    runs = {r.info.run_id: r for r in client.search_runs([experiment_id])}
+    trainings = [r for r in runs.values() if r.data.tags.get(S.TAG_KIND) == S.KIND_TRAIN]
+    assert [r.info.run_id for r in trainings] == [child.info.run_id]  # continued, not retrained
+    resumed = runs[child.info.run_id]
+    [new_parent] = [
+        r
+        for r in runs.values()
+        if r.data.tags.get(S.TAG_KIND) == S.KIND_SWEEP and r.info.run_id != old_parent
+    ]
+    assert resumed.info.status == FINISHED
+    assert resumed.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    assert resumed.data.tags[S.MLFLOW_PARENT_RUN_ID] == new_parent.info.run_id
+    steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
+    assert steps == [0, 1, 2]
+    assert new_parent.info.status == FINISHED
+    closed = runs[old_parent]
+    assert closed.info.status == KILLED
+    assert closed.data.tags[S.TAG_CONTINUED_BY] == new_parent.info.run_id
+    assert f"continued by sweep run {new_parent.info.run_id}" in closed.data.tags[S.MLFLOW_NOTE]
+    assert not [r for r in runs.values() if r.info.status == RUNNING]
