@@ -146,6 +146,51 @@ def test_a_sweep_child_resumes_only_under_its_own_parent(store, tmp_path):
     assert plan(config, experiment_id) is None  # a standalone training leaves sweep children alone
 
 
+def test_a_sweep_child_resumes_its_cell_under_any_parent_of_its_sweep(store, tmp_path):
+    """A rerun of a sweep through `mlflow run` has a new parent: the cell is found by sweep_id."""
+    client, experiment_id, config = store
+    old_parent, new_parent = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    child = stopped_run(client, experiment_id, config, tmp_path, parent=old_parent)
+    client.set_tag(child, S.TAG_SWEEP_ID, "sweep-a")
+    other = stopped_run(client, experiment_id, config, tmp_path, parent=old_parent)
+    client.set_tag(other, S.TAG_SWEEP_ID, "sweep-b")  # the same cell in another sweep
+    assert plan(config, experiment_id, new_parent, sweep_id="sweep-a").run_id == child
+    assert plan(config, experiment_id, new_parent, sweep_id="sweep-c") is None
+    assert plan(config, experiment_id) is None  # a standalone training leaves them alone
+
+
+def test_a_sweep_closes_its_earlier_parents_whose_process_is_gone(store):
+    from resnet_exp.sweep.run import close_earlier_parents
+
+    client, experiment_id, _ = store
+
+    def parent(status: str, process: str | None = None) -> str:
+        tags = {S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: "sweep-a"}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        client.set_tag(run_id, S.TAG_PROCESS, process or f"{socket.gethostname()} {dead_pid()} 1")
+        if status != RUNNING:
+            client.set_terminated(run_id, status)
+        return run_id
+
+    killed, failed = parent(RUNNING), parent("FAILED")
+    live, finished, current = parent(RUNNING, process_tag()), parent(FINISHED), parent(RUNNING)
+    closed = close_earlier_parents(client, experiment_id, "sweep-a", current)
+    assert sorted(closed) == sorted([killed, failed])
+    runs = {r: client.get_run(r) for r in (killed, failed, live, finished, current)}
+    assert {r: run.info.status for r, run in runs.items()} == {
+        killed: KILLED,
+        failed: "FAILED",
+        live: RUNNING,  # another shard's parent, still at work
+        finished: FINISHED,
+        current: RUNNING,
+    }
+    for run_id in (killed, failed):
+        tags = runs[run_id].data.tags
+        assert tags[S.TAG_CONTINUED_BY] == current
+        assert f"continued by sweep run {current}" in tags[S.MLFLOW_NOTE]
+    assert close_earlier_parents(client, experiment_id, "sweep-a", current) == []  # once
+
+
 @pytest.mark.parametrize(
     "case, words",
     [

@@ -114,6 +114,8 @@ def _run_under_parent(
         result = SweepResult(
             scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop
         )
+        # older dead attempts at cells that have now finished: nothing will resume them
+        reap_dead_children(scope.client, scope.experiment_id, scope.run_id, sid)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
         _close_parent(scope, result, grid, configs)
