@@ -191,6 +191,33 @@ def test_a_sweep_closes_its_earlier_parents_whose_process_is_gone(store):
     assert close_earlier_parents(client, experiment_id, "sweep-a", current) == []  # once
 
 
+def test_a_training_that_fails_before_reopening_its_claimed_run_gives_the_claim_back(
+    store, tmp_path
+):
+    from resnet_exp.tracking.resume import held_by, released_on_error
+
+    client, experiment_id, config = store
+    run_id = stopped_run(client, experiment_id, config, tmp_path)  # kill -9: RUNNING, pid gone
+    point = plan(config, experiment_id)
+    assert point.run_id == run_id and held_by(client.get_run(run_id)) is not None
+    with pytest.raises(ConfigError), released_on_error(point):
+        raise ConfigError("data=nowhere: no such folder")  # e.g. the data, after the claim
+    run = client.get_run(run_id)
+    assert held_by(run) is None and run.info.status == KILLED  # its process is gone: KILLED
+    assert plan(config, experiment_id).run_id == run_id  # the next training resumes it
+
+
+def test_a_run_recorded_under_the_old_visible_tag_names_still_resumes(store, tmp_path):
+    client, experiment_id, config = store
+    run_id = stopped_run(client, experiment_id, config, tmp_path)
+    tags = client.get_run(run_id).data.tags
+    for name in (S.TAG_PROCESS, S.TAG_CHECKPOINT_DIR):
+        client.set_tag(run_id, S.LEGACY_HIDDEN_TAGS[name], tags[name])
+        client.delete_tag(run_id, name)
+    client.set_tag(run_id, S.LEGACY_HIDDEN_TAGS[S.TAG_HEARTBEAT], f"{time.time():.0f}")
+    assert plan(config, experiment_id).run_id == run_id
+
+
 @pytest.mark.parametrize(
     "case, words",
     [
