@@ -68,7 +68,7 @@ def train_cell(
         result = train(config, attempt, callbacks)
     except ResumeHeld as err:  # another live process trains this cell: not a failure of ours
         log.warning("%s: %s", config.run_name, err)
-        return ChildOutcome(**identity, outcome=FAILED, run_id="", error=str(err))
+        return ChildOutcome(**identity, outcome=FAILED, run_id=err.run_id, error=str(err))
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
         if tracking_failure(err):  # the server is gone: recording it would wait out the retries
             raise  # again, and every next child would fail the same way

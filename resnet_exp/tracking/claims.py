@@ -54,6 +54,10 @@ CLAIM_TEXT = re.compile(r"^(\S+) by (\S+) pid (\d+) \(started (\S+)\)$")
 class ResumeHeld(UserError):
     """Another live process trains or resumes the run: names the run and that process."""
 
+    def __init__(self, message: str, run_id: str = "") -> None:  # "": unpickled (Ray)
+        super().__init__(message)
+        self.run_id = run_id
+
 
 def iso(seconds: float) -> str:
     """A unix time as UTC ISO 8601 to the millisecond, e.g. 2026-12-03T22:40:03.123Z."""
@@ -158,7 +162,7 @@ def claim(client: MlflowClient, run_id: str) -> None:
     run = client.get_run(run_id)
     who = held_by(run)
     if who is not None:
-        raise ResumeHeld(held_message(run, who))
+        raise ResumeHeld(held_message(run, who), run_id)
     key = S.RESUME_ATTEMPT.format(n=max(claims(run), default=1) + 1)
     me = this_process()
     text = f"{iso(time.time())} by {me} (started {iso(me.started)})"
@@ -169,7 +173,7 @@ def claim(client: MlflowClient, run_id: str) -> None:
     run = client.get_run(run_id)
     if run.data.params.get(key) != text:
         winner = holder(run)
-        raise ResumeHeld(held_message(run, winner or Holder("?", 0, 0.0)))
+        raise ResumeHeld(held_message(run, winner or Holder("?", 0, 0.0)), run_id)
 
 
 def held_message(run: Run, who: Holder) -> str:

@@ -136,7 +136,7 @@ def stopped_attempt(
     for run in runs:
         who = held_by(run)
         if who is not None and who.since is not None:
-            raise ResumeHeld(held_message(run, who))
+            raise ResumeHeld(held_message(run, who), run.info.run_id)
         if who is None and checkpoint_of(run):
             free.append(run)
     return max(free, key=lambda run: run.info.start_time, default=None)
@@ -192,7 +192,7 @@ def _chosen(client: MlflowClient, config: TrainConfig, experiment_id: str | None
         raise ConfigError(f"resume={run_id}: that run already FINISHED; nothing to resume")
     who = held_by(run)
     if who is not None and who.since is not None:
-        raise ResumeHeld(f"resume={run_id}: {held_message(run, who)}")
+        raise ResumeHeld(f"resume={run_id}: {held_message(run, who)}", run_id)
     if who is not None:
         beat = seconds_of(S.tag(tags, S.TAG_HEARTBEAT)) or run.info.start_time / 1000
         raise ConfigError(
