@@ -135,16 +135,27 @@ TAG_ERROR = "error"  # why a run failed (only on a run that is not FINISHED)
 TAG_EARLIER_ERRORS = "earlier_errors"
 TAG_RUN_ID = "run_id"  # on a model version: the training run
 TAG_MODEL_DIGEST = "model_sha256"  # on a logged model and its versions: sha256 of DIGESTS_FILE
-TAG_BEST_CHECKPOINT = "best_checkpoint"
-TAG_CHECKPOINT_DIR = "checkpoint_dir"
-TAG_IMAGE_STORE = "image_store"
+# Bookkeeping that only resume and the project's own code read (which process trains a run, local
+# paths) sits under HIDDEN: the MLflow UI lists no tag whose name starts with 'mlflow.' (its own
+# namespace; ours is the 'resnet_exp.' part below it), and the client and searches read them as
+# any other tag (docs/resume.md)
+HIDDEN = "mlflow.resnet_exp."
+TAG_BEST_CHECKPOINT = f"{HIDDEN}best_checkpoint"
+TAG_CHECKPOINT_DIR = f"{HIDDEN}checkpoint_dir"
+TAG_IMAGE_STORE = f"{HIDDEN}image_store"
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
 TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
 # Resume (resnet_exp/tracking/resume.py): which process trains a run, when it last showed it was alive,
 # and how often the run was resumed.
-TAG_PROCESS = "process"  # '<host> <pid> <process start time>' of the process training the run
-TAG_HEARTBEAT = "heartbeat"  # unix time of that process's last heartbeat
+# '<host> <pid> <process start time (ISO)>' of the process training the run
+TAG_PROCESS = f"{HIDDEN}process"
+TAG_HEARTBEAT = f"{HIDDEN}heartbeat"  # UTC time (ISO 8601) of that process's last heartbeat
+# A param per resume of a stopped run, n = 2, 3, ... (its first attempt is 1): '<UTC time> by
+# <host> pid <pid> (started <UTC time>)'. Params are write-once, so the first process to log
+# attempt n of a run is its only resumer (resnet_exp/tracking/claims.py)
+RESUME_ATTEMPT = "resume/attempt_{n}"
+TAG_CONTINUED_BY = "continued_by"  # on a stopped sweep parent: the parent run that continued it
 TAG_RESUMED = "resumed"  # 'epoch E from <last.ckpt>' of the latest resume, absent if never resumed
 TAG_RESUMED_INTO = "resumed_into"  # on the run `mlflow run` created when it resumed an older run
 # on a child a sweep with executor=ray trained: the Ray node it ran on and its Tune trial's folder
@@ -155,6 +166,14 @@ TAG_RAY_NODES = "ray_nodes"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
 # 'dataset' tag held the raw `data` text instead of the slug.
 LEGACY_TAG_DEPTH = "depth_label"
+# ... and the resume bookkeeping was in sight, under these names (the heartbeat as a unix time)
+LEGACY_HIDDEN_TAGS = {
+    TAG_BEST_CHECKPOINT: "best_checkpoint",
+    TAG_CHECKPOINT_DIR: "checkpoint_dir",
+    TAG_IMAGE_STORE: "image_store",
+    TAG_PROCESS: "process",
+    TAG_HEARTBEAT: "heartbeat",
+}
 
 # MLflow's own tags that the UI shows
 MLFLOW_NOTE = "mlflow.note.content"  # the description of a run or an experiment
@@ -210,7 +229,7 @@ def depth_alias(depth_label: str) -> str:
 
 def tag(tags: dict, name: str, default: str | None = None) -> str | None:
     """A tag's value under its current name, else under the name it had before (old runs)."""
-    legacy = {TAG_DEPTH: LEGACY_TAG_DEPTH}.get(name)
+    legacy = {TAG_DEPTH: LEGACY_TAG_DEPTH, **LEGACY_HIDDEN_TAGS}.get(name)
     return tags.get(name, tags.get(legacy, default) if legacy else default)
 
 

@@ -23,7 +23,13 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
-from conftest import cli_options, resumable_epoch, subprocess_env, tiny_config
+from conftest import (
+    cli_options,
+    mlflow_run_command,
+    resumable_epoch,
+    subprocess_env,
+    tiny_config,
+)
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.errors import ConfigError
@@ -139,6 +145,78 @@ def test_a_sweep_child_resumes_only_under_its_own_parent(store, tmp_path):
     child = stopped_run(client, experiment_id, config, tmp_path, parent=parent)
     assert plan(config, experiment_id, parent).run_id == child
     assert plan(config, experiment_id) is None  # a standalone training leaves sweep children alone
+
+
+def test_a_sweep_child_resumes_its_cell_under_any_parent_of_its_sweep(store, tmp_path):
+    """A rerun of a sweep through `mlflow run` has a new parent: the cell is found by sweep_id."""
+    client, experiment_id, config = store
+    old_parent, new_parent = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    child = stopped_run(client, experiment_id, config, tmp_path, parent=old_parent)
+    client.set_tag(child, S.TAG_SWEEP_ID, "sweep-a")
+    other = stopped_run(client, experiment_id, config, tmp_path, parent=old_parent)
+    client.set_tag(other, S.TAG_SWEEP_ID, "sweep-b")  # the same cell in another sweep
+    assert plan(config, experiment_id, new_parent, sweep_id="sweep-a").run_id == child
+    assert plan(config, experiment_id, new_parent, sweep_id="sweep-c") is None
+    assert plan(config, experiment_id) is None  # a standalone training leaves them alone
+
+
+def test_a_sweep_closes_its_earlier_parents_whose_process_is_gone(store):
+    from resnet_exp.sweep.run import close_earlier_parents
+
+    client, experiment_id, _ = store
+
+    def parent(status: str, process: str | None = None) -> str:
+        tags = {S.TAG_KIND: S.KIND_SWEEP, S.TAG_SWEEP_ID: "sweep-a"}
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        client.set_tag(run_id, S.TAG_PROCESS, process or f"{socket.gethostname()} {dead_pid()} 1")
+        if status != RUNNING:
+            client.set_terminated(run_id, status)
+        return run_id
+
+    killed, failed = parent(RUNNING), parent("FAILED")
+    live, finished, current = parent(RUNNING, process_tag()), parent(FINISHED), parent(RUNNING)
+    closed = close_earlier_parents(client, experiment_id, "sweep-a", current)
+    assert sorted(closed) == sorted([killed, failed])
+    runs = {r: client.get_run(r) for r in (killed, failed, live, finished, current)}
+    assert {r: run.info.status for r, run in runs.items()} == {
+        killed: KILLED,
+        failed: "FAILED",
+        live: RUNNING,  # another shard's parent, still at work
+        finished: FINISHED,
+        current: RUNNING,
+    }
+    for run_id in (killed, failed):
+        tags = runs[run_id].data.tags
+        assert tags[S.TAG_CONTINUED_BY] == current
+        assert f"continued by sweep run {current}" in tags[S.MLFLOW_NOTE]
+    assert close_earlier_parents(client, experiment_id, "sweep-a", current) == []  # once
+
+
+def test_a_training_that_fails_before_reopening_its_claimed_run_gives_the_claim_back(
+    store, tmp_path
+):
+    from resnet_exp.tracking.resume import held_by, released_on_error
+
+    client, experiment_id, config = store
+    run_id = stopped_run(client, experiment_id, config, tmp_path)  # kill -9: RUNNING, pid gone
+    point = plan(config, experiment_id)
+    assert point.run_id == run_id and held_by(client.get_run(run_id)) is not None
+    with pytest.raises(ConfigError), released_on_error(point):
+        raise ConfigError("data=nowhere: no such folder")  # e.g. the data, after the claim
+    run = client.get_run(run_id)
+    assert held_by(run) is None and run.info.status == KILLED  # its process is gone: KILLED
+    assert plan(config, experiment_id).run_id == run_id  # the next training resumes it
+
+
+def test_a_run_recorded_under_the_old_visible_tag_names_still_resumes(store, tmp_path):
+    client, experiment_id, config = store
+    run_id = stopped_run(client, experiment_id, config, tmp_path)
+    tags = client.get_run(run_id).data.tags
+    for name in (S.TAG_PROCESS, S.TAG_CHECKPOINT_DIR):
+        client.set_tag(run_id, S.LEGACY_HIDDEN_TAGS[name], tags[name])
+        client.delete_tag(run_id, name)
+    client.set_tag(run_id, S.LEGACY_HIDDEN_TAGS[S.TAG_HEARTBEAT], f"{time.time():.0f}")
+    assert plan(config, experiment_id).run_id == run_id
 
 
 @pytest.mark.parametrize(
@@ -273,12 +351,18 @@ def killable(data_dir: Path) -> list[str]:
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
-    """Run `command` and `kill -9` it once a run other than `not_run` has stored `epoch` and
-    saved it in its last.ckpt."""
+    """Run `command` and `kill -9` it, with every process it started, once a run other than
+    `not_run` has stored `epoch` and saved it in its last.ckpt."""
     # from this test's folder: the experiment this process creates puts its artifacts under
     # ./mlruns, which must never be the checkout
+    # a session of its own: `mlflow run` and the command it started die together, as on a
+    # machine that fails
     process = subprocess.Popen(
-        command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -289,7 +373,7 @@ def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = ""
         ):
             time.sleep(0.05)
         assert process.poll() is None, "it ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
@@ -489,3 +573,126 @@ def test_a_training_stopped_twice_follows_the_schedule_and_stopping_of_an_uninte
     for run in runs:
         best = Path(client.get_run(run.info.run_id).data.tags[S.TAG_BEST_CHECKPOINT])
         assert list(best.parent.iterdir()) == [best]
+
+
+def resume_together(command: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """The same `resnet-exp` command started twice at the same instant; both results."""
+    processes = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def assert_one_resumed_the_other_refused(
+    results: list[subprocess.CompletedProcess], run_id: str
+) -> None:
+    """Exactly one resumer finished the run; the other stopped in one line naming the run and
+    the process holding it (host and pid)."""
+    won = [r for r in results if r.returncode == 0]
+    lost = [r for r in results if r.returncode != 0]
+    assert len(won) == 1 and len(lost) == 1, [(r.returncode, r.stderr[-2000:]) for r in results]
+    assert f"run {run_id} finished" in won[0].stdout, won[0].stdout[-2000:]
+    errors = [line for line in lost[0].stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in lost[0].stderr, lost[0].stderr[-3000:]
+    assert f"run {run_id} " in errors[0] and f"{socket.gethostname()} pid " in errors[0], errors
+
+
+@pytest.mark.slow
+def test_two_resumers_of_a_killed_training_started_together_leave_one_run_trained_once(
+    tracking_uri, data_dir, tmp_path
+):
+    """kill -9 during a training, then the same command twice at once: one resumes the run and
+    finishes it, the other refuses in one line; the run holds each epoch once and one model."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    command = [
+        sys.executable,
+        "-m",
+        "resnet_exp",
+        "train",
+        *killable(data_dir),
+        "--seed",
+        "6",
+        "--output-dir",
+        str(tmp_path / "results"),
+    ]
+    kill_after_epoch(command, db, 0)
+    [(run_id,)] = sqlite3.connect(db).execute("SELECT run_uuid FROM runs").fetchall()
+
+    results = resume_together(command, subprocess_env())
+
+    assert_one_resumed_the_other_refused(results, run_id)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == FINISHED
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # no second run of the cell
+    keys_steps = [(key, step) for key, step, _ in metric_rows(db, run_id)]
+    assert len(keys_steps) == len(set(keys_steps)), "a metric stored twice at one step"
+    assert [step for key, step in keys_steps if key == S.VAL_LOSS] == [0, 1, 2]
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+    [claimed] = [v for k, v in run.data.params.items() if k == S.RESUME_ATTEMPT.format(n=2)]
+    assert f"{socket.gethostname()} pid " in claimed
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_through_mlflow_run_continues_its_killed_child_and_closes_the_old_parent(
+    tracking_uri, data_dir, tmp_path
+):
+    """`mlflow run . -e sweep` killed with -9 during a child, then run again: `mlflow run` makes a
+    new parent, and the child continues in its own run, found by its cell (sweep id,
+    configuration, seed) rather than by its parent; the old parent is closed and says by what."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    params = dict(
+        data="demo",
+        data_dir=data_dir,
+        weights="none",
+        image_size=32,
+        batch_size=16,
+        max_epochs=3,
+        limit_batches=3,
+        freeze_blocks=3,
+        blocks="1,1,1,1",
+        precision="32-true",
+        num_workers=0,
+        registered_model_name="none",
+        seeds="1",
+        output_dir=tmp_path / "results",
+    )
+    command = mlflow_run_command("sweep-rerun", params, entry="sweep")
+    kill_after_epoch(command, db, 1)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name("sweep-rerun").experiment_id
+    [child] = client.search_runs([experiment_id], f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'")
+    old_parent = child.data.tags[S.MLFLOW_PARENT_RUN_ID]
+
+    again = subprocess.run(
+        command, env=subprocess_env(), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    runs = {r.info.run_id: r for r in client.search_runs([experiment_id])}
+    trainings = [r for r in runs.values() if r.data.tags.get(S.TAG_KIND) == S.KIND_TRAIN]
+    assert [r.info.run_id for r in trainings] == [child.info.run_id]  # continued, not retrained
+    resumed = runs[child.info.run_id]
+    [new_parent] = [
+        r
+        for r in runs.values()
+        if r.data.tags.get(S.TAG_KIND) == S.KIND_SWEEP and r.info.run_id != old_parent
+    ]
+    assert resumed.info.status == FINISHED
+    assert resumed.data.tags[S.TAG_RESUMED].startswith("epoch 2 from ")
+    assert resumed.data.tags[S.MLFLOW_PARENT_RUN_ID] == new_parent.info.run_id
+    steps = [step for key, step, _ in metric_rows(db, child.info.run_id) if key == S.VAL_LOSS]
+    assert steps == [0, 1, 2]
+    assert new_parent.info.status == FINISHED
+    closed = runs[old_parent]
+    assert closed.info.status == KILLED
+    assert closed.data.tags[S.TAG_CONTINUED_BY] == new_parent.info.run_id
+    assert f"continued by sweep run {new_parent.info.run_id}" in closed.data.tags[S.MLFLOW_NOTE]
+    assert not [r for r in runs.values() if r.info.status == RUNNING]

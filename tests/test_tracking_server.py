@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import configparser
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ import requests
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, Meanwhile, cli_options, ray_driver_here
+from conftest import REPO, Meanwhile, cli_options, ray_driver_here, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
@@ -325,6 +329,88 @@ def test_a_ray_sweep_on_two_nodes_with_two_concurrent_trials_writes_to_the_serve
     )
     used = {r.data.tags[S.TAG_RAY_NODE_ID] for r in trials}
     assert used == nodes and len(used) == 2, "one trial on each node of 1 CPU"
+
+
+@pytest.mark.slow
+def test_claimers_racing_for_one_stopped_run_on_the_server_leave_exactly_one_resumer(
+    server, tmp_path
+):
+    """The claim of tests/test_claims.py over HTTP: the server's PostgreSQL decides the race."""
+    from test_claims import race_twice, stopped
+
+    client = MlflowClient(server.uri)
+    race_twice(client, stopped(client), tmp_path, claimers=4)
+
+
+@pytest.mark.slow
+def test_two_resumers_of_a_killed_training_on_the_server_leave_one_run_trained_once(
+    server, postgres, tmp_path, data_dir
+):
+    """tests/test_resume.py's kill -9 and two resumers started together, against the server."""
+    from test_resume import assert_one_resumed_the_other_refused, resume_together
+
+    command = [
+        sys.executable,
+        "-m",
+        "resnet_exp",
+        "train",
+        *TINY,
+        *cli_options(
+            blocks="1,1,1,1",
+            max_epochs=3,
+            seed=6,
+            registered_model_name="none",
+            experiment_name="server-claims",
+            data_dir=data_dir,
+            output_dir=tmp_path / "results",
+        ),
+    ]
+    process = subprocess.Popen(
+        command,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        run_id = wait_for_epoch(postgres, "server-claims", threading.Event(), epoch=0)
+        wait_for_last_checkpoint(postgres, run_id)
+        assert process.poll() is None, "it ended before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    assert_one_resumed_the_other_refused(resume_together(command, subprocess_env()), run_id)
+    client = MlflowClient(server.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    for key in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1, 2], key
+    assert len(client.search_logged_models([run.info.experiment_id])) == 1
+
+
+def wait_for_last_checkpoint(postgres: PostgreSQL, run_id: str) -> None:
+    """Until the run's last.ckpt holds epoch 0 (it is written just after the epoch's metrics)."""
+    import torch
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = postgres.query(
+            "mlflow",
+            "SELECT value FROM tags WHERE run_uuid = %s AND key = %s",
+            run_id,
+            S.TAG_CHECKPOINT_DIR,
+        )
+        last = Path(found[0][0]) / "last.ckpt" if found else None
+        if last is not None and last.is_file():
+            try:
+                torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+                return
+            except (OSError, RuntimeError, EOFError):
+                pass  # being replaced
+        time.sleep(0.1)
+    pytest.fail(f"run {run_id} wrote no last.ckpt within 120 s")
 
 
 @pytest.mark.slow

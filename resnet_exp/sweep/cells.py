@@ -22,7 +22,7 @@ from resnet_exp import schema as S
 from resnet_exp.config import TrainConfig
 from resnet_exp.signals import interrupt_point
 from resnet_exp.tracking import training_run as tracking
-from resnet_exp.tracking.resume import finished_run
+from resnet_exp.tracking.resume import ResumeHeld, finished_run
 from resnet_exp.tracking.runs import ERROR_TEXT_LIMIT
 from resnet_exp.tracking.server import tracking_failure
 
@@ -67,6 +67,9 @@ def train_cell(
     start = time.perf_counter()
     try:
         result = train(config, attempt, callbacks)
+    except ResumeHeld as err:  # another live process trains this cell: not a failure of ours
+        log.warning("%s: %s", config.run_name, err)
+        return ChildOutcome(**identity, outcome=FAILED, run_id=err.run_id, error=str(err))
     except Exception as err:  # noqa: BLE001 - any error of one child is recorded, the sweep goes on
         if tracking_failure(err):  # the server is gone: recording it would wait out the retries
             raise  # again, and every next child would fail the same way

@@ -33,7 +33,14 @@ from resnet_exp.sweep.executors import LocalExecutor, RayExecutor, open_executor
 from resnet_exp.sweep.grid import GRID_FIELDS, SweepGrid, grid_entries, sweep_id
 from resnet_exp.tracking import registry
 from resnet_exp.tracking import training_run as tracking
-from resnet_exp.tracking.resume import is_alive, process_tag, reap_dead_children
+from resnet_exp.tracking.resume import (
+    KILLED,
+    RUNNING,
+    heartbeat,
+    is_alive,
+    process_tag,
+    reap_dead_children,
+)
 from resnet_exp.tracking.runs import RunScope, context_tags, run_scope
 from resnet_exp.tracking.store import (
     claim_project_run_id,
@@ -93,16 +100,21 @@ def _run_under_parent(
     child_params: dict[str, str],
 ) -> SweepResult:
     parent_id, _ = _open_parent(base, sid, parent_run_name(grid), launcher)
-    with run_scope(
-        S.KIND_SWEEP,
-        parent_run_name(grid),
-        run_id=parent_id,
-        tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug},
-    ) as scope:
+    with (
+        run_scope(
+            S.KIND_SWEEP,
+            parent_run_name(grid),
+            run_id=parent_id,
+            tags={S.TAG_SWEEP_ID: sid, S.TAG_DATASET: base.dataset_slug},
+        ) as scope,
+        heartbeat(scope.client, scope.run_id),
+    ):  # a later rerun sees whether we live
         _describe_parent(scope, grid, base, configs, sid)
-        # Children left RUNNING by a killed earlier attempt: those with a last.ckpt resume when
-        # their cell comes (resume=auto); the others can't and are marked KILLED now.
-        reap_dead_children(scope.client, scope.experiment_id, scope.run_id)
+        close_earlier_parents(scope.client, scope.experiment_id, sid, scope.run_id)
+        # Children left RUNNING by a killed earlier attempt (under any parent of this sweep):
+        # those with a last.ckpt resume when their cell comes (resume=auto); the others can't
+        # and are marked KILLED now.
+        reap_dead_children(scope.client, scope.experiment_id, scope.run_id, sid)
         parent = tracking.ParentRun(
             scope.run_id, scope.experiment_id, {S.TAG_SWEEP_ID: sid}, child_params
         )
@@ -115,6 +127,8 @@ def _run_under_parent(
         result = SweepResult(
             scope.run_id, scope.experiment_id, sid, len(configs), tuple(outcomes), stop
         )
+        # older dead attempts at cells that have now finished: nothing will resume them
+        reap_dead_children(scope.client, scope.experiment_id, scope.run_id, sid)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
         _close_parent(scope, result, grid, base, configs)
@@ -201,6 +215,40 @@ def _open_parent(
     if first != created:
         client.delete_run(created)
     return first, experiment_id
+
+
+def close_earlier_parents(
+    client: MlflowClient, experiment_id: str, sid: str, parent_run_id: str
+) -> list[str]:
+    """Close the earlier parent runs of this sweep whose process is gone (a sweep killed, then
+    run again through `mlflow run`, which makes a new parent each time): KILLED if they were
+    left RUNNING, FAILED ones stay FAILED, and each gets `continued_by` and a description line
+    naming this parent, which continues their cells. Live parents (other shards) are left
+    alone. Returns the ids closed."""
+    closed = []
+    for run in _parents(client, experiment_id, sid):
+        if (
+            run.info.run_id == parent_run_id
+            or run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+            or S.TAG_CONTINUED_BY in run.data.tags
+            or is_alive(run)
+        ):
+            continue
+        note = run.data.tags.get(S.MLFLOW_NOTE, "")
+        client.set_tag(run.info.run_id, S.TAG_CONTINUED_BY, parent_run_id)
+        client.set_tag(
+            run.info.run_id,
+            S.MLFLOW_NOTE,
+            f"{note} Stopped ({'its process is gone' if run.info.status == RUNNING else run.info.status}); "
+            f"continued by sweep run {parent_run_id}, which resumes its unfinished cells.".strip(),
+        )
+        if run.info.status == RUNNING:
+            client.set_terminated(run.info.run_id, KILLED)
+        log.info(
+            "sweep run %s (%s) continued by %s", run.info.run_id, run.info.status, parent_run_id
+        )
+        closed.append(run.info.run_id)
+    return closed
 
 
 def _parents(client: MlflowClient, experiment_id: str, sid: str) -> list[Run]:

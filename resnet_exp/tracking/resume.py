@@ -1,10 +1,12 @@
 """Resume a stopped training in its own MLflow run, from its last.ckpt: which run (`resume`:
-auto, never or a run id), whether the process that trained it is gone (a heartbeat), and which
-metric steps it already has. MLflow and psutil only, no torch: sweeps use it to clean up too.
+auto, never or a run id), and which metric steps it already has; one process per run (the
+claim and the liveness of a run's process are in claims.py). MLflow and psutil only, no torch:
+sweeps use it to clean up too.
 
-A RUNNING run is dead when the process named by its `process` tag (host, pid, start time) no
-longer runs on this host, or, on another host, when its `heartbeat` tag is older than STALE_S.
-KILLED and FAILED runs are stopped by definition. See docs/resume.md.
+The earlier attempts of a cell (a configuration and a seed) are found by the cell, not by the
+process that started them: a standalone training's among the runs outside any sweep, a sweep
+child's among every run of that sweep (its `sweep_id`), whichever parent run, machine or
+`mlflow run` launched them. See docs/resume.md.
 
     resnet-exp train --data demo --weights none --image-size 32 --max-epochs 5   # kill -9 it,
     resnet-exp train --data demo --weights none --image-size 32 --max-epochs 5   # then again
@@ -13,33 +15,38 @@ KILLED and FAILED runs are stopped by definition. See docs/resume.md.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 from mlflow import MlflowClient
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Run
 
 from resnet_exp import schema as S
 from resnet_exp.config import AUTO, NEVER, TrainConfig
 from resnet_exp.errors import ConfigError
+from resnet_exp.tracking.claims import (  # noqa: F401 - callers and tests import them from here
+    FINISHED,
+    HEARTBEAT_S,
+    KILLED,
+    RUNNING,
+    STALE_S,
+    ResumeHeld,
+    claim,
+    heartbeat,
+    held_by,
+    held_message,
+    is_alive,
+    process_tag,
+    release,
+    seconds_of,
+)
 from resnet_exp.tracking.store import search_all, tracking_uri
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 30.0  # how often a training writes its heartbeat tag (one small write)
-# Another host's run counts as dead after this long without a heartbeat: five missed beats, so
-# a tracking server that is down for a minute or two does not make a live run look dead.
-STALE_S = 5 * HEARTBEAT_S
 LAST_CHECKPOINT = "last.ckpt"  # the latest epoch, resumable (train.py writes it after every epoch)
-RUNNING, FINISHED, KILLED = (
-    RunStatus.to_string(s) for s in (RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.KILLED)
-)
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics resume their own step count
 
 
@@ -57,60 +64,12 @@ class ResumePoint:
         return self.checkpoint.parent
 
 
-# --- is the process that trains a run still there? ------------------------------------------------
-
-
-def process_tag() -> str:
-    """'<host> <pid> <start time>' of this process: with the start time, a reused pid is not
-    mistaken for the process that trained the run."""
-    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.2f}"
-
-
-def is_alive(run: Run, now: float | None = None) -> bool:
-    """Whether the process training a RUNNING run still runs (see the module docstring)."""
-    if run.info.status != RUNNING:
-        return False
-    host, pid, started = (run.data.tags.get(S.TAG_PROCESS, "").split() + ["", "", ""])[:3]
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            return abs(psutil.Process(int(pid)).create_time() - float(started)) < 1.0
-        except (psutil.Error, ValueError):
-            return False
-    beat = run.data.tags.get(S.TAG_HEARTBEAT)
-    last = float(beat) if beat else run.info.start_time / 1000
-    return (now if now is not None else time.time()) - last < STALE_S
-
-
-@contextmanager
-def heartbeat(client: MlflowClient, run_id: str, every: float = HEARTBEAT_S) -> Iterator[None]:
-    """Name this process on the run and refresh its heartbeat every `every` seconds until the
-    block ends. A failed write is retried at the next beat: the server may be down a while."""
-    client.set_tag(run_id, S.TAG_PROCESS, process_tag())
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                client.set_tag(run_id, S.TAG_HEARTBEAT, f"{time.time():.0f}")
-            except Exception:  # noqa: BLE001 - never let bookkeeping end a training
-                log.debug("heartbeat of run %s not written", run_id, exc_info=True)
-            if stop.wait(every):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-
-
 # --- which run to resume ---------------------------------------------------------------------------
 
 
 def checkpoint_of(run: Run) -> Path | None:
     """The run's last.ckpt, if this machine sees it (a cluster needs a shared output_dir)."""
-    folder = run.data.tags.get(S.TAG_CHECKPOINT_DIR)
+    folder = S.tag(run.data.tags, S.TAG_CHECKPOINT_DIR)
     path = Path(folder) / LAST_CHECKPOINT if folder else None
     return path if path is not None and path.is_file() else None
 
@@ -120,38 +79,88 @@ def plan(
     experiment_id: str | None,
     parent_run_id: str | None = None,
     launcher_run_id: str | None = None,
+    sweep_id: str | None = None,
 ) -> ResumePoint | None:
     """The run this training continues, or None for a new run. `auto` takes the latest stopped
-    run of the same config hash and seed (under the same sweep parent, or outside any sweep)
-    that has a last.ckpt; a run id must be such a run in `experiment_id`, else a ConfigError
-    says why not. Both are decided here, before any data loads, and change nothing stored."""
+    attempt at the same cell (stopped_attempt); a run id must be such a run in `experiment_id`,
+    else a ConfigError says why not. Both are decided here, before any data loads; the one
+    write is the claim that makes this process the run's only resumer (claims.claim: another
+    process that wants the same run gets ResumeHeld). A training that then fails before it
+    reopens the run gives the claim back (released_on_error)."""
     if config.resume == NEVER:
         return None
     client = MlflowClient(tracking_uri())
     if config.resume != AUTO:
-        return _point(client, _chosen(client, config, experiment_id))
-    if experiment_id is None:
+        run = _chosen(client, config, experiment_id)
+    elif experiment_id is None:
         return None
-    candidates = [
-        run
-        for run in _same_cell(client, experiment_id, config)
-        if run.info.run_id != launcher_run_id
-        and run.info.status != FINISHED
-        and run.data.tags.get(S.MLFLOW_PARENT_RUN_ID) == parent_run_id
-        and not is_alive(run)
-        and checkpoint_of(run)
-    ]
-    if not candidates:
-        return None
-    latest = max(candidates, key=lambda run: run.info.start_time)
+    else:
+        run = stopped_attempt(
+            client, config, experiment_id, sweep_id, parent_run_id, exclude=launcher_run_id
+        )
+        if run is None:
+            return None
+    claim(client, run.info.run_id)
     log.info(
         "resuming run %s (%s, %s) from %s",
-        latest.info.run_id,
+        run.info.run_id,
         config.run_name,
-        latest.info.status,
-        checkpoint_of(latest),
+        run.info.status,
+        checkpoint_of(run),
     )
-    return _point(client, latest)
+    return _point(client, run)
+
+
+def stopped_attempt(
+    client: MlflowClient,
+    config: TrainConfig,
+    experiment_id: str,
+    sweep_id: str | None = None,
+    parent_run_id: str | None = None,
+    exclude: str | None = None,
+) -> Run | None:
+    """The latest earlier attempt at this cell (config hash and seed) that can continue: not
+    FINISHED, its process gone, a last.ckpt on this machine. A sweep child's attempts are the
+    runs of the same `sweep_id` (or, without one, of `parent_run_id`) under any parent; a
+    standalone training's, the runs outside any sweep. An attempt that another live process is
+    resuming raises ResumeHeld: two resumers never share a run, and a second must not train the
+    cell again beside it. `exclude`: the run `mlflow run` made for this launch."""
+    runs = [
+        run
+        for run in _same_cell(client, experiment_id, config)
+        if run.info.run_id != exclude
+        and run.info.status != FINISHED
+        and _same_sweep(run, sweep_id, parent_run_id)
+    ]
+    free = []
+    for run in runs:
+        who = held_by(run)
+        if who is not None and who.since is not None:
+            raise ResumeHeld(held_message(run, who), run.info.run_id)
+        if who is None and checkpoint_of(run):
+            free.append(run)
+    return max(free, key=lambda run: run.info.start_time, default=None)
+
+
+def _same_sweep(run: Run, sweep_id: str | None, parent_run_id: str | None) -> bool:
+    tags = run.data.tags
+    if sweep_id is None and parent_run_id is None:
+        return S.MLFLOW_PARENT_RUN_ID not in tags and S.TAG_SWEEP_ID not in tags
+    return (sweep_id is not None and tags.get(S.TAG_SWEEP_ID) == sweep_id) or (
+        parent_run_id is not None and tags.get(S.MLFLOW_PARENT_RUN_ID) == parent_run_id
+    )
+
+
+@contextmanager
+def released_on_error(point: ResumePoint | None) -> Iterator[None]:
+    """Give the claim on `point`'s run back if the block fails: what a training does between its
+    claim and reopening the run (data, weights, caches)."""
+    try:
+        yield
+    except BaseException:
+        if point is not None:
+            release(MlflowClient(tracking_uri()), point.run_id)
+        raise
 
 
 def _same_cell(client: MlflowClient, experiment_id: str, config: TrainConfig) -> Iterator[Run]:
@@ -181,15 +190,18 @@ def _chosen(client: MlflowClient, config: TrainConfig, experiment_id: str | None
         raise ConfigError(f"resume={run_id}: {_differences(run, config)}")
     if run.info.status == FINISHED:
         raise ConfigError(f"resume={run_id}: that run already FINISHED; nothing to resume")
-    if is_alive(run):
+    who = held_by(run)
+    if who is not None and who.since is not None:
+        raise ResumeHeld(f"resume={run_id}: {held_message(run, who)}", run_id)
+    if who is not None:
+        beat = seconds_of(S.tag(tags, S.TAG_HEARTBEAT)) or run.info.start_time / 1000
         raise ConfigError(
-            f"resume={run_id}: that run is still RUNNING in process "
-            f"{tags.get(S.TAG_PROCESS, '?')} (last heartbeat "
-            f"{time.time() - float(tags.get(S.TAG_HEARTBEAT) or 0):.0f} s ago)"
+            f"resume={run_id}: that run is still RUNNING in process {who} "
+            f"(last heartbeat {time.time() - beat:.0f} s ago)"
         )
     if checkpoint_of(run) is None:
         raise ConfigError(
-            f"resume={run_id}: no last.ckpt in {tags.get(S.TAG_CHECKPOINT_DIR, '(no checkpoint_dir tag)')}"
+            f"resume={run_id}: no last.ckpt in {S.tag(tags, S.TAG_CHECKPOINT_DIR) or '(no checkpoint_dir tag)'}"
             " on this machine: it stopped before its first epoch ended, or its "
             "output_dir is not shared with this machine"
         )
@@ -246,14 +258,22 @@ def _point(client: MlflowClient, run: Run) -> ResumePoint:
 # --- a sweep's stale children ------------------------------------------------------------------------
 
 
-def reap_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[str]:
-    """Mark KILLED the RUNNING children of a sweep whose process is gone and that will not be
-    resumed: no last.ckpt here, or their cell has finished in another run. Returns their ids."""
+def reap_dead_children(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_id: str | None = None
+) -> list[str]:
+    """Mark KILLED the RUNNING children of a sweep (of any of its parent runs, with `sweep_id`)
+    whose process is gone and that will not be resumed: no last.ckpt here, or their cell has
+    finished in another run. Returns their ids."""
     reaped = []
+    which = (
+        f"tags.{S.TAG_SWEEP_ID} = '{sweep_id}'"
+        if sweep_id
+        else f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+    )
     running = search_all(
         client,
         experiment_id,
-        f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = '{RUNNING}'",
+        f"{which} and tags.{S.TAG_KIND} = '{S.KIND_TRAIN}' and attributes.status = '{RUNNING}'",
     )
     for run in running:
         if is_alive(run):

@@ -90,12 +90,17 @@ def training_run(
         experiment_note=experiment_note(config.dataset_slug),
         run_id=point.run_id if point else launcher,
         parent_run_id=parent.run_id if parent else None,
-        tags={**config_tags(config), **(parent.child_tags if parent else {})},
+        # a resumed child moves to the parent that continues it (a rerun of its sweep)
+        tags={**config_tags(config), **(_child_of(parent) if parent else {})},
         active=True,
         system_metrics=True,
     ) as scope:
         with heartbeat(scope.client, scope.run_id):
             yield scope
+
+
+def _child_of(parent: ParentRun) -> dict[str, str]:
+    return {**parent.child_tags, S.MLFLOW_PARENT_RUN_ID: parent.run_id}
 
 
 def resume_experiment_id(config: TrainConfig, parent: ParentRun | None) -> str | None:

@@ -77,21 +77,23 @@ def train(
         tracking.resume_experiment_id(config, parent),
         parent.run_id if parent else None,
         None if parent else project_run_id(),
+        sweep_id=parent.child_tags.get(S.TAG_SWEEP_ID) if parent else None,
     )
-    with phases.timed(S.PRECISION_TIME):
-        runtime = resolve_runtime(config)
-    apply_runtime(runtime)
-    with phases.timed(S.DATA_TIME):
-        splits = load_splits(config)
-    store = open_image_store(splits, config)
-    initial = load_initial_weights(config.weights, config.block, config.blocks)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    # the network, built and checkpointed from this alone
-    spec = config.net_spec(splits.class_names)
-    classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
-    inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
-    datamodule = ImageDataModule(inputs, config, runtime)
-    given = parent.child_params if parent else {}
+    with resume.released_on_error(point):  # the claim on a stopped run, if this fails first
+        with phases.timed(S.PRECISION_TIME):
+            runtime = resolve_runtime(config)
+        apply_runtime(runtime)
+        with phases.timed(S.DATA_TIME):
+            splits = load_splits(config)
+        store = open_image_store(splits, config)
+        initial = load_initial_weights(config.weights, config.block, config.blocks)
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        # the network, built and checkpointed from this alone
+        spec = config.net_spec(splits.class_names)
+        classifier = ResNetClassifier(spec, config.learning_rate, config.to_params(), initial)
+        inputs, plan = _prepare_inputs(classifier, splits, store, config, runtime)
+        datamodule = ImageDataModule(inputs, config, runtime)
+        given = parent.child_params if parent else {}
     with tracking.training_run(config, parent, point) as scope:
         run_id = scope.run_id
         stored = point.stored_steps if point else {}  # what an earlier attempt already logged
