@@ -15,8 +15,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from resnet_exp import schema as S
+from resnet_exp.tracking.claims import iso
 from resnet_exp.tracking.runs import mark_tables, run_scope
-from resnet_exp.tracking.store import project_run_id
+from resnet_exp.tracking.store import project_run_id, tracking_uri
+
+
+def mark_started(experiment_id: str) -> None:
+    """Note on the experiment when this analysis started: a write, so that a user without EDIT on
+    the experiment (a READ user of a shared server, who could not log the analysis run) gets the
+    server's 403 before any run is loaded rather than after the analysis ran."""
+    stamp = iso(time.time())
+    MlflowClient(tracking_uri()).set_experiment_tag(experiment_id, S.TAG_ANALYSIS_STARTED, stamp)
 
 
 def record_run(

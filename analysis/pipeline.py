@@ -16,7 +16,7 @@ from analysis import classes, plots, rank, report, runs
 from analysis import columns as C
 from analysis.config import AnalysisConfig
 from analysis.html_report import to_html
-from analysis.output import record_run
+from analysis.output import mark_started, record_run
 from analysis.rollup import roll_up
 from analysis.study import study_of
 from resnet_exp import schema as S
@@ -40,6 +40,7 @@ def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
     experiment, bad sweep run id, no usable runs) are raised before any file or run is made.
     `on_parent`: log the result on the sweep's parent run instead of a new analysis run."""
     selection = runs.select(config)
+    mark_started(selection.experiment_id)  # a reader is refused here, not after the analysis
     table = runs.load_runs(selection)
     ranking, study = rank.rank(table.runs, table.curves), study_of(table.runs, selection.dataset)
     changes = classes.class_changes(

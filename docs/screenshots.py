@@ -62,7 +62,7 @@ RUNS_STATE_KEY = 'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactCo
 COLUMNS = [
     "attributes.`Models`",
     *(f"params.`{name}`" for name in ("freeze_blocks", "blocks", "seed")),
-    *(f"metrics.`{name}`" for name in ("test_acc", "val_acc", "best_epoch", "epoch_time_s")),
+    *(f"metrics.`{name}`" for name in ("test_acc", "val_acc", "best_epoch", S.LEADER_ACC)),
 ]
 GROUP_BY_DEPTH = {
     "aggregateFunction": "average",
@@ -100,13 +100,9 @@ class Shot:
 
 
 def study(work: Path, env: dict[str, str]) -> None:
-    """Train the demo sweep, then analyse it unless the sweep already did."""
+    """Train the demo sweep; its analysis runs when it ends and is logged on its parent."""
     common = ["--data-dir", str(work / "data"), "--output-dir", str(work / "results")]
     subprocess.run([*RESNET_EXP, "sweep", *SWEEP, *common], cwd=work, env=env, check=True)
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    if not runs_of_kind(client, S.KIND_ANALYSIS):
-        analyze = [*RESNET_EXP, "analyze", "--data", "demo", "--output-dir", common[3]]
-        subprocess.run(analyze, cwd=work, env=env, check=True)
 
 
 def runs_of_kind(client: MlflowClient, kind: str) -> list:
@@ -126,33 +122,29 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
     [parent] = runs_of_kind(client, S.KIND_SWEEP)
     parent_id = parent.info.run_id
     child = runs_of_kind(client, S.KIND_TRAIN)[0]  # first by name: freeze_blocks 0, seed 0
-    analysis = runs_of_kind(client, S.KIND_ANALYSIS)[0]
     experiment = parent.info.experiment_id
     models = client.search_logged_models(
         [experiment], filter_string=f"source_run_id = '{child.info.run_id}'"
     )
     runs_view = {"runsExpanded": {parent_id: True}, "selectedColumns": COLUMNS}
     charts = {**runs_view, "groupBy": GROUP_BY_DEPTH}
-    run, art = f"/runs/{child.info.run_id}", f"/runs/{analysis.info.run_id}/artifacts"
+    run, art = f"/runs/{child.info.run_id}", f"/runs/{parent_id}/artifacts/{S.ANALYSIS_FOLDER}"
     diagnostics = f"{run}/artifacts/{S.DIAGNOSTICS_FOLDER}"
     pages = [
         Shot("runs", "/runs", runs_view),
         Shot("chart-view", "/runs?compareRunsMode=CHART", charts),
-        Shot("chart-view-val-acc", "/runs?compareRunsMode=CHART", charts, search=S.VAL_ACC),
         Shot("child-overview", run),
         Shot("child-model-metrics", f"{run}/model-metrics"),
-        Shot("child-learning-curves", f"{run}/model-metrics", scroll_to=S.BEST_EPOCH),
+        Shot("child-timing", f"{run}/artifacts/{S.PHASE_TIMES_FILE}"),
         Shot("parent-overview", f"/runs/{parent_id}"),
-        Shot("parent-artifacts", f"/runs/{parent_id}/artifacts"),
+        Shot("parent-ranking", f"{art}/{S.RANKING_TABLE}"),
         Shot("models", "/models"),
         Shot("models-metric-columns", "/models", scroll_right=800),
         *(Shot("logged-model", f"/models/{m.model_id}") for m in models[:1]),
         Shot("report-html", f"{art}/{S.REPORT_HTML}"),
         Shot("report-html-ranking", f"{art}/{S.REPORT_HTML}", scroll_to="Ranking"),
-        Shot("report-md-plots", f"{art}/{S.REPORT_MD}", scroll_to=f"{S.PLOTS_FOLDER}/"),
-        Shot("ranking-csv", f"{art}/{S.RANKING_FILE}"),
-        Shot("diagnostics-per-class", f"{diagnostics}/{S.PER_CLASS_FILE}"),
-        Shot("diagnostics-predictions", f"{diagnostics}/{S.PREDICTIONS_FILE}"),
+        Shot("diagnostics-per-class", f"{diagnostics}/{S.PER_CLASS_TABLE}"),
+        Shot("diagnostics-predictions", f"{diagnostics}/{S.PREDICTIONS_TABLE}"),
     ]
     return experiment, pages
 

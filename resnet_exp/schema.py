@@ -150,6 +150,9 @@ TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"
 # and how often the run was resumed.
 # '<host> <pid> <process start time (ISO)>' of the process training the run
 TAG_PROCESS = f"{HIDDEN}process"
+# on an experiment: when (UTC, ISO 8601) an analysis of it last started. Written before the
+# analysis loads any run, so that a user who may only read the experiment is refused at once
+TAG_ANALYSIS_STARTED = f"{HIDDEN}analysis_started"
 TAG_HEARTBEAT = f"{HIDDEN}heartbeat"  # UTC time (ISO 8601) of that process's last heartbeat
 # A param per resume of a stopped run, n = 2, 3, ... (its first attempt is 1): '<UTC time> by
 # <host> pid <pid> (started <UTC time>)'. Params are write-once, so the first process to log

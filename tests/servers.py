@@ -31,6 +31,7 @@ import requests
 
 ADMIN = ("admin", "admin-pw-for-tests")
 PROJECT = ("study-worker", "project-pw-for-tests")
+READER = ("study-reader", "reader-pw-for-tests")  # default_permission READ only
 SUPERUSER = ("postgres", "superuser-pw-for-tests")  # initdb's, for the role and databases
 DB_ROLE = ("mlflow", "db-pw-for-tests")  # the tracking server's, as in the docs
 RUN_AS = "nobody"  # Debian's base-passwd has it on every system, with or without PostgreSQL

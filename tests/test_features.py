@@ -106,7 +106,8 @@ def test_a_cached_run_matches_an_uncached_one_and_checkpoints_the_whole_network(
     assert runs["cached"].data.params["resolved/feature_cache"] == "on"
     assert runs["uncached"].data.params["resolved/feature_cache"] == "off"
     assert runs["uncached"].data.tags["feature_cache_reason"] == "feature_cache=off"
-    assert runs["cached"].data.tags["image_store"] == runs["uncached"].data.tags["image_store"]
+    store_of = {name: run.data.tags[S.TAG_IMAGE_STORE] for name, run in runs.items()}
+    assert store_of["cached"] == store_of["uncached"]
     assert timing.phase_times(cached.run_id)[S.FEATURE_CACHE_TIME] > 0
     acc = [history(client, r.run_id, S.VAL_ACC) for r in (cached, uncached)]
     loss = [history(client, r.run_id, S.VAL_LOSS) for r in (cached, uncached)]

@@ -647,14 +647,13 @@ def test_a_hand_started_cluster_continues_a_trial_whose_node_died_and_stops_on_s
     try:
         cluster.start_head()
         cluster.wait_started()
-        cluster.start_worker("node-b")
-        cluster.wait_started()
+        # one node at a time: two nodes started together timed out registering
+        for name in ("node-b", "node-c"):
+            cluster.start_worker(name)
+            cluster.wait_started()
         log = tmp_path / "sweep.log"
-        sweep = sweep_on(cluster, data_dir, tmp_path, log, seed=1)  # its trial lands on node-b
-        # the spare node joins while the driver starts (one node at a time: two nodes started
-        # together timed out registering)
-        cluster.start_worker("node-c")
-        cluster.wait_started()
+        # watched from its start: on an idle machine the six tiny epochs take a few seconds
+        sweep = sweep_on(cluster, data_dir, tmp_path, log, seed=1)
         deadline, found = time.monotonic() + 300, None
         while found is None and time.monotonic() < deadline and sweep.poll() is None:
             found = resumable_epoch(db, 0)

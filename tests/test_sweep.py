@@ -302,7 +302,8 @@ def assert_parent_states_its_result(client: MlflowClient, parent, tmp_path: Path
         by_config.setdefault(run.data.tags[S.TAG_DEPTH], []).append(run.data.metrics[S.TEST_ACC])
     best = max(sum(accs) / len(accs) for accs in by_config.values())
     assert parent.data.metrics[S.LEADER_ACC] == round(best, 4)
-    assert ranking["test_acc_mean"].iloc[0] == pytest.approx(best, abs=1e-9)
+    # ranking.csv keeps 6 significant digits
+    assert ranking["test_acc_mean"].iloc[0] == pytest.approx(best, rel=1e-5)
 
     note = parent.data.tags[S.MLFLOW_NOTE]
     assert note.count("**Result") == 1 and note.startswith(f"**Result: {ranking['label'][0]} leads")

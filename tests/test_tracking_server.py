@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from conftest import REPO, Meanwhile, cli_options, ray_driver_here, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
-from servers import ADMIN, DB_ROLE, PROJECT, SUPERUSER, PostgreSQL, TrackingServer
+from servers import ADMIN, DB_ROLE, PROJECT, READER, SUPERUSER, PostgreSQL, TrackingServer
 
 EPOCH_METRICS = (S.TRAIN_LOSS, S.TRAIN_ACC, S.VAL_LOSS, S.VAL_ACC)
 TINY = cli_options(
@@ -224,7 +224,7 @@ def test_the_server_refuses_a_client_without_the_right_credentials(server, tmp_p
 
 @pytest.mark.slow
 def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(
-    server, tmp_path, data_dir, caplog
+    server, tmp_path, data_dir, caplog, monkeypatch
 ):
     # the training's log lines, which a process would print to stderr
     caplog.set_level(logging.INFO)
@@ -251,6 +251,19 @@ def test_a_training_with_credentials_is_stored_whole_and_keeps_them_secret(
             not [kv for kv in texts if password in kv[1]]
             and password not in result.output + caplog.text
         )
+
+    # A user who may only read the experiment (default_permission = READ) cannot log an
+    # analysis there: refused in one line before any run is loaded or any file written.
+    server.create_user(*READER)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", READER[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", READER[1])
+    output = tmp_path / "analysis"
+    refused = CliRunner().invoke(
+        main, ["analyze", "--experiment-name", "server-train", "--output-dir", str(output)]
+    )
+    assert refused.exit_code == 1, refused.output[-3000:]
+    assert_one_error_line(refused.stderr, server.uri, f"user '{READER[0]}'", "HTTP 403")
+    assert not output.exists()
 
 
 @pytest.mark.slow
