@@ -331,23 +331,26 @@ def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
         ).fetchall()
 
 
+# The trainings these tests kill: three short epochs of ResNet10 on the demo, no registration,
+# fp32 and no loader workers (nothing measured or forked first)
+KILLABLE = dict(
+    data="demo",
+    weights="none",
+    image_size=32,
+    batch_size=16,
+    max_epochs=3,
+    limit_batches=3,
+    freeze_blocks=3,
+    blocks="1,1,1,1",
+    precision="32-true",
+    num_workers=0,
+    registered_model_name="none",
+)
+
+
 def killable(data_dir: Path) -> list[str]:
-    """Options of the trainings these tests kill: three short epochs of ResNet10 on the demo,
-    no registration, fp32 and no loader workers (nothing measured or forked first)."""
-    return cli_options(
-        data="demo",
-        data_dir=data_dir,
-        weights="none",
-        image_size=32,
-        batch_size=16,
-        max_epochs=3,
-        limit_batches=3,
-        freeze_blocks=3,
-        blocks="1,1,1,1",
-        precision="32-true",
-        num_workers=0,
-        registered_model_name="none",
-    )
+    """KILLABLE's options, reading the demo from `data_dir`."""
+    return cli_options(**KILLABLE, data_dir=data_dir)
 
 
 def kill_after_epoch(command: list[str], db: Path, epoch: int, not_run: str = "") -> None:
@@ -648,22 +651,7 @@ def test_a_sweep_rerun_through_mlflow_run_continues_its_killed_child_and_closes_
     new parent, and the child continues in its own run, found by its cell (sweep id,
     configuration, seed) rather than by its parent; the old parent is closed and says by what."""
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    params = dict(
-        data="demo",
-        data_dir=data_dir,
-        weights="none",
-        image_size=32,
-        batch_size=16,
-        max_epochs=3,
-        limit_batches=3,
-        freeze_blocks=3,
-        blocks="1,1,1,1",
-        precision="32-true",
-        num_workers=0,
-        registered_model_name="none",
-        seeds="1",
-        output_dir=tmp_path / "results",
-    )
+    params = dict(**KILLABLE, data_dir=data_dir, seeds="1", output_dir=tmp_path / "results")
     command = mlflow_run_command("sweep-rerun", params, entry="sweep")
     kill_after_epoch(command, db, 1)
     client = MlflowClient(tracking_uri)
