@@ -9,19 +9,17 @@ level to the next; with a plot.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 
 from analysis import columns as C
 from analysis.study import SERIES
 from resnet_exp import schema as S
+from resnet_exp.tracking.store import quiet_downloads
 
 log = logging.getLogger(__name__)
 TOP_CLASSES = 5  # classes listed per pair of freeze_blocks levels
@@ -36,9 +34,7 @@ def load_per_class(run_ids: list[str]) -> pd.DataFrame:
     """run_id, class, correct, total for every run that logged its per-class accuracy (runs from
     before the diagnostics have none and are left out)."""
     client, frames = MlflowClient(), []
-    # one small file per run: MLflow's per-download progress bar would flood the terminal
-    quiet = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         for run_id in run_ids:
             try:
                 path = client.download_artifacts(

@@ -25,7 +25,6 @@ from mlflow import MlflowClient
 from mlflow.data.dataset import Dataset
 from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import (
@@ -46,6 +45,7 @@ from resnet_exp.model.budget import RequestBudget
 from resnet_exp.model.digests import verify_model_files, write_digests
 from resnet_exp.model.inference import IMAGE_COLUMN, ImageClassifier
 from resnet_exp.signals import interrupt_point
+from resnet_exp.tracking.store import quiet_downloads
 
 log = logging.getLogger(__name__)
 
@@ -385,16 +385,8 @@ def verified_copy(model_uri: str, folder: Path) -> Path:
 def _download(model_uri: str, folder: Path) -> Path:
     """The model's files, downloaded into `folder` without MLflow's progress bar per file: a
     command's stderr keeps to one line per problem."""
-    bar = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-    previous = bar.get_raw()
-    bar.set("false")
-    try:
+    with quiet_downloads():
         return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(folder)))
-    finally:
-        if previous is None:
-            bar.unset()
-        else:
-            bar.set(previous)
 
 
 def model_id(model_uri: str) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from resnet_exp import schema as S
 
@@ -51,6 +53,23 @@ def claim_project_run_id() -> str | None:
     """The run `mlflow run` created, taken out of the environment: mlflow.start_run() without a
     run id joins MLFLOW_RUN_ID, which must not happen to a sweep's children."""
     return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """MLflow's progress bar per downloaded file off for the block (MLflow reads the variable at
+    each download): a sweep's analysis downloads a small table per run, and a command's stderr
+    keeps to one line per problem."""
+    bar = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    previous = bar.get_raw()
+    bar.set("false")
+    try:
+        yield
+    finally:
+        if previous is None:
+            bar.unset()
+        else:
+            bar.set(previous)
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> Iterator[Run]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from resnet_exp import schema as S
-from resnet_exp.tracking.store import tracking_uri
+from resnet_exp.tracking.store import quiet_downloads, tracking_uri
 
 EPOCH_COLUMNS = (S.EPOCH, S.EPOCH_TIME, S.TRAIN_THROUGHPUT)
 
@@ -55,7 +55,7 @@ def _table(run_id: str, path: str) -> list[dict[str, str]]:
     # listed first: a missing file is an HTTPError from a tracking server, not an MlflowException
     if path not in {f.path for f in client.list_artifacts(run_id, S.TIMING_FOLDER)}:
         return []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         local = client.download_artifacts(run_id, path, tmp)
         return list(csv.DictReader(io.StringIO(Path(local).read_text())))
 
