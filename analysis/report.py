@@ -27,7 +27,10 @@ QUESTION = (
 )
 FEW_SEEDS = 3  # below this many runs per configuration, the answer warns that intervals are wide
 INTERVAL, DIFF_SHOWN = "_interval", "_diff"  # formatted columns of the shown table
-DID_NOT_LEARN = "did not learn"  # a configuration whose accuracy interval does not beat chance
+# A configuration whose accuracy interval does not lie above chance: "did not learn" where its
+# mean accuracy is at or below chance too, else (a mean above it, an interval too wide to tell
+# with these seeds) "not above chance". Neither is ever called fast or slow to converge.
+DID_NOT_LEARN, NOT_SHOWN = "did not learn", "not above chance"
 EPOCHS_SHOWN = ("epochs to 95%", "± std")  # convergence cells, meaningless where nothing learned
 
 # The table shown in the terminal and in report.md: (column, heading, format)
@@ -83,9 +86,20 @@ def shown_table(ranking: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(
         {heading: [_cell(v, fmt) for v in ranking[col].tolist()] for col, heading, fmt in shown}
     )
-    stuck = ~ranking[C.BEATS_CHANCE].astype(bool).to_numpy()
-    table.loc[stuck, EPOCHS_SHOWN[0]], table.loc[stuck, EPOCHS_SHOWN[1]] = DID_NOT_LEARN, "–"
+    for i, row in enumerate(ranking.to_dict("records")):
+        if not row[C.BEATS_CHANCE]:
+            table.loc[i, EPOCHS_SHOWN[0]], table.loc[i, EPOCHS_SHOWN[1]] = _not_learned(row), "–"
     return table
+
+
+def _not_learned(row) -> str:
+    """How a configuration that does not beat chance is named (see DID_NOT_LEARN): its mean
+    compared with chance as the report prints them, to 3 decimals."""
+    return NOT_SHOWN if _above_chance(row[C.TEST_ACC_MEAN], row[C.CHANCE]) else DID_NOT_LEARN
+
+
+def _above_chance(mean: float, chance: float) -> bool:
+    return round(mean, 3) > round(chance, 3)
 
 
 def preview_table(ranking: pd.DataFrame) -> pd.DataFrame:
@@ -176,11 +190,23 @@ def chance_sentence(ranking: pd.DataFrame) -> str:
             f"No configuration learned: the lower end of every 95% interval is at or below "
             f"{chance}, so their epochs to converge say nothing of speed."
         )
-    one = len(stuck) == 1
-    return (
-        f"{_names(stuck[C.LABEL].tolist())} did not learn: the lower end of "
-        f"{'its' if one else 'their'} 95% interval is at or below {chance}."
-    )
+    sentences = []
+    for name, rows in (
+        (DID_NOT_LEARN, stuck[[_not_learned(r) == DID_NOT_LEARN for _, r in stuck.iterrows()]]),
+        (
+            "are not shown to beat chance",
+            stuck[[_not_learned(r) == NOT_SHOWN for _, r in stuck.iterrows()]],
+        ),
+    ):
+        if rows.empty:
+            continue
+        one = len(rows) == 1
+        verb = name if name == DID_NOT_LEARN else ("is" if one else "are") + name[3:]
+        sentences.append(
+            f"{_names(rows[C.LABEL].tolist())} {verb}: the lower end of "
+            f"{'its' if one else 'their'} 95% interval is at or below {chance}."
+        )
+    return " ".join(sentences)
 
 
 def _trend_sentences(ranking: pd.DataFrame) -> list[str]:
@@ -249,10 +275,10 @@ def _change(lo: pd.Series, hi: pd.Series) -> str:
     seconds = (
         f"the mean epoch time from {lo[C.EPOCH_TIME_MEAN]:.1f} s to {hi[C.EPOCH_TIME_MEAN]:.1f} s"
     )
-    stuck = [row[C.LABEL] for row in (lo, hi) if not row[C.BEATS_CHANCE]]
+    stuck = [f"{row[C.LABEL]} {_not_learned(row)}" for row in (lo, hi) if not row[C.BEATS_CHANCE]]
     if stuck:
         return (
-            f"{moves} and {seconds}; {' and '.join(stuck)} did not learn (test accuracy not above "
+            f"{moves} and {seconds}; {' and '.join(stuck)} (test accuracy interval not above "
             f"chance, {lo[C.CHANCE]:.3f}), so no convergence speed is compared"
         )
     return (
@@ -385,10 +411,12 @@ DEFINITIONS = f"""\
   per run, then averaged over seeds.
 - **plots**: epochs count from 0, as in MLflow and TensorBoard; the dotted **chance** line is
   1 / number of classes, the accuracy of guessing (drawn when the runs recorded `{C.NUM_CLASSES}`).
-- **did not learn**: the lower end of the configuration's 95% interval of test_acc is at or
-  below chance, 1 / number of classes (`{C.BEATS_CHANCE}` false and `{C.CHANCE}` in ranking.csv; a
-  single run without its test size: its test_acc). Its accuracy is no evidence that it learned, so
-  its epochs to 95% are no convergence speed and are shown as "did not learn".
+- **did not learn** / **not above chance**: the lower end of the configuration's 95% interval of
+  test_acc is at or below chance, 1 / number of classes (`{C.BEATS_CHANCE}` false and `{C.CHANCE}`
+  in ranking.csv; a single run without its test size: its test_acc); "did not learn" where its
+  mean is at or below chance too, "not above chance" where the mean is above it but the seeds
+  cannot show it. Its accuracy is no evidence that it learned, so its epochs to 95% are no
+  convergence speed and are shown as either phrase.
 - **front**: on the Pareto front of test_acc mean against total training time, or against
   trainable parameters: no other configuration is at least as accurate and at most as costly.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from analysis.config import defaults_as_text as analysis_defaults
 from analysis.config import option_help as analysis_help
 from resnet_exp.config import TrainConfig, defaults_as_text, option_help
 from resnet_exp.errors import UserError
-from resnet_exp.schema import REPORT_HTML, REPORT_MD, TEST_ACC
+from resnet_exp.schema import ANALYSIS_FOLDER, REPORT_HTML, REPORT_MD, TEST_ACC
 from resnet_exp.sweep.grid import (
     GRID_FIELDS,
     check_ray_address,
@@ -242,7 +243,11 @@ def sweep(**values: Any) -> None:
         for added in result.added:
             click.echo(f"  added seed {added.run_name} ({added.outcome}): {added.reason}")
         click.echo(f"  seeds stopped: {result.stop_reason}")
-    click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
+    if result.summary:  # the grid has ended: its analysis is on the parent
+        click.echo(f"result:          {plain_text(result.summary)}")
+        click.echo(f"report:          the parent run's artifacts, {ANALYSIS_FOLDER}/{REPORT_HTML}")
+    else:
+        click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
     if result.failed:
         raise click.ClickException(
             f"{len(result.failed)} of {len(result.outcomes)} children failed; "
@@ -265,6 +270,11 @@ def analyze(**values: Any) -> None:
     click.echo(f"\n{result.answer}\n")
     click.echo(f"report:          {result.output_folder / REPORT_HTML} (and {REPORT_MD})")
     click.echo(f"analysis run:    {result.run_id}")
+
+
+def plain_text(markdown: str) -> str:
+    """A description's markdown for a terminal: no bold marks, a link as its text."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown.replace("**", ""))
 
 
 def run() -> None:

@@ -787,7 +787,7 @@ def test_a_configuration_at_chance_did_not_learn_and_is_never_called_fast():
     """freeze_blocks=4 at test_acc ~0.10 with 10 classes reaches 95% of its own best at once
     (epochs to 95% 1.0 against 2.0): it did not learn, and nothing calls it faster to converge
     or the cheap choice."""
-    from analysis.report import DID_NOT_LEARN, answer, shown_table
+    from analysis.report import DID_NOT_LEARN, NOT_SHOWN, answer, shown_table
 
     cases = {
         (S.BASIC, "2,2,2,2", 0): [0.45, 0.47, 0.46],
@@ -801,7 +801,7 @@ def test_a_configuration_at_chance_did_not_learn_and_is_never_called_fast():
     assert by_label.loc["b2222-f4", C.CHANCE] == pytest.approx(0.1)
     text = answer(ranking, "demo")
     assert "b2222-f4 did not learn: the lower end of its 95% interval is at or below chance" in text
-    assert "b2222-f4 did not learn (test accuracy not above chance, 0.100)" in text
+    assert "b2222-f4 did not learn (test accuracy interval not above chance, 0.100)" in text
     assert "epochs to 95%" not in text and "cheapest configuration" not in text, text
     table = shown_table(ranking).set_index("config")
     assert table.loc["b2222-f4", "epochs to 95%"] == DID_NOT_LEARN
@@ -810,6 +810,14 @@ def test_a_configuration_at_chance_did_not_learn_and_is_never_called_fast():
     nothing, _ = synthetic_ranking({k: [0.1, 0.12, 0.08] for k in cases}, 10, 200)
     assert "No configuration learned" in answer(nothing, "demo")
     assert "cheapest" not in answer(nothing, "demo")
+
+    # two seeds far apart: a mean well above chance that its interval cannot show
+    wide, _ = synthetic_ranking({**cases, (S.BASIC, "2,2,2,2", 4): [0.75, 0.10]}, 10, 200)
+    text = answer(wide, "demo")
+    assert "b2222-f4 is not shown to beat chance: the lower end of its 95% interval" in text
+    assert "b2222-f4 did not learn" not in text
+    table = shown_table(wide).set_index("config")
+    assert table.loc["b2222-f4", "epochs to 95%"] == NOT_SHOWN
 
 
 def test_a_sweep_parent_states_a_winner_a_tie_or_what_single_runs_cannot_tell():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus
@@ -61,6 +61,7 @@ class SweepResult:
     grid_size: int  # every (configuration, seed) of the grid, all shards together
     outcomes: tuple[ChildOutcome, ...]  # this shard's children, in training order
     stop_reason: str = ""  # seeds=auto: why no further seeds were added
+    summary: str = ""  # the result paragraph on the parent (markdown), once the grid has ended
 
     @property
     def added(self) -> list[ChildOutcome]:
@@ -131,7 +132,7 @@ def _run_under_parent(
         reap_dead_children(scope.client, scope.experiment_id, scope.run_id, sid)
         if base.model_name is not None and result.count(TRAINED):
             registry.refresh_aliases(base.model_name)
-        _close_parent(scope, result, grid, base, configs)
+        result = replace(result, summary=_close_parent(scope, result, grid, base, configs))
     return result
 
 
@@ -320,7 +321,7 @@ def _close_parent(
     grid: SweepGrid,
     base: TrainConfig,
     configs: list[TrainConfig],
-) -> None:
+) -> str:
     """This shard's outcome as a JSON summary (its counts included) and the description, which
     opens with the sweep's result once no cell is left to train (counts are no metrics: a chart
     per count would come before the children's learning curves). The parent's status comes from
@@ -359,12 +360,13 @@ def _close_parent(
     # a cell another shard still trains, or has yet to start
     untrained = (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))
     ended = not running and not any(status in untrained for status in cells.values())
-    result_paragraph = f"{state_result(scope.run_id, base)}\n\n" if ended else ""
-    scope.describe(f"{result_paragraph}{scope.note} {summary}")
+    result_paragraph = state_result(scope.run_id, base) if ended else ""
+    scope.describe(f"{result_paragraph}\n\n{scope.note} {summary}".lstrip())
     if failed:
         scope.fail(f"{len(failed)} of {len(cells)} cells failed: {', '.join(failed)}")
     elif waiting or running:
         scope.leave_running()
+    return result_paragraph
 
 
 def close_dead_children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[str]:
