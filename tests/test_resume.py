@@ -161,7 +161,7 @@ def test_a_sweep_child_resumes_its_cell_under_any_parent_of_its_sweep(store, tmp
 
 
 def test_a_sweep_closes_its_earlier_parents_whose_process_is_gone(store):
-    from resnet_exp.sweep.run import close_earlier_parents
+    from resnet_exp.sweep.parents import close_earlier_parents
 
     client, experiment_id, _ = store
 

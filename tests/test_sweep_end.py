@@ -19,7 +19,7 @@ from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
 from resnet_exp.sweep.grid import SweepGrid
-from resnet_exp.sweep.run import close_dead_children
+from resnet_exp.sweep.parents import close_dead_children
 from resnet_exp.tracking.resume import process_tag
 from test_sweep import sweep_args, sweeps
 
