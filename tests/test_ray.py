@@ -662,7 +662,10 @@ def test_a_hand_started_cluster_continues_a_trial_whose_node_died_and_stops_on_s
         killed_run, worker = found[0], int(found[1][S.TAG_PROCESS].split()[1])
         assert os.getpriority(os.PRIO_PROCESS, worker) == 0, "trials at normal priority"
         dead = cluster.node_of(worker)
-        os.killpg(cluster.nodes[dead].pid, signal.SIGKILL)  # the node dies, all of it
+        # the node dies, all of it: its training first (a worker whose raylet died trains on
+        # until it notices, which on an idle machine is the rest of these tiny epochs)
+        os.kill(worker, signal.SIGKILL)
+        os.killpg(cluster.nodes[dead].pid, signal.SIGKILL)
 
         # Meanwhile, SIGTERM to a second sweep once Tune waits (for the one CPU left, or its trial)
         stopped_log = tmp_path / "sigterm.log"
