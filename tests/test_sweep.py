@@ -217,6 +217,11 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         result = CliRunner().invoke(main, sweep_args(data_dir, tmp_path, *grid, "--shard", shard))
         assert result.exit_code == 0, result.output
         assert "2 trained, 0 skipped" in result.output
+        # the shard that ends the grid prints the sweep's result as plain text; the first, how
+        # to rank what is there so far
+        [line] = [x for x in result.output.splitlines() if x.startswith(("result:", "rank:"))]
+        assert line.startswith("result:" if parent_status == "FINISHED" else "rank:"), line
+        assert "**" not in line and "](" not in line, line
         # the parent's status comes from every cell: still RUNNING while a shard has cells left
         assert [p.info.status for p in sweeps(client)] == [parent_status]
         # numbered in the shard's grid order, the time left once known
