@@ -159,11 +159,12 @@ TAG_HEARTBEAT = f"{HIDDEN}heartbeat"  # UTC time (ISO 8601) of that process's la
 # attempt n of a run is its only resumer (resnet_exp/tracking/claims.py)
 RESUME_ATTEMPT = "resume/attempt_{n}"
 TAG_CONTINUED_BY = "continued_by"  # on a stopped sweep parent: the parent run that continued it
-TAG_RESUMED = "resumed"  # 'epoch E from <last.ckpt>' of the latest resume, absent if never resumed
+TAG_RESUMED = "resumed"  # 'epoch E from last.ckpt' of the latest resume, absent if never resumed
 TAG_RESUMED_INTO = "resumed_into"  # on the run `mlflow run` created when it resumed an older run
-# on a child a sweep with executor=ray trained: the Ray node it ran on and its Tune trial's folder
+# on a child a sweep with executor=ray trained: the Ray node it ran on, and its Tune trial's folder
+# (an absolute path that finds the run of a dead attempt: bookkeeping)
 TAG_RAY_NODE_ID = "ray_node_id"
-TAG_RAY_TRIAL_DIR = "ray_trial_dir"
+TAG_RAY_TRIAL_DIR = f"{HIDDEN}ray_trial_dir"
 # every Ray node the run trained on, comma-separated in order: a retry on another node adds one
 TAG_RAY_NODES = "ray_nodes"
 # Tag names before this schema: model versions called the depth 'depth_label', and their
@@ -176,6 +177,7 @@ LEGACY_HIDDEN_TAGS = {
     TAG_IMAGE_STORE: "image_store",
     TAG_PROCESS: "process",
     TAG_HEARTBEAT: "heartbeat",
+    TAG_RAY_TRIAL_DIR: "ray_trial_dir",
 }
 
 # MLflow's own tags that the UI shows

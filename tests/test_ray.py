@@ -456,6 +456,13 @@ def test_a_ray_sweep_under_mlflow_run_survives_a_killed_worker_then_a_local_swee
         "the retry ran in a new worker"
     )
     assert all(r.data.tags[S.TAG_RAY_NODE_ID] and r.data.tags[S.TAG_RAY_TRIAL_DIR] for r in runs)
+    # the trial's folder is bookkeeping: no tag the UI shows holds a local path
+    assert not [
+        (k, v)
+        for r in runs
+        for k, v in r.data.tags.items()
+        if not k.startswith("mlflow.") and str(tmp_path) in v
+    ]
     assert {r.data.params["resolved/torch_threads"] for r in runs} == {"1"}, (
         "threads follow the trial's CPUs"
     )

@@ -345,7 +345,7 @@ def _close_open_children(
     closed = []
     for run in sorted(found, key=lambda r: r.info.start_time):
         tags = run.data.tags
-        if not tags.get(S.TAG_RAY_TRIAL_DIR, "").startswith(f"{experiment}{os.sep}"):
+        if not (S.tag(tags, S.TAG_RAY_TRIAL_DIR) or "").startswith(f"{experiment}{os.sep}"):
             continue
         if config is not None and (tags.get(S.TAG_CONFIG_HASH), run.data.params.get(S.SEED)) != (
             config.config_hash,

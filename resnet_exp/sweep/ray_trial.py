@@ -124,7 +124,7 @@ def dead_attempt(parent: ParentRun, experiment_dir: str, trial_id: str) -> Run |
             client,
             parent.experiment_id,
             f"tags.`{S.MLFLOW_PARENT_RUN_ID}` = '{parent.run_id}' and "
-            f"tags.{S.TAG_RAY_TRIAL_DIR} LIKE '{experiment_dir}{os.sep}%{trial_id}%'",
+            f"tags.`{S.TAG_RAY_TRIAL_DIR}` LIKE '{experiment_dir}{os.sep}%{trial_id}%'",
         )
         if run.info.status != RunStatus.to_string(RunStatus.FINISHED)
     ]

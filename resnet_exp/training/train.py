@@ -158,9 +158,9 @@ def train(
 
 
 def _resumed_note(point: ResumePoint) -> str:
-    """'epoch 2 from .../last.ckpt': where the latest resume went on."""
+    """'epoch 2 from last.ckpt': where the latest resume went on (the folder is a hidden tag)."""
     epoch = torch.load(point.checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-    return f"epoch {epoch + 1} from {point.checkpoint}"
+    return f"epoch {epoch + 1} from {Path(point.checkpoint).name}"
 
 
 def _publish_model(
