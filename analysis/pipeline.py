@@ -19,6 +19,7 @@ from analysis.html_report import to_html
 from analysis.output import mark_started, record_run
 from analysis.rollup import roll_up
 from analysis.study import study_of
+from analysis.views import study_view
 from resnet_exp import schema as S
 from resnet_exp.atomic import replace_atomically
 
@@ -33,6 +34,7 @@ class AnalysisResult:
     answer: str  # the plain-language paragraph
     verdict: str  # 'Winner: ...' or 'A tie between ...'
     summary: str = ""  # on_parent: the paragraph that opens the sweep parent's description
+    view: str = ""  # the saved view of the runs' learning curves in the UI (analysis/views.py)
 
 
 def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
@@ -78,12 +80,13 @@ def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
         )
 
     folder = replace_atomically(config.output_folder(selection.dataset), write)
+    view, view_link = study_view(selection)
     summary = ""
     if on_parent and selection.sweep_run_id:
         run_id = selection.sweep_run_id
-        summary = roll_up(selection.experiment_id, run_id, ranking, folder)
+        summary = roll_up(selection.experiment_id, run_id, ranking, folder, view_link)
     else:
-        run_id = _record(config, selection, ranking, table, folder)
+        run_id = _record(config, selection, ranking, table, folder, view_link)
     return AnalysisResult(
         ranking,
         folder,
@@ -92,6 +95,7 @@ def analyze(config: AnalysisConfig, on_parent: bool = False) -> AnalysisResult:
         report.answer(ranking, selection.dataset),
         report.verdict(ranking),
         summary,
+        view,
     )
 
 
@@ -101,6 +105,7 @@ def _record(
     ranking: pd.DataFrame,
     table: runs.RunTable,
     folder: Path,
+    view_link: str,
 ) -> str:
     tags = {S.TAG_DATASET: selection.dataset}
     if selection.sweep_id:
@@ -125,7 +130,8 @@ def _record(
     description = (
         f"Analysis of {scope} on {selection.dataset}: {len(table.runs)} runs, {len(ranking)} "
         f"configurations ranked by mean test_acc. {report.verdict(ranking)}. Open "
-        f"{S.REPORT_HTML} in the artifacts for the answer, the table and the plots."
+        f"{S.REPORT_HTML} in the artifacts for the answer, the table and the plots, and the "
+        f"[learning curves by configuration]({view_link})."
     )
     name = f"analysis-{selection.sweep_id or selection.dataset}"
     return record_run(selection.experiment_id, name, description, tags, params, metrics, folder)

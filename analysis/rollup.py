@@ -25,7 +25,9 @@ from resnet_exp.tracking.store import use_tracking_store
 NOT_RANKED = "**Result: not ranked.**"  # the paragraph's opening when the analysis could not rank
 
 
-def roll_up(experiment_id: str, parent_run_id: str, ranking: pd.DataFrame, folder: Path) -> str:
+def roll_up(
+    experiment_id: str, parent_run_id: str, ranking: pd.DataFrame, folder: Path, view_link: str
+) -> str:
     """Log the analysis folder, its table and the leader's accuracy on the parent; returns the
     paragraph for its description."""
     client = MlflowClient(use_tracking_store())
@@ -34,7 +36,7 @@ def roll_up(experiment_id: str, parent_run_id: str, ranking: pd.DataFrame, folde
     # 4 decimals, as the UI shows it: a test set of 10,000 images resolves no finer
     leader_acc = round(float(ranking[C.TEST_ACC_MEAN].iloc[0]), 4)
     client.log_metric(parent_run_id, S.LEADER_ACC, leader_acc)
-    return summary(ranking, experiment_id, parent_run_id)
+    return summary(ranking, experiment_id, parent_run_id, view_link)
 
 
 def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
@@ -44,7 +46,7 @@ def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
 
 
-def summary(ranking: pd.DataFrame, experiment_id: str, run_id: str) -> str:
+def summary(ranking: pd.DataFrame, experiment_id: str, run_id: str, view_link: str = "") -> str:
     """'**Result: b2222-f2 leads** with mean test_acc 0.861 (...); tied with it: ... [report]'."""
     leader, tied = ranking.iloc[0], ranking[ranking[C.TIED]].iloc[1:]
     text = f"**Result: {leader[C.LABEL]} leads** with mean test_acc {report.accuracy_text(leader)}"
@@ -63,7 +65,7 @@ def summary(ranking: pd.DataFrame, experiment_id: str, run_id: str) -> str:
     links = " · ".join(
         f"[{name}]({artifact_link(experiment_id, run_id, f'{S.ANALYSIS_FOLDER}/{name}')})"
         for name in (S.REPORT_HTML, S.RANKING_TABLE)
-    )
+    ) + (f" · [learning curves by configuration]({view_link})" if view_link else "")
     return " ".join(
         part
         for part in (f"{text}.", report.chance_sentence(ranking), f"The analysis: {links}.")

@@ -4,8 +4,9 @@ It trains a small demo sweep (3 configurations x 2 seeds, 4 epochs at 64 px, abo
 2 idle CPU cores; its analysis is logged on the parent) into a SQLite store in a work folder, starts
 `mlflow ui` on a free loopback port, and drives Debian's `chromium` through Playwright to each
 page the doc shows, as a user sees it in a 1400x900 window: the experiment's runs (parent
-expanded) and chart views (grouped by `depth_config`), a child run, the sweep's parent, a logged
-model, the analysis report and a child's diagnostics (about 20 s a page, 5-6 minutes in all).
+expanded) and chart views (grouped by `depth_config`), the study's saved view, a child run, the
+sweep's parent, a logged model, the analysis report and a child's diagnostics (about 20 s a
+page, 5-6 minutes in all).
 Each PNG is reduced to 256 colours: text stays readable and a page takes 20-80 KB. It prints,
 per page, the chart sections in the order the UI shows them.
 
@@ -36,6 +37,7 @@ import click
 from mlflow import MlflowClient
 from PIL import Image
 
+from analysis.views import view_key
 from resnet_exp import schema as S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +136,7 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
     pages = [
         Shot("runs", "/runs", runs_view),
         Shot("chart-view", "/runs?compareRunsMode=CHART", charts),
+        Shot("curves-view", view_link(parent.data.tags[S.TAG_SWEEP_ID])),
         Shot("child-overview", run),
         Shot("child-model-metrics", f"{run}/model-metrics"),
         Shot("child-timing", f"{run}/artifacts/{S.PHASE_TIMES_FILE}"),
@@ -148,6 +151,11 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
         Shot("diagnostics-predictions", f"{diagnostics}/{S.PREDICTIONS_TABLE}"),
     ]
     return experiment, pages
+
+
+def view_link(sweep: str) -> str:
+    """The study's saved view (analysis/views.py), as its link opens it."""
+    return f"/runs?viewStateShareKey={view_key(sweep)}&compareRunsMode=CHART"
 
 
 def free_port() -> int:

@@ -246,6 +246,7 @@ def sweep(**values: Any) -> None:
     if result.summary:  # the grid has ended: its analysis is on the parent
         click.echo(f"result:          {plain_text(result.summary)}")
         click.echo(f"report:          the parent run's artifacts, {ANALYSIS_FOLDER}/{REPORT_HTML}")
+        click.echo("learning curves: the experiment's Views menu, the sweep's 'Learning curves'")
     else:
         click.echo(f"rank:            resnet-exp analyze --sweep-run-id {result.parent_run_id}")
     if result.failed:
@@ -270,6 +271,7 @@ def analyze(**values: Any) -> None:
     click.echo(f"\n{result.answer}\n")
     click.echo(f"report:          {result.output_folder / REPORT_HTML} (and {REPORT_MD})")
     click.echo(f"analysis run:    {result.run_id}")
+    click.echo(f'learning curves: the experiment\'s Views menu, "{result.view}"')
 
 
 def plain_text(markdown: str) -> str:

@@ -122,6 +122,18 @@ def mlflow_table(client, run_id: str, path: str, folder: Path):
     return pd.read_json(client.download_artifacts(run_id, path, str(folder)), orient="split")
 
 
+def saved_view(client, experiment_id: str, key: str) -> tuple[str, dict]:
+    """A saved view of the UI's runs page (the experiment tag its Views menu lists): its name and
+    its state, decoded as the UI decodes it ('deflate;' + base64 of zlib-compressed JSON)."""
+    import base64
+    import json
+
+    value = json.loads(client.get_experiment(experiment_id).tags[f"mlflow.sharedViewState.{key}"])
+    kind, _, data = value["state"].partition(";")
+    assert kind == "deflate", value
+    return value["name"], json.loads(zlib.decompress(base64.b64decode(data)))
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite tracking store for this test, also seen by subprocesses."""

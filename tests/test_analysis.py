@@ -29,7 +29,7 @@ from analysis import AnalysisConfig, analyze, format_ranking, plots, rank, runs
 from analysis import columns as C
 from analysis import stats as st
 from analysis.plots import PLOT_FILES
-from conftest import REPO, mlflow_table, new_store, subprocess_env
+from conftest import REPO, mlflow_table, new_store, saved_view, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.config import IMAGENET, NO_WEIGHTS
 from resnet_exp.errors import ConfigError, DataError
@@ -651,10 +651,27 @@ def test_analysis_writes_files_and_an_mlflow_run(study, tmp_path):
     shown = mlflow_table(client, result.run_id, S.RANKING_TABLE, tmp_path / "table")
     assert shown.columns[:5].tolist() == ["rank", "config", "test_acc", "95% interval", "n"]
     assert len(shown) == 4
+    # the runs page's saved view of the same runs, linked from the description
+    key = "resnet-exp-curves-demo"
+    name, state = saved_view(client, study["demo"], key)
+    assert name == result.view == "Learning curves: demo"
+    link = (
+        f"#/experiments/{study['demo']}/runs?viewStateShareKey={key}&compareRunsMode=CHART"
+        "&workflowType=machine_learning"
+    )
+    assert f"[learning curves by configuration]({link})" in run.data.tags[S.MLFLOW_NOTE]
+    shown = client.search_runs([study["demo"]], state["searchFilter"])
+    assert {r.data.tags[S.TAG_DATASET] for r in shown} == {"demo"}
+    assert {r.data.tags[S.TAG_KIND] for r in shown} == {S.KIND_TRAIN}
     # a second analysis replaces the folder (no stale file survives) and is not itself ranked
     (result.output_folder / "stale.txt").write_text("old")
     again = analyze(AnalysisConfig(data="demo", output_dir=str(tmp_path / "out")))
     assert not (again.output_folder / "stale.txt").exists() and again.excluded == result.excluded
+    # ... and rewrites the view rather than adding one
+    tags = client.get_experiment(study["demo"]).tags
+    assert [k for k in tags if k.startswith("mlflow.sharedViewState.")] == [
+        f"mlflow.sharedViewState.{key}"
+    ]
     assert not [p for p in again.output_folder.parent.iterdir() if p.name.startswith(".")]
 
 

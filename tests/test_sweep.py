@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import REPO, cli_options, mlflow_table
+from conftest import REPO, cli_options, mlflow_table, saved_view
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.config import TrainConfig
@@ -222,6 +222,9 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         [line] = [x for x in result.output.splitlines() if x.startswith(("result:", "rank:"))]
         assert line.startswith("result:" if parent_status == "FINISHED" else "rank:"), line
         assert "**" not in line and "](" not in line, line
+        assert ("learning curves: the experiment's Views menu" in result.output) == (
+            parent_status == "FINISHED"
+        )
         # the parent's status comes from every cell: still RUNNING while a shard has cells left
         assert [p.info.status for p in sweeps(client)] == [parent_status]
         # numbered in the shard's grid order, the time left once known
@@ -285,6 +288,7 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
         class_plot=True,
     )
     assert "b1111-f3" in analysis.output and "b1111-f4" in analysis.output  # the terminal table
+    assert f'Views menu, "Learning curves: {parent.info.run_name}"' in analysis.output
 
 
 def assert_parent_states_its_result(client: MlflowClient, parent, tmp_path: Path, runs) -> None:
@@ -319,6 +323,13 @@ def assert_parent_states_its_result(client: MlflowClient, parent, tmp_path: Path
         assert f"{label} did not learn" in note or "No configuration learned" in note, note
     link = f"(#/experiments/{experiment}/runs/{run_id}/artifacts/{S.ANALYSIS_FOLDER}/"
     assert f"[{S.REPORT_HTML}]{link}{S.REPORT_HTML})" in note
+    # the runs page's saved view of exactly this sweep's children, on their learning curves
+    key = f"resnet-exp-curves-{parent.data.tags[S.TAG_SWEEP_ID]}"
+    assert f"runs?viewStateShareKey={key}&compareRunsMode=CHART&" in note
+    name, state = saved_view(client, experiment, key)
+    assert name == f"Learning curves: {parent.info.run_name}"
+    shown = client.search_runs([experiment], state["searchFilter"])
+    assert {r.info.run_id for r in shown} == {r.info.run_id for r in runs}
 
     table = f"{S.ANALYSIS_FOLDER}/{S.RANKING_TABLE}"
     shown = mlflow_table(client, run_id, table, tmp_path / "table")
