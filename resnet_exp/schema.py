@@ -129,7 +129,6 @@ TAG_DATA = "data"  # the `data` text as given (versions; on runs it is the param
 TAG_DEPTH = "depth_config"  # NetSpec.depth_label, e.g. 'b2222-f2' (runs and versions)
 TAG_ARCH = "arch"  # NetSpec.arch_name, e.g. 'r18'
 TAG_SWEEP_ID = "sweep_id"  # on a sweep's parent run and on each child it trained
-TAG_SWEEP_ATTEMPT = "sweep_attempt"  # finds the run of one child attempt
 TAG_ERROR = "error"  # why a run failed (only on a run that is not FINISHED)
 # a run that was resumed and finished: the errors of its earlier attempts, newest last
 TAG_EARLIER_ERRORS = "earlier_errors"
@@ -143,6 +142,7 @@ HIDDEN = "mlflow.resnet_exp."
 TAG_BEST_CHECKPOINT = f"{HIDDEN}best_checkpoint"
 TAG_CHECKPOINT_DIR = f"{HIDDEN}checkpoint_dir"
 TAG_IMAGE_STORE = f"{HIDDEN}image_store"
+TAG_SWEEP_ATTEMPT = f"{HIDDEN}sweep_attempt"  # finds the run of one attempt at a sweep's cell
 TAG_FEATURE_CACHE_REASON = "feature_cache_reason"
 TAG_SEED_REASON = "seed_reason"  # on a child an adaptive sweep added: why that seed ran
 TAG_GIT_COMMIT, TAG_GIT_DIRTY = "git_commit", "git_dirty"

@@ -247,6 +247,12 @@ def test_sharded_sweep_then_resume(tmp_path, data_dir, tracking_uri, caplog):
     ]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags[S.TAG_SWEEP_ID] for r in runs} == {parent.data.tags[S.TAG_SWEEP_ID]}
+    # the tags the UI shows are for a reader; bookkeeping (attempt ids, processes, paths) is hidden
+    readable = {S.TAG_KIND, S.TAG_CONFIG_HASH, S.TAG_DATASET, S.TAG_DEPTH, S.TAG_ARCH}
+    readable |= {S.TAG_SWEEP_ID, S.TAG_FEATURE_CACHE_REASON, S.TAG_GIT_COMMIT, S.TAG_GIT_DIRTY}
+    for run in runs:
+        shown = {k for k in run.data.tags if not k.startswith("mlflow.")}
+        assert {S.TAG_KIND, S.TAG_DEPTH, S.TAG_SWEEP_ID} <= shown <= readable, shown
     assert parent.info.run_name == "sweep-b1111-f34-2seeds" and parent.info.status == "FINISHED"
     assert parent.data.params["freeze_blocks"] == "3,4" and parent.data.params["max_epochs"] == "2"
     grid_file = client.download_artifacts(parent.info.run_id, S.SWEEP_GRID_FILE, str(tmp_path))

@@ -117,7 +117,7 @@ def record_failure(config: TrainConfig, attempt: tracking.ParentRun, error: str)
     found = client.search_runs(
         [attempt.experiment_id],
         max_results=1,
-        filter_string=f"tags.{S.TAG_SWEEP_ATTEMPT} = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'",
+        filter_string=f"tags.`{S.TAG_SWEEP_ATTEMPT}` = '{attempt.child_tags[S.TAG_SWEEP_ATTEMPT]}'",
     )
     if found:
         run_id = found[0].info.run_id
