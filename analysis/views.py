@@ -45,17 +45,13 @@ def study_view(selection: Selection) -> tuple[str, str]:
     client = MlflowClient(tracking_uri())
     train = f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'"
     if selection.sweep_id:
-        scope, search = (
-            selection.sweep_id,
-            f"tags.{S.TAG_SWEEP_ID} = '{selection.sweep_id}' and {train}",
-        )
+        scope = selection.sweep_id
+        search = f"tags.{S.TAG_SWEEP_ID} = '{scope}' and {train}"
         name = f"Learning curves: {client.get_run(selection.sweep_run_id).info.run_name}"
     else:
-        scope, search = (
-            selection.dataset,
-            f"tags.{S.TAG_DATASET} = '{selection.dataset}' and {train}",
-        )
-        name = f"Learning curves: {selection.dataset}"
+        scope = selection.dataset
+        search = f"tags.{S.TAG_DATASET} = '{scope}' and {train}"
+        name = f"Learning curves: {scope}"
     return name, save_curves_view(client, selection.experiment_id, scope, name, search)
 
 
