@@ -5,8 +5,10 @@ without torch or Lightning. Training, registry, sweep, analysis, the README's ta
 tests take names from here. Where a name changed, the old one is kept as `LEGACY_*` so that
 runs recorded before the change still read.
 
-Epoch-level series are stored with step = epoch index (0-based, as in TensorBoard); `test_*`
-is stored at the step of the best checkpoint's epoch, the epoch it measures. MLflow's chart
+Epoch-level series are stored with step = epoch index (0-based, as in TensorBoard); a result
+(`test_*`, `best_epoch`: one value a run) at step 0, which the UI draws as a bar (a single value
+at a later step draws as a line of one point); `best_epoch` says which epoch `test_*` measure.
+MLflow's chart
 view (3.17) puts every prefixed metric section ('setup/...') before the unprefixed "Model
 metrics" and sorts charts by name inside a section, so the metrics are the learning curves and
 the test results only: timings are artifact tables, counts are params or JSON summaries.
@@ -21,7 +23,7 @@ SPLIT_PREFIXES = (TRAIN, VAL, TEST)
 # --- metrics: learning curves (step = epoch) -------------------------------------------------------
 TRAIN_LOSS, TRAIN_ACC = f"{TRAIN}_loss", f"{TRAIN}_acc"
 VAL_LOSS, VAL_ACC = f"{VAL}_loss", f"{VAL}_acc"
-TEST_LOSS, TEST_ACC = f"{TEST}_loss", f"{TEST}_acc"  # step = best_epoch
+TEST_LOSS, TEST_ACC = f"{TEST}_loss", f"{TEST}_acc"  # step = RESULT_STEP
 # (loss, accuracy) names of each split, as the LightningModule logs them
 SPLIT_METRICS = {
     TRAIN: (TRAIN_LOSS, TRAIN_ACC),
@@ -32,9 +34,10 @@ SPLIT_METRICS = {
 # before are filled in then); while it stays at the `learning_rate` param, a flat curve says nothing.
 LR = "lr"
 TEST_ECE = (
-    f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = best_epoch
+    f"{TEST}_ece"  # expected calibration error on the test split (15 bins, L1); step = RESULT_STEP
 )
 BEST_EPOCH = "best_epoch"  # epoch (0-based) of the checkpoint with the lowest val_loss
+RESULT_STEP = 0  # the step of test_* and best_epoch
 MONITOR = VAL_LOSS  # what checkpointing, early stopping and the LR schedule watch
 
 STEP_SUFFIX = "_step"  # Lightning's suffix for the per-step value of an on_step+on_epoch metric

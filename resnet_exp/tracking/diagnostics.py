@@ -4,7 +4,7 @@ calibration error and a reliability diagram). The metrics come from torchmetrics
 collects the test epoch's logits (ResNetClassifier.test_outputs).
 
 Everything goes to the run's `diagnostics/` artifact folder (names in schema.py), and
-`test_ece` is a metric at the best epoch's step, next to test_acc. Per-class accuracy and the
+`test_ece` is a metric next to test_acc (a result: schema.RESULT_STEP). Per-class accuracy and the
 predictions are also MLflow tables (JSON) that the UI's artifact viewer previews; the parquet
 and CSV files beside them are what analysis and pandas read.
 
@@ -199,7 +199,6 @@ def preview_tables(tables: dict) -> dict[str, pd.DataFrame]:
 def log_test_diagnostics(
     outputs: list[tuple[torch.Tensor, torch.Tensor]],
     splits: DataSplits,
-    step: int,
     stored_steps: Mapping[str, int] | None = None,
 ) -> dict:
     """Log the test epoch's diagnostics to the active run; returns the tables (for tests).
@@ -226,6 +225,6 @@ def log_test_diagnostics(
         mlflow.active_run().info.run_id,
         [f"{S.DIAGNOSTICS_FOLDER}/{name}" for name in previews],
     )
-    if step > (stored_steps or {}).get(S.TEST_ECE, -1):
-        mlflow.log_metric(S.TEST_ECE, S.readable(tables["ece"]), step=step)
+    if S.RESULT_STEP > (stored_steps or {}).get(S.TEST_ECE, -1):
+        mlflow.log_metric(S.TEST_ECE, S.readable(tables["ece"]), step=S.RESULT_STEP)
     return tables

@@ -177,16 +177,17 @@ def link_metrics(
     step: int,
     test_dataset: Dataset | None = None,
 ) -> None:
-    """Link the run's train_loss, train_acc, val_* and test_* values at `step` (epoch values
-    only, not Lightning's per-step series) to the logged model, test_* tied to the test split's
-    dataset.
+    """Link the run's train_loss, train_acc and val_* values at `step` (epoch values only, not
+    Lightning's per-step series) and its test_* results to the logged model, test_* tied to the
+    test split's dataset.
     The run's own history is unchanged: MLflow stores a metric it already has only once."""
     metrics = []
     for key in client.get_run(run_id).data.metrics:
         learning = key in S.SPLIT_METRICS[S.TRAIN] or key.startswith((f"{S.VAL}_", f"{S.TEST}_"))
         if not learning or key.endswith(S.STEP_SUFFIX):  # not throughput, not per-step series
             continue
-        tied = key.startswith(f"{S.TEST}_") and test_dataset is not None
+        test = key.startswith(f"{S.TEST}_")
+        tied = test and test_dataset is not None
         metrics += [
             Metric(
                 m.key,
@@ -198,8 +199,8 @@ def link_metrics(
                 dataset_digest=test_dataset.digest if tied else None,
                 run_id=run_id,
             )
-            for m in client.get_metric_history(run_id, key)
-            if m.step == step
+            for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+            if test or m.step == step  # a result has one step (RESULT_STEP; older runs: step)
         ][-1:]  # one value per key: the latest, should an epoch have been stored twice
     client.log_batch(run_id, metrics=metrics)
 

@@ -264,9 +264,9 @@ class EpochStepMixin:
     `initial_lr`, then fills in the epochs before: a rate that never moves is the
     `learning_rate` param, not a flat curve."""
 
-    # The epoch that test metrics describe: the best checkpoint's, set before trainer.test
-    # (Lightning would log them at the epoch after the last one).
-    test_epoch: int | None = None
+    # The step of the test metrics, set before trainer.test (Lightning would log them at the
+    # epoch after the last one): schema.RESULT_STEP.
+    test_step: int | None = None
     # A resumed run: the latest step of each metric it stored before it stopped. The epoch it
     # was in when it stopped may have stored some metrics; training that epoch again must not
     # store them twice (a deterministic resume computes the same values).
@@ -280,8 +280,8 @@ class EpochStepMixin:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = {k: S.recorded(k, v) for k, v in metrics.items()}
         epoch = metrics.pop("epoch", None)
-        if self.test_epoch is not None:
-            epoch = self.test_epoch
+        if self.test_step is not None:
+            epoch = self.test_step
         per_step = {k: v for k, v in metrics.items() if k.endswith(S.STEP_SUFFIX)}
         per_epoch = {
             k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step

@@ -123,12 +123,12 @@ def train(
             best = best_cb.best_model_path or last_cb.best_model_path
             best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
             for logger in trainer.loggers:
-                logger.test_epoch = best_epoch  # test_* describe the best epoch's network
+                logger.test_step = S.RESULT_STEP  # a result, not a point of the epoch curves
             with phases.timed(S.TEST_TIME):
                 interrupt_point("test")
                 trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
-            diagnostics.log_test_diagnostics(classifier.test_outputs, splits, best_epoch, stored)
-        tracking.log_new_metrics({S.BEST_EPOCH: best_epoch}, best_epoch, stored)
+            diagnostics.log_test_diagnostics(classifier.test_outputs, splits, stored)
+        tracking.log_new_metrics({S.BEST_EPOCH: best_epoch}, S.RESULT_STEP, stored)
         scope.set_tags({S.TAG_BEST_CHECKPOINT: str(Path(best).resolve())})
         metrics = {k: S.recorded(k, v) for k, v in trainer.callback_metrics.items()}
         # The registered model is the best checkpoint, so its val_acc is the one of that epoch.
