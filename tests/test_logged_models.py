@@ -21,7 +21,7 @@ from conftest import cli_options, subprocess_env
 from resnet_exp import schema as S
 from resnet_exp.cli import main
 from resnet_exp.signals import SIGNAL_AT_ENV
-from resnet_exp.tracking.registry import SCRATCH_PREFIX
+from resnet_exp.tracking.logged_model import SCRATCH_PREFIX
 
 MODEL = "resnet-demo"
 

@@ -129,7 +129,7 @@ def test_the_pip_requirements_pin_this_environments_versions():
     as '+cpu' that exists only on the index it came from."""
     from importlib import metadata
 
-    from resnet_exp.tracking.registry import REQUIREMENTS, pip_requirements
+    from resnet_exp.tracking.logged_model import REQUIREMENTS, pip_requirements
 
     pinned = dict(line.split("==") for line in pip_requirements())
     assert list(pinned) == list(REQUIREMENTS)
@@ -333,7 +333,7 @@ def test_the_model_artifact_holds_no_pickle(registry, tmp_path):
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert "model_code_path" in flavor and "python_model" not in flavor  # models from code
     # the pinned requirements are recorded as given, nothing added or dropped
-    from resnet_exp.tracking.registry import pip_requirements
+    from resnet_exp.tracking.logged_model import pip_requirements
 
     assert (local / "requirements.txt").read_text().split() == pip_requirements()
 

@@ -124,7 +124,7 @@ def _load_verified(model_uri: str, folder: Path):
     """The model, downloaded into `folder` and loaded only once its files match the digests
     recorded when it was logged (the registry's record of them for a models:/ URI), so that
     an altered model's code never runs here. UserError in one line naming the altered file."""
-    from resnet_exp.tracking.registry import verified_copy
+    from resnet_exp.tracking.logged_model import verified_copy
 
     try:
         local = verified_copy(model_uri, folder)

@@ -1,5 +1,5 @@
 """The registered model's MLflow pyfunc, logged as "models from code": MLflow stores this file's
-source and runs it on load, so no Python object is ever pickled. `registry.py` logs it with the
+source and runs it on load, so no Python object is ever pickled. `tracking/logged_model.py` logs it with the
 weights (safetensors) and the classifier spec as artifacts.
 
 Input: a DataFrame with an `image` column of image files (bytes, or base64 text over HTTP).
@@ -53,7 +53,7 @@ class ResNetImageModel(PythonModel):
             context.artifacts["weights"], context.artifacts["spec"]
         )
 
-    # The logged signature has no input schema (registry.py says why), so MLflow hands the
+    # The logged signature has no input schema (logged_model.py says why), so MLflow hands the
     # request's columns over as they came; `{"inputs": ...}` requests arrive as a dict of arrays.
     def predict(self, context, model_input: pd.DataFrame, params=None):
         # Bad input must become INVALID_PARAMETER_VALUE: the scoring server answers it with

@@ -32,7 +32,7 @@ from resnet_exp.model.classifier import ResNetClassifier
 from resnet_exp.model.network import InitialWeights, load_initial_weights
 from resnet_exp.phases import Phases
 from resnet_exp.signals import interrupt_point
-from resnet_exp.tracking import diagnostics, registry, resume, timing
+from resnet_exp.tracking import diagnostics, logged_model, registry, resume, timing
 from resnet_exp.tracking import training_run as tracking
 from resnet_exp.tracking.resume import LAST_CHECKPOINT, ResumePoint
 from resnet_exp.tracking.runs import RunScope
@@ -182,9 +182,9 @@ def _publish_model(
     )
     with phases.timed(S.MODEL_LOG_TIME):
         first_test_image = decode_image(splits.test[0][splits.image_column], "the input example")
-        model_uri = registry.log_model(
+        model_uri = logged_model.log_model(
             checkpoint,
-            registry.example_image(first_test_image, config.image_size),
+            logged_model.example_image(first_test_image, config.image_size),
             best_epoch,
             config.run_name,
             description,
