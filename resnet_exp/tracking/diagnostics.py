@@ -28,6 +28,7 @@ from resnet_exp import schema as S
 from resnet_exp.data.splits import DataSplits
 from resnet_exp.tracking.runs import mark_tables
 from resnet_exp.tracking.store import use_tracking_store
+from resnet_exp.tracking.training_run import log_new_metrics
 
 CALIBRATION_BINS = 15  # equal-width confidence bins, the usual choice since Guo et al. (2017)
 
@@ -225,6 +226,5 @@ def log_test_diagnostics(
         mlflow.active_run().info.run_id,
         [f"{S.DIAGNOSTICS_FOLDER}/{name}" for name in previews],
     )
-    if S.RESULT_STEP > (stored_steps or {}).get(S.TEST_ECE, -1):
-        mlflow.log_metric(S.TEST_ECE, S.readable(tables["ece"]), step=S.RESULT_STEP)
+    log_new_metrics({S.TEST_ECE: S.readable(tables["ece"])}, S.RESULT_STEP, stored_steps or {})
     return tables

@@ -264,9 +264,6 @@ class EpochStepMixin:
     `initial_lr`, then fills in the epochs before: a rate that never moves is the
     `learning_rate` param, not a flat curve."""
 
-    # The step of the test metrics, set before trainer.test (Lightning would log them at the
-    # epoch after the last one): schema.RESULT_STEP.
-    test_step: int | None = None
     # A resumed run: the latest step of each metric it stored before it stopped. The epoch it
     # was in when it stopped may have stored some metrics; training that epoch again must not
     # store them twice (a deterministic resume computes the same values).
@@ -280,17 +277,18 @@ class EpochStepMixin:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics = {k: S.recorded(k, v) for k, v in metrics.items()}
         epoch = metrics.pop("epoch", None)
-        if self.test_step is not None:
-            epoch = self.test_step
         per_step = {k: v for k, v in metrics.items() if k.endswith(S.STEP_SUFFIX)}
         per_epoch = {
             k.removesuffix(S.EPOCH_SUFFIX): v for k, v in metrics.items() if k not in per_step
         }
+        # test_* are results, at RESULT_STEP (Lightning would log them at the epoch after the last)
+        results = {k: per_epoch.pop(k) for k in list(per_epoch) if k.startswith(f"{S.TEST}_")}
         at_epoch = int(epoch) if epoch is not None else step
         for values, at in (
             (per_step if self.step_curves else {}, step),
             *self._lr_until_now(per_epoch, at_epoch),
             (per_epoch, at_epoch),
+            (results, S.RESULT_STEP),
         ):
             new = {
                 k: v for k, v in values.items() if at is None or at > self.stored_steps.get(k, -1)

@@ -122,8 +122,6 @@ def train(
             best_cb, last_cb = trainer.checkpoint_callbacks[:2]
             best = best_cb.best_model_path or last_cb.best_model_path
             best_epoch = torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-            for logger in trainer.loggers:
-                logger.test_step = S.RESULT_STEP  # a result, not a point of the epoch curves
             with phases.timed(S.TEST_TIME):
                 interrupt_point("test")
                 trainer.test(classifier, datamodule=datamodule, ckpt_path=best, verbose=False)
