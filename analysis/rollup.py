@@ -62,10 +62,13 @@ def summary(ranking: pd.DataFrame, experiment_id: str, run_id: str, view_link: s
         text += f"; tied with it: {each}" + (
             " (a single run of each: no test can tell them apart)" if untested else ""
         )
-    links = " · ".join(
-        f"[{name}]({artifact_link(experiment_id, run_id, f'{S.ANALYSIS_FOLDER}/{name}')})"
+    targets = [
+        (name, artifact_link(experiment_id, run_id, f"{S.ANALYSIS_FOLDER}/{name}"))
         for name in (S.REPORT_HTML, S.RANKING_TABLE)
-    ) + (f" · [learning curves by configuration]({view_link})" if view_link else "")
+    ]
+    if view_link:
+        targets.append(("learning curves by configuration", view_link))
+    links = " · ".join(f"[{text}]({href})" for text, href in targets)
     return " ".join(
         part
         for part in (f"{text}.", report.chance_sentence(ranking), f"The analysis: {links}.")

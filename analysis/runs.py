@@ -52,6 +52,7 @@ class Selection:
     sweep_run_id: str = ""
     sweep_id: str = ""
     grid: frozenset[tuple[str, int]] | None = None  # (config_hash, seed) of the sweep's members
+    sweep_run_name: str = ""  # the parent's name, e.g. 'sweep-b2222-f01234-3seeds'
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def _sweep_selection(config: AnalysisConfig) -> Selection:
         run_id,
         parent.data.tags.get(S.TAG_SWEEP_ID, ""),
         members,
+        parent.info.run_name,
     )
 
 

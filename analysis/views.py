@@ -42,16 +42,16 @@ COLUMNS = [  # the runs table beside the charts
 def study_view(selection: Selection) -> tuple[str, str]:
     """Save the view of the analysed runs (one sweep's, or every training run on the dataset);
     returns its name and link."""
-    client = MlflowClient(tracking_uri())
     train = f"tags.{S.TAG_KIND} = '{S.KIND_TRAIN}'"
     if selection.sweep_id:
         scope = selection.sweep_id
         search = f"tags.{S.TAG_SWEEP_ID} = '{scope}' and {train}"
-        name = f"Learning curves: {client.get_run(selection.sweep_run_id).info.run_name}"
+        name = f"Learning curves: {selection.sweep_run_name}"
     else:
         scope = selection.dataset
         search = f"tags.{S.TAG_DATASET} = '{scope}' and {train}"
         name = f"Learning curves: {scope}"
+    client = MlflowClient(tracking_uri())
     return name, save_curves_view(client, selection.experiment_id, scope, name, search)
 
 
