@@ -37,7 +37,7 @@ import click
 from mlflow import MlflowClient
 from PIL import Image
 
-from analysis.views import view_key
+from analysis import views
 from resnet_exp import schema as S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +126,7 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
     parent_id = parent.info.run_id
     child = runs_of_kind(client, S.KIND_TRAIN)[0]  # first by name: freeze_blocks 0, seed 0
     experiment = parent.info.experiment_id
+    curves = views.view_key(parent.data.tags[S.TAG_SWEEP_ID])  # the study's saved view
     models = client.search_logged_models(
         [experiment], filter_string=f"source_run_id = '{child.info.run_id}'"
     )
@@ -136,7 +137,7 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
     pages = [
         Shot("runs", "/runs", runs_view),
         Shot("chart-view", "/runs?compareRunsMode=CHART", charts),
-        Shot("curves-view", view_link(parent.data.tags[S.TAG_SWEEP_ID])),
+        Shot("curves-view", in_experiment(views.view_link(experiment, curves), experiment)),
         Shot("child-overview", run),
         Shot("child-model-metrics", f"{run}/model-metrics"),
         Shot("child-timing", f"{run}/artifacts/{S.PHASE_TIMES_FILE}"),
@@ -153,9 +154,9 @@ def shots(client: MlflowClient) -> tuple[str, list[Shot]]:
     return experiment, pages
 
 
-def view_link(sweep: str) -> str:
-    """The study's saved view (analysis/views.py), as its link opens it."""
-    return f"/runs?viewStateShareKey={view_key(sweep)}&compareRunsMode=CHART"
+def in_experiment(link: str, experiment: str) -> str:
+    """A UI link ('#/experiments/<id>/...') as a Shot's path."""
+    return link.removeprefix(f"#/experiments/{experiment}")
 
 
 def free_port() -> int:
@@ -236,10 +237,10 @@ def capture(base: str, experiment: str, pages: list[Shot], out: Path, chromium: 
             page = context.new_page()
             # the Model training side of the UI: an experiment without `mlflow.experimentKind`
             # opens on its GenAI side, and this parameter is what its toggle sets
-            sep = "&" if "?" in shot.path else "?"
-            page.goto(
-                f"{base}/#/experiments/{experiment}{shot.path}{sep}workflowType=machine_learning"
-            )
+            path, side = shot.path, "workflowType=machine_learning"
+            if side not in path:
+                path += ("&" if "?" in path else "?") + side
+            page.goto(f"{base}/#/experiments/{experiment}{path}")
             settle(page, PlaywrightTimeout)
             if shot.search:
                 page.get_by_placeholder("Search metric charts").fill(shot.search)

@@ -1,6 +1,6 @@
 """The registered model's MLflow pyfunc, logged as "models from code": MLflow stores this file's
-source and runs it on load, so no Python object is ever pickled. `tracking/logged_model.py` logs it with the
-weights (safetensors) and the classifier spec as artifacts.
+source and runs it on load, so no Python object is ever pickled. `tracking/logged_model.py` logs
+it with the weights (safetensors) and the classifier spec as artifacts.
 
 Input: a DataFrame with an `image` column of image files (bytes, or base64 text over HTTP).
 Output: one row per image: label, label_id, probability, top5 [{label, probability}, ...].
